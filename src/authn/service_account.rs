@@ -1,0 +1,328 @@
+//! Kubernetes service-account tokens, checked with a TokenReview.
+//!
+//! Reviews are cached by the SHA-256 of the token (the token itself is never stored or logged):
+//! an accepted token until `cache_ttl` or its own `exp`, whichever is sooner; a rejected token for
+//! `failure_cache_ttl`. Concurrent reviews of one token are coalesced into one API call. API
+//! errors are not cached and become 503s.
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use async_trait::async_trait;
+use k8s_openapi::api::authentication::v1::{TokenReview, TokenReviewSpec, TokenReviewStatus};
+use kube::api::PostParams;
+use sha2::{Digest, Sha256};
+
+use crate::clock::SharedClock;
+use crate::config::TokenReviewConfig;
+use crate::identity::{AuthMethod, Identity};
+use crate::k8s::{KubeError, with_deadline};
+
+/// What the API server said about a token.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Review {
+    /// The token is valid for one of our audiences.
+    Authenticated(Arc<Identity>),
+    /// The token is not valid; the reason is the API server's (it never contains the token).
+    Rejected(Arc<str>),
+}
+
+/// The TokenReview call, behind a trait so the cache can be tested without a server.
+#[async_trait]
+pub trait TokenReviewApi: Send + Sync {
+    /// Reviews one token for the given audiences.
+    async fn review(
+        &self,
+        token: &str,
+        audiences: &[String],
+    ) -> Result<TokenReviewStatus, KubeError>;
+}
+
+/// The real TokenReview against the Kubernetes API.
+#[derive(Clone)]
+pub struct KubeTokenReview {
+    client: kube::Client,
+    timeout: Duration,
+}
+
+impl KubeTokenReview {
+    /// Wraps a client.
+    pub fn new(client: kube::Client, timeout: Duration) -> Self {
+        Self { client, timeout }
+    }
+}
+
+#[async_trait]
+impl TokenReviewApi for KubeTokenReview {
+    async fn review(
+        &self,
+        token: &str,
+        audiences: &[String],
+    ) -> Result<TokenReviewStatus, KubeError> {
+        let api: kube::Api<TokenReview> = kube::Api::all(self.client.clone());
+        let review = TokenReview {
+            spec: TokenReviewSpec {
+                token: token.to_string(),
+                audiences: (!audiences.is_empty()).then(|| audiences.to_vec()),
+            },
+            ..Default::default()
+        };
+        let answer =
+            with_deadline(self.timeout, api.create(&PostParams::default(), &review)).await?;
+        Ok(answer.status.unwrap_or_default())
+    }
+}
+
+#[derive(Clone)]
+struct Cached {
+    review: Review,
+    valid_until: SystemTime,
+}
+
+/// Tells moka how long each entry may live (its own `valid_until`), so memory is bounded by
+/// the same TTLs the clock enforces on read.
+struct EntryExpiry;
+
+impl moka::Expiry<[u8; 32], Cached> for EntryExpiry {
+    fn expire_after_create(
+        &self,
+        _key: &[u8; 32],
+        value: &Cached,
+        _created_at: std::time::Instant,
+    ) -> Option<Duration> {
+        Some(
+            value
+                .valid_until
+                .duration_since(SystemTime::now())
+                .unwrap_or(Duration::ZERO),
+        )
+    }
+}
+
+/// Authenticates service-account bearer tokens.
+pub struct ServiceAccountAuthenticator {
+    api: Arc<dyn TokenReviewApi>,
+    config: TokenReviewConfig,
+    clock: SharedClock,
+    cache: moka::future::Cache<[u8; 32], Cached>,
+}
+
+impl ServiceAccountAuthenticator {
+    /// Builds the authenticator.
+    pub fn new(
+        api: Arc<dyn TokenReviewApi>,
+        config: TokenReviewConfig,
+        clock: SharedClock,
+    ) -> Self {
+        let cache = moka::future::Cache::builder()
+            .max_capacity(config.cache_capacity)
+            .expire_after(EntryExpiry)
+            .build();
+        Self {
+            api,
+            config,
+            clock,
+            cache,
+        }
+    }
+
+    /// Reviews a token, from the cache when possible.
+    pub async fn authenticate(&self, token: &str) -> Result<Review, KubeError> {
+        let key: [u8; 32] = Sha256::digest(token.as_bytes()).into();
+        // Twice at most: a hit that the injected clock says is stale is dropped and reviewed anew.
+        for _ in 0..2 {
+            let entry = self
+                .cache
+                .try_get_with(key, self.review_uncached(token))
+                .await
+                .map_err(|e: Arc<KubeError>| (*e).clone())?;
+            if self.clock.now() < entry.valid_until {
+                return Ok(entry.review);
+            }
+            self.cache.invalidate(&key).await;
+        }
+        Ok(self.review_uncached(token).await?.review)
+    }
+
+    async fn review_uncached(&self, token: &str) -> Result<Cached, KubeError> {
+        let status = self.api.review(token, &self.config.audiences).await?;
+        let now = self.clock.now();
+        let cached = match status_to_identity(status) {
+            Ok(identity) => {
+                let mut valid_until = now + self.config.cache_ttl;
+                if let Some(exp) = unverified_exp(token) {
+                    valid_until = valid_until.min(exp);
+                }
+                Cached {
+                    review: Review::Authenticated(Arc::new(identity)),
+                    valid_until,
+                }
+            }
+            Err(reason) => Cached {
+                review: Review::Rejected(reason.into()),
+                valid_until: now + self.config.failure_cache_ttl,
+            },
+        };
+        Ok(cached)
+    }
+}
+
+fn status_to_identity(status: TokenReviewStatus) -> Result<Identity, String> {
+    if status.authenticated != Some(true) {
+        return Err(status
+            .error
+            .filter(|e| !e.is_empty())
+            .unwrap_or_else(|| "token not authenticated".into()));
+    }
+    let user = status.user.unwrap_or_default();
+    let username = user
+        .username
+        .filter(|u| !u.is_empty())
+        .ok_or_else(|| "the TokenReview authenticated the token but named no user".to_string())?;
+    Ok(Identity {
+        user: username,
+        groups: user.groups.unwrap_or_default(),
+        uid: user.uid.filter(|u| !u.is_empty()),
+        extra: user.extra.unwrap_or_default().into_iter().collect(),
+        method: AuthMethod::ServiceAccount,
+    })
+}
+
+/// The `exp` of a JWT-shaped token, read without verifying it: only ever used to shorten how
+/// long an API-server-approved review is cached.
+pub fn unverified_exp(token: &str) -> Option<SystemTime> {
+    let claims = unverified_claims(token)?;
+    let exp = claims.get("exp")?.as_u64()?;
+    Some(SystemTime::UNIX_EPOCH + Duration::from_secs(exp))
+}
+
+/// The payload of a JWT-shaped token, not verified.
+pub fn unverified_claims(token: &str) -> Option<serde_json::Map<String, serde_json::Value>> {
+    use base64::Engine;
+    let payload = token.split('.').nth(1)?;
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(payload.trim_end_matches('='))
+        .ok()?;
+    serde_json::from_slice(&bytes).ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::clock::ManualClock;
+    use k8s_openapi::api::authentication::v1::UserInfo;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    struct CountingApi {
+        calls: AtomicUsize,
+        fail: bool,
+    }
+
+    #[async_trait]
+    impl TokenReviewApi for CountingApi {
+        async fn review(&self, token: &str, _: &[String]) -> Result<TokenReviewStatus, KubeError> {
+            self.calls.fetch_add(1, Ordering::SeqCst);
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            if self.fail {
+                return Err(KubeError::Transport("down".into()));
+            }
+            Ok(if token == "good" {
+                TokenReviewStatus {
+                    authenticated: Some(true),
+                    user: Some(UserInfo {
+                        username: Some("system:serviceaccount:ns:sa".into()),
+                        groups: Some(vec!["system:serviceaccounts".into()]),
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                }
+            } else {
+                TokenReviewStatus {
+                    authenticated: Some(false),
+                    error: Some("invalid bearer token".into()),
+                    ..Default::default()
+                }
+            })
+        }
+    }
+
+    fn authenticator(
+        fail: bool,
+        clock: &ManualClock,
+    ) -> (ServiceAccountAuthenticator, Arc<CountingApi>) {
+        let api = Arc::new(CountingApi {
+            calls: AtomicUsize::new(0),
+            fail,
+        });
+        let config = TokenReviewConfig {
+            cache_ttl: Duration::from_secs(60),
+            failure_cache_ttl: Duration::from_secs(10),
+            ..Default::default()
+        };
+        (
+            ServiceAccountAuthenticator::new(api.clone(), config, Arc::new(clock.clone())),
+            api,
+        )
+    }
+
+    #[tokio::test]
+    async fn concurrent_reviews_of_one_token_are_coalesced_and_cached_until_ttl() {
+        let clock = ManualClock::new();
+        let (auth, api) = authenticator(false, &clock);
+        let results = futures::future::join_all((0..50).map(|_| auth.authenticate("good"))).await;
+        assert!(
+            results
+                .iter()
+                .all(|r| matches!(r, Ok(Review::Authenticated(_))))
+        );
+        assert_eq!(api.calls.load(Ordering::SeqCst), 1);
+        clock.advance(Duration::from_secs(59));
+        auth.authenticate("good").await.unwrap();
+        assert_eq!(api.calls.load(Ordering::SeqCst), 1);
+        clock.advance(Duration::from_secs(1));
+        auth.authenticate("good").await.unwrap();
+        assert_eq!(
+            api.calls.load(Ordering::SeqCst),
+            2,
+            "reviewed again after cache_ttl"
+        );
+    }
+
+    #[tokio::test]
+    async fn rejections_are_cached_briefly() {
+        let clock = ManualClock::new();
+        let (auth, api) = authenticator(false, &clock);
+        assert!(matches!(
+            auth.authenticate("bad").await,
+            Ok(Review::Rejected(_))
+        ));
+        clock.advance(Duration::from_secs(9));
+        auth.authenticate("bad").await.unwrap();
+        assert_eq!(api.calls.load(Ordering::SeqCst), 1);
+        clock.advance(Duration::from_secs(1));
+        auth.authenticate("bad").await.unwrap();
+        assert_eq!(api.calls.load(Ordering::SeqCst), 2);
+    }
+
+    #[tokio::test]
+    async fn api_errors_are_not_cached() {
+        let clock = ManualClock::new();
+        let (auth, api) = authenticator(true, &clock);
+        assert!(auth.authenticate("good").await.is_err());
+        assert!(auth.authenticate("good").await.is_err());
+        assert_eq!(api.calls.load(Ordering::SeqCst), 2);
+    }
+
+    #[test]
+    fn reads_exp_of_jwt_shaped_tokens_only() {
+        use base64::Engine;
+        let payload =
+            base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(r#"{"exp":1700000000}"#);
+        let token = format!("eyJhbGciOiJSUzI1NiJ9.{payload}.sig");
+        assert_eq!(
+            unverified_exp(&token),
+            Some(SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000))
+        );
+        assert_eq!(unverified_exp("opaque-token"), None);
+    }
+}

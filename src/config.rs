@@ -1,0 +1,562 @@
+//! Typed configuration: YAML file + `AUTHGATE_*` environment overrides, defaults for everything
+//! that can have one, and a validation pass that reports every problem at once.
+//!
+//! The keys are the public contract documented in `docs/configuration.md`.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use figment::Figment;
+use figment::providers::{Format, Yaml};
+use serde::{Deserialize, Serialize};
+use url::Url;
+
+use crate::path::{PathPrefix, normalize_path};
+
+/// Exit code for a configuration error (`EX_CONFIG` from sysexits.h is 78; linkerd and the
+/// design use 64, `EX_USAGE`, for "you started me wrong").
+pub const EXIT_CONFIG: i32 = 64;
+
+/// Environment variables that configure the process itself rather than a config key.
+const ENV_NOT_KEYS: &[&str] = &["CONFIG", "LOG", "LOG_FORMAT"];
+
+/// The whole configuration.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// Listener addresses.
+    pub listen: Listen,
+    /// Origin of the gateway as users see it, e.g. `https://kubeflow.example.com`.
+    pub public_url: Option<Url>,
+    /// Identity headers and the signed identity JWT.
+    pub identity: IdentityConfig,
+    /// Kubernetes API access: TokenReview and SubjectAccessReview.
+    pub kubernetes: KubernetesConfig,
+    /// Path prefixes that need no authentication (matched by whole segments).
+    pub skip_auth: Vec<String>,
+    /// Path prefixes of API routes: never redirected to a login page.
+    pub api_routes: Vec<String>,
+    /// Who may pass once authenticated.
+    pub authorization: AuthorizationConfig,
+}
+
+/// Where the two servers listen.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Listen {
+    /// gRPC `envoy.service.auth.v3.Authorization`.
+    pub grpc: SocketAddr,
+    /// HTTP: Envoy's HTTP ext_authz checks under `http_check_prefix`, `/authgate/*`, probes, metrics.
+    pub http: SocketAddr,
+    /// Path prefix under which the HTTP listener takes ext_authz checks (Istio's
+    /// `envoyExtAuthzHttp.pathPrefix`). A dedicated prefix keeps a check for a client path such as
+    /// `/healthz` from ever being answered by authgate's own probe with a 200 (= allow).
+    pub http_check_prefix: String,
+    /// How long in-flight checks may take to finish on shutdown.
+    #[serde(with = "humantime_serde")]
+    pub shutdown_grace: Duration,
+}
+
+impl Default for Listen {
+    fn default() -> Self {
+        Self {
+            grpc: ([0, 0, 0, 0], 9000).into(),
+            http: ([0, 0, 0, 0], 8000).into(),
+            http_check_prefix: "/authgate/check".into(),
+            shutdown_grace: Duration::from_secs(10),
+        }
+    }
+}
+
+/// The identity authgate vouches for upstream.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct IdentityConfig {
+    /// Header carrying the user name.
+    pub user_header: String,
+    /// Header carrying the comma-joined groups.
+    pub groups_header: String,
+    /// Prefix put in front of the user name (oidc-authservice's `USERID_PREFIX`).
+    pub user_prefix: String,
+    /// More headers removed from every request.
+    pub strip_headers: Vec<String>,
+    /// The signed identity JWT.
+    pub jwt: JwtConfig,
+}
+
+impl Default for IdentityConfig {
+    fn default() -> Self {
+        Self {
+            user_header: "kubeflow-userid".into(),
+            groups_header: "kubeflow-groups".into(),
+            user_prefix: String::new(),
+            strip_headers: Vec::new(),
+            jwt: JwtConfig::default(),
+        }
+    }
+}
+
+/// The signed identity JWT added on allow.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct JwtConfig {
+    /// Header name.
+    pub header: String,
+    /// PKCS#8 PEM Ed25519 private key (`authgate keygen`). Absent: generated at start.
+    pub key_file: Option<PathBuf>,
+    /// More public keys (PEM files) published in the JWKS, e.g. the previous key during a roll.
+    pub extra_public_key_files: Vec<PathBuf>,
+    /// Lifetime of each token.
+    #[serde(with = "humantime_serde")]
+    pub ttl: Duration,
+}
+
+impl Default for JwtConfig {
+    fn default() -> Self {
+        Self {
+            header: "x-authgate-identity".into(),
+            key_file: None,
+            extra_public_key_files: Vec::new(),
+            ttl: Duration::from_secs(300),
+        }
+    }
+}
+
+/// Kubernetes API access.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct KubernetesConfig {
+    /// Kubeconfig file. Absent: in-cluster, then the default kubeconfig.
+    pub kubeconfig: Option<PathBuf>,
+    /// Deadline for one call to the API server.
+    #[serde(with = "humantime_serde")]
+    pub timeout: Duration,
+    /// Service-account tokens.
+    pub token_review: TokenReviewConfig,
+}
+
+impl Default for KubernetesConfig {
+    fn default() -> Self {
+        Self {
+            kubeconfig: None,
+            timeout: Duration::from_secs(2),
+            token_review: TokenReviewConfig::default(),
+        }
+    }
+}
+
+/// Bearer tokens checked with a TokenReview.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TokenReviewConfig {
+    /// Accept Kubernetes service-account tokens.
+    pub enabled: bool,
+    /// Audiences the token must be valid for (empty: the API server's default audience).
+    pub audiences: Vec<String>,
+    /// How long an accepted token's review is reused (never past the token's own `exp`).
+    #[serde(with = "humantime_serde")]
+    pub cache_ttl: Duration,
+    /// How long a rejected token's review is reused.
+    #[serde(with = "humantime_serde")]
+    pub failure_cache_ttl: Duration,
+    /// Most cached reviews kept.
+    pub cache_capacity: u64,
+}
+
+impl Default for TokenReviewConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            audiences: Vec::new(),
+            cache_ttl: Duration::from_secs(60),
+            failure_cache_ttl: Duration::from_secs(10),
+            cache_capacity: 100_000,
+        }
+    }
+}
+
+/// Who may pass once authenticated.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuthorizationConfig {
+    /// Empty: any authenticated identity; else the identity needs one of these groups.
+    pub allowed_groups: Vec<String>,
+}
+
+/// One problem found in the configuration.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Problem {
+    /// Dotted key, e.g. `identity.jwt.ttl`.
+    pub key: String,
+    /// What is wrong.
+    pub message: String,
+}
+
+impl std::fmt::Display for Problem {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: {}", self.key, self.message)
+    }
+}
+
+/// Why a configuration could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file or the environment could not be parsed into the typed config.
+    #[error("cannot read configuration: {0}")]
+    Parse(String),
+    /// Parsed, but some settings are invalid.
+    #[error("invalid configuration:\n{}", .0.iter().map(|p| format!("  - {p}")).collect::<Vec<_>>().join("\n"))]
+    Invalid(Vec<Problem>),
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            listen: Listen::default(),
+            public_url: None,
+            identity: IdentityConfig::default(),
+            kubernetes: KubernetesConfig::default(),
+            skip_auth: Vec::new(),
+            api_routes: ["/api/", "/apis/", "/pipeline/apis/", "/ml_metadata"]
+                .map(String::from)
+                .to_vec(),
+            authorization: AuthorizationConfig::default(),
+        }
+    }
+}
+
+impl Config {
+    /// Loads `file` (optional) with `AUTHGATE_*` overrides from the process environment.
+    pub fn load(file: Option<&Path>) -> Result<Config, ConfigError> {
+        Self::load_with_env(file, std::env::vars())
+    }
+
+    /// Like [`Config::load`], with the environment handed in (tests never touch the process env).
+    pub fn load_with_env(
+        file: Option<&Path>,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Config, ConfigError> {
+        let mut figment = Figment::new();
+        if let Some(file) = file {
+            if !file.exists() {
+                return Err(ConfigError::Parse(format!(
+                    "config file {} does not exist",
+                    file.display()
+                )));
+            }
+            figment = figment.merge(Yaml::file(file));
+        }
+        for (key, value) in env_overrides(env) {
+            figment = figment.merge((key, value));
+        }
+        let config: Config = figment.extract().map_err(|e| {
+            ConfigError::Parse(
+                e.into_iter()
+                    .map(|e| e.to_string())
+                    .collect::<Vec<_>>()
+                    .join("; "),
+            )
+        })?;
+        config.validate().map_err(ConfigError::Invalid)?;
+        Ok(config)
+    }
+
+    /// Parses YAML text (no environment); used by tests and `explain`.
+    pub fn from_yaml(text: &str) -> Result<Config, ConfigError> {
+        let config: Config = Figment::new()
+            .merge(Yaml::string(text))
+            .extract()
+            .map_err(|e| ConfigError::Parse(e.to_string()))?;
+        config.validate().map_err(ConfigError::Invalid)?;
+        Ok(config)
+    }
+
+    /// Every problem with the settings, all at once.
+    pub fn validate(&self) -> Result<(), Vec<Problem>> {
+        let mut problems = Vec::new();
+        let mut bad = |key: &str, message: String| {
+            problems.push(Problem {
+                key: key.into(),
+                message,
+            })
+        };
+
+        match &self.public_url {
+            None => bad(
+                "public_url",
+                "required: the gateway's origin as users see it, e.g. https://kubeflow.example.com"
+                    .into(),
+            ),
+            Some(url) => {
+                if !matches!(url.scheme(), "http" | "https") || url.host_str().is_none() {
+                    bad("public_url", format!("{url} is not an http(s) origin"));
+                }
+                if url.path() != "/" || url.query().is_some() || url.fragment().is_some() {
+                    bad(
+                        "public_url",
+                        format!("{url} must be an origin only (scheme, host, port; no path)"),
+                    );
+                }
+            }
+        }
+
+        let prefix = &self.listen.http_check_prefix;
+        if !prefix.starts_with('/') || prefix.len() < 2 || prefix.ends_with('/') {
+            bad(
+                "listen.http_check_prefix",
+                format!("{prefix:?} must start with '/', not end with '/', and not be '/'"),
+            );
+        }
+
+        let identity = &self.identity;
+        let names = [
+            ("identity.user_header", &identity.user_header),
+            ("identity.groups_header", &identity.groups_header),
+            ("identity.jwt.header", &identity.jwt.header),
+        ];
+        for (key, name) in names {
+            check_header_name(key, name, &mut bad);
+        }
+        for (i, name) in identity.strip_headers.iter().enumerate() {
+            check_header_name(&format!("identity.strip_headers[{i}]"), name, &mut bad);
+        }
+        let lowered: Vec<String> = names.iter().map(|(_, n)| n.to_ascii_lowercase()).collect();
+        if lowered[0] == lowered[1] || lowered[0] == lowered[2] || lowered[1] == lowered[2] {
+            bad(
+                "identity",
+                "user_header, groups_header and jwt.header must be three different headers".into(),
+            );
+        }
+        if identity.jwt.ttl < Duration::from_secs(10)
+            || identity.jwt.ttl > Duration::from_secs(3600)
+        {
+            bad(
+                "identity.jwt.ttl",
+                "must be between 10s and 1h: it is how long a leaked identity header stays valid"
+                    .into(),
+            );
+        }
+        if let Some(file) = &identity.jwt.key_file
+            && !file.is_file()
+        {
+            bad(
+                "identity.jwt.key_file",
+                format!(
+                    "{} is not a readable file (create one with `authgate keygen`)",
+                    file.display()
+                ),
+            );
+        }
+
+        let k8s = &self.kubernetes;
+        if let Some(file) = &k8s.kubeconfig
+            && !file.is_file()
+        {
+            bad(
+                "kubernetes.kubeconfig",
+                format!("{} is not a readable file", file.display()),
+            );
+        }
+        if k8s.timeout.is_zero() || k8s.timeout > Duration::from_secs(60) {
+            bad(
+                "kubernetes.timeout",
+                "must be more than 0 and at most 60s".into(),
+            );
+        }
+        let tr = &k8s.token_review;
+        if tr.cache_ttl > Duration::from_secs(3600) {
+            bad(
+                "kubernetes.token_review.cache_ttl",
+                "at most 1h: a revoked token must stop working in bounded time".into(),
+            );
+        }
+        if tr.failure_cache_ttl > tr.cache_ttl {
+            bad(
+                "kubernetes.token_review.failure_cache_ttl",
+                "must not be longer than cache_ttl".into(),
+            );
+        }
+        for (i, aud) in tr.audiences.iter().enumerate() {
+            if aud.trim().is_empty() {
+                bad(
+                    &format!("kubernetes.token_review.audiences[{i}]"),
+                    "must not be empty".into(),
+                );
+            }
+        }
+
+        for (key, list) in [
+            ("skip_auth", &self.skip_auth),
+            ("api_routes", &self.api_routes),
+        ] {
+            for (i, prefix) in list.iter().enumerate() {
+                if let Err(e) = PathPrefix::parse(prefix) {
+                    bad(&format!("{key}[{i}]"), e);
+                } else if key == "skip_auth" && normalize_path(prefix).as_deref() == Ok("/") {
+                    bad(
+                        &format!("{key}[{i}]"),
+                        "skipping authentication for every path is not allowed".into(),
+                    );
+                }
+            }
+        }
+
+        for (i, group) in self.authorization.allowed_groups.iter().enumerate() {
+            if group.trim().is_empty() {
+                bad(
+                    &format!("authorization.allowed_groups[{i}]"),
+                    "must not be empty".into(),
+                );
+            }
+        }
+
+        if problems.is_empty() {
+            Ok(())
+        } else {
+            Err(problems)
+        }
+    }
+
+    /// The public origin, validated to exist.
+    pub fn public_origin(&self) -> &Url {
+        self.public_url
+            .as_ref()
+            .expect("validated config has public_url")
+    }
+
+    /// The effective configuration as YAML, with secrets redacted.
+    pub fn redacted_yaml(&self) -> String {
+        // No secret is held inline yet: secrets only ever come from files, and we print paths.
+        serde_yaml::to_string(self).unwrap_or_else(|e| format!("# cannot render: {e}\n"))
+    }
+}
+
+fn check_header_name(key: &str, name: &str, bad: &mut impl FnMut(&str, String)) {
+    if name.is_empty() || http::HeaderName::from_bytes(name.as_bytes()).is_err() {
+        bad(key, format!("{name:?} is not a valid HTTP header name"));
+    } else if name.starts_with(':') || name.eq_ignore_ascii_case("host") {
+        bad(key, format!("{name:?} cannot be an identity header"));
+    }
+}
+
+/// `AUTHGATE_IDENTITY__JWT__TTL=1m` → (`identity.jwt.ttl`, `"1m"`), from a handed-in environment
+/// (figment's own `Env` provider always reads the process environment). Values are parsed the
+/// way figment parses environment values: `[a, b]` is a list, `true` a bool, `5` a number.
+fn env_overrides(
+    env: impl IntoIterator<Item = (String, String)>,
+) -> Vec<(String, figment::value::Value)> {
+    env.into_iter()
+        .filter_map(|(k, v)| {
+            let key = k.strip_prefix("AUTHGATE_")?;
+            if ENV_NOT_KEYS.contains(&key) {
+                return None;
+            }
+            let key = key.to_ascii_lowercase().replace("__", ".");
+            Some((
+                key,
+                v.parse().expect("parsing a figment value is infallible"),
+            ))
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    fn write(text: &str) -> tempfile::NamedTempFile {
+        let file = tempfile::NamedTempFile::new().unwrap();
+        std::fs::write(file.path(), text).unwrap();
+        file
+    }
+
+    #[test]
+    fn minimal_config_gets_defaults() {
+        let c = Config::from_yaml("public_url: https://kf.example.com").unwrap();
+        assert_eq!(c.identity.user_header, "kubeflow-userid");
+        assert_eq!(c.identity.jwt.ttl, Duration::from_secs(300));
+        assert_eq!(c.listen.grpc.port(), 9000);
+        assert!(c.kubernetes.token_review.enabled);
+    }
+
+    #[test]
+    fn reports_every_problem_at_once() {
+        let err = Config::from_yaml(
+            "public_url: https://kf.example.com/some/path\n\
+             identity: {user_header: 'bad header', jwt: {ttl: 1s}}\n\
+             skip_auth: ['/', '/a%2Fb']\n\
+             kubernetes: {timeout: 0s}\n",
+        )
+        .unwrap_err();
+        let ConfigError::Invalid(problems) = err else {
+            panic!("expected validation errors, got {err}")
+        };
+        let keys: Vec<&str> = problems.iter().map(|p| p.key.as_str()).collect();
+        for key in [
+            "public_url",
+            "identity.user_header",
+            "identity.jwt.ttl",
+            "skip_auth[0]",
+            "skip_auth[1]",
+            "kubernetes.timeout",
+        ] {
+            assert!(keys.contains(&key), "{key} missing from {keys:?}");
+        }
+    }
+
+    #[test]
+    fn unknown_keys_are_errors() {
+        let err =
+            Config::from_yaml("public_url: https://x.example\nlisten: {grcp: 1}").unwrap_err();
+        assert!(err.to_string().contains("grcp"), "{err}");
+    }
+
+    #[test]
+    fn environment_overrides_file() {
+        let file = write("public_url: https://kf.example.com\nidentity: {user_prefix: 'a:'}\n");
+        let c = Config::load_with_env(
+            Some(file.path()),
+            env(&[
+                ("AUTHGATE_IDENTITY__USER_PREFIX", "b:"),
+                ("AUTHGATE_IDENTITY__JWT__TTL", "2m"),
+                (
+                    "AUTHGATE_KUBERNETES__TOKEN_REVIEW__AUDIENCES",
+                    "[pipelines.kubeflow.org, x]",
+                ),
+                ("AUTHGATE_CONFIG", "/ignored"),
+                ("AUTHGATE_LOG", "debug"),
+                ("OTHER", "ignored"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(c.identity.user_prefix, "b:");
+        assert_eq!(c.identity.jwt.ttl, Duration::from_secs(120));
+        assert_eq!(
+            c.kubernetes.token_review.audiences,
+            ["pipelines.kubeflow.org", "x"]
+        );
+    }
+
+    #[test]
+    fn missing_file_is_an_error() {
+        let err =
+            Config::load_with_env(Some(Path::new("/nonexistent.yaml")), env(&[])).unwrap_err();
+        assert!(err.to_string().contains("does not exist"));
+    }
+
+    #[test]
+    fn printed_config_parses_back() {
+        let c =
+            Config::from_yaml("public_url: https://kf.example.com\nskip_auth: [/dex/]").unwrap();
+        let again = Config::from_yaml(&c.redacted_yaml()).unwrap();
+        assert_eq!(again.skip_auth, ["/dex/"]);
+    }
+}

@@ -1,0 +1,313 @@
+//! `decide()`: the whole policy. Given a transport-free [`Request`], say who it comes from and
+//! what Envoy must do: forward it with these headers set and removed, or answer it with this
+//! response. Pure apart from the authenticators and the signer it is handed; knows nothing of
+//! protobuf or axum.
+
+use std::sync::Arc;
+
+use serde_json::json;
+
+use crate::authn::service_account::{Review, ServiceAccountAuthenticator};
+use crate::authn::{Credential, credential};
+use crate::identity::{HeaderPlan, Identity};
+use crate::path::PathPrefix;
+use crate::request::Request;
+use crate::signing::Signer;
+
+/// The prefix of authgate's own endpoints, answered inside the check.
+pub const OWN_PREFIX: &str = "/authgate";
+
+/// What Envoy must do with a request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Decision {
+    /// Forward upstream.
+    Allow(Allow),
+    /// Answer the client directly (errors, and authgate's own pages, which may carry a 200).
+    Deny(Deny),
+}
+
+/// Forward upstream, after setting and removing headers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Allow {
+    /// Headers to set upstream, overwriting every client copy.
+    pub set: Vec<(String, String)>,
+    /// Headers to remove upstream; never one that is also in `set`.
+    pub remove: Vec<String>,
+    /// Headers for the client's response (e.g. `set-cookie`).
+    pub response_headers: Vec<(String, String)>,
+    /// Who, when authenticated (skip-auth paths have nobody).
+    pub identity: Option<Arc<Identity>>,
+    /// Why, for logs and metrics.
+    pub reason: &'static str,
+}
+
+/// Answer the client with this response.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Deny {
+    /// HTTP status.
+    pub status: u16,
+    /// Response headers.
+    pub headers: Vec<(String, String)>,
+    /// Response body.
+    pub body: String,
+    /// Who, when known (e.g. an authenticated identity outside the allowed groups).
+    pub identity: Option<Arc<Identity>>,
+    /// Why, for logs and metrics.
+    pub reason: &'static str,
+}
+
+impl Decision {
+    /// Why, for logs and metrics.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Decision::Allow(a) => a.reason,
+            Decision::Deny(d) => d.reason,
+        }
+    }
+
+    /// The HTTP status the client sees from authgate (200 for allow).
+    pub fn status(&self) -> u16 {
+        match self {
+            Decision::Allow(_) => 200,
+            Decision::Deny(d) => d.status,
+        }
+    }
+
+    /// The identity, when one was established.
+    pub fn identity(&self) -> Option<&Identity> {
+        match self {
+            Decision::Allow(a) => a.identity.as_deref(),
+            Decision::Deny(d) => d.identity.as_deref(),
+        }
+    }
+}
+
+/// Everything `decide` needs, prepared once at start.
+pub struct Gate {
+    /// Header names to set and remove.
+    pub headers: HeaderPlan,
+    /// Signs the identity JWT.
+    pub signer: Arc<Signer>,
+    /// Service-account tokens; `None` when TokenReview is disabled.
+    pub service_accounts: Option<ServiceAccountAuthenticator>,
+    /// Paths that need no authentication.
+    pub skip_auth: Vec<PathPrefix>,
+    /// Empty: any authenticated identity passes.
+    pub allowed_groups: Vec<String>,
+}
+
+impl Gate {
+    /// Decides one request.
+    pub async fn decide(&self, req: &Request) -> Decision {
+        let path = match &req.path {
+            Ok(path) => path.as_str(),
+            Err(e) => return json_response(400, "bad_request", &e.to_string(), "ambiguous_path"),
+        };
+
+        if let Some(own) = own_endpoint(path) {
+            return self.own_endpoint(own, req).await;
+        }
+
+        if self.skip_auth.iter().any(|p| p.matches(path)) {
+            return Decision::Allow(Allow {
+                set: Vec::new(),
+                remove: self.headers.remove_all().to_vec(),
+                response_headers: Vec::new(),
+                identity: None,
+                reason: "skip_auth",
+            });
+        }
+
+        let identity = match self.authenticate(req).await {
+            Ok(identity) => identity,
+            Err(deny) => return deny,
+        };
+
+        if let Some(deny) = self.check_groups(&identity) {
+            return deny;
+        }
+
+        self.allow(identity, req)
+    }
+
+    async fn authenticate(&self, req: &Request) -> Result<Arc<Identity>, Decision> {
+        match credential(&req.headers) {
+            Credential::Bearer(token) => self.authenticate_bearer(token).await,
+            Credential::Malformed(why) => Err(unauthenticated(why, true, "malformed_credential")),
+            Credential::None => Err(unauthenticated(
+                "authentication required: send a bearer token",
+                false,
+                "no_credential",
+            )),
+        }
+    }
+
+    async fn authenticate_bearer(&self, token: &str) -> Result<Arc<Identity>, Decision> {
+        let Some(service_accounts) = &self.service_accounts else {
+            return Err(unauthenticated(
+                "bearer tokens are not accepted by this gateway",
+                true,
+                "bearer_not_accepted",
+            ));
+        };
+        match service_accounts.authenticate(token).await {
+            Ok(Review::Authenticated(identity)) => Ok(identity),
+            Ok(Review::Rejected(why)) => {
+                tracing::debug!(reason = %why, "token review rejected a bearer token");
+                Err(unauthenticated(
+                    "invalid bearer token",
+                    true,
+                    "invalid_token",
+                ))
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "token review failed");
+                Err(unavailable("kubernetes_unavailable"))
+            }
+        }
+    }
+
+    fn check_groups(&self, identity: &Arc<Identity>) -> Option<Decision> {
+        if self.allowed_groups.is_empty()
+            || identity
+                .groups
+                .iter()
+                .any(|g| self.allowed_groups.contains(g))
+        {
+            return None;
+        }
+        let Decision::Deny(mut deny) = json_response(
+            403,
+            "forbidden",
+            &format!(
+                "{} is not a member of a group allowed to use this gateway",
+                identity.user
+            ),
+            "group_not_allowed",
+        ) else {
+            unreachable!("json_response denies")
+        };
+        deny.identity = Some(identity.clone());
+        Some(Decision::Deny(deny))
+    }
+
+    fn allow(&self, identity: Arc<Identity>, req: &Request) -> Decision {
+        let plan = &self.headers;
+        let user_value = plan.user_value(&identity);
+        let audience = req.host.as_str();
+        let token = match self.signer.token(&identity, &user_value, audience) {
+            Ok(token) => token,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot sign the identity token");
+                return json_response(500, "internal", "internal error", "signing_failed");
+            }
+        };
+        let mut set = vec![
+            (plan.user.clone(), user_value),
+            (plan.jwt.clone(), token.to_string()),
+        ];
+        if !identity.groups.is_empty() {
+            set.push((plan.groups.clone(), identity.groups.join(",")));
+        }
+        let set_names: Vec<&str> = set.iter().map(|(n, _)| n.as_str()).collect();
+        let remove = plan.remove_except(&set_names);
+        Decision::Allow(Allow {
+            set,
+            remove,
+            response_headers: Vec::new(),
+            identity: Some(identity),
+            reason: "authenticated",
+        })
+    }
+
+    async fn own_endpoint(&self, endpoint: &str, req: &Request) -> Decision {
+        match endpoint {
+            "/jwks.json" => own_page(
+                200,
+                "application/json",
+                self.signer.jwks().to_string(),
+                "jwks",
+                Some("public, max-age=300"),
+            ),
+            "/whoami" => match self.authenticate(req).await {
+                Ok(identity) => {
+                    let body = json!({
+                        "user": self.headers.user_value(&identity),
+                        "groups": identity.groups,
+                        "auth_method": identity.method,
+                    });
+                    let mut d = own_page(200, "application/json", body.to_string(), "whoami", None);
+                    if let Decision::Deny(deny) = &mut d {
+                        deny.identity = Some(identity);
+                    }
+                    d
+                }
+                Err(deny) => deny,
+            },
+            _ => json_response(
+                404,
+                "not_found",
+                "no such authgate endpoint",
+                "own_not_found",
+            ),
+        }
+    }
+}
+
+/// `/authgate/x` → `Some("/x")`; `/authgate` → `Some("")`.
+fn own_endpoint(path: &str) -> Option<&str> {
+    let rest = path.strip_prefix(OWN_PREFIX)?;
+    (rest.is_empty() || rest.starts_with('/')).then_some(rest)
+}
+
+fn own_page(
+    status: u16,
+    content_type: &str,
+    body: String,
+    reason: &'static str,
+    cache: Option<&str>,
+) -> Decision {
+    Decision::Deny(Deny {
+        status,
+        headers: vec![
+            ("content-type".into(), content_type.into()),
+            ("cache-control".into(), cache.unwrap_or("no-store").into()),
+        ],
+        body,
+        identity: None,
+        reason,
+    })
+}
+
+/// A JSON error answer.
+pub fn json_response(status: u16, error: &str, message: &str, reason: &'static str) -> Decision {
+    let body = json!({ "error": error, "message": message }).to_string();
+    own_page(status, "application/json", body, reason, None)
+}
+
+fn unauthenticated(message: &str, token_was_bad: bool, reason: &'static str) -> Decision {
+    let mut decision = json_response(401, "unauthenticated", message, reason);
+    if let Decision::Deny(deny) = &mut decision {
+        let challenge = if token_was_bad {
+            r#"Bearer realm="authgate", error="invalid_token""#
+        } else {
+            r#"Bearer realm="authgate""#
+        };
+        deny.headers
+            .push(("www-authenticate".into(), challenge.into()));
+    }
+    decision
+}
+
+fn unavailable(reason: &'static str) -> Decision {
+    let mut decision = json_response(
+        503,
+        "unavailable",
+        "authgate cannot verify this request right now; try again shortly",
+        reason,
+    );
+    if let Decision::Deny(deny) = &mut decision {
+        deny.headers.push(("retry-after".into(), "5".into()));
+    }
+    decision
+}

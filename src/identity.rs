@@ -1,0 +1,194 @@
+//! Who a request comes from, and the identity headers authgate sends upstream for it.
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use serde::Serialize;
+
+use crate::config::IdentityConfig;
+
+/// How an identity was established.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AuthMethod {
+    /// A Kubernetes service-account token, checked with a TokenReview.
+    ServiceAccount,
+    /// A JWT from a trusted OIDC issuer, checked against its JWKS.
+    OidcJwt,
+    /// A browser session created by the OIDC login.
+    Session,
+}
+
+impl AuthMethod {
+    /// Stable name for logs, metrics and the signed JWT.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AuthMethod::ServiceAccount => "service_account",
+            AuthMethod::OidcJwt => "oidc_jwt",
+            AuthMethod::Session => "session",
+        }
+    }
+}
+
+impl fmt::Display for AuthMethod {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A verified identity.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize)]
+pub struct Identity {
+    /// User name as the authenticator gave it (no prefix).
+    pub user: String,
+    /// Groups.
+    pub groups: Vec<String>,
+    /// Stable id (TokenReview uid, OIDC `sub`), when known.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub uid: Option<String>,
+    /// Extra attributes (TokenReview `extra`: pod name, credential id …).
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub extra: BTreeMap<String, Vec<String>>,
+    /// How it was established.
+    pub method: AuthMethod,
+}
+
+/// The identity headers, prepared once from the configuration: which names authgate sets, and
+/// every look-alike it must remove so a client value can never reach the app.
+#[derive(Debug, Clone)]
+pub struct HeaderPlan {
+    /// Lower-cased user header.
+    pub user: String,
+    /// Lower-cased groups header.
+    pub groups: String,
+    /// Lower-cased signed-identity header.
+    pub jwt: String,
+    user_prefix: String,
+    /// Every variant of every identity and strip header (`_`/`-` mixes), lower-cased.
+    all_variants: Vec<String>,
+}
+
+/// Headers with more separators than this get only the all-`-` and all-`_` variants (2^n grows
+/// fast, and no real identity header has this many).
+const MAX_SEPARATORS_FOR_ALL_MIXES: usize = 6;
+
+impl HeaderPlan {
+    /// Prepares the plan.
+    pub fn new(config: &IdentityConfig) -> HeaderPlan {
+        let lower = |s: &str| s.to_ascii_lowercase();
+        let mut all_variants = Vec::new();
+        let names = [
+            &config.user_header,
+            &config.groups_header,
+            &config.jwt.header,
+        ]
+        .into_iter()
+        .chain(config.strip_headers.iter());
+        for name in names {
+            for variant in separator_variants(&lower(name)) {
+                if !all_variants.contains(&variant) {
+                    all_variants.push(variant);
+                }
+            }
+        }
+        HeaderPlan {
+            user: lower(&config.user_header),
+            groups: lower(&config.groups_header),
+            jwt: lower(&config.jwt.header),
+            user_prefix: config.user_prefix.clone(),
+            all_variants,
+        }
+    }
+
+    /// The user header value for an identity.
+    pub fn user_value(&self, identity: &Identity) -> String {
+        format!("{}{}", self.user_prefix, identity.user)
+    }
+
+    /// Headers to remove when nothing is set (deny, skip-auth): every variant.
+    pub fn remove_all(&self) -> &[String] {
+        &self.all_variants
+    }
+
+    /// Headers to remove when the given headers are set: every variant except those, since
+    /// Envoy applies removals after sets and would delete the verified value.
+    pub fn remove_except(&self, set: &[&str]) -> Vec<String> {
+        self.all_variants
+            .iter()
+            .filter(|v| !set.contains(&v.as_str()))
+            .cloned()
+            .collect()
+    }
+
+    /// Whether a lower-cased header name is one authgate owns (for tests and audits).
+    pub fn is_identity_header(&self, name: &str) -> bool {
+        self.all_variants.iter().any(|v| v == name)
+    }
+}
+
+/// `a-b_c` → every mix of `-` and `_` at the separator positions.
+fn separator_variants(name: &str) -> Vec<String> {
+    let positions: Vec<usize> = name
+        .bytes()
+        .enumerate()
+        .filter(|(_, b)| *b == b'-' || *b == b'_')
+        .map(|(i, _)| i)
+        .collect();
+    if positions.len() > MAX_SEPARATORS_FOR_ALL_MIXES {
+        let mut out = vec![name.replace('_', "-"), name.replace('-', "_")];
+        if !out.contains(&name.to_string()) {
+            out.push(name.to_string());
+        }
+        return out;
+    }
+    (0..1u32 << positions.len())
+        .map(|mask| {
+            let mut bytes = name.as_bytes().to_vec();
+            for (bit, &pos) in positions.iter().enumerate() {
+                bytes[pos] = if mask & (1 << bit) == 0 { b'-' } else { b'_' };
+            }
+            String::from_utf8(bytes).expect("ascii swap keeps utf-8")
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn plan() -> HeaderPlan {
+        HeaderPlan::new(&IdentityConfig {
+            strip_headers: vec!["X-Auth-Request-Email".into()],
+            ..IdentityConfig::default()
+        })
+    }
+
+    #[test]
+    fn variants_cover_underscores_and_case() {
+        let plan = plan();
+        for name in [
+            "kubeflow-userid",
+            "kubeflow_userid",
+            "kubeflow-groups",
+            "kubeflow_groups",
+            "x-authgate-identity",
+            "x_authgate_identity",
+            "x-authgate_identity",
+            "x_auth_request-email",
+        ] {
+            assert!(plan.is_identity_header(name), "{name}");
+        }
+        assert!(!plan.is_identity_header("authorization"));
+    }
+
+    #[test]
+    fn never_removes_what_it_sets() {
+        let plan = plan();
+        let set = [plan.user.as_str(), plan.groups.as_str(), plan.jwt.as_str()];
+        let removed = plan.remove_except(&set);
+        for name in set {
+            assert!(!removed.iter().any(|r| r == name));
+        }
+        assert!(removed.iter().any(|r| r == "kubeflow_userid"));
+    }
+}

@@ -1,0 +1,162 @@
+//! authgate: an ext_authz authentication gateway for Envoy / Istio in front of multi-tenant ML
+//! platforms such as Kubeflow. See `README.md` and `docs/`.
+
+#![forbid(unsafe_code)]
+
+pub mod authn;
+pub mod clock;
+pub mod config;
+pub mod decision;
+pub mod identity;
+pub mod k8s;
+pub mod path;
+pub mod request;
+pub mod signing;
+pub mod telemetry;
+pub mod transport;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use crate::authn::service_account::{KubeTokenReview, ServiceAccountAuthenticator};
+use crate::clock::{SharedClock, SystemClock};
+use crate::config::Config;
+use crate::decision::Gate;
+use crate::identity::HeaderPlan;
+use crate::path::PathPrefix;
+use crate::signing::Signer;
+use crate::telemetry::Checker;
+
+/// Why the app could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// The signing key.
+    #[error(transparent)]
+    Signing(#[from] signing::SigningError),
+    /// The Kubernetes client.
+    #[error(transparent)]
+    Kube(#[from] k8s::SetupError),
+    /// A listener could not be bound.
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        /// The address.
+        addr: SocketAddr,
+        /// The error.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// Everything built from the configuration, before any port is bound.
+pub struct App {
+    config: Config,
+    checker: Arc<Checker>,
+}
+
+impl App {
+    /// Builds the app with the system clock.
+    pub async fn build(config: Config) -> Result<App, StartError> {
+        Self::build_with_clock(config, Arc::new(SystemClock)).await
+    }
+
+    /// Builds the app with an injected clock (tests).
+    pub async fn build_with_clock(config: Config, clock: SharedClock) -> Result<App, StartError> {
+        let identity = &config.identity;
+        let signer = Arc::new(Signer::load(
+            identity.jwt.key_file.as_deref(),
+            &identity.jwt.extra_public_key_files,
+            config.public_origin().as_str(),
+            identity.jwt.ttl,
+            clock.clone(),
+        )?);
+        let token_review = &config.kubernetes.token_review;
+        let service_accounts = if token_review.enabled {
+            let client = k8s::client(&config.kubernetes).await?;
+            let api = Arc::new(KubeTokenReview::new(client, config.kubernetes.timeout));
+            Some(ServiceAccountAuthenticator::new(
+                api,
+                token_review.clone(),
+                clock.clone(),
+            ))
+        } else {
+            None
+        };
+        let gate = Gate {
+            headers: HeaderPlan::new(identity),
+            signer,
+            service_accounts,
+            skip_auth: config
+                .skip_auth
+                .iter()
+                .map(|p| PathPrefix::parse(p).expect("validated"))
+                .collect(),
+            allowed_groups: config.authorization.allowed_groups.clone(),
+        };
+        Ok(App {
+            checker: Arc::new(Checker::new(Arc::new(gate))),
+            config,
+        })
+    }
+
+    /// Binds both listeners and serves until `shutdown` resolves, then drains in-flight checks
+    /// for up to `listen.shutdown_grace`.
+    pub async fn start(self) -> Result<Running, StartError> {
+        let bind = |addr: SocketAddr| async move {
+            TcpListener::bind(addr)
+                .await
+                .map_err(|source| StartError::Bind { addr, source })
+        };
+        let grpc_listener = bind(self.config.listen.grpc).await?;
+        let http_listener = bind(self.config.listen.http).await?;
+        let grpc_addr = grpc_listener.local_addr().expect("bound");
+        let http_addr = http_listener.local_addr().expect("bound");
+        let (stop_tx, stop_rx) = watch::channel(false);
+        let ready = Arc::new(AtomicBool::new(true));
+
+        let grpc = transport::serve_grpc(grpc_listener, self.checker.clone(), stop_rx.clone());
+        let http_state = transport::http::HttpState::new(
+            self.checker.clone(),
+            &self.config.listen.http_check_prefix,
+            ready.clone(),
+        );
+        let http = transport::serve_http(http_listener, http_state, stop_rx);
+        tracing::info!(%grpc_addr, %http_addr, "authgate listening");
+        Ok(Running {
+            grpc_addr,
+            http_addr,
+            stop: stop_tx,
+            ready,
+            grace: self.config.listen.shutdown_grace,
+            tasks: vec![tokio::spawn(grpc), tokio::spawn(http)],
+        })
+    }
+}
+
+/// A started app.
+pub struct Running {
+    /// Where the gRPC server listens.
+    pub grpc_addr: SocketAddr,
+    /// Where the HTTP server listens.
+    pub http_addr: SocketAddr,
+    stop: watch::Sender<bool>,
+    ready: Arc<AtomicBool>,
+    grace: std::time::Duration,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl Running {
+    /// Stops accepting, lets in-flight checks finish within the grace period, then returns.
+    pub async fn shutdown(self) {
+        self.ready.store(false, Ordering::Relaxed);
+        let _ = self.stop.send(true);
+        let drain = futures::future::join_all(self.tasks);
+        if tokio::time::timeout(self.grace, drain).await.is_err() {
+            tracing::warn!(grace = ?self.grace, "in-flight checks did not finish within the grace period");
+        }
+    }
+}

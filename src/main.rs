@@ -1,0 +1,123 @@
+//! The `authgate` command: parse the CLI, load the config, run until a signal.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+
+use authgate::config::{Config, EXIT_CONFIG};
+
+#[derive(Parser)]
+#[command(
+    name = "authgate",
+    version,
+    about = "ext_authz authentication gateway for Envoy and Istio"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Serve gRPC and HTTP ext_authz.
+    Serve {
+        /// YAML config file.
+        #[arg(long, env = "AUTHGATE_CONFIG")]
+        config: Option<PathBuf>,
+    },
+    /// Validate the configuration and print the effective one (secrets redacted).
+    CheckConfig {
+        /// YAML config file.
+        #[arg(long, env = "AUTHGATE_CONFIG")]
+        config: Option<PathBuf>,
+    },
+    /// Write a new Ed25519 signing key (PKCS#8 PEM) for the identity JWT.
+    Keygen {
+        /// Where to write it; `-` for standard output.
+        #[arg(long, short, default_value = "-")]
+        out: PathBuf,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    authgate::telemetry::init_logging();
+    match cli.command {
+        Command::Serve { config } => {
+            let config = match load(config.as_deref()) {
+                Ok(c) => c,
+                Err(code) => return code,
+            };
+            let runtime = tokio::runtime::Runtime::new().expect("tokio runtime");
+            match runtime.block_on(serve(config)) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    tracing::error!(error = format!("{e:#}"), "authgate stopped");
+                    eprintln!("authgate: {e:#}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        Command::CheckConfig { config } => match load(config.as_deref()) {
+            Ok(c) => {
+                print!("{}", c.redacted_yaml());
+                ExitCode::SUCCESS
+            }
+            Err(code) => code,
+        },
+        Command::Keygen { out } => match keygen(&out) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("authgate keygen: {e:#}");
+                ExitCode::FAILURE
+            }
+        },
+    }
+}
+
+/// Loads the config, printing every problem and returning exit code 64 on failure.
+fn load(file: Option<&Path>) -> Result<Config, ExitCode> {
+    Config::load(file).map_err(|e| {
+        eprintln!("authgate: {e}");
+        ExitCode::from(EXIT_CONFIG as u8)
+    })
+}
+
+async fn serve(config: Config) -> anyhow::Result<()> {
+    let app = authgate::App::build(config).await.context("cannot start")?;
+    let running = app.start().await.context("cannot start")?;
+    shutdown_signal().await;
+    tracing::info!("shutting down: draining in-flight checks");
+    running.shutdown().await;
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+}
+
+fn keygen(out: &Path) -> anyhow::Result<()> {
+    let pem = authgate::signing::generate_key_pem();
+    if out == Path::new("-") {
+        print!("{pem}");
+        return Ok(());
+    }
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(out)
+        .with_context(|| format!("cannot create {} (it must not exist yet)", out.display()))?;
+    file.write_all(pem.as_bytes())?;
+    eprintln!("wrote a new Ed25519 signing key to {}", out.display());
+    Ok(())
+}

@@ -1,0 +1,143 @@
+//! The transport-free request that `decide()` judges. Both the gRPC and the HTTP adapter build
+//! one; nothing here knows protobuf or axum.
+
+use std::net::IpAddr;
+
+use crate::path::{PathError, normalize_path, split_target};
+
+/// Request headers as a list of (lower-cased name, value), repeated names kept as separate
+/// entries. Envoy's gRPC `headers` map arrives merged (`a,b`); its `header_map` and the HTTP
+/// transport keep repeats apart. Both shapes are handled by reading every entry.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Headers(Vec<(String, String)>);
+
+impl Headers {
+    /// Builds from (name, value) pairs; names are lower-cased.
+    pub fn from_pairs<N: AsRef<str>, V: Into<String>>(
+        pairs: impl IntoIterator<Item = (N, V)>,
+    ) -> Headers {
+        Headers(
+            pairs
+                .into_iter()
+                .map(|(n, v)| (n.as_ref().to_ascii_lowercase(), v.into()))
+                .collect(),
+        )
+    }
+
+    /// Every value of `name` (lower-case), in order.
+    pub fn get_all<'a>(&'a self, name: &'a str) -> impl Iterator<Item = &'a str> + 'a {
+        self.0
+            .iter()
+            .filter(move |(n, _)| n == name)
+            .map(|(_, v)| v.as_str())
+    }
+
+    /// The value of a header that must appear once; `None` when absent.
+    /// `Err(())` when it appears several times (repeated or merged with a comma is left to the
+    /// caller to judge, since some headers, like `accept`, legitimately contain commas).
+    pub fn get_single<'a>(&'a self, name: &'a str) -> Result<Option<&'a str>, ()> {
+        let mut values = self.get_all(name);
+        let first = values.next();
+        if values.next().is_some() {
+            return Err(());
+        }
+        Ok(first)
+    }
+
+    /// The first value of `name`.
+    pub fn get<'a>(&'a self, name: &'a str) -> Option<&'a str> {
+        self.get_all(name).next()
+    }
+
+    /// All (name, value) pairs.
+    pub fn iter(&self) -> impl Iterator<Item = (&str, &str)> {
+        self.0.iter().map(|(n, v)| (n.as_str(), v.as_str()))
+    }
+}
+
+/// One request to judge.
+#[derive(Debug, Clone)]
+pub struct Request {
+    /// HTTP method, upper-case.
+    pub method: String,
+    /// `http` or `https`, as the client used it.
+    pub scheme: String,
+    /// Host (`:authority`), lower-cased, port kept.
+    pub host: String,
+    /// The raw request target's path part, as sent.
+    pub raw_path: String,
+    /// The normalized path every rule matches, or why it was refused.
+    pub path: Result<String, PathError>,
+    /// The raw query string (without `?`).
+    pub query: String,
+    /// Request headers.
+    pub headers: Headers,
+    /// The downstream client address as Envoy saw it.
+    pub client_ip: Option<IpAddr>,
+}
+
+impl Request {
+    /// Builds a request from a raw target (path with query, as Envoy sends it).
+    pub fn new(
+        method: &str,
+        scheme: &str,
+        host: &str,
+        target: &str,
+        headers: Headers,
+        client_ip: Option<IpAddr>,
+    ) -> Request {
+        let (raw_path, query) = split_target(target);
+        Request {
+            method: method.to_ascii_uppercase(),
+            scheme: scheme.to_ascii_lowercase(),
+            host: host.to_ascii_lowercase(),
+            raw_path: raw_path.to_string(),
+            path: normalize_path(raw_path),
+            query: query.to_string(),
+            headers,
+            client_ip,
+        }
+    }
+
+    /// The normalized path, or `"-"` for a refused one (for logs).
+    pub fn path_for_log(&self) -> &str {
+        self.path.as_deref().unwrap_or("-")
+    }
+
+    /// Values of a query parameter, percent-decoded.
+    pub fn query_values(&self, name: &str) -> Vec<String> {
+        url::form_urlencoded::parse(self.query.as_bytes())
+            .filter(|(k, _)| k == name)
+            .map(|(_, v)| v.into_owned())
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn splits_and_normalizes_target() {
+        let r = Request::new(
+            "get",
+            "HTTPS",
+            "Example.COM",
+            "/a//b/../c?namespace=x&namespace=y",
+            Headers::from_pairs([("Accept", "text/html")]),
+            None,
+        );
+        assert_eq!(r.method, "GET");
+        assert_eq!(r.host, "example.com");
+        assert_eq!(r.path.as_deref(), Ok("/a/c"));
+        assert_eq!(r.query_values("namespace"), ["x", "y"]);
+        assert_eq!(r.headers.get("accept"), Some("text/html"));
+    }
+
+    #[test]
+    fn single_header_detects_repeats() {
+        let h = Headers::from_pairs([("authorization", "a"), ("Authorization", "b")]);
+        assert!(h.get_single("authorization").is_err());
+        assert_eq!(h.get_single("cookie"), Ok(None));
+    }
+}

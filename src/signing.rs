@@ -1,0 +1,323 @@
+//! The signed identity JWT apps can verify, and the JWKS that publishes its keys.
+//!
+//! Ed25519 (`EdDSA`): small keys, fast signatures, no parameter choices to get wrong. Tokens are
+//! cached per (identity, audience) for half their lifetime, so the hot path signs once per
+//! identity per half-TTL, and every token handed out is valid for at least half its TTL.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use ed25519_dalek::pkcs8::spki::der::pem::LineEnding;
+use ed25519_dalek::pkcs8::{DecodePrivateKey, DecodePublicKey, EncodePrivateKey};
+use ed25519_dalek::{SigningKey, VerifyingKey};
+use jsonwebtoken::{Algorithm, EncodingKey, Header};
+use serde::Serialize;
+use sha2::{Digest, Sha256};
+
+use crate::clock::SharedClock;
+use crate::identity::Identity;
+
+/// Why a key could not be loaded or a token signed.
+#[derive(Debug, thiserror::Error)]
+pub enum SigningError {
+    /// The key file could not be read.
+    #[error("cannot read key file {path}: {source}")]
+    Read {
+        /// The file.
+        path: String,
+        /// The I/O error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The key file is not a PKCS#8 Ed25519 key.
+    #[error("{path} is not a PKCS#8 PEM Ed25519 key (create one with `authgate keygen`): {reason}")]
+    BadKey {
+        /// The file.
+        path: String,
+        /// What the parser said.
+        reason: String,
+    },
+    /// Signing failed.
+    #[error("cannot sign identity token: {0}")]
+    Sign(#[from] jsonwebtoken::errors::Error),
+}
+
+/// Generates a new Ed25519 private key as PKCS#8 PEM.
+pub fn generate_key_pem() -> String {
+    let key = SigningKey::generate(&mut rand::rngs::OsRng);
+    key.to_pkcs8_pem(LineEnding::LF)
+        .expect("encoding a fresh key cannot fail")
+        .to_string()
+}
+
+/// The claims of the identity JWT.
+#[derive(Debug, Serialize)]
+struct Claims<'a> {
+    iss: &'a str,
+    aud: &'a str,
+    sub: &'a str,
+    groups: &'a [String],
+    iat: u64,
+    nbf: u64,
+    exp: u64,
+    /// How the identity was established (`service_account`, `oidc_jwt`, `session`).
+    auth_method: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    uid: Option<&'a str>,
+    #[serde(skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    extra: &'a std::collections::BTreeMap<String, Vec<String>>,
+}
+
+#[derive(Clone)]
+struct CachedToken {
+    jwt: Arc<str>,
+    refresh_at: u64,
+}
+
+/// Signs identity tokens and publishes the JWKS.
+pub struct Signer {
+    issuer: String,
+    ttl: Duration,
+    kid: String,
+    key: EncodingKey,
+    jwks: Arc<str>,
+    clock: SharedClock,
+    cache: moka::sync::Cache<(Identity, String, String), CachedToken>,
+}
+
+impl std::fmt::Debug for Signer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Signer").field("kid", &self.kid).finish()
+    }
+}
+
+impl Signer {
+    /// Loads the key from `key_file`, or generates one (logged as a warning: apps then have to
+    /// refetch the JWKS after every restart, and replicas disagree).
+    pub fn load(
+        key_file: Option<&Path>,
+        extra_public_keys: &[std::path::PathBuf],
+        issuer: &str,
+        ttl: Duration,
+        clock: SharedClock,
+    ) -> Result<Signer, SigningError> {
+        let pem = match key_file {
+            Some(path) => std::fs::read_to_string(path).map_err(|source| SigningError::Read {
+                path: path.display().to_string(),
+                source,
+            })?,
+            None => {
+                tracing::warn!(
+                    "identity.jwt.key_file is not set: generated an ephemeral signing key; \
+                     replicas will not share it and apps must refetch the JWKS after a restart"
+                );
+                generate_key_pem()
+            }
+        };
+        let path_name = key_file.map_or("<generated>".into(), |p| p.display().to_string());
+        let signing = SigningKey::from_pkcs8_pem(&pem).map_err(|e| SigningError::BadKey {
+            path: path_name.clone(),
+            reason: e.to_string(),
+        })?;
+        let mut public = vec![signing.verifying_key()];
+        for file in extra_public_keys {
+            let text = std::fs::read_to_string(file).map_err(|source| SigningError::Read {
+                path: file.display().to_string(),
+                source,
+            })?;
+            let key = VerifyingKey::from_public_key_pem(&text)
+                .or_else(|_| SigningKey::from_pkcs8_pem(&text).map(|k| k.verifying_key()))
+                .map_err(|e| SigningError::BadKey {
+                    path: file.display().to_string(),
+                    reason: e.to_string(),
+                })?;
+            public.push(key);
+        }
+        let key = EncodingKey::from_ed_pem(pem.as_bytes()).map_err(|e| SigningError::BadKey {
+            path: path_name,
+            reason: e.to_string(),
+        })?;
+        Ok(Signer {
+            issuer: issuer.trim_end_matches('/').to_string(),
+            ttl,
+            kid: key_id(&public[0]),
+            key,
+            jwks: Arc::from(jwks_json(&public)),
+            clock,
+            cache: moka::sync::Cache::builder()
+                .max_capacity(100_000)
+                .time_to_live(ttl)
+                .build(),
+        })
+    }
+
+    /// The JWKS document (`application/json`).
+    pub fn jwks(&self) -> Arc<str> {
+        self.jwks.clone()
+    }
+
+    /// The issuer (`iss`) of every token.
+    pub fn issuer(&self) -> &str {
+        &self.issuer
+    }
+
+    /// A token for `identity`, addressed to `audience` (the request host), with `subject` as the
+    /// user header carries it (prefix included). Reused while more than half its life is left.
+    pub fn token(
+        &self,
+        identity: &Identity,
+        subject: &str,
+        audience: &str,
+    ) -> Result<Arc<str>, SigningError> {
+        let now = self.clock.unix_now();
+        let cache_key = (identity.clone(), subject.to_string(), audience.to_string());
+        if let Some(hit) = self.cache.get(&cache_key)
+            && now < hit.refresh_at
+        {
+            return Ok(hit.jwt);
+        }
+        let ttl = self.ttl.as_secs();
+        let claims = Claims {
+            iss: &self.issuer,
+            aud: audience,
+            sub: subject,
+            groups: &identity.groups,
+            iat: now,
+            nbf: now.saturating_sub(5),
+            exp: now + ttl,
+            auth_method: identity.method.as_str(),
+            uid: identity.uid.as_deref(),
+            extra: &identity.extra,
+        };
+        let mut header = Header::new(Algorithm::EdDSA);
+        header.kid = Some(self.kid.clone());
+        let jwt: Arc<str> = Arc::from(jsonwebtoken::encode(&header, &claims, &self.key)?);
+        self.cache.insert(
+            cache_key,
+            CachedToken {
+                jwt: jwt.clone(),
+                refresh_at: now + ttl / 2,
+            },
+        );
+        Ok(jwt)
+    }
+}
+
+/// RFC 7638-style thumbprint of an OKP key, used as `kid`.
+fn key_id(key: &VerifyingKey) -> String {
+    let x = URL_SAFE_NO_PAD.encode(key.to_bytes());
+    let canonical = format!(r#"{{"crv":"Ed25519","kty":"OKP","x":"{x}"}}"#);
+    URL_SAFE_NO_PAD.encode(Sha256::digest(canonical.as_bytes()))
+}
+
+fn jwks_json(keys: &[VerifyingKey]) -> String {
+    let keys: Vec<serde_json::Value> = keys
+        .iter()
+        .map(|k| {
+            serde_json::json!({
+                "kty": "OKP",
+                "crv": "Ed25519",
+                "alg": "EdDSA",
+                "use": "sig",
+                "kid": key_id(k),
+                "x": URL_SAFE_NO_PAD.encode(k.to_bytes()),
+            })
+        })
+        .collect();
+    serde_json::json!({ "keys": keys }).to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::clock::ManualClock;
+    use crate::identity::AuthMethod;
+    use jsonwebtoken::jwk::JwkSet;
+    use jsonwebtoken::{DecodingKey, Validation};
+
+    fn identity() -> Identity {
+        Identity {
+            user: "system:serviceaccount:team-a:runner".into(),
+            groups: vec!["system:serviceaccounts".into()],
+            uid: Some("u-1".into()),
+            extra: Default::default(),
+            method: AuthMethod::ServiceAccount,
+        }
+    }
+
+    #[test]
+    fn token_verifies_against_jwks_and_is_cached_for_half_its_life() {
+        let clock = ManualClock::new();
+        let signer = Signer::load(
+            None,
+            &[],
+            "https://kf.example.com/",
+            Duration::from_secs(300),
+            Arc::new(clock.clone()),
+        )
+        .unwrap();
+        let id = identity();
+        let t1 = signer.token(&id, &id.user, "kf.example.com").unwrap();
+        clock.advance(Duration::from_secs(149));
+        assert_eq!(signer.token(&id, &id.user, "kf.example.com").unwrap(), t1);
+        clock.advance(Duration::from_secs(1));
+        let t2 = signer.token(&id, &id.user, "kf.example.com").unwrap();
+        assert_ne!(t2, t1, "re-signed after half the TTL");
+
+        let jwks: JwkSet = serde_json::from_str(&signer.jwks()).unwrap();
+        let header = jsonwebtoken::decode_header(&*t2).unwrap();
+        let jwk = jwks.find(header.kid.as_deref().unwrap()).unwrap();
+        let mut validation = Validation::new(Algorithm::EdDSA);
+        validation.set_audience(&["kf.example.com"]);
+        validation.set_issuer(&["https://kf.example.com"]);
+        validation.validate_exp = false; // the manual clock runs ahead of the real one
+        let data = jsonwebtoken::decode::<serde_json::Value>(
+            &*t2,
+            &DecodingKey::from_jwk(jwk).unwrap(),
+            &validation,
+        )
+        .unwrap();
+        assert_eq!(data.claims["sub"], "system:serviceaccount:team-a:runner");
+        assert_eq!(data.claims["auth_method"], "service_account");
+        assert_eq!(
+            data.claims["exp"].as_u64().unwrap() - data.claims["iat"].as_u64().unwrap(),
+            300
+        );
+    }
+
+    #[test]
+    fn different_audiences_get_different_tokens() {
+        let signer = Signer::load(
+            None,
+            &[],
+            "https://kf.example.com",
+            Duration::from_secs(60),
+            Arc::new(ManualClock::new()),
+        )
+        .unwrap();
+        let id = identity();
+        assert_ne!(
+            signer.token(&id, &id.user, "a.example.com").unwrap(),
+            signer.token(&id, &id.user, "b.example.com").unwrap()
+        );
+    }
+
+    #[test]
+    fn rejects_a_file_that_is_not_a_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("key.pem");
+        std::fs::write(&file, "not a key").unwrap();
+        let err = Signer::load(
+            Some(&file),
+            &[],
+            "https://x",
+            Duration::from_secs(60),
+            Arc::new(ManualClock::new()),
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("authgate keygen"), "{err}");
+    }
+}

@@ -1,0 +1,160 @@
+//! gRPC ext_authz: `envoy.service.auth.v3.Authorization/Check`, translated to and from the core
+//! [`Request`] and [`Decision`].
+
+use std::net::IpAddr;
+use std::sync::Arc;
+
+use envoy_types::ext_authz::v3::pb::{
+    Address, Authorization, CheckRequest, CheckResponse, DeniedHttpResponse, HeaderAppendAction,
+    HeaderValue, HeaderValueOption, HttpResponse, HttpStatus, OkHttpResponse,
+};
+use envoy_types::pb::google::protobuf::BoolValue;
+use envoy_types::pb::google::rpc;
+
+use crate::decision::Decision;
+use crate::request::{Headers, Request};
+use crate::telemetry::Checker;
+
+/// The tonic service.
+#[derive(Clone)]
+pub struct AuthorizationService {
+    checker: Arc<Checker>,
+}
+
+impl AuthorizationService {
+    /// Wraps the checker.
+    pub fn new(checker: Arc<Checker>) -> Self {
+        Self { checker }
+    }
+}
+
+#[tonic::async_trait]
+impl Authorization for AuthorizationService {
+    async fn check(
+        &self,
+        request: tonic::Request<CheckRequest>,
+    ) -> Result<tonic::Response<CheckResponse>, tonic::Status> {
+        let req = to_request(request.get_ref());
+        let decision = self.checker.check(&req, "grpc").await;
+        Ok(tonic::Response::new(to_response(decision)))
+    }
+}
+
+/// `CheckRequest` → core request. `path` carries the query (Envoy leaves `query` empty); headers
+/// come from `header_map` when Envoy sends raw headers, else from the merged `headers` map.
+pub fn to_request(check: &CheckRequest) -> Request {
+    let attributes = check.attributes.as_ref();
+    let http = attributes
+        .and_then(|a| a.request.as_ref())
+        .and_then(|r| r.http.as_ref());
+    let Some(http) = http else {
+        // No HTTP attributes: an empty path is refused by normalization, so this fails closed.
+        return Request::new("", "", "", "", Headers::default(), None);
+    };
+    let headers = match &http.header_map {
+        Some(map) if !map.headers.is_empty() => Headers::from_pairs(map.headers.iter().map(|h| {
+            let value = if h.raw_value.is_empty() {
+                h.value.clone()
+            } else {
+                String::from_utf8_lossy(&h.raw_value).into_owned()
+            };
+            (h.key.as_str(), value)
+        })),
+        _ => Headers::from_pairs(http.headers.iter().map(|(k, v)| (k.as_str(), v.as_str()))),
+    };
+    let target = if http.query.is_empty() || http.path.contains('?') {
+        http.path.clone()
+    } else {
+        format!("{}?{}", http.path, http.query)
+    };
+    let client_ip = attributes
+        .and_then(|a| a.source.as_ref())
+        .and_then(|s| s.address.as_ref())
+        .and_then(|a| a.address.as_ref())
+        .and_then(|a| match a {
+            Address::SocketAddress(sa) => sa.address.parse::<IpAddr>().ok(),
+            _ => None,
+        });
+    Request::new(
+        &http.method,
+        &http.scheme,
+        &http.host,
+        &target,
+        headers,
+        client_ip,
+    )
+}
+
+fn overwrite(key: &str, value: &str) -> HeaderValueOption {
+    #[allow(deprecated)] // `append` is deprecated but Envoy 1.37 briefly defaulted it to true.
+    HeaderValueOption {
+        header: Some(HeaderValue {
+            key: key.to_string(),
+            value: value.to_string(),
+            raw_value: Vec::new(),
+        }),
+        append: Some(BoolValue { value: false }),
+        append_action: HeaderAppendAction::OverwriteIfExistsOrAdd.into(),
+        keep_empty_value: false,
+    }
+}
+
+fn add(key: &str, value: &str) -> HeaderValueOption {
+    #[allow(deprecated)]
+    HeaderValueOption {
+        header: Some(HeaderValue {
+            key: key.to_string(),
+            value: value.to_string(),
+            raw_value: Vec::new(),
+        }),
+        append: Some(BoolValue { value: true }),
+        append_action: HeaderAppendAction::AppendIfExistsOrAdd.into(),
+        keep_empty_value: false,
+    }
+}
+
+/// Core decision → `CheckResponse`.
+pub fn to_response(decision: Decision) -> CheckResponse {
+    match decision {
+        Decision::Allow(allow) => CheckResponse {
+            status: Some(rpc::Status {
+                code: tonic::Code::Ok as i32,
+                ..Default::default()
+            }),
+            http_response: Some(HttpResponse::OkResponse(OkHttpResponse {
+                headers: allow.set.iter().map(|(k, v)| overwrite(k, v)).collect(),
+                headers_to_remove: allow.remove,
+                // Several Set-Cookie values must be several entries, appended.
+                response_headers_to_add: allow
+                    .response_headers
+                    .iter()
+                    .map(|(k, v)| add(k, v))
+                    .collect(),
+                ..Default::default()
+            })),
+            ..Default::default()
+        },
+        Decision::Deny(deny) => {
+            let code = match deny.status {
+                401 => tonic::Code::Unauthenticated,
+                503 => tonic::Code::Unavailable,
+                _ => tonic::Code::PermissionDenied,
+            };
+            CheckResponse {
+                status: Some(rpc::Status {
+                    code: code as i32,
+                    message: deny.reason.to_string(),
+                    ..Default::default()
+                }),
+                http_response: Some(HttpResponse::DeniedResponse(DeniedHttpResponse {
+                    status: Some(HttpStatus {
+                        code: i32::from(deny.status),
+                    }),
+                    headers: deny.headers.iter().map(|(k, v)| add(k, v)).collect(),
+                    body: deny.body,
+                })),
+                ..Default::default()
+            }
+        }
+    }
+}

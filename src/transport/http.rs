@@ -1,0 +1,167 @@
+//! The HTTP listener: Envoy's HTTP ext_authz checks (under `listen.http_check_prefix`), the JWKS,
+//! and the probes.
+//!
+//! Envoy's HTTP ext_authz protocol: Envoy sends the client's method and path (after the
+//! configured `path_prefix`) with the allowed headers; a 200 answer allows the request, and the
+//! answer's headers named in `allowed_upstream_headers` overwrite the client's; headers listed in
+//! `x-envoy-auth-headers-to-remove` are removed; any other status is sent to the client as is.
+
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use axum::Router;
+use axum::body::Body;
+use axum::extract::{ConnectInfo, Request as AxumRequest, State};
+use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{any, get};
+
+use crate::decision::Decision;
+use crate::request::{Headers, Request};
+use crate::telemetry::Checker;
+
+/// Header in which Envoy's HTTP ext_authz takes the names of headers to remove upstream.
+pub const HEADERS_TO_REMOVE: &str = "x-envoy-auth-headers-to-remove";
+
+/// Shared state of the HTTP listener.
+#[derive(Clone)]
+pub struct HttpState {
+    checker: Arc<Checker>,
+    check_prefix: Arc<str>,
+    ready: Arc<AtomicBool>,
+}
+
+impl HttpState {
+    /// Builds the state; `ready` is flipped off when shutdown begins.
+    pub fn new(checker: Arc<Checker>, check_prefix: &str, ready: Arc<AtomicBool>) -> Self {
+        Self {
+            checker,
+            check_prefix: Arc::from(check_prefix),
+            ready,
+        }
+    }
+}
+
+/// The router (testable without a socket).
+pub fn router(state: HttpState) -> Router {
+    let prefix = state.check_prefix.to_string();
+    Router::new()
+        .route("/healthz", get(|| async { "ok" }))
+        .route("/readyz", get(readyz))
+        .route("/authgate/jwks.json", get(jwks))
+        .route(&prefix, any(check))
+        .route(&format!("{prefix}/"), any(check))
+        .route(&format!("{prefix}/{{*rest}}"), any(check))
+        .with_state(state)
+}
+
+async fn readyz(State(state): State<HttpState>) -> Response {
+    if state.ready.load(Ordering::Relaxed) {
+        (StatusCode::OK, "ready").into_response()
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, "shutting down").into_response()
+    }
+}
+
+async fn jwks(State(state): State<HttpState>) -> Response {
+    (
+        [
+            ("content-type", "application/json"),
+            ("cache-control", "public, max-age=300"),
+        ],
+        state.checker.gate().signer.jwks().to_string(),
+    )
+        .into_response()
+}
+
+async fn check(State(state): State<HttpState>, request: AxumRequest) -> Response {
+    let peer = request
+        .extensions()
+        .get::<ConnectInfo<SocketAddr>>()
+        .map(|c| c.0.ip());
+    let req = to_request(&request, &state.check_prefix, peer);
+    let decision = state.checker.check(&req, "http").await;
+    to_response(decision)
+}
+
+/// HTTP check request → core request. The path is the raw target after the check prefix.
+pub fn to_request(request: &AxumRequest, prefix: &str, peer: Option<IpAddr>) -> Request {
+    let uri = request.uri();
+    let raw = uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
+    let target = raw.strip_prefix(prefix).unwrap_or(raw);
+    let target = if target.is_empty() || target.starts_with('?') {
+        format!("/{target}")
+    } else {
+        target.to_string()
+    };
+    let headers = request.headers();
+    let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
+    let host = header("host").unwrap_or_default();
+    let scheme = header("x-forwarded-proto").unwrap_or("http");
+    // Envoy (use_remote_address) appends the downstream address as the last hop.
+    let client_ip = header("x-forwarded-for")
+        .and_then(|xff| xff.rsplit(',').next())
+        .and_then(|ip| ip.trim().parse().ok())
+        .or(peer);
+    Request::new(
+        request.method().as_str(),
+        scheme,
+        host,
+        &target,
+        to_headers(headers),
+        client_ip,
+    )
+}
+
+fn to_headers(headers: &HeaderMap) -> Headers {
+    Headers::from_pairs(headers.iter().map(|(n, v)| {
+        (
+            n.as_str(),
+            String::from_utf8_lossy(v.as_bytes()).into_owned(),
+        )
+    }))
+}
+
+/// Core decision → HTTP check answer.
+pub fn to_response(decision: Decision) -> Response {
+    match decision {
+        Decision::Allow(allow) => {
+            let mut response = Response::new(Body::empty());
+            let headers = response.headers_mut();
+            for (name, value) in allow.set.iter().chain(allow.response_headers.iter()) {
+                append(headers, name, value);
+            }
+            if !allow.remove.is_empty() {
+                append(headers, HEADERS_TO_REMOVE, &allow.remove.join(","));
+            }
+            response
+        }
+        Decision::Deny(deny) => {
+            let mut response = Response::new(Body::from(deny.body));
+            *response.status_mut() =
+                StatusCode::from_u16(deny.status).unwrap_or(StatusCode::FORBIDDEN);
+            // A 200 answer would mean "allow" to Envoy: authgate's own pages (whoami, JWKS)
+            // answered through an HTTP check must therefore not come back as 200.
+            if response.status() == StatusCode::OK {
+                *response.status_mut() = StatusCode::NON_AUTHORITATIVE_INFORMATION;
+            }
+            for (name, value) in &deny.headers {
+                append(response.headers_mut(), name, value);
+            }
+            response
+        }
+    }
+}
+
+fn append(headers: &mut HeaderMap, name: &str, value: &str) {
+    match (
+        HeaderName::from_bytes(name.as_bytes()),
+        HeaderValue::from_str(value),
+    ) {
+        (Ok(n), Ok(v)) => {
+            headers.append(n, v);
+        }
+        _ => tracing::error!(header = name, "dropping a header that is not valid HTTP"),
+    }
+}

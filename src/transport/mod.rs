@@ -1,0 +1,48 @@
+//! The two ways Envoy asks: gRPC and HTTP ext_authz. Each adapter turns its wire format into the
+//! core `Request` and the core `Decision` back into its wire format; nothing else lives here.
+
+pub mod grpc;
+pub mod http;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use envoy_types::ext_authz::v3::pb::AuthorizationServer;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio_stream::wrappers::TcpListenerStream;
+
+use crate::telemetry::Checker;
+
+async fn stopped(mut stop: watch::Receiver<bool>) {
+    let _ = stop.wait_for(|s| *s).await;
+}
+
+/// Serves gRPC ext_authz until `stop` turns true, then drains.
+pub async fn serve_grpc(listener: TcpListener, checker: Arc<Checker>, stop: watch::Receiver<bool>) {
+    let service = AuthorizationServer::new(grpc::AuthorizationService::new(checker));
+    let result = tonic::transport::Server::builder()
+        .tcp_nodelay(true)
+        .http2_keepalive_interval(Some(std::time::Duration::from_secs(30)))
+        .add_service(service)
+        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), stopped(stop))
+        .await;
+    if let Err(e) = result {
+        tracing::error!(error = %e, "gRPC server failed");
+    }
+}
+
+/// Serves the HTTP listener until `stop` turns true, then drains.
+pub async fn serve_http(
+    listener: TcpListener,
+    state: http::HttpState,
+    stop: watch::Receiver<bool>,
+) {
+    let app = http::router(state).into_make_service_with_connect_info::<SocketAddr>();
+    let result = axum::serve(listener, app)
+        .with_graceful_shutdown(stopped(stop))
+        .await;
+    if let Err(e) = result {
+        tracing::error!(error = %e, "HTTP server failed");
+    }
+}
