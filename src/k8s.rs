@@ -94,6 +94,11 @@ pub async fn client(config: &KubernetesConfig) -> Result<kube::Client, SetupErro
     kube_config.connect_timeout = Some(config.timeout);
     kube_config.read_timeout = Some(config.timeout);
     kube_config.write_timeout = Some(config.timeout);
+    // Idle time of a pooled connection must not count against the next call's read timeout.
+    kube_config.reset_reader_on_write = true;
+    // kube retries 429/503/504 with backoff for minutes by default; authgate answers 503 at once
+    // instead, and must never multiply its load on a struggling API server.
+    kube_config.default_retry = false;
     kube::Client::try_from(kube_config).map_err(|e| SetupError::Client(e.to_string()))
 }
 

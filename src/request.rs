@@ -33,13 +33,13 @@ impl Headers {
     }
 
     /// The value of a header that must appear once; `None` when absent.
-    /// `Err(())` when it appears several times (repeated or merged with a comma is left to the
-    /// caller to judge, since some headers, like `accept`, legitimately contain commas).
-    pub fn get_single<'a>(&'a self, name: &'a str) -> Result<Option<&'a str>, ()> {
+    /// An error when it appears several times (whether a comma inside one value means a merge is
+    /// left to the caller: some headers, like `accept`, legitimately contain commas).
+    pub fn get_single<'a>(&'a self, name: &'a str) -> Result<Option<&'a str>, Repeated> {
         let mut values = self.get_all(name);
         let first = values.next();
         if values.next().is_some() {
-            return Err(());
+            return Err(Repeated);
         }
         Ok(first)
     }
@@ -54,6 +54,11 @@ impl Headers {
         self.0.iter().map(|(n, v)| (n.as_str(), v.as_str()))
     }
 }
+
+/// A header that must appear once appeared several times.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("header repeated")]
+pub struct Repeated;
 
 /// One request to judge.
 #[derive(Debug, Clone)]

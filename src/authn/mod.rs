@@ -24,7 +24,7 @@ pub enum Credential<'a> {
 /// by Envoy) are refused rather than picking one: the app might pick another.
 pub fn credential(headers: &Headers) -> Credential<'_> {
     let value = match headers.get_single("authorization") {
-        Err(()) => return Credential::Malformed("more than one Authorization header"),
+        Err(_) => return Credential::Malformed("more than one Authorization header"),
         Ok(None) => return Credential::None,
         Ok(Some(v)) => v.trim(),
     };

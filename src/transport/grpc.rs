@@ -99,17 +99,17 @@ fn overwrite(key: &str, value: &str) -> HeaderValueOption {
     }
 }
 
+/// Appends: several `set-cookie` values must stay several headers. Only `append_action` is set,
+/// since Envoy refuses an option that sets both it and the deprecated `append`.
 fn add(key: &str, value: &str) -> HeaderValueOption {
-    #[allow(deprecated)]
     HeaderValueOption {
         header: Some(HeaderValue {
             key: key.to_string(),
             value: value.to_string(),
             raw_value: Vec::new(),
         }),
-        append: Some(BoolValue { value: true }),
         append_action: HeaderAppendAction::AppendIfExistsOrAdd.into(),
-        keep_empty_value: false,
+        ..Default::default()
     }
 }
 

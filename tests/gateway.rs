@@ -1,0 +1,313 @@
+//! The gateway core through a real Envoy, in both ext_authz modes (gRPC and HTTP): machine
+//! identities by TokenReview, trusted identity headers, failing closed.
+
+mod support;
+
+use support::*;
+
+const MODES: [ExtAuthz; 2] = [ExtAuthz::Grpc, ExtAuthz::Http];
+const TOKEN: &str = "sa-token-notebook";
+
+fn fixture() -> Fixture {
+    let mut expired = sa_token("sa-token-expired", "team-a", "old", &[KFP_AUDIENCE]);
+    expired.expired = true;
+    Fixture {
+        tokens: vec![
+            sa_token(TOKEN, "team-a", "default-editor", &[KFP_AUDIENCE]),
+            sa_token("sa-token-other-aud", "team-a", "vault", &["vault"]),
+            expired,
+        ],
+        rbac: Rbac { bindings: vec![] },
+    }
+}
+
+/// Every spelling of an identity header a client might try; none may reach the app.
+const SPOOFS: &[&str] = &[
+    "kubeflow-userid: mallory@example.com",
+    "KubeFlow-UserID: mallory@example.com",
+    "KUBEFLOW-USERID: mallory@example.com",
+    "kubeflow_userid: mallory@example.com",
+    "Kubeflow_Userid: mallory@example.com",
+    "kubeflow-userid: second@example.com",
+    "kubeflow-groups: cluster-admins",
+    "kubeflow_groups: cluster-admins",
+    "x-authgate-identity: forged.jwt.value",
+    "x_authgate_identity: forged.jwt.value",
+    "x-authgate_identity: forged.jwt.value",
+];
+
+fn bearer(token: &str) -> String {
+    format!("Authorization: Bearer {token}")
+}
+
+/// No header the app received may carry a spoofed value.
+fn assert_no_spoof_reached(response: &RawResponse) {
+    for (name, value) in response.upstream_headers() {
+        let lowered = name.to_ascii_lowercase().replace('_', "-");
+        assert!(
+            !value.contains("mallory")
+                && !value.contains("second@")
+                && !value.contains("cluster-admins")
+                && !value.contains("forged"),
+            "spoofed value reached the app in {name}: {value}"
+        );
+        if lowered.starts_with("kubeflow-") || lowered == "x-authgate-identity" {
+            assert!(
+                name == "kubeflow-userid"
+                    || name == "kubeflow-groups"
+                    || name == "x-authgate-identity",
+                "look-alike identity header {name} reached the app"
+            );
+        }
+    }
+}
+
+async fn jwks_of(stack: &Stack) -> String {
+    reqwest::get(format!("{}/authgate/jwks.json", stack.authgate.http_url()))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn service_account_token_reaches_app_with_verified_identity() {
+    for mode in MODES {
+        let stack = Stack::start(mode, fixture(), "").await;
+        let response = stack
+            .get("/pipeline/apis/v2beta1/runs", &[&bearer(TOKEN)])
+            .await;
+        assert_eq!(
+            response.upstream_header("kubeflow-userid").as_deref(),
+            Some("system:serviceaccount:team-a:default-editor"),
+            "{mode:?}"
+        );
+        let groups = response.upstream_header("kubeflow-groups").unwrap();
+        assert_eq!(
+            groups,
+            "system:serviceaccounts,system:serviceaccounts:team-a,system:authenticated"
+        );
+        let jwt = response.upstream_header("x-authgate-identity").unwrap();
+        let claims = verify_identity_jwt(&jwt, &jwks_of(&stack).await, "kubeflow.example.com");
+        assert_eq!(claims["sub"], "system:serviceaccount:team-a:default-editor");
+        assert_eq!(claims["auth_method"], "service_account");
+        assert_eq!(claims["groups"][1], "system:serviceaccounts:team-a");
+        // The review was sent with the configured audience.
+        let reviews = stack.kube.token_reviews();
+        assert_eq!(reviews.len(), 1);
+        assert_eq!(reviews[0]["spec"]["audiences"][0], KFP_AUDIENCE);
+    }
+}
+
+#[tokio::test]
+async fn bad_or_missing_tokens_are_401() {
+    for mode in MODES {
+        let stack = Stack::start(mode, fixture(), "").await;
+        let cases: [(&str, Vec<String>); 6] = [
+            ("no credential", vec![]),
+            ("unknown token", vec![bearer("nobody-knows-me")]),
+            ("wrong audience", vec![bearer("sa-token-other-aud")]),
+            ("expired", vec![bearer("sa-token-expired")]),
+            ("two tokens", vec![bearer(TOKEN), bearer("nobody")]),
+            ("empty", vec!["Authorization: Bearer ".into()]),
+        ];
+        for (case, headers) in cases {
+            let lines: Vec<&str> = headers.iter().map(String::as_str).collect();
+            let response = stack.get("/pipeline/apis/v2beta1/runs", &lines).await;
+            assert_eq!(response.status, 401, "{mode:?} {case}: {response:?}");
+            assert!(
+                response
+                    .header("www-authenticate")
+                    .is_some_and(|v| v.starts_with("Bearer")),
+                "{mode:?} {case}: {response:?}"
+            );
+            assert_eq!(
+                response.json()["error"],
+                "unauthenticated",
+                "{mode:?} {case}"
+            );
+            assert!(
+                !response.body.contains(TOKEN),
+                "a token must never be echoed"
+            );
+        }
+    }
+}
+
+#[tokio::test]
+async fn spoofed_identity_headers_never_reach_the_app() {
+    for mode in MODES {
+        let stack = Stack::start(mode, fixture(), "").await;
+        let auth = bearer(TOKEN);
+
+        // With valid credentials: the verified identity replaces every spoof.
+        let mut lines: Vec<&str> = SPOOFS.to_vec();
+        lines.push(&auth);
+        let response = stack.get("/pipeline/apis/v2beta1/runs", &lines).await;
+        assert_no_spoof_reached(&response);
+        assert_eq!(
+            response.upstream_header("kubeflow-userid").as_deref(),
+            Some("system:serviceaccount:team-a:default-editor"),
+            "{mode:?}"
+        );
+
+        // On a skip-auth path: nobody is vouched for, so no identity header at all.
+        let response = stack.get("/dex/auth", SPOOFS).await;
+        assert_no_spoof_reached(&response);
+        assert_eq!(
+            response.upstream_header("kubeflow-userid"),
+            None,
+            "{mode:?}"
+        );
+        assert_eq!(response.upstream_header("kubeflow-groups"), None);
+        assert_eq!(response.upstream_header("x-authgate-identity"), None);
+
+        // Without credentials, or with a bad token: the request never reaches the app.
+        for extra in [None, Some(bearer("nobody"))] {
+            let mut lines: Vec<&str> = SPOOFS.to_vec();
+            if let Some(extra) = &extra {
+                lines.push(extra);
+            }
+            let response = stack.get("/pipeline/apis/v2beta1/runs", &lines).await;
+            assert_eq!(response.status, 401, "{mode:?}");
+            assert!(response.json().get("headers").is_none(), "the app answered");
+        }
+    }
+}
+
+#[tokio::test]
+async fn an_identity_without_groups_gets_no_client_groups_header() {
+    let mut fixture = fixture();
+    fixture.tokens[0].groups.clear();
+    for mode in MODES {
+        let stack = Stack::start(mode, fixture.clone(), "").await;
+        let response = stack
+            .get(
+                "/api/x",
+                &[&bearer(TOKEN), "kubeflow-groups: cluster-admins"],
+            )
+            .await;
+        assert_eq!(
+            response.upstream_header("kubeflow-groups"),
+            None,
+            "{mode:?}"
+        );
+        assert!(response.upstream_header("kubeflow-userid").is_some());
+    }
+}
+
+#[tokio::test]
+async fn kubernetes_api_down_is_503_never_allow() {
+    for mode in MODES {
+        let stack = Stack::start(mode, fixture(), "").await;
+        stack.kube.set_down(true);
+        let response = stack.get("/api/x", &[&bearer(TOKEN)]).await;
+        assert_eq!(response.status, 503, "{mode:?}: {response:?}");
+        // gRPC carries authgate's own answer; HTTP-mode Envoy replaces a 5xx by its bare
+        // `status_on_error`.
+        if mode == ExtAuthz::Grpc {
+            assert_eq!(response.json()["error"], "unavailable");
+            assert!(response.header("retry-after").is_some());
+        }
+        // It recovers by itself, and errors were not cached.
+        stack.kube.set_down(false);
+        let response = stack.get("/api/x", &[&bearer(TOKEN)]).await;
+        assert_eq!(response.status, 200, "{mode:?}");
+    }
+}
+
+#[tokio::test]
+async fn slow_kubernetes_api_is_503() {
+    let stack = Stack::start(ExtAuthz::Grpc, fixture(), "").await;
+    stack.kube.set_delay(std::time::Duration::from_millis(1500)); // beyond the 1s timeout
+    let response = stack.get("/api/x", &[&bearer(TOKEN)]).await;
+    assert_eq!(response.status, 503, "{response:?}");
+}
+
+#[tokio::test]
+async fn a_thousand_requests_with_one_token_cost_one_review() {
+    for mode in MODES {
+        let stack = Stack::start(mode, fixture(), "").await;
+        let client = reqwest::Client::new();
+        let url = format!("{}/api/x", stack.envoy.url());
+        let requests = (0..1000).map(|_| {
+            client
+                .get(&url)
+                .header("host", "kubeflow.example.com")
+                .bearer_auth(TOKEN)
+                .send()
+        });
+        let mut ok = 0;
+        for chunk in futures::stream::iter(requests)
+            .buffer_unordered(32)
+            .collect::<Vec<_>>()
+            .await
+        {
+            if chunk.expect("request").status() == 200 {
+                ok += 1;
+            }
+        }
+        assert_eq!(ok, 1000, "{mode:?}");
+        assert_eq!(stack.kube.token_reviews().len(), 1, "{mode:?}");
+    }
+}
+
+#[tokio::test]
+async fn ambiguous_paths_are_400() {
+    for mode in MODES {
+        let stack = Stack::start(mode, fixture(), "").await;
+        for path in ["/public/..%2Fapi/x", "/public/%2e%2e%5capi", "/a%00b"] {
+            let response = stack.get(path, &[]).await;
+            assert_eq!(response.status, 400, "{mode:?} {path}: {response:?}");
+        }
+        // Envoy (normalize_path, as Istio's default) resolves `..;` like `..`; authgate would
+        // refuse it otherwise. Either way it must not slip under the skip-auth prefix.
+        let response = stack.get("/public/..;/api/x", &[]).await;
+        assert!(
+            matches!(response.status, 400 | 401),
+            "{mode:?}: {response:?}"
+        );
+        // Dot-segments are resolved before skip-auth matching: this is /api/x, not /public.
+        let response = stack.get("/public/../api/x", &[]).await;
+        assert_eq!(response.status, 401, "{mode:?}");
+        // Skip-auth prefixes match whole segments.
+        let response = stack.get("/dexter", &[]).await;
+        assert_eq!(response.status, 401, "{mode:?}");
+    }
+}
+
+#[tokio::test]
+async fn own_endpoints_are_answered_inside_the_check() {
+    for mode in MODES {
+        let stack = Stack::start(mode, fixture(), "").await;
+        let whoami = stack.get("/authgate/whoami", &[&bearer(TOKEN)]).await;
+        assert!(matches!(whoami.status, 200 | 203), "{mode:?}: {whoami:?}");
+        assert_eq!(
+            whoami.json()["user"],
+            "system:serviceaccount:team-a:default-editor"
+        );
+        let jwks = stack.get("/authgate/jwks.json", &[]).await;
+        assert!(matches!(jwks.status, 200 | 203), "{mode:?}: {jwks:?}");
+        assert_eq!(jwks.json()["keys"][0]["kty"], "OKP");
+        let unknown = stack.get("/authgate/nope", &[]).await;
+        assert_eq!(unknown.status, 404);
+    }
+}
+
+#[tokio::test]
+async fn allowed_groups_refuse_other_identities() {
+    for mode in MODES {
+        let stack = Stack::start(
+            mode,
+            fixture(),
+            "authorization: {allowed_groups: [kubeflow-users]}\n",
+        )
+        .await;
+        let response = stack.get("/api/x", &[&bearer(TOKEN)]).await;
+        assert_eq!(response.status, 403, "{mode:?}: {response:?}");
+        assert_eq!(response.json()["error"], "forbidden");
+    }
+}
+
+use futures::StreamExt;

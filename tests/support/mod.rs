@@ -1,0 +1,263 @@
+//! Test harness: real peers (Envoy, the Kubernetes API test server, an echo upstream) around an
+//! in-process authgate built from a real config, reached only over sockets.
+#![allow(dead_code, unused_imports)] // each test binary uses a different part of the harness
+
+pub mod echo;
+pub mod envoy;
+pub mod kube_api;
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::Path;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+pub use envoy::{Envoy, ExtAuthz};
+pub use kube_api::{Binding, Fixture, KubeApi, PolicyRule, Rbac, Subject, TokenEntry};
+
+/// The audience KFP's projected tokens carry.
+pub const KFP_AUDIENCE: &str = "pipelines.kubeflow.org";
+
+/// A service-account token the fake cluster knows.
+pub fn sa_token(token: &str, namespace: &str, name: &str, audiences: &[&str]) -> TokenEntry {
+    TokenEntry {
+        token: token.into(),
+        username: format!("system:serviceaccount:{namespace}:{name}"),
+        uid: format!("uid-{name}"),
+        groups: vec![
+            "system:serviceaccounts".into(),
+            format!("system:serviceaccounts:{namespace}"),
+            "system:authenticated".into(),
+        ],
+        audiences: audiences.iter().map(|a| a.to_string()).collect(),
+        extra: BTreeMap::new(),
+        expired: false,
+    }
+}
+
+/// A config for authgate against the given kube API, listening on loopback ports chosen by the
+/// OS, with `extra` YAML appended (top-level keys).
+pub fn config_yaml(kubeconfig: &Path, extra: &str) -> String {
+    format!(
+        "listen: {{grpc: 127.0.0.1:0, http: 127.0.0.1:0, shutdown_grace: 2s}}\n\
+         public_url: https://kubeflow.example.com\n\
+         kubernetes:\n  kubeconfig: {}\n  timeout: 1s\n  token_review: {{audiences: [{KFP_AUDIENCE}]}}\n\
+         skip_auth: [/dex/, /public/]\n{extra}",
+        kubeconfig.display()
+    )
+}
+
+/// A running authgate.
+pub struct Authgate {
+    pub running: authgate::Running,
+}
+
+impl Authgate {
+    pub async fn start(yaml: &str) -> Authgate {
+        // Decision logs go to the test's captured output (shown when a test fails).
+        let _ = tracing_subscriber::fmt()
+            .with_test_writer()
+            .with_env_filter(
+                std::env::var("AUTHGATE_LOG").unwrap_or_else(|_| "authgate=info".into()),
+            )
+            .try_init();
+        let config = authgate::config::Config::from_yaml(yaml).expect("test config is valid");
+        let app = authgate::App::build(config).await.expect("authgate builds");
+        Authgate {
+            running: app.start().await.expect("authgate starts"),
+        }
+    }
+
+    /// The address Envoy's ext_authz filter must call for `mode`.
+    pub fn authz_addr(&self, mode: ExtAuthz) -> SocketAddr {
+        match mode {
+            ExtAuthz::Grpc => self.running.grpc_addr,
+            ExtAuthz::Http => self.running.http_addr,
+        }
+    }
+
+    pub fn http_url(&self) -> String {
+        format!("http://{}", self.running.http_addr)
+    }
+}
+
+/// Everything a gateway test needs: kube API, authgate, echo upstream, Envoy.
+pub struct Stack {
+    pub kube: KubeApi,
+    pub authgate: Authgate,
+    pub envoy: Envoy,
+    pub mode: ExtAuthz,
+}
+
+impl Stack {
+    pub async fn start(mode: ExtAuthz, fixture: Fixture, extra_yaml: &str) -> Stack {
+        let kube = KubeApi::start(fixture).await;
+        let authgate = Authgate::start(&config_yaml(kube.kubeconfig_path(), extra_yaml)).await;
+        let (upstream, _) = echo::start_echo().await;
+        // As the manifests configure it: Envoy turns an auth server's 5xx into this status.
+        let options = envoy::Options {
+            status_on_error: Some(503),
+            ..Default::default()
+        };
+        let envoy = Envoy::start_with(mode, authgate.authz_addr(mode), upstream, options).await;
+        Stack {
+            kube,
+            authgate,
+            envoy,
+            mode,
+        }
+    }
+
+    /// Sends raw HTTP/1.1 bytes through Envoy (so header case, repeats and underscores reach
+    /// Envoy exactly as written).
+    pub async fn raw(&self, head: &str) -> RawResponse {
+        raw_http(self.envoy.addr(), head).await
+    }
+
+    /// A GET through Envoy with the given extra header lines.
+    pub async fn get(&self, path: &str, header_lines: &[&str]) -> RawResponse {
+        let mut head = format!("GET {path} HTTP/1.1\r\nHost: kubeflow.example.com\r\n");
+        for line in header_lines {
+            head.push_str(line);
+            head.push_str("\r\n");
+        }
+        self.raw(&head).await
+    }
+}
+
+/// A response read off the wire.
+#[derive(Debug)]
+pub struct RawResponse {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: String,
+}
+
+impl RawResponse {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_str(&self.body)
+            .unwrap_or_else(|e| panic!("body is not JSON ({e}): {}", self.body))
+    }
+
+    /// For a response from the echo upstream: every (name, value) the app received.
+    pub fn upstream_headers(&self) -> Vec<(String, String)> {
+        assert_eq!(self.status, 200, "request did not reach the app: {self:?}");
+        let json = self.json();
+        json["headers"]
+            .as_array()
+            .expect("echo lists headers")
+            .iter()
+            .map(|pair| {
+                (
+                    pair[0].as_str().unwrap().to_string(),
+                    pair[1].as_str().unwrap().to_string(),
+                )
+            })
+            .collect()
+    }
+
+    /// The one value the app received for `name` (panics on repeats).
+    pub fn upstream_header(&self, name: &str) -> Option<String> {
+        let values: Vec<String> = self
+            .upstream_headers()
+            .into_iter()
+            .filter(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v)
+            .collect();
+        assert!(
+            values.len() <= 1,
+            "{name} reached the app {} times: {values:?}",
+            values.len()
+        );
+        values.into_iter().next()
+    }
+}
+
+/// Writes `head` (request line + headers, without the final blank line) and reads the response.
+/// `Connection: close` is added so the body ends with the connection.
+pub async fn raw_http(addr: SocketAddr, head: &str) -> RawResponse {
+    let mut stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    let request = format!("{head}Connection: close\r\n\r\n");
+    stream.write_all(request.as_bytes()).await.expect("write");
+    let mut bytes = Vec::new();
+    tokio::time::timeout(
+        std::time::Duration::from_secs(10),
+        stream.read_to_end(&mut bytes),
+    )
+    .await
+    .expect("response within 10s")
+    .expect("read");
+    parse_response(&bytes)
+}
+
+fn parse_response(bytes: &[u8]) -> RawResponse {
+    let text = String::from_utf8_lossy(bytes);
+    let (head, body) = text
+        .split_once("\r\n\r\n")
+        .expect("a complete HTTP response");
+    let mut lines = head.split("\r\n");
+    let status_line = lines.next().unwrap();
+    let status = status_line
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("bad status line {status_line:?}"));
+    let headers: Vec<(String, String)> = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(n, v)| (n.trim().to_ascii_lowercase(), v.trim().to_string()))
+        .collect();
+    let chunked = headers
+        .iter()
+        .any(|(n, v)| n == "transfer-encoding" && v.eq_ignore_ascii_case("chunked"));
+    let body = if chunked {
+        dechunk(body)
+    } else {
+        body.to_string()
+    };
+    RawResponse {
+        status,
+        headers,
+        body,
+    }
+}
+
+fn dechunk(mut body: &str) -> String {
+    let mut out = String::new();
+    while let Some((size, rest)) = body.split_once("\r\n") {
+        let size = usize::from_str_radix(size.trim(), 16).unwrap_or(0);
+        if size == 0 {
+            break;
+        }
+        out.push_str(&rest[..size]);
+        body = &rest[size + 2..];
+    }
+    out
+}
+
+/// Verifies a signed identity JWT against a JWKS document.
+pub fn verify_identity_jwt(jwt: &str, jwks: &str, audience: &str) -> serde_json::Value {
+    use jsonwebtoken::jwk::JwkSet;
+    let set: JwkSet = serde_json::from_str(jwks).expect("JWKS parses");
+    let header = jsonwebtoken::decode_header(jwt).expect("JWT header");
+    let jwk = set
+        .find(header.kid.as_deref().expect("kid"))
+        .expect("kid in JWKS");
+    let mut validation = jsonwebtoken::Validation::new(jsonwebtoken::Algorithm::EdDSA);
+    validation.set_audience(&[audience]);
+    validation.set_issuer(&["https://kubeflow.example.com"]);
+    validation.set_required_spec_claims(&["exp", "iss", "aud", "sub"]);
+    jsonwebtoken::decode::<serde_json::Value>(
+        jwt,
+        &jsonwebtoken::DecodingKey::from_jwk(jwk).expect("usable JWK"),
+        &validation,
+    )
+    .expect("identity JWT verifies")
+    .claims
+}
