@@ -311,3 +311,61 @@ async fn allowed_groups_refuse_other_identities() {
 }
 
 use futures::StreamExt;
+
+#[tokio::test]
+async fn shutdown_lets_in_flight_checks_finish() {
+    let kube = KubeApi::start(fixture()).await;
+    let authgate = Authgate::start(&config_yaml(kube.kubeconfig_path(), "")).await;
+    let (upstream, _) = support::echo::start_echo().await;
+    let envoy = Envoy::start(ExtAuthz::Grpc, authgate.running.grpc_addr, upstream).await;
+    kube.set_delay(std::time::Duration::from_millis(600));
+    let addr = envoy.addr();
+    let in_flight = tokio::spawn(async move {
+        raw_http(
+            addr,
+            &format!(
+                "GET /api/x HTTP/1.1\r\nHost: kubeflow.example.com\r\n{}\r\n",
+                bearer(TOKEN)
+            ),
+        )
+        .await
+    });
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    authgate.running.shutdown().await;
+    let response = in_flight.await.unwrap();
+    assert_eq!(
+        response.status, 200,
+        "the check in flight at shutdown completed: {response:?}"
+    );
+    // After shutdown nothing is allowed: Envoy cannot reach authgate and fails closed.
+    let after = raw_http(
+        envoy.addr(),
+        &format!(
+            "GET /api/x HTTP/1.1\r\nHost: kubeflow.example.com\r\n{}\r\n",
+            bearer(TOKEN)
+        ),
+    )
+    .await;
+    assert_eq!(after.status, 403, "{after:?}");
+}
+
+#[tokio::test]
+async fn user_prefix_is_applied_to_the_header_and_the_signed_subject() {
+    let stack = Stack::start(
+        ExtAuthz::Http,
+        fixture(),
+        "identity: {user_prefix: 'k8s:'}\n",
+    )
+    .await;
+    let response = stack.get("/api/x", &[&bearer(TOKEN)]).await;
+    assert_eq!(
+        response.upstream_header("kubeflow-userid").as_deref(),
+        Some("k8s:system:serviceaccount:team-a:default-editor")
+    );
+    let jwt = response.upstream_header("x-authgate-identity").unwrap();
+    let claims = verify_identity_jwt(&jwt, &jwks_of(&stack).await, "kubeflow.example.com");
+    assert_eq!(
+        claims["sub"],
+        "k8s:system:serviceaccount:team-a:default-editor"
+    );
+}

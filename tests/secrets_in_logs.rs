@@ -1,0 +1,70 @@
+//! Invariant 2: never log a token. Every log line of every library, at TRACE level, is captured
+//! while tokens (valid, invalid, malformed) pass through the real stack; none may appear.
+
+mod support;
+
+use std::io::Write;
+use std::sync::{Arc, Mutex};
+
+use support::*;
+
+#[derive(Clone, Default)]
+struct Captured(Arc<Mutex<Vec<u8>>>);
+
+impl Write for Captured {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+#[tokio::test]
+async fn no_token_appears_in_any_log_line() {
+    let captured = Captured::default();
+    let writer = captured.clone();
+    tracing_subscriber::fmt()
+        .with_max_level(tracing::Level::TRACE)
+        .with_writer(move || writer.clone())
+        .init();
+
+    let valid = "sa-secret-VALID-0123456789";
+    let invalid = "sa-secret-INVALID-0123456789";
+    let fixture = Fixture {
+        tokens: vec![sa_token(valid, "team-a", "runner", &[KFP_AUDIENCE])],
+        rbac: Rbac { bindings: vec![] },
+    };
+    let stack = Stack::start(ExtAuthz::Grpc, fixture, "").await;
+    for token in [valid, invalid] {
+        let r = stack
+            .get("/api/x", &[&format!("Authorization: Bearer {token}")])
+            .await;
+        assert!(matches!(r.status, 200 | 401), "{r:?}");
+    }
+    let malformed = "Authorization: Bearer sa-secret-MALFORMED with spaces";
+    stack.get("/api/x", &[malformed]).await;
+    stack.kube.set_down(true);
+    stack
+        .get(
+            "/api/x",
+            &["Authorization: Bearer sa-secret-DOWN-0123456789"],
+        )
+        .await;
+
+    let logs = String::from_utf8_lossy(&captured.0.lock().unwrap()).into_owned();
+    assert!(logs.contains("decision"), "decisions are logged at all");
+    assert!(
+        logs.contains("token review failed"),
+        "the API failure is logged"
+    );
+    for secret in [
+        "sa-secret-VALID",
+        "sa-secret-INVALID",
+        "sa-secret-MALFORMED",
+        "sa-secret-DOWN",
+    ] {
+        assert!(!logs.contains(secret), "{secret} appears in the logs");
+    }
+}
