@@ -134,6 +134,8 @@ pub struct KubernetesConfig {
     pub timeout: Duration,
     /// Service-account tokens.
     pub token_review: TokenReviewConfig,
+    /// Namespace permissions.
+    pub subject_access_review: SubjectAccessReviewConfig,
 }
 
 impl Default for KubernetesConfig {
@@ -142,6 +144,31 @@ impl Default for KubernetesConfig {
             kubeconfig: None,
             timeout: Duration::from_secs(2),
             token_review: TokenReviewConfig::default(),
+            subject_access_review: SubjectAccessReviewConfig::default(),
+        }
+    }
+}
+
+/// SubjectAccessReview answers: how long each is reused.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SubjectAccessReviewConfig {
+    /// How long an "allowed" answer is reused.
+    #[serde(with = "humantime_serde")]
+    pub allow_ttl: Duration,
+    /// How long a "denied" answer is reused (short: a new RoleBinding should work soon).
+    #[serde(with = "humantime_serde")]
+    pub deny_ttl: Duration,
+    /// Most cached answers kept.
+    pub cache_capacity: u64,
+}
+
+impl Default for SubjectAccessReviewConfig {
+    fn default() -> Self {
+        Self {
+            allow_ttl: Duration::from_secs(10),
+            deny_ttl: Duration::from_secs(5),
+            cache_capacity: 100_000,
         }
     }
 }
@@ -182,6 +209,81 @@ impl Default for TokenReviewConfig {
 pub struct AuthorizationConfig {
     /// Empty: any authenticated identity; else the identity needs one of these groups.
     pub allowed_groups: Vec<String>,
+    /// What happens to authenticated requests that no rule matches.
+    pub default: DefaultAction,
+    /// Route rules, first match wins.
+    pub rules: Vec<RuleConfig>,
+}
+
+/// The fate of requests no rule matches.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DefaultAction {
+    /// Any authenticated identity passes.
+    #[default]
+    Allow,
+    /// Denied with 403.
+    Deny,
+}
+
+/// One route rule (see `docs/configuration.md`).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RuleConfig {
+    /// Shown in logs, denials and `authgate explain`.
+    pub name: String,
+    /// Path template: literal segments, `{placeholder}`, `*`, and a final `**`.
+    pub path: String,
+    /// HTTP methods the rule applies to; empty: all.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub methods: Vec<String>,
+    /// Query parameters that must have these values for the rule to apply.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub query: std::collections::BTreeMap<String, String>,
+    /// Where the namespace comes from besides a `{namespace}` path segment.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub namespace: Option<NamespaceSourceConfig>,
+    /// The permission to check with a SubjectAccessReview.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resource: Option<ResourceConfig>,
+    /// Instead of `resource`: any authenticated identity passes.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub allow: bool,
+}
+
+/// Extra namespace sources of a rule.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NamespaceSourceConfig {
+    /// A query parameter.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub query: Option<String>,
+    /// A request header.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub header: Option<String>,
+}
+
+/// SubjectAccessReview resource attributes of a rule.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ResourceConfig {
+    /// API group (`""` for core).
+    #[serde(default)]
+    pub group: String,
+    /// API version (optional).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub version: String,
+    /// Resource, e.g. `notebooks`.
+    pub resource: String,
+    /// Subresource, e.g. `log`.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub subresource: String,
+    /// Object name: a literal or a `{placeholder}` from the path.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub name: String,
+    /// Verb; absent: from the HTTP method.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub verb: String,
 }
 
 /// One problem found in the configuration.
@@ -274,6 +376,9 @@ impl Config {
 
     /// Every problem with the settings, all at once.
     pub fn validate(&self) -> Result<(), Vec<Problem>> {
+        let rule_problems = crate::authz::rules::RuleSet::compile(&self.authorization.rules)
+            .err()
+            .unwrap_or_default();
         let mut problems = Vec::new();
         let mut bad = |key: &str, message: String| {
             problems.push(Problem {
@@ -402,6 +507,14 @@ impl Config {
             }
         }
 
+        let sar = &self.kubernetes.subject_access_review;
+        if sar.allow_ttl > Duration::from_secs(600) || sar.deny_ttl > Duration::from_secs(600) {
+            bad(
+                "kubernetes.subject_access_review",
+                "allow_ttl and deny_ttl must be at most 10m: a removed RoleBinding must stop working in bounded time".into(),
+            );
+        }
+
         for (i, group) in self.authorization.allowed_groups.iter().enumerate() {
             if group.trim().is_empty() {
                 bad(
@@ -411,6 +524,7 @@ impl Config {
             }
         }
 
+        problems.extend(rule_problems);
         if problems.is_empty() {
             Ok(())
         } else {

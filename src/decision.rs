@@ -9,6 +9,7 @@ use serde_json::json;
 
 use crate::authn::service_account::{Review, ServiceAccountAuthenticator};
 use crate::authn::{Credential, credential};
+use crate::authz::{Authorization, Authorizer};
 use crate::identity::{HeaderPlan, Identity};
 use crate::path::PathPrefix;
 use crate::request::Request;
@@ -94,6 +95,10 @@ pub struct Gate {
     pub skip_auth: Vec<PathPrefix>,
     /// Empty: any authenticated identity passes.
     pub allowed_groups: Vec<String>,
+    /// Route rules and SubjectAccessReviews.
+    pub authorizer: Authorizer,
+    /// API routes: never treated as browser navigations.
+    pub api_routes: Vec<PathPrefix>,
 }
 
 impl Gate {
@@ -127,7 +132,64 @@ impl Gate {
             return deny;
         }
 
-        self.allow(identity, req)
+        match self.authorizer.authorize(&identity, req, path).await {
+            Authorization::Allowed { .. } => self.allow(identity, req),
+            Authorization::Refused { rule, why } => self.forbidden(
+                req,
+                &identity,
+                &format!("request refused by rule {rule:?}: {why}"),
+                None,
+                "namespace_refused",
+            ),
+            Authorization::Denied { rule, attributes } => {
+                let message = format!(
+                    "{} may not {} in namespace {:?} (rule {rule:?})",
+                    identity.user,
+                    attributes.describe(),
+                    attributes.namespace
+                );
+                self.forbidden(req, &identity, &message, Some(&attributes), "rbac_denied")
+            }
+            Authorization::NoRule => {
+                self.forbidden(req, &identity, "no rule allows this path", None, "no_rule")
+            }
+            Authorization::Unavailable(e) => {
+                tracing::warn!(error = %e, "subject access review failed");
+                unavailable("kubernetes_unavailable")
+            }
+        }
+    }
+
+    /// A 403 people understand: JSON for API clients, a short page for browsers, naming what
+    /// was missing (never internal errors).
+    fn forbidden(
+        &self,
+        req: &Request,
+        identity: &Arc<Identity>,
+        message: &str,
+        attributes: Option<&crate::authz::rules::ResourceAttributes>,
+        reason: &'static str,
+    ) -> Decision {
+        let mut decision = if req.is_browser_navigation(&self.api_routes) {
+            own_page(
+                403,
+                "text/html; charset=utf-8",
+                forbidden_page(message),
+                reason,
+                None,
+            )
+        } else {
+            let mut body = json!({ "error": "forbidden", "message": message });
+            if let Some(a) = attributes {
+                body["namespace"] = json!(a.namespace);
+                body["permission"] = json!(a);
+            }
+            own_page(403, "application/json", body.to_string(), reason, None)
+        };
+        if let Decision::Deny(deny) = &mut decision {
+            deny.identity = Some(identity.clone());
+        }
+        decision
     }
 
     async fn authenticate(&self, req: &Request) -> Result<Arc<Identity>, Decision> {
@@ -277,6 +339,24 @@ fn own_page(
         identity: None,
         reason,
     })
+}
+
+fn forbidden_page(message: &str) -> String {
+    format!(
+        "<!doctype html><html><head><meta charset=\"utf-8\"><title>Access denied</title></head>\
+         <body style=\"font-family:sans-serif;max-width:40em;margin:4em auto\">\
+         <h1>Access denied</h1><p>{}</p>\
+         <p>Ask an owner of the namespace to share it with you.</p></body></html>",
+        html_escape(message)
+    )
+}
+
+fn html_escape(text: &str) -> String {
+    text.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+        .replace('"', "&quot;")
+        .replace('\'', "&#39;")
 }
 
 /// A JSON error answer.

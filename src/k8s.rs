@@ -9,7 +9,7 @@ use crate::config::KubernetesConfig;
 
 /// A failed call to the Kubernetes API. Every variant is answered with 503: authgate cannot know
 /// the answer, so it must not guess one.
-#[derive(Debug, Clone, thiserror::Error)]
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum KubeError {
     /// No answer within `kubernetes.timeout`.
     #[error("the Kubernetes API did not answer within {0:?}")]

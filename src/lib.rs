@@ -4,6 +4,8 @@
 #![forbid(unsafe_code)]
 
 pub mod authn;
+pub mod authz;
+pub mod cache;
 pub mod clock;
 pub mod config;
 pub mod decision;
@@ -75,9 +77,16 @@ impl App {
             clock.clone(),
         )?);
         let token_review = &config.kubernetes.token_review;
-        let service_accounts = if token_review.enabled {
-            let client = k8s::client(&config.kubernetes).await?;
-            let api = Arc::new(KubeTokenReview::new(client, config.kubernetes.timeout));
+        let kube_client = if token_review.enabled {
+            Some(k8s::client(&config.kubernetes).await?)
+        } else {
+            None
+        };
+        let service_accounts = if let Some(client) = &kube_client {
+            let api = Arc::new(KubeTokenReview::new(
+                client.clone(),
+                config.kubernetes.timeout,
+            ));
             Some(ServiceAccountAuthenticator::new(
                 api,
                 token_review.clone(),
@@ -86,16 +95,38 @@ impl App {
         } else {
             None
         };
+        let rules = authz::rules::RuleSet::compile(&config.authorization.rules)
+            .expect("validated config compiles");
+        let reviewer = if rules.needs_reviews() {
+            let client = match &kube_client {
+                Some(c) => c.clone(),
+                None => k8s::client(&config.kubernetes).await?,
+            };
+            Some(Arc::new(authz::sar::AccessReviewer::new(
+                Arc::new(authz::sar::KubeAccessReview::new(
+                    client,
+                    config.kubernetes.timeout,
+                )),
+                config.kubernetes.subject_access_review.clone(),
+                clock.clone(),
+            )))
+        } else {
+            None
+        };
+        let authorizer = authz::Authorizer::new(rules, config.authorization.default, reviewer);
+        let prefixes = |list: &[String]| -> Vec<PathPrefix> {
+            list.iter()
+                .map(|p| PathPrefix::parse(p).expect("validated"))
+                .collect()
+        };
         let gate = Gate {
             headers: HeaderPlan::new(identity),
             signer,
             service_accounts,
-            skip_auth: config
-                .skip_auth
-                .iter()
-                .map(|p| PathPrefix::parse(p).expect("validated"))
-                .collect(),
+            skip_auth: prefixes(&config.skip_auth),
             allowed_groups: config.authorization.allowed_groups.clone(),
+            authorizer,
+            api_routes: prefixes(&config.api_routes),
         };
         Ok(App {
             checker: Arc::new(Checker::new(Arc::new(gate))),

@@ -109,6 +109,26 @@ impl Request {
         self.path.as_deref().unwrap_or("-")
     }
 
+    /// A top-level browser navigation: GET/HEAD, asks for HTML, not XHR/fetch, not an API route.
+    /// Only these are redirected to a login page or shown an HTML error.
+    pub fn is_browser_navigation(&self, api_routes: &[crate::path::PathPrefix]) -> bool {
+        let wants_html = self
+            .headers
+            .get_all("accept")
+            .any(|a| a.to_ascii_lowercase().contains("text/html"));
+        let xhr = self
+            .headers
+            .get_all("x-requested-with")
+            .any(|v| v.eq_ignore_ascii_case("xmlhttprequest"));
+        let fetch_mode = self.headers.get("sec-fetch-mode");
+        let path = self.path.as_deref().unwrap_or("/");
+        matches!(self.method.as_str(), "GET" | "HEAD")
+            && wants_html
+            && !xhr
+            && fetch_mode.is_none_or(|m| m.eq_ignore_ascii_case("navigate"))
+            && !api_routes.iter().any(|p| p.matches(path))
+    }
+
     /// Values of a query parameter, percent-decoded.
     pub fn query_values(&self, name: &str) -> Vec<String> {
         url::form_urlencoded::parse(self.query.as_bytes())

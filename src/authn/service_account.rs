@@ -13,6 +13,7 @@ use k8s_openapi::api::authentication::v1::{TokenReview, TokenReviewSpec, TokenRe
 use kube::api::PostParams;
 use sha2::{Digest, Sha256};
 
+use crate::cache::ReviewCache;
 use crate::clock::SharedClock;
 use crate::config::TokenReviewConfig;
 use crate::identity::{AuthMethod, Identity};
@@ -73,38 +74,12 @@ impl TokenReviewApi for KubeTokenReview {
     }
 }
 
-#[derive(Clone)]
-struct Cached {
-    review: Review,
-    valid_until: SystemTime,
-}
-
-/// Tells moka how long each entry may live (its own `valid_until`), so memory is bounded by
-/// the same TTLs the clock enforces on read.
-struct EntryExpiry;
-
-impl moka::Expiry<[u8; 32], Cached> for EntryExpiry {
-    fn expire_after_create(
-        &self,
-        _key: &[u8; 32],
-        value: &Cached,
-        _created_at: std::time::Instant,
-    ) -> Option<Duration> {
-        Some(
-            value
-                .valid_until
-                .duration_since(SystemTime::now())
-                .unwrap_or(Duration::ZERO),
-        )
-    }
-}
-
 /// Authenticates service-account bearer tokens.
 pub struct ServiceAccountAuthenticator {
     api: Arc<dyn TokenReviewApi>,
     config: TokenReviewConfig,
     clock: SharedClock,
-    cache: moka::future::Cache<[u8; 32], Cached>,
+    cache: ReviewCache<[u8; 32], Review>,
 }
 
 impl ServiceAccountAuthenticator {
@@ -114,10 +89,7 @@ impl ServiceAccountAuthenticator {
         config: TokenReviewConfig,
         clock: SharedClock,
     ) -> Self {
-        let cache = moka::future::Cache::builder()
-            .max_capacity(config.cache_capacity)
-            .expire_after(EntryExpiry)
-            .build();
+        let cache = ReviewCache::new(config.cache_capacity, clock.clone());
         Self {
             api,
             config,
@@ -126,44 +98,30 @@ impl ServiceAccountAuthenticator {
         }
     }
 
-    /// Reviews a token, from the cache when possible.
+    /// Reviews a token, from the cache when possible. The cache key is the token's SHA-256.
     pub async fn authenticate(&self, token: &str) -> Result<Review, KubeError> {
         let key: [u8; 32] = Sha256::digest(token.as_bytes()).into();
-        // Twice at most: a hit that the injected clock says is stale is dropped and reviewed anew.
-        for _ in 0..2 {
-            let entry = self
-                .cache
-                .try_get_with(key, self.review_uncached(token))
-                .await
-                .map_err(|e: Arc<KubeError>| (*e).clone())?;
-            if self.clock.now() < entry.valid_until {
-                return Ok(entry.review);
-            }
-            self.cache.invalidate(&key).await;
-        }
-        Ok(self.review_uncached(token).await?.review)
+        self.cache
+            .get_or_review(&key, || self.review_uncached(token))
+            .await
     }
 
-    async fn review_uncached(&self, token: &str) -> Result<Cached, KubeError> {
+    async fn review_uncached(&self, token: &str) -> Result<(Review, SystemTime), KubeError> {
         let status = self.api.review(token, &self.config.audiences).await?;
         let now = self.clock.now();
-        let cached = match status_to_identity(status) {
+        Ok(match status_to_identity(status) {
             Ok(identity) => {
                 let mut valid_until = now + self.config.cache_ttl;
                 if let Some(exp) = unverified_exp(token) {
                     valid_until = valid_until.min(exp);
                 }
-                Cached {
-                    review: Review::Authenticated(Arc::new(identity)),
-                    valid_until,
-                }
+                (Review::Authenticated(Arc::new(identity)), valid_until)
             }
-            Err(reason) => Cached {
-                review: Review::Rejected(reason.into()),
-                valid_until: now + self.config.failure_cache_ttl,
-            },
-        };
-        Ok(cached)
+            Err(reason) => (
+                Review::Rejected(reason.into()),
+                now + self.config.failure_cache_ttl,
+            ),
+        })
     }
 }
 

@@ -1,0 +1,107 @@
+//! Authorization: after authentication, may this identity go where the request goes?
+//! Route rules find the namespace and permission; a SubjectAccessReview answers.
+
+pub mod rules;
+pub mod sar;
+
+use std::sync::Arc;
+
+use crate::config::DefaultAction;
+use crate::identity::Identity;
+use crate::k8s::KubeError;
+use crate::request::Request;
+use rules::{ResourceAttributes, RuleSet, Verdict};
+use sar::{AccessRequest, AccessReviewer};
+
+/// The authorization answer for one request.
+#[derive(Debug, Clone)]
+pub enum Authorization {
+    /// Go ahead. `rule` names the rule that allowed it, if any.
+    Allowed {
+        /// The rule, if one matched.
+        rule: Option<String>,
+    },
+    /// Refused by a rule before any review (missing/ambiguous/invalid namespace …).
+    Refused {
+        /// The rule.
+        rule: String,
+        /// Why, for the client.
+        why: String,
+    },
+    /// RBAC said no.
+    Denied {
+        /// The rule.
+        rule: String,
+        /// What was missing.
+        attributes: ResourceAttributes,
+    },
+    /// No rule matched and the default is deny.
+    NoRule,
+    /// The Kubernetes API could not answer.
+    Unavailable(KubeError),
+}
+
+/// Rules plus the reviewer.
+pub struct Authorizer {
+    rules: RuleSet,
+    default: DefaultAction,
+    reviewer: Option<Arc<AccessReviewer>>,
+}
+
+impl Authorizer {
+    /// Builds the authorizer; `reviewer` is required when a rule needs reviews.
+    pub fn new(
+        rules: RuleSet,
+        default: DefaultAction,
+        reviewer: Option<Arc<AccessReviewer>>,
+    ) -> Self {
+        assert!(
+            reviewer.is_some() || !rules.needs_reviews(),
+            "rules that need SubjectAccessReviews need a reviewer"
+        );
+        Self {
+            rules,
+            default,
+            reviewer,
+        }
+    }
+
+    /// The rules.
+    pub fn rules(&self) -> &RuleSet {
+        &self.rules
+    }
+
+    /// Decides whether `identity` may make this request (`path` is the normalized path).
+    pub async fn authorize(&self, identity: &Identity, req: &Request, path: &str) -> Authorization {
+        match self.rules.evaluate(req, path) {
+            Verdict::NoRule => match self.default {
+                DefaultAction::Allow => Authorization::Allowed { rule: None },
+                DefaultAction::Deny => Authorization::NoRule,
+            },
+            Verdict::Allow(rule) => Authorization::Allowed {
+                rule: Some(rule.name.clone()),
+            },
+            Verdict::Refuse(rule, why) => Authorization::Refused {
+                rule: rule.name.clone(),
+                why,
+            },
+            Verdict::Review(rule, attributes) => {
+                let reviewer = self.reviewer.as_ref().expect("checked in new");
+                let request = AccessRequest::new(identity, attributes);
+                match reviewer.check(&request).await {
+                    Ok(answer) if answer.allowed => Authorization::Allowed {
+                        rule: Some(rule.name.clone()),
+                    },
+                    Ok(answer) => {
+                        tracing::debug!(rule = %rule.name, reason = %answer.reason, "access review denied");
+                        Authorization::Denied {
+                            rule: rule.name.clone(),
+                            attributes: request.attributes,
+                        }
+                    }
+                    Err(e) => Authorization::Unavailable(e),
+                }
+            }
+        }
+    }
+}

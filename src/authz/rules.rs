@@ -1,0 +1,485 @@
+//! Route rules: which permission a request needs, and in which namespace.
+//!
+//! Templates match the normalized path segment by segment. Literal segments compare
+//! case-insensitively and ignore `;parameters`, so that `/NoteBook;x/…` cannot slip past the
+//! notebook rule to an app router that is case-insensitive or strips parameters: matching *more*
+//! requests to a rule is the safe direction.
+
+use std::collections::BTreeMap;
+
+use serde::Serialize;
+
+use crate::config::{Problem, RuleConfig};
+use crate::request::Request;
+
+/// One segment of a path template.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Segment {
+    /// Matches this text (lower-cased).
+    Literal(String),
+    /// Matches one segment and captures it.
+    Capture(String),
+    /// `*`: any one segment.
+    Any,
+    /// `**`: the rest, zero or more segments.
+    Rest,
+}
+
+/// What a matched rule asks for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Target {
+    /// A SubjectAccessReview with these attributes (placeholders unresolved).
+    Review(ResourceTemplate),
+    /// Any authenticated identity passes.
+    Allow,
+}
+
+/// Resource attributes as configured.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ResourceTemplate {
+    group: String,
+    version: String,
+    resource: String,
+    subresource: String,
+    name: String,
+    verb: String,
+}
+
+/// A compiled rule.
+#[derive(Debug, Clone)]
+pub struct Rule {
+    /// The rule's name.
+    pub name: String,
+    /// The template as configured (for explain).
+    pub path: String,
+    segments: Vec<Segment>,
+    methods: Vec<String>,
+    query: BTreeMap<String, String>,
+    namespace_query: Option<String>,
+    namespace_header: Option<String>,
+    has_namespace_segment: bool,
+    target: Target,
+}
+
+/// The SubjectAccessReview resource attributes of one request.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize)]
+pub struct ResourceAttributes {
+    /// Namespace (empty for cluster-scoped checks).
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub namespace: String,
+    /// Verb.
+    pub verb: String,
+    /// API group.
+    pub group: String,
+    /// API version.
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub version: String,
+    /// Resource.
+    pub resource: String,
+    /// Subresource.
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub subresource: String,
+    /// Object name.
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub name: String,
+}
+
+impl ResourceAttributes {
+    /// `get notebooks.kubeflow.org "nb"` — for messages.
+    pub fn describe(&self) -> String {
+        let mut resource = self.resource.clone();
+        if !self.subresource.is_empty() {
+            resource = format!("{resource}/{}", self.subresource);
+        }
+        if !self.group.is_empty() {
+            resource = format!("{resource}.{}", self.group);
+        }
+        if self.name.is_empty() {
+            format!("{} {resource}", self.verb)
+        } else {
+            format!("{} {resource} {:?}", self.verb, self.name)
+        }
+    }
+}
+
+/// What the rules say about one request.
+#[derive(Debug, Clone)]
+pub enum Verdict<'a> {
+    /// No rule matched.
+    NoRule,
+    /// A rule matched and lets any authenticated identity through.
+    Allow(&'a Rule),
+    /// A rule matched and needs this permission.
+    Review(&'a Rule, ResourceAttributes),
+    /// A rule matched but the namespace is missing, ambiguous or invalid, or the method has no
+    /// verb: denied without asking anyone.
+    Refuse(&'a Rule, String),
+}
+
+/// The compiled rules, in order.
+#[derive(Debug, Clone, Default)]
+pub struct RuleSet {
+    rules: Vec<Rule>,
+}
+
+impl RuleSet {
+    /// Compiles the configured rules, reporting every problem.
+    pub fn compile(configs: &[RuleConfig]) -> Result<RuleSet, Vec<Problem>> {
+        let mut problems = Vec::new();
+        let mut rules = Vec::new();
+        let mut names = Vec::new();
+        for (i, config) in configs.iter().enumerate() {
+            let key = format!("authorization.rules[{i}]");
+            let mut bad = |field: &str, message: String| {
+                problems.push(Problem {
+                    key: format!("{key}{field}"),
+                    message,
+                })
+            };
+            if config.name.trim().is_empty() {
+                bad(".name", "every rule needs a name".into());
+            } else if names.contains(&config.name) {
+                bad(".name", format!("{:?} is used by two rules", config.name));
+            }
+            names.push(config.name.clone());
+            match compile_rule(config) {
+                Ok(rule) => rules.push(rule),
+                Err(errors) => {
+                    for (field, message) in errors {
+                        bad(field, message);
+                    }
+                }
+            }
+        }
+        if problems.is_empty() {
+            Ok(RuleSet { rules })
+        } else {
+            Err(problems)
+        }
+    }
+
+    /// Whether any rule needs a SubjectAccessReview.
+    pub fn needs_reviews(&self) -> bool {
+        self.rules
+            .iter()
+            .any(|r| matches!(r.target, Target::Review(_)))
+    }
+
+    /// The first rule that matches, and what it asks for.
+    pub fn evaluate(&self, req: &Request, path: &str) -> Verdict<'_> {
+        let segments = path_segments(path);
+        for rule in &self.rules {
+            let Some(captures) = rule.matches(req, &segments) else {
+                continue;
+            };
+            return rule.verdict(req, &captures);
+        }
+        Verdict::NoRule
+    }
+}
+
+/// `/a/b/` → `["a", "b"]`: a trailing slash does not change which rule applies.
+fn path_segments(path: &str) -> Vec<&str> {
+    let trimmed = path.strip_prefix('/').unwrap_or(path);
+    let trimmed = trimmed.strip_suffix('/').unwrap_or(trimmed);
+    if trimmed.is_empty() {
+        Vec::new()
+    } else {
+        trimmed.split('/').collect()
+    }
+}
+
+/// The part of a segment that app routers compare: `;parameters` dropped, lower-cased.
+fn comparable(segment: &str) -> String {
+    segment
+        .split(';')
+        .next()
+        .unwrap_or_default()
+        .to_ascii_lowercase()
+}
+
+fn compile_rule(config: &RuleConfig) -> Result<Rule, Vec<(&'static str, String)>> {
+    let mut errors = Vec::new();
+    let mut segments = Vec::new();
+    let mut captures: Vec<String> = Vec::new();
+    if !config.path.starts_with('/') {
+        errors.push((".path", format!("{:?} must start with '/'", config.path)));
+    }
+    let raw: Vec<&str> = path_segments(&config.path);
+    for (i, seg) in raw.iter().enumerate() {
+        let compiled = if *seg == "**" {
+            if i + 1 != raw.len() {
+                errors.push((".path", "`**` may only be the last segment".into()));
+            }
+            Segment::Rest
+        } else if *seg == "*" {
+            Segment::Any
+        } else if let Some(name) = seg.strip_prefix('{').and_then(|s| s.strip_suffix('}')) {
+            if name.is_empty() || !name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_') {
+                errors.push((".path", format!("bad placeholder {seg:?}")));
+            } else if captures.iter().any(|c| c == name) {
+                errors.push((".path", format!("placeholder {seg:?} appears twice")));
+            }
+            captures.push(name.to_string());
+            Segment::Capture(name.to_string())
+        } else if seg.contains(['{', '}', '*', '%', '?']) {
+            errors.push((
+                ".path",
+                format!("segment {seg:?}: placeholders and wildcards must be whole segments"),
+            ));
+            Segment::Any
+        } else {
+            Segment::Literal(comparable(seg))
+        };
+        segments.push(compiled);
+    }
+
+    let mut methods = Vec::new();
+    for m in &config.methods {
+        let upper = m.to_ascii_uppercase();
+        if !matches!(
+            upper.as_str(),
+            "GET" | "HEAD" | "POST" | "PUT" | "PATCH" | "DELETE" | "OPTIONS"
+        ) {
+            errors.push((".methods", format!("unknown method {m:?}")));
+        }
+        methods.push(upper);
+    }
+
+    let (namespace_query, namespace_header) = match &config.namespace {
+        None => (None, None),
+        Some(ns) => {
+            if ns.query.is_none() && ns.header.is_none() {
+                errors.push((".namespace", "name a `query` or a `header`".into()));
+            }
+            if let Some(h) = &ns.header
+                && http::HeaderName::from_bytes(h.as_bytes()).is_err()
+            {
+                errors.push((".namespace.header", format!("{h:?} is not a header name")));
+            }
+            (
+                ns.query.clone(),
+                ns.header.as_ref().map(|h| h.to_ascii_lowercase()),
+            )
+        }
+    };
+
+    let target = match (&config.resource, config.allow) {
+        (Some(_), true) => {
+            errors.push((
+                "",
+                "a rule has either `resource` or `allow: true`, not both".into(),
+            ));
+            Target::Allow
+        }
+        (None, false) => {
+            errors.push((
+                "",
+                "a rule needs `resource` (what to check) or `allow: true`".into(),
+            ));
+            Target::Allow
+        }
+        (None, true) => Target::Allow,
+        (Some(r), false) => {
+            if r.resource.trim().is_empty() {
+                errors.push((".resource.resource", "must not be empty".into()));
+            }
+            for (field, value) in [(".resource.name", &r.name), (".resource.verb", &r.verb)] {
+                if let Some(placeholder) = value.strip_prefix('{').and_then(|v| v.strip_suffix('}'))
+                    && !captures.iter().any(|c| c == placeholder)
+                {
+                    errors.push((
+                        field,
+                        format!("{value} is not a placeholder of the path {:?}", config.path),
+                    ));
+                }
+            }
+            Target::Review(ResourceTemplate {
+                group: r.group.clone(),
+                version: r.version.clone(),
+                resource: r.resource.clone(),
+                subresource: r.subresource.clone(),
+                name: r.name.clone(),
+                verb: r.verb.to_ascii_lowercase(),
+            })
+        }
+    };
+
+    if !errors.is_empty() {
+        return Err(errors);
+    }
+    Ok(Rule {
+        name: config.name.clone(),
+        path: config.path.clone(),
+        has_namespace_segment: captures.iter().any(|c| c == "namespace"),
+        segments,
+        methods,
+        query: config.query.clone(),
+        namespace_query,
+        namespace_header,
+        target,
+    })
+}
+
+impl Rule {
+    /// The placeholders captured when the rule matches.
+    fn matches<'p>(&self, req: &Request, path: &[&'p str]) -> Option<Vec<(&str, &'p str)>> {
+        if !self.methods.is_empty() && !self.methods.iter().any(|m| *m == req.method) {
+            return None;
+        }
+        let mut captures = Vec::new();
+        let mut i = 0;
+        for segment in &self.segments {
+            match segment {
+                Segment::Rest => {
+                    i = path.len();
+                    break;
+                }
+                _ if i >= path.len() => return None,
+                Segment::Literal(text) => {
+                    if comparable(path[i]) != *text {
+                        return None;
+                    }
+                }
+                Segment::Capture(name) => captures.push((name.as_str(), path[i])),
+                Segment::Any => {}
+            }
+            i += 1;
+        }
+        if i != path.len() {
+            return None;
+        }
+        for (key, want) in &self.query {
+            // A condition parameter given twice is ambiguous: match, so the rule's stricter
+            // checks apply rather than none.
+            let values = req.query_values(key);
+            if values.is_empty() || (values.len() == 1 && values[0] != *want) {
+                return None;
+            }
+        }
+        Some(captures)
+    }
+
+    fn verdict<'r>(&'r self, req: &Request, captures: &[(&str, &str)]) -> Verdict<'r> {
+        for (key, want) in &self.query {
+            if req.query_values(key).iter().any(|v| v != want) {
+                return Verdict::Refuse(self, format!("query parameter {key:?} is ambiguous"));
+            }
+        }
+        let namespace = match self.namespace(req, captures) {
+            Ok(ns) => ns,
+            Err(why) => return Verdict::Refuse(self, why),
+        };
+        let template = match &self.target {
+            Target::Allow => return Verdict::Allow(self),
+            Target::Review(t) => t,
+        };
+        let fill = |value: &str| -> String {
+            match value.strip_prefix('{').and_then(|v| v.strip_suffix('}')) {
+                Some(placeholder) => captures
+                    .iter()
+                    .find(|(n, _)| *n == placeholder)
+                    .map(|(_, v)| v.to_string())
+                    .unwrap_or_default(),
+                None => value.to_string(),
+            }
+        };
+        let name = fill(&template.name);
+        let verb = if template.verb.is_empty() {
+            match verb_for_method(&req.method, !name.is_empty()) {
+                Some(verb) => verb.to_string(),
+                None => {
+                    return Verdict::Refuse(
+                        self,
+                        format!("method {} has no Kubernetes verb", req.method),
+                    );
+                }
+            }
+        } else {
+            fill(&template.verb)
+        };
+        Verdict::Review(
+            self,
+            ResourceAttributes {
+                namespace,
+                verb,
+                group: template.group.clone(),
+                version: template.version.clone(),
+                resource: template.resource.clone(),
+                subresource: template.subresource.clone(),
+                name,
+            },
+        )
+    }
+
+    /// The one namespace all present sources agree on; required when the rule has any source.
+    fn namespace(&self, req: &Request, captures: &[(&str, &str)]) -> Result<String, String> {
+        let mut found: Vec<(String, &str)> = Vec::new();
+        if self.has_namespace_segment
+            && let Some((_, v)) = captures.iter().find(|(n, _)| *n == "namespace")
+        {
+            found.push((v.to_string(), "path"));
+        }
+        if let Some(param) = &self.namespace_query {
+            for v in req.query_values(param) {
+                found.push((v, "query"));
+            }
+        }
+        if let Some(header) = &self.namespace_header {
+            for value in req.headers.get_all(header) {
+                // Envoy merges repeated headers with commas; each part is a value.
+                for v in value.split(',') {
+                    found.push((v.trim().to_string(), "header"));
+                }
+            }
+        }
+        let has_source = self.has_namespace_segment
+            || self.namespace_query.is_some()
+            || self.namespace_header.is_some();
+        let Some((first, _)) = found.first() else {
+            return if has_source {
+                Err("the request names no namespace".into())
+            } else {
+                Ok(String::new())
+            };
+        };
+        if let Some((other, _)) = found.iter().find(|(v, _)| v != first) {
+            return Err(format!(
+                "the request names two namespaces ({first:?} and {other:?})"
+            ));
+        }
+        if !is_namespace_name(first) {
+            return Err(format!("{first:?} is not a valid namespace name"));
+        }
+        Ok(first.clone())
+    }
+}
+
+/// GET → get (with a name) or list; the rest by the usual REST mapping. Unknown methods have no
+/// verb and are refused.
+pub fn verb_for_method(method: &str, has_name: bool) -> Option<&'static str> {
+    Some(match method {
+        "GET" | "HEAD" | "OPTIONS" if has_name => "get",
+        "GET" | "HEAD" | "OPTIONS" => "list",
+        "POST" => "create",
+        "PUT" => "update",
+        "PATCH" => "patch",
+        "DELETE" => "delete",
+        _ => return None,
+    })
+}
+
+/// An RFC 1123 label, as Kubernetes requires of namespace names.
+pub fn is_namespace_name(name: &str) -> bool {
+    let bytes = name.as_bytes();
+    !bytes.is_empty()
+        && bytes.len() <= 63
+        && bytes
+            .iter()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || *b == b'-')
+        && bytes[0] != b'-'
+        && bytes[bytes.len() - 1] != b'-'
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,241 @@
+use super::*;
+use crate::config::Config;
+use crate::request::Headers;
+
+fn rules(yaml: &str) -> RuleSet {
+    let config = Config::from_yaml(&format!(
+        "public_url: https://kf.example.com\nauthorization:\n  rules:\n{yaml}"
+    ))
+    .unwrap_or_else(|e| panic!("{e}"));
+    RuleSet::compile(&config.authorization.rules).unwrap()
+}
+
+fn req(method: &str, target: &str, headers: &[(&str, &str)]) -> Request {
+    Request::new(
+        method,
+        "https",
+        "kf.example.com",
+        target,
+        Headers::from_pairs(headers.iter().map(|(n, v)| (*n, v.to_string()))),
+        None,
+    )
+}
+
+fn eval(set: &RuleSet, method: &str, target: &str) -> Result<Option<ResourceAttributes>, String> {
+    eval_h(set, method, target, &[])
+}
+
+fn eval_h(
+    set: &RuleSet,
+    method: &str,
+    target: &str,
+    headers: &[(&str, &str)],
+) -> Result<Option<ResourceAttributes>, String> {
+    let r = req(method, target, headers);
+    let path = r.path.clone().expect("valid path");
+    match set.evaluate(&r, &path) {
+        Verdict::NoRule | Verdict::Allow(_) => Ok(None),
+        Verdict::Review(_, attrs) => Ok(Some(attrs)),
+        Verdict::Refuse(_, why) => Err(why),
+    }
+}
+
+const NOTEBOOK: &str = "  - name: notebook\n    path: /notebook/{namespace}/{name}/**\n    resource: {group: kubeflow.org, resource: notebooks, verb: get, name: '{name}'}\n";
+const ARTIFACTS: &str = "  - name: artifacts\n    path: /pipeline/artifacts/**\n    namespace: {query: namespace}\n    resource: {group: pipelines.kubeflow.org, resource: viewers, verb: get}\n";
+const JUPYTER: &str = "  - name: jupyter\n    path: /jupyter/api/namespaces/{namespace}/notebooks/**\n    namespace: {query: namespace, header: x-namespace}\n    resource: {group: kubeflow.org, resource: notebooks}\n";
+
+#[test]
+fn path_namespace_and_name_fill_the_review() {
+    let set = rules(NOTEBOOK);
+    let attrs = eval(&set, "GET", "/notebook/team-a/nb1/lab/tree")
+        .unwrap()
+        .unwrap();
+    assert_eq!(attrs.namespace, "team-a");
+    assert_eq!(attrs.name, "nb1");
+    assert_eq!(attrs.verb, "get");
+    assert_eq!(attrs.resource, "notebooks");
+    assert_eq!(attrs.describe(), "get notebooks.kubeflow.org \"nb1\"");
+    // `**` matches zero segments too; a trailing slash changes nothing.
+    assert!(eval(&set, "GET", "/notebook/team-a/nb1").unwrap().is_some());
+    assert!(
+        eval(&set, "GET", "/notebook/team-a/nb1/")
+            .unwrap()
+            .is_some()
+    );
+    // Too short: the rule does not apply.
+    assert!(eval(&set, "GET", "/notebook/team-a").unwrap().is_none());
+}
+
+#[test]
+fn a_required_query_namespace_that_is_missing_is_refused() {
+    let set = rules(ARTIFACTS);
+    let attrs = eval(
+        &set,
+        "GET",
+        "/pipeline/artifacts/get?source=minio&namespace=team-a",
+    )
+    .unwrap()
+    .unwrap();
+    assert_eq!(attrs.namespace, "team-a");
+    for target in [
+        "/pipeline/artifacts/get?source=minio",
+        "/pipeline/artifacts/get?namespace=",
+        "/pipeline/artifacts/get?Namespace=team-a",
+        "/pipeline/artifacts/get?namespace=team-a&namespace=team-b",
+        "/pipeline/artifacts/get?namespace=team-a%26namespace%3Dteam-b",
+        "/pipeline/artifacts/get?namespace=Team-A",
+        "/pipeline/artifacts/get?namespace=../kube-system",
+        "/PIPELINE/Artifacts/get",
+        "/pipeline;x/artifacts/get",
+    ] {
+        assert!(
+            eval(&set, "GET", target).is_err(),
+            "{target} must be refused"
+        );
+    }
+    // The same namespace twice is not ambiguous.
+    assert!(
+        eval(
+            &set,
+            "GET",
+            "/pipeline/artifacts/get?namespace=a&namespace=a"
+        )
+        .is_ok()
+    );
+    // Encoded parameter names are decoded like the app decodes them.
+    let attrs = eval(&set, "GET", "/pipeline/artifacts/get?name%73pace=team-a")
+        .unwrap()
+        .unwrap();
+    assert_eq!(attrs.namespace, "team-a");
+}
+
+#[test]
+fn all_namespace_sources_must_agree() {
+    let set = rules(JUPYTER);
+    let base = "/jupyter/api/namespaces/team-a/notebooks";
+    assert!(eval(&set, "GET", base).unwrap().is_some());
+    assert!(
+        eval(&set, "GET", &format!("{base}?namespace=team-a"))
+            .unwrap()
+            .is_some()
+    );
+    assert!(eval(&set, "GET", &format!("{base}?namespace=team-b")).is_err());
+    assert!(eval_h(&set, "GET", base, &[("x-namespace", "team-b")]).is_err());
+    assert!(eval_h(&set, "GET", base, &[("x-namespace", "team-a,team-b")]).is_err());
+    assert!(eval_h(&set, "GET", base, &[("x-namespace", "team-a")]).is_ok());
+}
+
+#[test]
+fn verbs_follow_the_method_when_not_fixed() {
+    let set = rules(JUPYTER);
+    let base = "/jupyter/api/namespaces/team-a/notebooks";
+    let verb = |m: &str| eval(&set, m, base).unwrap().unwrap().verb;
+    assert_eq!(verb("GET"), "list");
+    assert_eq!(verb("HEAD"), "list");
+    assert_eq!(verb("POST"), "create");
+    assert_eq!(verb("PUT"), "update");
+    assert_eq!(verb("PATCH"), "patch");
+    assert_eq!(verb("DELETE"), "delete");
+    assert!(eval(&set, "TRACE", base).is_err(), "no verb, no pass");
+}
+
+#[test]
+fn methods_and_query_conditions_select_rules() {
+    let set = rules(
+        "  - name: v1-runs-by-namespace\n    path: /pipeline/apis/v1beta1/runs\n    methods: [GET]\n    query: {resource_reference_key.type: NAMESPACE}\n    namespace: {query: resource_reference_key.id}\n    resource: {group: pipelines.kubeflow.org, resource: runs, verb: list}\n",
+    );
+    let ns = "/pipeline/apis/v1beta1/runs?resource_reference_key.type=NAMESPACE&resource_reference_key.id=team-a";
+    assert_eq!(eval(&set, "GET", ns).unwrap().unwrap().namespace, "team-a");
+    assert!(
+        eval(&set, "POST", ns).unwrap().is_none(),
+        "method does not match"
+    );
+    let by_experiment = "/pipeline/apis/v1beta1/runs?resource_reference_key.type=EXPERIMENT&resource_reference_key.id=0b1e";
+    assert!(eval(&set, "GET", by_experiment).unwrap().is_none());
+    let ambiguous = "/pipeline/apis/v1beta1/runs?resource_reference_key.type=EXPERIMENT&resource_reference_key.type=NAMESPACE&resource_reference_key.id=team-a";
+    assert!(
+        eval(&set, "GET", ambiguous).is_err(),
+        "a repeated condition is refused"
+    );
+}
+
+#[test]
+fn first_match_wins() {
+    let set = rules(&format!(
+        "  - name: exempt\n    path: /notebook/public/**\n    allow: true\n{NOTEBOOK}"
+    ));
+    assert!(eval(&set, "GET", "/notebook/public/x/y").unwrap().is_none());
+    assert!(eval(&set, "GET", "/notebook/team-a/x/y").unwrap().is_some());
+}
+
+#[test]
+fn namespace_names_follow_rfc_1123() {
+    for ok in ["a", "team-a", "kubeflow-user-example-com", &"a".repeat(63)] {
+        assert!(is_namespace_name(ok), "{ok}");
+    }
+    for bad in [
+        "",
+        "-a",
+        "a-",
+        "A",
+        "a_b",
+        "a.b",
+        "a%2Fb",
+        &"a".repeat(64),
+        "ä",
+    ] {
+        assert!(!is_namespace_name(bad), "{bad}");
+    }
+}
+
+#[test]
+fn impossible_rules_are_config_errors() {
+    let config = |rules: &str| {
+        Config::from_yaml(&format!(
+            "public_url: https://kf.example.com\nauthorization:\n  rules:\n{rules}"
+        ))
+        .unwrap_err()
+        .to_string()
+    };
+    let cases = [
+        (
+            "  - {name: a, path: '/x/**/y', allow: true}\n",
+            "last segment",
+        ),
+        (
+            "  - {name: a, path: '/x/{ns}', resource: {resource: r, name: '{name}'}}\n",
+            "not a placeholder",
+        ),
+        ("  - {name: a, path: '/x/{a}/{a}', allow: true}\n", "twice"),
+        (
+            "  - {name: a, path: '/x/a{b}', allow: true}\n",
+            "whole segments",
+        ),
+        ("  - {name: a, path: '/x'}\n", "needs `resource`"),
+        (
+            "  - {name: a, path: '/x', allow: true, resource: {resource: r}}\n",
+            "not both",
+        ),
+        (
+            "  - {name: a, path: '/x', methods: [FETCH], allow: true}\n",
+            "unknown method",
+        ),
+        ("  - {name: a, path: 'x', allow: true}\n", "start with"),
+        (
+            "  - {name: a, path: '/x', allow: true}\n  - {name: a, path: '/y', allow: true}\n",
+            "two rules",
+        ),
+        (
+            "  - {name: a, path: '/x', allow: true, namespace: {}}\n",
+            "`query` or a `header`",
+        ),
+        (
+            "  - {name: a, path: '/x', allow: true, nmespace: {query: q}}\n",
+            "nmespace",
+        ),
+    ];
+    for (rules, want) in cases {
+        let err = config(rules);
+        assert!(err.contains(want), "{rules}: {err}");
+    }
+}

@@ -1,0 +1,88 @@
+//! The review cache shared by TokenReview and SubjectAccessReview: answers kept until a validity
+//! time judged by the injected clock, concurrent lookups of one key coalesced into one review,
+//! errors never cached (the next request asks again).
+
+use std::hash::Hash;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use crate::clock::SharedClock;
+
+#[derive(Clone)]
+struct Entry<V> {
+    value: V,
+    valid_until: SystemTime,
+}
+
+/// Bounds memory by the same validity the clock enforces on read.
+struct EntryExpiry;
+
+impl<K, V> moka::Expiry<K, Entry<V>> for EntryExpiry {
+    fn expire_after_create(&self, _: &K, entry: &Entry<V>, _: Instant) -> Option<Duration> {
+        Some(
+            entry
+                .valid_until
+                .duration_since(SystemTime::now())
+                .unwrap_or(Duration::ZERO),
+        )
+    }
+}
+
+/// A cache of review answers.
+pub struct ReviewCache<K, V> {
+    cache: moka::future::Cache<K, Entry<V>>,
+    clock: SharedClock,
+}
+
+impl<K, V> ReviewCache<K, V>
+where
+    K: Hash + Eq + Clone + Send + Sync + 'static,
+    V: Clone + Send + Sync + 'static,
+{
+    /// A cache of at most `capacity` answers.
+    pub fn new(capacity: u64, clock: SharedClock) -> Self {
+        Self {
+            cache: moka::future::Cache::builder()
+                .max_capacity(capacity)
+                .expire_after(EntryExpiry)
+                .build(),
+            clock,
+        }
+    }
+
+    /// The cached answer for `key`, or the one `review` gives (with how long it stays valid).
+    /// Concurrent callers for one key share one review.
+    pub async fn get_or_review<E, Fut>(&self, key: &K, review: impl Fn() -> Fut) -> Result<V, E>
+    where
+        E: Clone + Send + Sync + 'static,
+        Fut: Future<Output = Result<(V, SystemTime), E>>,
+    {
+        // Twice at most: a hit the clock calls stale is dropped and reviewed anew.
+        for _ in 0..2 {
+            let entry = self
+                .cache
+                .try_get_with_by_ref(key, async {
+                    review()
+                        .await
+                        .map(|(value, valid_until)| Entry { value, valid_until })
+                })
+                .await
+                .map_err(|e: Arc<E>| (*e).clone())?;
+            if self.clock.now() < entry.valid_until {
+                return Ok(entry.value);
+            }
+            self.cache.invalidate(key).await;
+        }
+        review().await.map(|(value, _)| value)
+    }
+
+    /// How many answers are held (approximate; for metrics and benchmarks).
+    pub fn len(&self) -> u64 {
+        self.cache.entry_count()
+    }
+
+    /// Whether no answer is held.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
