@@ -9,6 +9,7 @@ pub mod cache;
 pub mod clock;
 pub mod config;
 pub mod decision;
+pub mod explain;
 pub mod identity;
 pub mod k8s;
 pub mod path;

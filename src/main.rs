@@ -33,6 +33,26 @@ enum Command {
         #[arg(long, env = "AUTHGATE_CONFIG")]
         config: Option<PathBuf>,
     },
+    /// Show what the policy makes of one request: normalized path, matching rule, namespace,
+    /// and the SubjectAccessReview that would be sent (with --kubeconfig: the live answer).
+    Explain {
+        /// YAML config file.
+        #[arg(long, env = "AUTHGATE_CONFIG")]
+        config: Option<PathBuf>,
+        /// User name as Kubernetes knows it.
+        #[arg(long)]
+        user: String,
+        /// A group of the user (repeatable).
+        #[arg(long = "group")]
+        groups: Vec<String>,
+        /// Ask this cluster for the live answer.
+        #[arg(long)]
+        kubeconfig: Option<PathBuf>,
+        /// HTTP method, e.g. GET.
+        method: String,
+        /// URL (`https://host/path?query`) or path.
+        url: String,
+    },
     /// Write a new Ed25519 signing key (PKCS#8 PEM) for the identity JWT.
     Keygen {
         /// Where to write it; `-` for standard output.
@@ -67,6 +87,43 @@ fn main() -> ExitCode {
             }
             Err(code) => code,
         },
+        Command::Explain {
+            config,
+            user,
+            groups,
+            kubeconfig,
+            method,
+            url,
+        } => {
+            let config = match load(config.as_deref()) {
+                Ok(c) => c,
+                Err(code) => return code,
+            };
+            let question = authgate::explain::Question {
+                user,
+                groups,
+                method,
+                url,
+            };
+            let explanation = authgate::explain::explain(&config, &question);
+            print!("{}", explanation.report);
+            match (kubeconfig, explanation.review) {
+                (Some(kubeconfig), Some(review)) => {
+                    let runtime = tokio::runtime::Runtime::new().expect("tokio runtime");
+                    match runtime.block_on(live_answer(&config, kubeconfig, &review)) {
+                        Ok(answer) => {
+                            println!("live answer:     {answer}");
+                            ExitCode::SUCCESS
+                        }
+                        Err(e) => {
+                            eprintln!("authgate explain: {e:#}");
+                            ExitCode::FAILURE
+                        }
+                    }
+                }
+                _ => ExitCode::SUCCESS,
+            }
+        }
         Command::Keygen { out } => match keygen(&out) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
@@ -92,6 +149,25 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     tracing::info!("shutting down: draining in-flight checks");
     running.shutdown().await;
     Ok(())
+}
+
+async fn live_answer(
+    config: &Config,
+    kubeconfig: PathBuf,
+    review: &authgate::authz::sar::AccessRequest,
+) -> anyhow::Result<String> {
+    use authgate::authz::sar::{AccessReviewApi, KubeAccessReview};
+    let mut k8s = config.kubernetes.clone();
+    k8s.kubeconfig = Some(kubeconfig);
+    let client = authgate::k8s::client(&k8s).await?;
+    let answer = KubeAccessReview::new(client, k8s.timeout)
+        .review(review)
+        .await?;
+    Ok(if answer.allowed {
+        format!("allowed ({})", answer.reason)
+    } else {
+        format!("denied → 403 ({})", answer.reason)
+    })
 }
 
 async fn shutdown_signal() {

@@ -324,7 +324,7 @@ fn compile_rule(config: &RuleConfig) -> Result<Rule, Vec<(&'static str, String)>
 impl Rule {
     /// The placeholders captured when the rule matches.
     fn matches<'p>(&self, req: &Request, path: &[&'p str]) -> Option<Vec<(&str, &'p str)>> {
-        if !self.methods.is_empty() && !self.methods.iter().any(|m| *m == req.method) {
+        if !self.methods.is_empty() && !self.methods.contains(&req.method) {
             return None;
         }
         let mut captures = Vec::new();
