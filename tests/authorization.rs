@@ -24,12 +24,11 @@ fn preset() -> Config {
 /// The preset's rules as extra YAML for the test config (everything but listen/kube settings).
 fn preset_yaml() -> String {
     let config = preset();
-    let authz = serde_yaml::to_string(&serde_json::json!({
+    serde_yaml::to_string(&serde_json::json!({
         "authorization": config.authorization,
         "api_routes": config.api_routes,
     }))
-    .unwrap();
-    authz
+    .unwrap()
 }
 
 /// A sample request for a rule: placeholders filled, the namespace wherever the rule reads it.
