@@ -31,6 +31,11 @@ pub struct Config {
     pub public_url: Option<Url>,
     /// Identity headers and the signed identity JWT.
     pub identity: IdentityConfig,
+    /// Browser login and OIDC bearer tokens; absent: neither.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub oidc: Option<OidcConfig>,
+    /// Server-side sessions of logged-in browsers.
+    pub session: SessionConfig,
     /// Kubernetes API access: TokenReview and SubjectAccessReview.
     pub kubernetes: KubernetesConfig,
     /// Path prefixes that need no authentication (matched by whole segments).
@@ -123,6 +128,171 @@ impl Default for JwtConfig {
     }
 }
 
+/// An OpenID Connect provider for browser login and bearer JWTs.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct OidcConfig {
+    /// Issuer URL; discovery is read from `<issuer>/.well-known/openid-configuration`.
+    pub issuer: String,
+    /// Client id registered with the provider.
+    pub client_id: String,
+    /// File holding the client secret.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub client_secret_file: Option<PathBuf>,
+    /// The client secret itself (prefer the file; set from `AUTHGATE_OIDC__CLIENT_SECRET`).
+    #[serde(skip_serializing_if = "Option::is_none", serialize_with = "redact")]
+    pub client_secret: Option<String>,
+    /// Scopes requested at login.
+    pub scopes: Vec<String>,
+    /// Claim naming the user.
+    pub user_claim: String,
+    /// Claim listing the groups.
+    pub groups_claim: String,
+    /// Audiences accepted in bearer JWTs (empty: the client id).
+    pub audiences: Vec<String>,
+    /// More issuers whose JWTs are accepted as bearer tokens (same audiences).
+    pub extra_issuers: Vec<String>,
+    /// Where the provider sends the browser after logout (must be registered there);
+    /// default: the public URL.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub post_logout_redirect_uri: Option<Url>,
+    /// How long a login may take from redirect to callback.
+    #[serde(with = "humantime_serde")]
+    pub login_timeout: Duration,
+    /// Deadline for each call to the provider.
+    #[serde(with = "humantime_serde")]
+    pub timeout: Duration,
+}
+
+impl Default for OidcConfig {
+    fn default() -> Self {
+        Self {
+            issuer: String::new(),
+            client_id: String::new(),
+            client_secret_file: None,
+            client_secret: None,
+            scopes: ["openid", "email", "profile", "groups"]
+                .map(String::from)
+                .to_vec(),
+            user_claim: "email".into(),
+            groups_claim: "groups".into(),
+            audiences: Vec::new(),
+            extra_issuers: Vec::new(),
+            post_logout_redirect_uri: None,
+            login_timeout: Duration::from_secs(600),
+            timeout: Duration::from_secs(5),
+        }
+    }
+}
+
+impl OidcConfig {
+    /// The client secret, from the file or inline.
+    pub fn read_client_secret(&self) -> std::io::Result<Option<String>> {
+        match (&self.client_secret_file, &self.client_secret) {
+            (Some(file), _) => Ok(Some(std::fs::read_to_string(file)?.trim().to_string())),
+            (None, secret) => Ok(secret.clone()),
+        }
+    }
+}
+
+fn redact<S: serde::Serializer>(value: &Option<String>, s: S) -> Result<S::Ok, S::Error> {
+    match value {
+        Some(_) => s.serialize_str("<redacted>"),
+        None => s.serialize_none(),
+    }
+}
+
+/// Where sessions live.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum StoreKind {
+    /// In this process (one replica; lost on restart).
+    #[default]
+    Memory,
+    /// In Redis (several replicas; survives restarts).
+    Redis,
+}
+
+/// Server-side sessions.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SessionConfig {
+    /// `memory` or `redis`.
+    pub store: StoreKind,
+    /// `redis://[user@]host:port/db`, `rediss://…` for TLS, `redis+sentinel://…` not supported
+    /// here: use `redis_sentinel` for Sentinel and `redis_cluster_nodes` for Cluster.
+    pub redis_url: String,
+    /// File holding the Redis password.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub redis_password_file: Option<PathBuf>,
+    /// Redis Cluster: the seed nodes (instead of `redis_url`).
+    pub redis_cluster_nodes: Vec<String>,
+    /// Redis Sentinel: the sentinels and the master name.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub redis_sentinel: Option<SentinelConfig>,
+    /// Key (any length, from a file) from which the token-encryption key is derived; default:
+    /// derived from the identity signing key.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub encryption_key_file: Option<PathBuf>,
+    /// Cookie name (`__Host-` is prepended when `cookie_secure`).
+    pub cookie_name: String,
+    /// Secure cookies with the `__Host-` prefix; turn off only for plain-HTTP development.
+    pub cookie_secure: bool,
+    /// Absolute lifetime of a session.
+    #[serde(with = "humantime_serde")]
+    pub max_age: Duration,
+    /// A session unused this long ends.
+    #[serde(with = "humantime_serde")]
+    pub idle_timeout: Duration,
+}
+
+/// Redis Sentinel settings.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SentinelConfig {
+    /// `host:port` of each sentinel.
+    pub nodes: Vec<String>,
+    /// The monitored master's name.
+    pub master_name: String,
+}
+
+impl Default for SessionConfig {
+    fn default() -> Self {
+        Self {
+            store: StoreKind::Memory,
+            redis_url: "redis://127.0.0.1:6379/0".into(),
+            redis_password_file: None,
+            redis_cluster_nodes: Vec::new(),
+            redis_sentinel: None,
+            encryption_key_file: None,
+            cookie_name: "authgate_session".into(),
+            cookie_secure: true,
+            max_age: Duration::from_secs(24 * 3600),
+            idle_timeout: Duration::from_secs(8 * 3600),
+        }
+    }
+}
+
+impl SessionConfig {
+    /// The session cookie's name as sent to browsers.
+    pub fn cookie(&self) -> String {
+        if self.cookie_secure {
+            format!("__Host-{}", self.cookie_name)
+        } else {
+            self.cookie_name.clone()
+        }
+    }
+
+    /// The login-binding cookie's name.
+    pub fn login_cookie(&self) -> String {
+        if self.cookie_secure {
+            format!("__Host-{}_login", self.cookie_name)
+        } else {
+            format!("{}_login", self.cookie_name)
+        }
+    }
+}
+
 /// Kubernetes API access.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -209,6 +379,8 @@ impl Default for TokenReviewConfig {
 pub struct AuthorizationConfig {
     /// Empty: any authenticated identity; else the identity needs one of these groups.
     pub allowed_groups: Vec<String>,
+    /// Empty: any e-mail domain; else people (not service accounts) need an address in one.
+    pub allowed_email_domains: Vec<String>,
     /// What happens to authenticated requests that no rule matches.
     pub default: DefaultAction,
     /// Route rules, first match wins.
@@ -318,6 +490,8 @@ impl Default for Config {
             listen: Listen::default(),
             public_url: None,
             identity: IdentityConfig::default(),
+            oidc: None,
+            session: SessionConfig::default(),
             kubernetes: KubernetesConfig::default(),
             skip_auth: Vec::new(),
             api_routes: ["/api/", "/apis/", "/pipeline/apis/", "/ml_metadata"]
@@ -512,6 +686,86 @@ impl Config {
             bad(
                 "kubernetes.subject_access_review",
                 "allow_ttl and deny_ttl must be at most 10m: a removed RoleBinding must stop working in bounded time".into(),
+            );
+        }
+
+        if let Some(oidc) = &self.oidc {
+            match Url::parse(&oidc.issuer) {
+                Ok(u) if matches!(u.scheme(), "https" | "http") => {}
+                _ => bad(
+                    "oidc.issuer",
+                    format!("{:?} is not an http(s) URL", oidc.issuer),
+                ),
+            }
+            if oidc.client_id.is_empty() {
+                bad("oidc.client_id", "required".into());
+            }
+            if let Some(file) = &oidc.client_secret_file
+                && !file.is_file()
+            {
+                bad(
+                    "oidc.client_secret_file",
+                    format!("{} is not a readable file", file.display()),
+                );
+            }
+            if !oidc.scopes.iter().any(|s| s == "openid") {
+                bad("oidc.scopes", "must include openid".into());
+            }
+            for (i, issuer) in oidc.extra_issuers.iter().enumerate() {
+                if Url::parse(issuer).is_err() {
+                    bad(
+                        &format!("oidc.extra_issuers[{i}]"),
+                        format!("{issuer:?} is not a URL"),
+                    );
+                }
+            }
+        }
+        let session = &self.session;
+        if session.cookie_name.is_empty()
+            || !session
+                .cookie_name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+        {
+            bad(
+                "session.cookie_name",
+                "letters, digits, '_' and '-' only".into(),
+            );
+        }
+        if session.idle_timeout > session.max_age {
+            bad(
+                "session.idle_timeout",
+                "must not be longer than max_age".into(),
+            );
+        }
+        if session.idle_timeout < Duration::from_secs(60) {
+            bad("session.idle_timeout", "at least 1m".into());
+        }
+        if session.store == StoreKind::Redis
+            && session.encryption_key_file.is_none()
+            && identity.jwt.key_file.is_none()
+        {
+            bad(
+                "session.encryption_key_file",
+                "the redis store shares sessions between replicas: set encryption_key_file (or identity.jwt.key_file, from which the key is derived)".into(),
+            );
+        }
+        for (key, file) in [
+            ("session.encryption_key_file", &session.encryption_key_file),
+            ("session.redis_password_file", &session.redis_password_file),
+        ] {
+            if let Some(file) = file
+                && !file.is_file()
+            {
+                bad(key, format!("{} is not a readable file", file.display()));
+            }
+        }
+        if let Some(sentinel) = &session.redis_sentinel
+            && (sentinel.nodes.is_empty() || sentinel.master_name.is_empty())
+        {
+            bad(
+                "session.redis_sentinel",
+                "needs nodes and master_name".into(),
             );
         }
 

@@ -7,11 +7,16 @@ use std::sync::Arc;
 
 use serde_json::json;
 
+use crate::authn::bearer::{BearerError, OidcBearer};
+use crate::authn::login::Login;
 use crate::authn::service_account::{Review, ServiceAccountAuthenticator};
+use crate::authn::session::{Found, Sessions};
 use crate::authn::{Credential, credential};
 use crate::authz::{Authorization, Authorizer};
+use crate::identity::AuthMethod;
 use crate::identity::{HeaderPlan, Identity};
 use crate::path::PathPrefix;
+use crate::redirect;
 use crate::request::Request;
 use crate::signing::Signer;
 
@@ -99,6 +104,16 @@ pub struct Gate {
     pub authorizer: Authorizer,
     /// API routes: never treated as browser navigations.
     pub api_routes: Vec<PathPrefix>,
+    /// Empty: any domain; else people need an e-mail address in one of these.
+    pub allowed_email_domains: Vec<String>,
+    /// Browser sessions; `None` without OIDC.
+    pub sessions: Option<Arc<Sessions>>,
+    /// The browser login; `None` without OIDC.
+    pub login: Option<Login>,
+    /// Bearer JWTs from the OIDC issuers; `None` without OIDC.
+    pub oidc_bearer: Option<OidcBearer>,
+    /// The gateway's origin: redirect targets must stay on it.
+    pub public_origin: url::Url,
 }
 
 impl Gate {
@@ -128,7 +143,7 @@ impl Gate {
             Err(deny) => return deny,
         };
 
-        if let Some(deny) = self.check_groups(&identity) {
+        if let Some(deny) = self.check_groups(req, &identity) {
             return deny;
         }
 
@@ -193,18 +208,78 @@ impl Gate {
     }
 
     async fn authenticate(&self, req: &Request) -> Result<Arc<Identity>, Decision> {
+        self.authenticate_with_session(req)
+            .await
+            .map(|(identity, _)| identity)
+    }
+
+    /// Who the request comes from, and the browser session it used (if that is how).
+    async fn authenticate_with_session(
+        &self,
+        req: &Request,
+    ) -> Result<(Arc<Identity>, Option<Found>), Decision> {
         match credential(&req.headers) {
-            Credential::Bearer(token) => self.authenticate_bearer(token).await,
+            Credential::Bearer(token) => self.authenticate_bearer(token).await.map(|i| (i, None)),
             Credential::Malformed(why) => Err(unauthenticated(why, true, "malformed_credential")),
-            Credential::None => Err(unauthenticated(
-                "authentication required: send a bearer token",
-                false,
-                "no_credential",
-            )),
+            Credential::None => {
+                if let Some(sessions) = &self.sessions {
+                    match sessions.find(&req.headers).await {
+                        Ok(Some(found)) => {
+                            return Ok((Arc::new(found.identity()), Some(found)));
+                        }
+                        Ok(None) => {}
+                        Err(e) => {
+                            tracing::warn!(error = %e, "session store unavailable");
+                            return Err(unavailable("store_unavailable"));
+                        }
+                    }
+                }
+                Err(self.login_or_401(req).await)
+            }
         }
     }
 
+    /// No credential: a browser navigation goes to the login; anything else gets 401 JSON.
+    async fn login_or_401(&self, req: &Request) -> Decision {
+        if let Some(login) = &self.login
+            && req.is_browser_navigation(&self.api_routes)
+        {
+            let target = if req.query.is_empty() {
+                req.raw_path.clone()
+            } else {
+                format!("{}?{}", req.raw_path, req.query)
+            };
+            let return_to = redirect::safe_target(&target, &self.public_origin);
+            return login.start(req, &return_to).await;
+        }
+        let hint = if self.login.is_some() {
+            "authentication required: log in with a browser or send a bearer token"
+        } else {
+            "authentication required: send a bearer token"
+        };
+        unauthenticated(hint, false, "no_credential")
+    }
+
     async fn authenticate_bearer(&self, token: &str) -> Result<Arc<Identity>, Decision> {
+        if let Some(oidc) = &self.oidc_bearer
+            && oidc.claims_our_issuer(token)
+        {
+            return match oidc.authenticate(token).await {
+                Ok(identity) => Ok(Arc::new(identity)),
+                Err(BearerError::Invalid(why)) => {
+                    tracing::debug!(reason = %why, "OIDC bearer token refused");
+                    Err(unauthenticated(
+                        "invalid bearer token",
+                        true,
+                        "invalid_token",
+                    ))
+                }
+                Err(BearerError::Unavailable(why)) => {
+                    tracing::warn!(reason = %why, "OIDC issuer keys unavailable");
+                    Err(unavailable("provider_unavailable"))
+                }
+            };
+        }
         let Some(service_accounts) = &self.service_accounts else {
             return Err(unauthenticated(
                 "bearer tokens are not accepted by this gateway",
@@ -229,7 +304,31 @@ impl Gate {
         }
     }
 
-    fn check_groups(&self, identity: &Arc<Identity>) -> Option<Decision> {
+    fn check_groups(&self, req: &Request, identity: &Arc<Identity>) -> Option<Decision> {
+        let human = identity.method != AuthMethod::ServiceAccount;
+        if human && !self.allowed_email_domains.is_empty() {
+            let domain = identity
+                .user
+                .rsplit_once('@')
+                .map(|(_, d)| d.to_ascii_lowercase());
+            let allowed = domain.is_some_and(|d| {
+                self.allowed_email_domains
+                    .iter()
+                    .any(|a| a.eq_ignore_ascii_case(&d))
+            });
+            if !allowed {
+                return Some(self.forbidden(
+                    req,
+                    identity,
+                    &format!(
+                        "{} is not in an e-mail domain allowed to use this gateway",
+                        identity.user
+                    ),
+                    None,
+                    "domain_not_allowed",
+                ));
+            }
+        }
         if self.allowed_groups.is_empty()
             || identity
                 .groups
@@ -238,19 +337,16 @@ impl Gate {
         {
             return None;
         }
-        let Decision::Deny(mut deny) = json_response(
-            403,
-            "forbidden",
+        Some(self.forbidden(
+            req,
+            identity,
             &format!(
                 "{} is not a member of a group allowed to use this gateway",
                 identity.user
             ),
+            None,
             "group_not_allowed",
-        ) else {
-            unreachable!("json_response denies")
-        };
-        deny.identity = Some(identity.clone());
-        Some(Decision::Deny(deny))
+        ))
     }
 
     fn allow(&self, identity: Arc<Identity>, req: &Request) -> Decision {
@@ -306,6 +402,37 @@ impl Gate {
                 }
                 Err(deny) => deny,
             },
+            "/login" | "/callback" | "/logout" | "/backchannel-logout" => {
+                let Some(login) = &self.login else {
+                    return json_response(
+                        404,
+                        "not_found",
+                        "browser login is not configured",
+                        "own_not_found",
+                    );
+                };
+                match endpoint {
+                    "/login" => {
+                        let rd = req
+                            .query_values("rd")
+                            .into_iter()
+                            .next()
+                            .unwrap_or_default();
+                        login
+                            .start(req, &redirect::safe_target(&rd, &self.public_origin))
+                            .await
+                    }
+                    "/callback" => login.callback(req).await,
+                    "/logout" => self.logout(login, req).await,
+                    _ if req.method == "POST" => login.backchannel(&req.body).await,
+                    _ => json_response(
+                        405,
+                        "method_not_allowed",
+                        "POST a logout_token",
+                        "own_method",
+                    ),
+                }
+            }
             _ => json_response(
                 404,
                 "not_found",
@@ -313,6 +440,45 @@ impl Gate {
                 "own_not_found",
             ),
         }
+    }
+
+    /// Logout ends a session, so a cross-site page must not be able to trigger it: POST, or a
+    /// GET that the browser marks as same-origin.
+    async fn logout(&self, login: &Login, req: &Request) -> Decision {
+        let same_origin = req
+            .headers
+            .get("sec-fetch-site")
+            .is_some_and(|s| s == "same-origin" || s == "none")
+            || req.headers.get("origin").is_some_and(|o| {
+                url::Url::parse(o).is_ok_and(|o| o.origin() == self.public_origin.origin())
+            })
+            || req.headers.get("referer").is_some_and(|r| {
+                url::Url::parse(r).is_ok_and(|r| r.origin() == self.public_origin.origin())
+            });
+        if req.method != "POST" && !same_origin {
+            return own_page(
+                200,
+                "text/html; charset=utf-8",
+                "<!doctype html><html><head><meta charset=\"utf-8\"><title>Log out</title></head>\
+                 <body style=\"font-family:sans-serif;max-width:40em;margin:4em auto\">\
+                 <form method=\"post\" action=\"/authgate/logout\"><p>Log out of this site?</p>\
+                 <button id=\"logout\" type=\"submit\">Log out</button></form></body></html>"
+                    .into(),
+                "logout_confirm",
+                None,
+            );
+        }
+        let found = match &self.sessions {
+            Some(sessions) => match sessions.find(&req.headers).await {
+                Ok(found) => found,
+                Err(e) => {
+                    tracing::warn!(error = %e, "session store unavailable");
+                    return unavailable("store_unavailable");
+                }
+            },
+            None => None,
+        };
+        login.logout(req, found).await
     }
 }
 

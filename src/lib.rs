@@ -13,8 +13,10 @@ pub mod explain;
 pub mod identity;
 pub mod k8s;
 pub mod path;
+pub mod redirect;
 pub mod request;
 pub mod signing;
+pub mod store;
 pub mod telemetry;
 pub mod transport;
 
@@ -44,6 +46,15 @@ pub enum StartError {
     /// The Kubernetes client.
     #[error(transparent)]
     Kube(#[from] k8s::SetupError),
+    /// The session store.
+    #[error("cannot connect to the session store: {0}")]
+    Store(store::StoreError),
+    /// A file could not be read.
+    #[error("cannot read a configured file: {0}")]
+    Io(std::io::Error),
+    /// The OIDC provider settings.
+    #[error("OIDC provider: {0}")]
+    Provider(String),
     /// A listener could not be bound.
     #[error("cannot listen on {addr}: {source}")]
     Bind {
@@ -120,6 +131,64 @@ impl App {
                 .map(|p| PathPrefix::parse(p).expect("validated"))
                 .collect()
         };
+        let public_origin = config.public_origin().clone();
+        let (sessions, login, oidc_bearer) = match &config.oidc {
+            None => (None, None, None),
+            Some(oidc) => {
+                let store: Arc<dyn store::SessionStore> = match config.session.store {
+                    config::StoreKind::Memory => {
+                        Arc::new(store::memory::MemoryStore::new(clock.clone()))
+                    }
+                    config::StoreKind::Redis => Arc::new(
+                        store::redis::RedisStore::connect(&config.session)
+                            .await
+                            .map_err(StartError::Store)?,
+                    ),
+                };
+                let sealer = sealer(&config).map_err(StartError::Io)?;
+                let sessions = Arc::new(authn::session::Sessions::new(
+                    store,
+                    config.session.clone(),
+                    clock.clone(),
+                ));
+                let secret = oidc.read_client_secret().map_err(StartError::Io)?;
+                let redirect_uri = public_origin
+                    .join("/authgate/callback")
+                    .expect("origin joins a path");
+                let provider = Arc::new(
+                    authn::oidc::Provider::new(oidc.clone(), secret, redirect_uri.as_str())
+                        .map_err(|e| StartError::Provider(e.to_string()))?,
+                );
+                // Discover in the background: a provider that is down must not stop the gateway
+                // from serving machines and existing sessions.
+                let warm = provider.clone();
+                tokio::spawn(async move {
+                    let _ = warm.get().await;
+                });
+                let mut issuers = vec![oidc.issuer.clone()];
+                issuers.extend(oidc.extra_issuers.iter().cloned());
+                let audiences = if oidc.audiences.is_empty() {
+                    vec![oidc.client_id.clone()]
+                } else {
+                    oidc.audiences.clone()
+                };
+                let bearer = authn::bearer::OidcBearer::new(
+                    issuers,
+                    audiences,
+                    oidc.user_claim.clone(),
+                    oidc.groups_claim.clone(),
+                    provider.http().clone(),
+                );
+                let login = authn::login::Login::new(
+                    provider,
+                    sessions.clone(),
+                    sealer,
+                    public_origin.clone(),
+                    clock.clone(),
+                );
+                (Some(sessions), Some(login), Some(bearer))
+            }
+        };
         let gate = Gate {
             headers: HeaderPlan::new(identity),
             signer,
@@ -128,6 +197,11 @@ impl App {
             allowed_groups: config.authorization.allowed_groups.clone(),
             authorizer,
             api_routes: prefixes(&config.api_routes),
+            allowed_email_domains: config.authorization.allowed_email_domains.clone(),
+            sessions,
+            login,
+            oidc_bearer,
+            public_origin,
         };
         Ok(App {
             checker: Arc::new(Checker::new(Arc::new(gate))),
@@ -167,6 +241,20 @@ impl App {
             tasks: vec![tokio::spawn(grpc), tokio::spawn(http)],
         })
     }
+}
+
+/// The token-encryption key: from `session.encryption_key_file`, else derived from the signing
+/// key file (replicas share both), else random (memory store only; validated).
+fn sealer(config: &Config) -> std::io::Result<store::Sealer> {
+    let file = config.session.encryption_key_file.as_ref().or(config
+        .identity
+        .jwt
+        .key_file
+        .as_ref());
+    Ok(match file {
+        Some(file) => store::Sealer::from_material(&std::fs::read(file)?),
+        None => store::Sealer::random(),
+    })
 }
 
 /// A started app.

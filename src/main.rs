@@ -20,6 +20,21 @@ struct Cli {
 }
 
 #[derive(Subcommand)]
+enum SessionsAction {
+    /// End sessions everywhere at once: every replica reads the same store.
+    Revoke {
+        /// End every session of this user (as the user header shows it, without prefix).
+        #[arg(long, conflicts_with = "all", required_unless_present = "all")]
+        user: Option<String>,
+        /// End every session of every user.
+        #[arg(long)]
+        all: bool,
+    },
+    /// How many sessions exist.
+    Count,
+}
+
+#[derive(Subcommand)]
 enum Command {
     /// Serve gRPC and HTTP ext_authz.
     Serve {
@@ -52,6 +67,14 @@ enum Command {
         method: String,
         /// URL (`https://host/path?query`) or path.
         url: String,
+    },
+    /// Manage browser sessions in the shared (Redis) store.
+    Sessions {
+        /// YAML config file.
+        #[arg(long, env = "AUTHGATE_CONFIG", global = true)]
+        config: Option<PathBuf>,
+        #[command(subcommand)]
+        action: SessionsAction,
     },
     /// Write a new Ed25519 signing key (PKCS#8 PEM) for the identity JWT.
     Keygen {
@@ -124,6 +147,23 @@ fn main() -> ExitCode {
                 _ => ExitCode::SUCCESS,
             }
         }
+        Command::Sessions { config, action } => {
+            let config = match load(config.as_deref()) {
+                Ok(c) => c,
+                Err(code) => return code,
+            };
+            let runtime = tokio::runtime::Runtime::new().expect("tokio runtime");
+            match runtime.block_on(sessions(&config, action)) {
+                Ok(message) => {
+                    println!("{message}");
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("authgate sessions: {e:#}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
         Command::Keygen { out } => match keygen(&out) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
@@ -167,6 +207,33 @@ async fn live_answer(
         format!("allowed ({})", answer.reason)
     } else {
         format!("denied → 403 ({})", answer.reason)
+    })
+}
+
+async fn sessions(config: &Config, action: SessionsAction) -> anyhow::Result<String> {
+    use authgate::store::SessionStore;
+    if config.session.store != authgate::config::StoreKind::Redis {
+        anyhow::bail!(
+            "session.store is memory: sessions live inside each running authgate and end when it \
+             restarts; use the redis store to manage them from outside"
+        );
+    }
+    let store = authgate::store::redis::RedisStore::connect(&config.session).await?;
+    Ok(match action {
+        SessionsAction::Revoke {
+            user: Some(user), ..
+        } => {
+            let n = store.delete_user(&user).await?;
+            tracing::info!(target: "authgate::audit", event = "revoke", user = %user, sessions = n, "sessions revoked");
+            format!("revoked {n} session(s) of {user}")
+        }
+        SessionsAction::Revoke { all: true, .. } => {
+            let n = store.delete_all().await?;
+            tracing::info!(target: "authgate::audit", event = "revoke_all", sessions = n, "all sessions revoked");
+            format!("revoked {n} session(s)")
+        }
+        SessionsAction::Revoke { .. } => anyhow::bail!("name --user or --all"),
+        SessionsAction::Count => format!("{} session(s)", store.count().await?),
     })
 }
 

@@ -79,6 +79,8 @@ pub struct Request {
     pub headers: Headers,
     /// The downstream client address as Envoy saw it.
     pub client_ip: Option<IpAddr>,
+    /// The request body, when the transport has it (only authgate's own endpoints read it).
+    pub body: Vec<u8>,
 }
 
 impl Request {
@@ -101,7 +103,14 @@ impl Request {
             query: query.to_string(),
             headers,
             client_ip,
+            body: Vec::new(),
         }
+    }
+
+    /// With a body.
+    pub fn with_body(mut self, body: Vec<u8>) -> Request {
+        self.body = body;
+        self
     }
 
     /// The normalized path, or `"-"` for a refused one (for logs).

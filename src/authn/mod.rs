@@ -2,7 +2,11 @@
 //!
 //! [`Identity`]: crate::identity::Identity
 
+pub mod bearer;
+pub mod login;
+pub mod oidc;
 pub mod service_account;
+pub mod session;
 
 use crate::request::Headers;
 

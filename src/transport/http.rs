@@ -50,6 +50,9 @@ pub fn router(state: HttpState) -> Router {
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(readyz))
         .route("/authgate/jwks.json", get(jwks))
+        // authgate's own endpoints called directly (e.g. the provider's back-channel logout, or
+        // a deployment that routes /authgate/ to this service): real responses, 200 included.
+        .route("/authgate/{*rest}", any(own))
         .route(&prefix, any(check))
         .route(&format!("{prefix}/"), any(check))
         .route(&format!("{prefix}/{{*rest}}"), any(check))
@@ -83,6 +86,35 @@ async fn check(State(state): State<HttpState>, request: AxumRequest) -> Response
     let req = to_request(&request, &state.check_prefix, peer);
     let decision = state.checker.check(&req, "http").await;
     to_response(decision)
+}
+
+/// Largest body read for authgate's own endpoints (a logout token is well under this).
+const MAX_OWN_BODY: usize = 64 * 1024;
+
+async fn own(State(state): State<HttpState>, request: AxumRequest) -> Response {
+    let peer = request
+        .extensions()
+        .get::<ConnectInfo<SocketAddr>>()
+        .map(|c| c.0.ip());
+    let (parts, body) = request.into_parts();
+    let Ok(body) = axum::body::to_bytes(body, MAX_OWN_BODY).await else {
+        return (StatusCode::PAYLOAD_TOO_LARGE, "body too large").into_response();
+    };
+    let request = AxumRequest::from_parts(parts, Body::empty());
+    let req = to_request(&request, "", peer).with_body(body.to_vec());
+    match state.checker.check(&req, "http-direct").await {
+        Decision::Deny(deny) => {
+            let mut response = Response::new(Body::from(deny.body));
+            *response.status_mut() =
+                StatusCode::from_u16(deny.status).unwrap_or(StatusCode::FORBIDDEN);
+            for (name, value) in &deny.headers {
+                append(response.headers_mut(), name, value);
+            }
+            response
+        }
+        // Not an authgate endpoint answer (cannot happen for /authgate/ paths): refuse.
+        Decision::Allow(_) => (StatusCode::NOT_FOUND, "not found").into_response(),
+    }
 }
 
 /// HTTP check request → core request. The path is the raw target after the check prefix.

@@ -57,6 +57,9 @@ pub struct Options {
     /// Status Envoy sends when the check fails: authz unreachable, timeout, or (HTTP mode) a
     /// 5xx answer. `None` = Envoy's and Istio's `statusOnError` default, 403.
     pub status_on_error: Option<u16>,
+    /// Listen on this port instead of one the kernel picks (when the gateway's public URL must
+    /// be known before Envoy starts, as for the OIDC redirect URI).
+    pub listen_port: Option<u16>,
 }
 
 impl Default for Options {
@@ -66,6 +69,7 @@ impl Default for Options {
             authz_timeout: Duration::from_secs(2),
             http_path_prefix: "/authgate/check".into(),
             status_on_error: None,
+            listen_port: None,
         }
     }
 }
@@ -292,6 +296,7 @@ fn config(mode: ExtAuthz, authz: SocketAddr, upstream: SocketAddr, opts: &Option
         )
         .replace("{EXT_AUTHZ}", &ext_authz)
         .replace("{AUTHZ_PROTOCOL}", authz_protocol)
+        .replace("{LISTEN_PORT}", &opts.listen_port.unwrap_or(0).to_string())
         .replace("{AUTHZ_IP}", &authz.ip().to_string())
         .replace("{AUTHZ_PORT}", &authz.port().to_string())
         .replace("{UPSTREAM_IP}", &upstream.ip().to_string())
@@ -304,7 +309,7 @@ admin:
 static_resources:
   listeners:
   - name: ingress
-    address: {socket_address: {address: 127.0.0.1, port_value: 0}}
+    address: {socket_address: {address: 127.0.0.1, port_value: {LISTEN_PORT}}}
     filter_chains:
     - filters:
       - name: envoy.filters.network.http_connection_manager

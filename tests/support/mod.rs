@@ -5,6 +5,8 @@
 pub mod echo;
 pub mod envoy;
 pub mod kube_api;
+pub mod oidc;
+pub mod redis;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -54,6 +56,11 @@ pub struct Authgate {
 
 impl Authgate {
     pub async fn start(yaml: &str) -> Authgate {
+        Self::start_with_clock(yaml, std::sync::Arc::new(authgate::clock::SystemClock)).await
+    }
+
+    /// With an injected clock, so expiry tests set the time instead of sleeping.
+    pub async fn start_with_clock(yaml: &str, clock: authgate::clock::SharedClock) -> Authgate {
         // Decision logs go to the test's captured output (shown when a test fails).
         let _ = tracing_subscriber::fmt()
             .with_test_writer()
@@ -62,7 +69,9 @@ impl Authgate {
             )
             .try_init();
         let config = authgate::config::Config::from_yaml(yaml).expect("test config is valid");
-        let app = authgate::App::build(config).await.expect("authgate builds");
+        let app = authgate::App::build_with_clock(config, clock)
+            .await
+            .expect("authgate builds");
         Authgate {
             running: app.start().await.expect("authgate starts"),
         }
@@ -123,6 +132,130 @@ impl Stack {
         }
         self.raw(&head).await
     }
+}
+
+/// A port that was free a moment ago (for services whose address must be known in advance).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// The client id and secret authgate uses with the test provider.
+pub const CLIENT_ID: &str = "authgate";
+pub const CLIENT_SECRET: &str = "authgate-test-secret";
+
+/// A gateway with browser login: the OIDC provider, the Kubernetes API, authgate and Envoy on a
+/// port chosen first, so that the public URL (and the redirect URI registered at the provider)
+/// is known before anything starts.
+pub struct LoginStack {
+    pub provider: oidc::OidcProvider,
+    pub kube: KubeApi,
+    pub authgate: Authgate,
+    pub envoy: Envoy,
+    pub public_url: String,
+    pub client: oidc::OidcClient,
+}
+
+impl LoginStack {
+    pub async fn start(mode: ExtAuthz, extra_yaml: &str) -> LoginStack {
+        Self::start_with(mode, extra_yaml, &[], Fixture::default()).await
+    }
+
+    pub async fn start_with_clock(
+        mode: ExtAuthz,
+        extra_yaml: &str,
+        clock: authgate::clock::SharedClock,
+    ) -> LoginStack {
+        Self::start_full(mode, extra_yaml, &[], Fixture::default(), clock).await
+    }
+
+    pub async fn start_with(
+        mode: ExtAuthz,
+        extra_yaml: &str,
+        provider_env: &[(&str, &str)],
+        fixture: Fixture,
+    ) -> LoginStack {
+        let clock = std::sync::Arc::new(authgate::clock::SystemClock);
+        Self::start_full(mode, extra_yaml, provider_env, fixture, clock).await
+    }
+
+    pub async fn start_full(
+        mode: ExtAuthz,
+        extra_yaml: &str,
+        provider_env: &[(&str, &str)],
+        fixture: Fixture,
+        clock: authgate::clock::SharedClock,
+    ) -> LoginStack {
+        let port = free_port();
+        let public_url = format!("http://127.0.0.1:{port}");
+        let authgate_http = free_port();
+        let client = oidc::OidcClient {
+            client_id: CLIENT_ID.into(),
+            client_secret: CLIENT_SECRET.into(),
+            redirect_uris: vec![format!("{public_url}/authgate/callback")],
+            post_logout_redirect_uris: vec![format!("{public_url}/")],
+            backchannel_logout_uri: Some(format!(
+                "http://127.0.0.1:{authgate_http}/authgate/backchannel-logout"
+            )),
+        };
+        let provider = oidc::OidcProvider::start_with(vec![client.clone()], provider_env).await;
+        let kube = KubeApi::start(fixture).await;
+        let yaml = login_config_yaml(
+            kube.kubeconfig_path(),
+            &public_url,
+            provider.issuer(),
+            authgate_http,
+            extra_yaml,
+        );
+        let authgate = Authgate::start_with_clock(&yaml, clock).await;
+        let (upstream, _) = echo::start_echo().await;
+        let options = envoy::Options {
+            status_on_error: Some(503),
+            listen_port: Some(port),
+            ..Default::default()
+        };
+        let envoy = Envoy::start_with(mode, authgate.authz_addr(mode), upstream, options).await;
+        LoginStack {
+            provider,
+            kube,
+            authgate,
+            envoy,
+            public_url,
+            client,
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.public_url)
+    }
+}
+
+/// Config for a login stack; `extra` may add top-level keys (not `oidc`/`session` themselves;
+/// use `session_extra` lines inside `extra` under `session:` only when no `session:` is here).
+pub fn login_config_yaml(
+    kubeconfig: &Path,
+    public_url: &str,
+    issuer: &str,
+    http_port: u16,
+    extra: &str,
+) -> String {
+    let session = if extra.contains("session:") {
+        String::new()
+    } else {
+        "session: {cookie_secure: false}\n".to_string()
+    };
+    format!(
+        "listen: {{grpc: 127.0.0.1:0, http: 127.0.0.1:{http_port}, shutdown_grace: 2s}}\n\
+         public_url: {public_url}\n\
+         oidc:\n  issuer: {issuer}\n  client_id: {CLIENT_ID}\n  client_secret: {CLIENT_SECRET}\n\
+         \x20 scopes: [openid, email, profile, groups, offline_access]\n\
+         kubernetes:\n  kubeconfig: {}\n  timeout: 1s\n  token_review: {{audiences: [{KFP_AUDIENCE}]}}\n\
+         skip_auth: [/public/]\n{session}{extra}",
+        kubeconfig.display()
+    )
 }
 
 /// A response read off the wire.

@@ -1,0 +1,232 @@
+//! The OpenID Provider as authgate sees it: discovery (retried with backoff while the provider
+//! is down), the `openidconnect` client for the code flow, and the provider's JWKS for bearer
+//! JWTs and logout tokens, refetched when a token names a key we do not know (at most every
+//! [`REFETCH_INTERVAL`], so unknown `kid`s cannot make us hammer the provider).
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use jsonwebtoken::jwk::JwkSet;
+use openidconnect::core::CoreClient;
+use openidconnect::{
+    ClientId, ClientSecret, EndpointMaybeSet, EndpointNotSet, EndpointSet, IssuerUrl,
+    ProviderMetadataWithLogout, RedirectUrl,
+};
+use tokio::sync::{Mutex, RwLock};
+
+use crate::config::OidcConfig;
+
+/// Least time between two discovery or JWKS fetches of one provider.
+pub const REFETCH_INTERVAL: Duration = Duration::from_secs(10);
+
+/// The client type after discovery.
+pub type Client = CoreClient<
+    EndpointSet,
+    EndpointNotSet,
+    EndpointNotSet,
+    EndpointNotSet,
+    EndpointMaybeSet,
+    EndpointMaybeSet,
+>;
+
+/// Talking to the provider failed: new logins get a 503 page; existing sessions are unaffected.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("OIDC provider: {0}")]
+pub struct ProviderError(pub String);
+
+fn perr(e: impl std::fmt::Display) -> ProviderError {
+    ProviderError(e.to_string())
+}
+
+/// What discovery found.
+pub struct Discovered {
+    /// The code-flow client.
+    pub client: Client,
+    /// RP-initiated logout endpoint, if the provider has one.
+    pub end_session_endpoint: Option<url::Url>,
+    /// UserInfo endpoint, if any.
+    pub userinfo_endpoint: Option<url::Url>,
+    /// The provider's keys, for logout tokens and bearer JWTs.
+    pub jwks: JwkSet,
+}
+
+struct State {
+    discovered: Option<Arc<Discovered>>,
+    last_attempt: Option<Instant>,
+    failures: u32,
+}
+
+/// One provider, discovered lazily and refreshed on demand.
+pub struct Provider {
+    config: OidcConfig,
+    client_secret: Option<String>,
+    redirect_uri: RedirectUrl,
+    http: openidconnect::reqwest::Client,
+    state: RwLock<State>,
+    refresh: Mutex<()>,
+}
+
+impl Provider {
+    /// Prepares the provider; no network until first use.
+    pub fn new(
+        config: OidcConfig,
+        client_secret: Option<String>,
+        redirect_uri: &str,
+    ) -> Result<Provider, ProviderError> {
+        let http = openidconnect::reqwest::ClientBuilder::new()
+            // Following redirects here would open SSRF paths; the spec needs none.
+            .redirect(openidconnect::reqwest::redirect::Policy::none())
+            .timeout(config.timeout)
+            .build()
+            .map_err(perr)?;
+        Ok(Provider {
+            redirect_uri: RedirectUrl::new(redirect_uri.to_string()).map_err(perr)?,
+            config,
+            client_secret,
+            http,
+            state: RwLock::new(State {
+                discovered: None,
+                last_attempt: None,
+                failures: 0,
+            }),
+            refresh: Mutex::new(()),
+        })
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &OidcConfig {
+        &self.config
+    }
+
+    /// The HTTP client for provider calls.
+    pub fn http(&self) -> &openidconnect::reqwest::Client {
+        &self.http
+    }
+
+    /// The discovered provider; discovers first if needed (with backoff after failures).
+    pub async fn get(&self) -> Result<Arc<Discovered>, ProviderError> {
+        if let Some(d) = &self.state.read().await.discovered {
+            return Ok(d.clone());
+        }
+        self.refresh(false).await
+    }
+
+    /// Discovers again (e.g. a token names an unknown key), unless that happened within
+    /// [`REFETCH_INTERVAL`]; then returns what we have.
+    pub async fn rediscover(&self) -> Result<Arc<Discovered>, ProviderError> {
+        self.refresh(true).await
+    }
+
+    async fn refresh(&self, force: bool) -> Result<Arc<Discovered>, ProviderError> {
+        let _one_at_a_time = self.refresh.lock().await;
+        {
+            let state = self.state.read().await;
+            let wait = backoff(state.failures);
+            let recent = state.last_attempt.is_some_and(|t| t.elapsed() < wait);
+            match (&state.discovered, force, recent) {
+                (Some(d), false, _) | (Some(d), true, true) => return Ok(d.clone()),
+                (None, _, true) => {
+                    return Err(ProviderError(format!(
+                        "discovery failed recently; retrying within {wait:?}"
+                    )));
+                }
+                _ => {}
+            }
+        }
+        let result = self.discover().await;
+        let mut state = self.state.write().await;
+        state.last_attempt = Some(Instant::now());
+        match result {
+            Ok(d) => {
+                let d = Arc::new(d);
+                state.discovered = Some(d.clone());
+                state.failures = 0;
+                Ok(d)
+            }
+            Err(e) => {
+                state.failures = state.failures.saturating_add(1);
+                tracing::warn!(error = %e, issuer = %self.config.issuer, "OIDC discovery failed");
+                match &state.discovered {
+                    // Keep serving with what we had: the provider being down must not end logins
+                    // that could still be verified.
+                    Some(d) if force => Ok(d.clone()),
+                    _ => Err(e),
+                }
+            }
+        }
+    }
+
+    async fn discover(&self) -> Result<Discovered, ProviderError> {
+        let issuer = IssuerUrl::new(self.config.issuer.clone()).map_err(perr)?;
+        let metadata = ProviderMetadataWithLogout::discover_async(issuer, &self.http)
+            .await
+            .map_err(|e| ProviderError(format!("discovery: {e}")))?;
+        let end_session_endpoint = metadata
+            .additional_metadata()
+            .end_session_endpoint
+            .as_ref()
+            .map(|u| u.url().clone());
+        let userinfo_endpoint = metadata.userinfo_endpoint().map(|u| u.url().clone());
+        let jwks_uri = metadata.jwks_uri().url().clone();
+        let jwks: JwkSet = serde_json::from_slice(&self.get_bytes(jwks_uri.as_str(), None).await?)
+            .map_err(|e| ProviderError(format!("JWKS: {e}")))?;
+        let client = CoreClient::from_provider_metadata(
+            metadata,
+            ClientId::new(self.config.client_id.clone()),
+            self.client_secret.clone().map(ClientSecret::new),
+        )
+        .set_redirect_uri(self.redirect_uri.clone());
+        Ok(Discovered {
+            client,
+            end_session_endpoint,
+            userinfo_endpoint,
+            jwks,
+        })
+    }
+}
+
+impl Provider {
+    /// GETs a provider URL (optionally with a bearer token) and returns the body.
+    pub async fn get_bytes(
+        &self,
+        url: &str,
+        bearer: Option<&str>,
+    ) -> Result<Vec<u8>, ProviderError> {
+        let mut request = self.http.get(url);
+        if let Some(token) = bearer {
+            request = request.bearer_auth(token);
+        }
+        let response = request
+            .send()
+            .await
+            .and_then(|r| r.error_for_status())
+            .map_err(|e| ProviderError(format!("{url}: {e}")))?;
+        let body = response
+            .bytes()
+            .await
+            .map_err(|e| ProviderError(format!("{url}: {e}")))?;
+        Ok(body.to_vec())
+    }
+}
+
+/// 0, then 1 s, 2 s, 4 s … up to 60 s between attempts after consecutive failures.
+fn backoff(failures: u32) -> Duration {
+    if failures == 0 {
+        REFETCH_INTERVAL
+    } else {
+        Duration::from_secs(1u64 << failures.min(6).saturating_sub(1)).min(Duration::from_secs(60))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_grows_and_is_capped() {
+        assert_eq!(backoff(1), Duration::from_secs(1));
+        assert_eq!(backoff(2), Duration::from_secs(2));
+        assert_eq!(backoff(4), Duration::from_secs(8));
+        assert_eq!(backoff(30), Duration::from_secs(32));
+    }
+}

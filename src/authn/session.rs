@@ -1,0 +1,255 @@
+//! Browser sessions: the opaque cookie → the stored session → an identity, with absolute and
+//! idle expiry judged by the injected clock. Also the cookies authgate sets.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use tower_cookies::cookie::{Cookie, SameSite};
+
+use crate::clock::SharedClock;
+use crate::config::SessionConfig;
+use crate::identity::{AuthMethod, Identity};
+use crate::request::Headers;
+use crate::store::{Key, Session, SessionStore, StoreError, TOUCH_INTERVAL};
+
+/// A new 256-bit random secret, base64url (43 characters).
+pub fn new_secret() -> String {
+    URL_SAFE_NO_PAD.encode(rand::random::<[u8; 32]>())
+}
+
+/// Whether a cookie value could be one of our secrets (cheap filter before any store lookup).
+fn looks_like_secret(value: &str) -> bool {
+    value.len() == 43
+        && value
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+}
+
+/// Every value of cookie `name` in the request. Envoy merges several `cookie` headers with `,`
+/// and cookie values cannot contain `,` or `;`, so both separate pairs.
+pub fn cookie_values<'a>(
+    headers: &'a Headers,
+    name: &'a str,
+) -> impl Iterator<Item = &'a str> + 'a {
+    headers
+        .get_all("cookie")
+        .flat_map(|h| h.split([';', ',']))
+        .filter_map(move |pair| {
+            let (n, v) = pair.trim().split_once('=')?;
+            (n.trim() == name).then(|| v.trim().trim_matches('"'))
+        })
+}
+
+/// A session found for a request.
+#[derive(Debug, Clone)]
+pub struct Found {
+    /// Its store key.
+    pub key: Key,
+    /// Its data.
+    pub session: Session,
+}
+
+impl Found {
+    /// The identity it stands for.
+    pub fn identity(&self) -> Identity {
+        Identity {
+            user: self.session.user.clone(),
+            groups: self.session.groups.clone(),
+            uid: Some(self.session.sub.clone()),
+            extra: BTreeMap::new(),
+            method: AuthMethod::Session,
+        }
+    }
+}
+
+/// Finds, checks and creates sessions.
+pub struct Sessions {
+    store: Arc<dyn SessionStore>,
+    config: SessionConfig,
+    clock: SharedClock,
+    cookie_name: String,
+}
+
+impl Sessions {
+    /// Builds the session layer.
+    pub fn new(store: Arc<dyn SessionStore>, config: SessionConfig, clock: SharedClock) -> Self {
+        Self {
+            cookie_name: config.cookie(),
+            store,
+            config,
+            clock,
+        }
+    }
+
+    /// The store.
+    pub fn store(&self) -> &Arc<dyn SessionStore> {
+        &self.store
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &SessionConfig {
+        &self.config
+    }
+
+    /// The session cookie's name.
+    pub fn cookie_name(&self) -> &str {
+        &self.cookie_name
+    }
+
+    /// The live session the request's cookie points to, if any. Expired sessions are deleted.
+    pub async fn find(&self, headers: &Headers) -> Result<Option<Found>, StoreError> {
+        for value in cookie_values(headers, &self.cookie_name) {
+            if !looks_like_secret(value) {
+                continue;
+            }
+            let key = Key::of(value);
+            let Some(mut session) = self.store.get(&key).await? else {
+                continue;
+            };
+            let now = self.clock.unix_now();
+            let idle = self.config.idle_timeout.as_secs();
+            if now >= session.expires_at || now.saturating_sub(session.last_seen) >= idle {
+                self.store.delete(&key).await?;
+                continue;
+            }
+            if now.saturating_sub(session.last_seen) >= TOUCH_INTERVAL.as_secs().min(idle / 10) {
+                session.last_seen = now;
+                let remaining = Duration::from_secs(session.expires_at - now);
+                self.store.update(&key, &session, remaining).await?;
+            }
+            return Ok(Some(Found { key, session }));
+        }
+        Ok(None)
+    }
+
+    /// Stores a new session and returns the cookie that carries it.
+    pub async fn create(&self, mut session: Session) -> Result<String, StoreError> {
+        let now = self.clock.unix_now();
+        session.created_at = now;
+        session.last_seen = now;
+        session.expires_at = now + self.config.max_age.as_secs();
+        let secret = new_secret();
+        self.store
+            .create(&Key::of(&secret), &session, self.config.max_age)
+            .await?;
+        Ok(self.cookie(&self.cookie_name, &secret, self.config.max_age))
+    }
+
+    /// A `Set-Cookie` value for one of authgate's cookies.
+    pub fn cookie(&self, name: &str, value: &str, max_age: Duration) -> String {
+        Cookie::build((name.to_string(), value.to_string()))
+            .path("/")
+            .http_only(true)
+            .secure(self.config.cookie_secure)
+            .same_site(SameSite::Lax)
+            .max_age(tower_cookies::cookie::time::Duration::seconds(
+                max_age.as_secs() as i64,
+            ))
+            .build()
+            .to_string()
+    }
+
+    /// A `Set-Cookie` value that deletes the cookie.
+    pub fn clear_cookie(&self, name: &str) -> String {
+        self.cookie(name, "", Duration::ZERO)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::clock::ManualClock;
+    use crate::store::memory::MemoryStore;
+
+    fn sessions(clock: &ManualClock) -> Sessions {
+        let clock: SharedClock = Arc::new(clock.clone());
+        Sessions::new(
+            Arc::new(MemoryStore::new(clock.clone())),
+            SessionConfig {
+                max_age: Duration::from_secs(3600),
+                idle_timeout: Duration::from_secs(600),
+                ..SessionConfig::default()
+            },
+            clock,
+        )
+    }
+
+    fn session() -> Session {
+        crate::store::contract::session("alice@example.com", "sub", None)
+    }
+
+    fn headers(set_cookie: &str) -> Headers {
+        let pair = set_cookie.split(';').next().unwrap().to_string();
+        Headers::from_pairs([("cookie", format!("other=1; {pair}"))])
+    }
+
+    #[tokio::test]
+    async fn cookies_are_host_prefixed_http_only_secure_and_lax() {
+        let clock = ManualClock::new();
+        let cookie = sessions(&clock).create(session()).await.unwrap();
+        assert!(cookie.starts_with("__Host-authgate_session="), "{cookie}");
+        for attr in [
+            "HttpOnly",
+            "Secure",
+            "SameSite=Lax",
+            "Path=/",
+            "Max-Age=3600",
+        ] {
+            assert!(cookie.contains(attr), "{attr} missing from {cookie}");
+        }
+        assert!(
+            !cookie.contains("Domain"),
+            "__Host- cookies carry no Domain"
+        );
+    }
+
+    #[tokio::test]
+    async fn idle_and_absolute_expiry_follow_the_clock() {
+        let clock = ManualClock::new();
+        let s = sessions(&clock);
+        let h = headers(&s.create(session()).await.unwrap());
+        clock.advance(Duration::from_secs(599));
+        assert!(
+            s.find(&h).await.unwrap().is_some(),
+            "used within the idle timeout"
+        );
+        clock.advance(Duration::from_secs(599));
+        assert!(
+            s.find(&h).await.unwrap().is_some(),
+            "use refreshed last_seen"
+        );
+        clock.advance(Duration::from_secs(600));
+        assert!(s.find(&h).await.unwrap().is_none(), "idle for 10 minutes");
+
+        let h = headers(&s.create(session()).await.unwrap());
+        for _ in 0..11 {
+            clock.advance(Duration::from_secs(300));
+            assert!(s.find(&h).await.unwrap().is_some());
+        }
+        clock.advance(Duration::from_secs(300));
+        assert!(s.find(&h).await.unwrap().is_none(), "max_age is absolute");
+    }
+
+    #[tokio::test]
+    async fn merged_and_forged_cookies() {
+        let clock = ManualClock::new();
+        let s = sessions(&clock);
+        let cookie = s.create(session()).await.unwrap();
+        let pair = cookie.split(';').next().unwrap();
+        let merged = Headers::from_pairs([("cookie", format!("a=1,{pair},b=2"))]);
+        assert!(
+            s.find(&merged).await.unwrap().is_some(),
+            "Envoy-merged cookie headers"
+        );
+        let forged = Headers::from_pairs([(
+            "cookie",
+            format!("__Host-authgate_session={}", new_secret()),
+        )]);
+        assert!(s.find(&forged).await.unwrap().is_none());
+        let junk = Headers::from_pairs([("cookie", "__Host-authgate_session=../../etc")]);
+        assert!(s.find(&junk).await.unwrap().is_none());
+    }
+}

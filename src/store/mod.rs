@@ -1,0 +1,121 @@
+//! Where sessions and pending logins live: one [`SessionStore`] trait, a memory store for a
+//! single replica and a Redis store for several. The same test suite runs against both.
+//!
+//! Keys are SHA-256 hashes of the secrets the browser holds, so a store dump reveals no usable
+//! session id or login state. Tokens kept for logout and refresh are encrypted before they are
+//! stored (see [`seal`]).
+
+pub mod memory;
+pub mod redis;
+mod seal;
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+pub use seal::Sealer;
+
+/// The hash under which a browser secret is stored.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Key(String);
+
+impl Key {
+    /// Hashes a secret (session id or login state).
+    pub fn of(secret: &str) -> Key {
+        Key(hex::encode(Sha256::digest(secret.as_bytes())))
+    }
+
+    /// The hex digest.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+/// A logged-in browser.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Session {
+    /// User name (from the configured claim, without prefix).
+    pub user: String,
+    /// Groups.
+    pub groups: Vec<String>,
+    /// The provider's subject.
+    pub sub: String,
+    /// The provider's session id (`sid`), for back-channel logout.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sid: Option<String>,
+    /// Unix seconds.
+    pub created_at: u64,
+    /// Unix seconds of the last use (refreshed at most every [`TOUCH_INTERVAL`]).
+    pub last_seen: u64,
+    /// Unix seconds after which the session is over, however active.
+    pub expires_at: u64,
+    /// Unix seconds when the ID token expires (refresh is due).
+    pub id_token_expires_at: u64,
+    /// The ID token, sealed (for `id_token_hint` at logout).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub id_token: Option<String>,
+    /// The refresh token, sealed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub refresh_token: Option<String>,
+}
+
+/// How often `last_seen` is written back: often enough for idle timeouts of minutes, rarely
+/// enough that a busy session costs one store read per request, not a write.
+pub const TOUCH_INTERVAL: Duration = Duration::from_secs(60);
+
+/// A login in progress, from the redirect to the provider until the callback.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PendingLogin {
+    /// Hash of the browser's login-binding cookie: the callback must come from that browser.
+    pub browser: String,
+    /// The OIDC nonce.
+    pub nonce: String,
+    /// The PKCE verifier.
+    pub pkce_verifier: String,
+    /// Where to send the browser afterwards (same origin, path and query only).
+    pub return_to: String,
+}
+
+/// A store failure: the request gets a 503.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("session store: {0}")]
+pub struct StoreError(pub String);
+
+/// The session store.
+#[async_trait]
+pub trait SessionStore: Send + Sync {
+    /// Saves a new session for `ttl`.
+    async fn create(&self, key: &Key, session: &Session, ttl: Duration) -> Result<(), StoreError>;
+    /// The session, if it exists.
+    async fn get(&self, key: &Key) -> Result<Option<Session>, StoreError>;
+    /// Replaces a session's data, keeping it for `ttl`.
+    async fn update(&self, key: &Key, session: &Session, ttl: Duration) -> Result<(), StoreError>;
+    /// Ends one session; whether it existed.
+    async fn delete(&self, key: &Key) -> Result<bool, StoreError>;
+    /// Ends every session of a user; how many.
+    async fn delete_user(&self, user: &str) -> Result<u64, StoreError>;
+    /// Ends every session with this provider `sid`; how many.
+    async fn delete_sid(&self, sid: &str) -> Result<u64, StoreError>;
+    /// Ends every session with this provider `sub`; how many.
+    async fn delete_sub(&self, sub: &str) -> Result<u64, StoreError>;
+    /// Ends every session; how many.
+    async fn delete_all(&self) -> Result<u64, StoreError>;
+    /// How many sessions exist (approximate).
+    async fn count(&self) -> Result<u64, StoreError>;
+    /// Saves a pending login under the hash of its `state`.
+    async fn put_login(
+        &self,
+        key: &Key,
+        login: &PendingLogin,
+        ttl: Duration,
+    ) -> Result<(), StoreError>;
+    /// Takes (reads and deletes, atomically) a pending login: a `state` works once.
+    async fn take_login(&self, key: &Key) -> Result<Option<PendingLogin>, StoreError>;
+}
+
+/// The behaviour every store must have; run against the memory store here and against a real
+/// Redis by `tests/sessions_redis.rs`.
+#[doc(hidden)]
+pub mod contract;

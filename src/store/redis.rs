@@ -1,0 +1,360 @@
+//! The Redis store: sessions shared by every replica and kept across restarts.
+//!
+//! Layout (all keys under a prefix, default `authgate:`):
+//! - `s:<hash>`   the session as JSON (tokens inside already sealed), with a TTL
+//! - `l:<hash>`   a pending login, with a TTL; taken with `GETDEL`, so a state works once
+//! - `u:<user>`, `sid:<sid>`, `sub:<sub>`   sets of session hashes, for revocation
+//!
+//! Every command is a single-key command, so the same code runs on standalone Redis, behind
+//! Sentinel, and on Cluster. One `GET` per request in the steady state.
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+use redis::aio::{ConnectionManager, ConnectionManagerConfig, MultiplexedConnection};
+use redis::cluster_async::ClusterConnection;
+use redis::sentinel::{SentinelClient, SentinelNodeConnectionInfo, SentinelServerType};
+use redis::{Cmd, FromRedisValue, IntoConnectionInfo};
+use tokio::sync::Mutex;
+
+use super::{Key, PendingLogin, Session, SessionStore, StoreError};
+use crate::config::SessionConfig;
+
+/// Deadline for one Redis command.
+const COMMAND_TIMEOUT: Duration = Duration::from_secs(1);
+
+enum Connection {
+    Single(ConnectionManager),
+    Cluster(ClusterConnection),
+    Sentinel(Box<Sentinel>),
+}
+
+/// Behind Sentinel: the client that finds the master, and the current master connection.
+struct Sentinel {
+    client: Mutex<SentinelClient>,
+    master: Mutex<Option<MultiplexedConnection>>,
+}
+
+/// Sessions in Redis.
+pub struct RedisStore {
+    connection: Connection,
+    prefix: String,
+    /// How long the revocation index sets live (the longest a session can live).
+    index_ttl: Duration,
+}
+
+fn err(e: impl std::fmt::Display) -> StoreError {
+    StoreError(e.to_string())
+}
+
+impl RedisStore {
+    /// Connects according to the session config: Cluster when `redis_cluster_nodes` is set,
+    /// Sentinel when `redis_sentinel` is, else `redis_url`.
+    pub async fn connect(config: &SessionConfig) -> Result<RedisStore, StoreError> {
+        let password = match &config.redis_password_file {
+            Some(file) => Some(
+                std::fs::read_to_string(file)
+                    .map_err(|e| err(format!("{}: {e}", file.display())))?
+                    .trim()
+                    .to_string(),
+            ),
+            None => None,
+        };
+        let connection = if !config.redis_cluster_nodes.is_empty() {
+            let mut builder =
+                redis::cluster::ClusterClient::builder(config.redis_cluster_nodes.clone())
+                    .response_timeout(COMMAND_TIMEOUT)
+                    .connection_timeout(COMMAND_TIMEOUT);
+            if let Some(p) = &password {
+                builder = builder.password(p.clone());
+            }
+            let client = builder.build().map_err(err)?;
+            Connection::Cluster(client.get_async_connection().await.map_err(err)?)
+        } else if let Some(sentinel) = &config.redis_sentinel {
+            let mut redis_info = redis::RedisConnectionInfo::default();
+            if let Some(p) = &password {
+                redis_info = redis_info.set_password(p);
+            }
+            let node_info =
+                SentinelNodeConnectionInfo::default().set_redis_connection_info(redis_info);
+            let nodes: Vec<String> = sentinel
+                .nodes
+                .iter()
+                .map(|n| format!("redis://{n}"))
+                .collect();
+            let client = SentinelClient::build(
+                nodes,
+                sentinel.master_name.clone(),
+                Some(node_info),
+                SentinelServerType::Master,
+            )
+            .map_err(err)?;
+            Connection::Sentinel(Box::new(Sentinel {
+                client: Mutex::new(client),
+                master: Mutex::new(None),
+            }))
+        } else {
+            let mut info = config
+                .redis_url
+                .as_str()
+                .into_connection_info()
+                .map_err(err)?;
+            if let Some(p) = &password {
+                let settings = info.redis_settings().clone().set_password(p);
+                info = info.set_redis_settings(settings);
+            }
+            let client = redis::Client::open(info).map_err(err)?;
+            let manager_config = ConnectionManagerConfig::new()
+                .set_connection_timeout(Some(COMMAND_TIMEOUT))
+                .set_response_timeout(Some(COMMAND_TIMEOUT))
+                .set_number_of_retries(2)
+                .set_max_delay(Duration::from_secs(1));
+            Connection::Single(
+                client
+                    .get_connection_manager_with_config(manager_config)
+                    .await
+                    .map_err(err)?,
+            )
+        };
+        Ok(RedisStore {
+            connection,
+            prefix: "authgate:".into(),
+            index_ttl: config.max_age,
+        })
+    }
+
+    /// Uses another key prefix (tests share one Redis).
+    pub fn with_prefix(mut self, prefix: &str) -> Self {
+        self.prefix = prefix.to_string();
+        self
+    }
+
+    fn key(&self, kind: &str, name: &str) -> String {
+        format!("{}{kind}:{name}", self.prefix)
+    }
+
+    async fn query<T: FromRedisValue>(&self, cmd: Cmd) -> Result<T, StoreError> {
+        let run = async {
+            match &self.connection {
+                Connection::Single(c) => cmd.query_async(&mut c.clone()).await,
+                Connection::Cluster(c) => cmd.query_async(&mut c.clone()).await,
+                Connection::Sentinel(sentinel) => {
+                    let mut slot = sentinel.master.lock().await;
+                    if slot.is_none() {
+                        *slot = Some(sentinel.client.lock().await.get_async_connection().await?);
+                    }
+                    let result = cmd.query_async(slot.as_mut().expect("set above")).await;
+                    if result.is_err() {
+                        // The master may have moved: ask the sentinels again next time.
+                        *slot = None;
+                    }
+                    result
+                }
+            }
+        };
+        match tokio::time::timeout(COMMAND_TIMEOUT * 2, run).await {
+            Ok(result) => result.map_err(err),
+            Err(_) => Err(err("redis did not answer in time")),
+        }
+    }
+
+    async fn index_add(&self, kind: &str, name: &str, key: &Key) -> Result<(), StoreError> {
+        let set = self.key(kind, name);
+        self.query::<()>(redis::cmd("SADD").arg(&set).arg(key.as_str()).clone())
+            .await?;
+        self.query::<()>(
+            redis::cmd("EXPIRE")
+                .arg(&set)
+                .arg(self.index_ttl.as_secs().max(1))
+                .clone(),
+        )
+        .await
+    }
+
+    async fn index_remove(&self, session: &Session, key: &Key) -> Result<(), StoreError> {
+        let mut sets = vec![self.key("u", &session.user), self.key("sub", &session.sub)];
+        if let Some(sid) = &session.sid {
+            sets.push(self.key("sid", sid));
+        }
+        for set in sets {
+            self.query::<()>(redis::cmd("SREM").arg(&set).arg(key.as_str()).clone())
+                .await?;
+        }
+        Ok(())
+    }
+
+    async fn write_session(
+        &self,
+        key: &Key,
+        session: &Session,
+        ttl: Duration,
+    ) -> Result<(), StoreError> {
+        let json = serde_json::to_string(session).map_err(err)?;
+        self.query::<()>(
+            redis::cmd("SET")
+                .arg(self.key("s", key.as_str()))
+                .arg(json)
+                .arg("EX")
+                .arg(ttl.as_secs().max(1))
+                .clone(),
+        )
+        .await
+    }
+
+    async fn delete_set(&self, kind: &str, name: &str) -> Result<u64, StoreError> {
+        let set = self.key(kind, name);
+        let members: Vec<String> = self.query(redis::cmd("SMEMBERS").arg(&set).clone()).await?;
+        let mut deleted = 0;
+        for member in members {
+            if self.delete(&Key(member)).await? {
+                deleted += 1;
+            }
+        }
+        self.query::<()>(redis::cmd("DEL").arg(&set).clone())
+            .await?;
+        Ok(deleted)
+    }
+
+    async fn scan_sessions(&self) -> Result<Vec<String>, StoreError> {
+        if matches!(self.connection, Connection::Cluster(_)) {
+            return Err(err("counting sessions is not supported on Redis Cluster"));
+        }
+        let pattern = format!("{}s:*", self.prefix);
+        let mut cursor: u64 = 0;
+        let mut keys = Vec::new();
+        loop {
+            let (next, batch): (u64, Vec<String>) = self
+                .query(
+                    redis::cmd("SCAN")
+                        .arg(cursor)
+                        .arg("MATCH")
+                        .arg(&pattern)
+                        .arg("COUNT")
+                        .arg(1000)
+                        .clone(),
+                )
+                .await?;
+            keys.extend(batch);
+            if next == 0 {
+                return Ok(keys);
+            }
+            cursor = next;
+        }
+    }
+}
+
+#[async_trait]
+impl SessionStore for RedisStore {
+    async fn create(&self, key: &Key, session: &Session, ttl: Duration) -> Result<(), StoreError> {
+        self.write_session(key, session, ttl).await?;
+        self.index_add("u", &session.user, key).await?;
+        self.index_add("sub", &session.sub, key).await?;
+        if let Some(sid) = &session.sid {
+            self.index_add("sid", sid, key).await?;
+        }
+        Ok(())
+    }
+
+    async fn get(&self, key: &Key) -> Result<Option<Session>, StoreError> {
+        let json: Option<String> = self
+            .query(redis::cmd("GET").arg(self.key("s", key.as_str())).clone())
+            .await?;
+        match json {
+            None => Ok(None),
+            Some(json) => serde_json::from_str(&json)
+                .map(Some)
+                .map_err(|e| err(format!("unreadable session: {e}"))),
+        }
+    }
+
+    async fn update(&self, key: &Key, session: &Session, ttl: Duration) -> Result<(), StoreError> {
+        let json = serde_json::to_string(session).map_err(err)?;
+        // XX: only if it still exists; a revoked session must not come back.
+        self.query::<Option<String>>(
+            redis::cmd("SET")
+                .arg(self.key("s", key.as_str()))
+                .arg(json)
+                .arg("XX")
+                .arg("EX")
+                .arg(ttl.as_secs().max(1))
+                .clone(),
+        )
+        .await?;
+        Ok(())
+    }
+
+    async fn delete(&self, key: &Key) -> Result<bool, StoreError> {
+        let Some(session) = self.get(key).await? else {
+            return Ok(false);
+        };
+        let deleted: u64 = self
+            .query(redis::cmd("DEL").arg(self.key("s", key.as_str())).clone())
+            .await?;
+        self.index_remove(&session, key).await?;
+        Ok(deleted > 0)
+    }
+
+    async fn delete_user(&self, user: &str) -> Result<u64, StoreError> {
+        self.delete_set("u", user).await
+    }
+
+    async fn delete_sid(&self, sid: &str) -> Result<u64, StoreError> {
+        self.delete_set("sid", sid).await
+    }
+
+    async fn delete_sub(&self, sub: &str) -> Result<u64, StoreError> {
+        self.delete_set("sub", sub).await
+    }
+
+    async fn delete_all(&self) -> Result<u64, StoreError> {
+        let keys = self.scan_sessions().await?;
+        let mut deleted = 0;
+        let strip = format!("{}s:", self.prefix);
+        for key in keys {
+            if let Some(hash) = key.strip_prefix(&strip)
+                && self.delete(&Key(hash.to_string())).await?
+            {
+                deleted += 1;
+            }
+        }
+        Ok(deleted)
+    }
+
+    async fn count(&self) -> Result<u64, StoreError> {
+        Ok(self.scan_sessions().await?.len() as u64)
+    }
+
+    async fn put_login(
+        &self,
+        key: &Key,
+        login: &PendingLogin,
+        ttl: Duration,
+    ) -> Result<(), StoreError> {
+        let json = serde_json::to_string(login).map_err(err)?;
+        self.query::<()>(
+            redis::cmd("SET")
+                .arg(self.key("l", key.as_str()))
+                .arg(json)
+                .arg("EX")
+                .arg(ttl.as_secs().max(1))
+                .clone(),
+        )
+        .await
+    }
+
+    async fn take_login(&self, key: &Key) -> Result<Option<PendingLogin>, StoreError> {
+        let json: Option<String> = self
+            .query(
+                redis::cmd("GETDEL")
+                    .arg(self.key("l", key.as_str()))
+                    .clone(),
+            )
+            .await?;
+        match json {
+            None => Ok(None),
+            Some(json) => serde_json::from_str(&json)
+                .map(Some)
+                .map_err(|e| err(format!("unreadable login state: {e}"))),
+        }
+    }
+}

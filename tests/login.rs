@@ -1,0 +1,468 @@
+//! Browser login through a real Envoy against a real OpenID Provider (npm `oidc-provider`):
+//! the whole journey, state handling, sessions, logout, back-channel logout, bearer JWTs.
+
+mod support;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use reqwest::header::{ACCEPT, LOCATION, SET_COOKIE};
+use support::oidc::{self, ALICE, ALICE_SUB, BOB, MALLORY, NAVIGATION_ACCEPT};
+use support::*;
+
+/// The headers the app received, from the echo upstream's JSON body.
+fn app_header(body: &str, name: &str) -> Option<String> {
+    let json: serde_json::Value =
+        serde_json::from_str(body).unwrap_or_else(|e| panic!("{e}: {body}"));
+    json["headers"]
+        .as_array()?
+        .iter()
+        .find(|p| p[0] == name)
+        .map(|p| p[1].as_str().unwrap().to_string())
+}
+
+async fn navigate(client: &reqwest::Client, url: &str) -> reqwest::Response {
+    client
+        .get(url)
+        .header(ACCEPT, NAVIGATION_ACCEPT)
+        .send()
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn a_person_logs_in_and_lands_on_the_page_they_asked_for() {
+    for mode in [ExtAuthz::Grpc, ExtAuthz::Http] {
+        let stack = LoginStack::start(mode, "").await;
+        let browser = oidc::browser();
+        let start = stack.url("/notebook/team-a/nb1/lab?x=1");
+        let journey = oidc::browser_login(&browser, &start, ALICE).await;
+        assert_eq!(journey.status, 200, "{mode:?}: {journey:#?}");
+        assert_eq!(journey.final_url, start, "back where it started");
+        let hops = journey.urls();
+        assert!(
+            hops[0].starts_with(stack.provider.issuer()),
+            "first hop goes to the provider: {hops:?}"
+        );
+        assert!(
+            hops.iter().any(|h| h.contains("/authgate/callback?")),
+            "{hops:?}"
+        );
+        assert_eq!(
+            app_header(&journey.body, "kubeflow-userid").as_deref(),
+            Some("alice@example.com")
+        );
+        assert_eq!(
+            app_header(&journey.body, "kubeflow-groups").as_deref(),
+            Some("kubeflow-users,team-a")
+        );
+        let jwt = app_header(&journey.body, "x-authgate-identity").unwrap();
+        assert_eq!(oidc::jwt_claims(&jwt)["auth_method"], "session");
+
+        // The session works for the next request, and whoami reports it.
+        let again = navigate(&browser, &stack.url("/pipeline/")).await;
+        assert_eq!(again.status(), 200);
+        let whoami: serde_json::Value = browser
+            .get(stack.url("/authgate/whoami"))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(whoami["user"], "alice@example.com");
+        assert_eq!(whoami["auth_method"], "session");
+    }
+}
+
+#[tokio::test]
+async fn the_authorize_request_uses_pkce_state_and_nonce_and_cookies_are_safe() {
+    let stack = LoginStack::start(ExtAuthz::Grpc, "").await;
+    let browser = oidc::browser();
+    let response = navigate(&browser, &stack.url("/")).await;
+    assert_eq!(response.status(), 302);
+    let location = url::Url::parse(response.headers()[LOCATION].to_str().unwrap()).unwrap();
+    let q: std::collections::HashMap<_, _> = location.query_pairs().into_owned().collect();
+    assert_eq!(q["code_challenge_method"], "S256");
+    assert!(q["code_challenge"].len() >= 43);
+    assert!(q["state"].len() >= 22 && q["nonce"].len() >= 22);
+    assert_eq!(q["client_id"], CLIENT_ID);
+    assert_eq!(q["redirect_uri"], stack.url("/authgate/callback"));
+    let cookie = response.headers()[SET_COOKIE].to_str().unwrap();
+    assert!(
+        cookie.contains("HttpOnly") && cookie.contains("SameSite=Lax"),
+        "{cookie}"
+    );
+
+    // Repeated unauthenticated navigations reuse the login cookie: no pile-up.
+    for _ in 0..5 {
+        let again = navigate(&browser, &stack.url("/other")).await;
+        assert_eq!(again.status(), 302);
+        assert!(
+            again.headers().get(SET_COOKIE).is_none(),
+            "no new cookie on a repeat"
+        );
+    }
+}
+
+#[tokio::test]
+async fn api_calls_and_xhr_get_401_json_never_a_redirect() {
+    let stack = LoginStack::start(ExtAuthz::Http, "").await;
+    let browser = oidc::browser();
+    let cases: [(&str, &[(&str, &str)]); 4] = [
+        (
+            "/pipeline/apis/v2beta1/runs",
+            &[("accept", NAVIGATION_ACCEPT)],
+        ),
+        ("/jupyter/", &[("accept", "application/json")]),
+        (
+            "/jupyter/",
+            &[
+                ("accept", NAVIGATION_ACCEPT),
+                ("x-requested-with", "XMLHttpRequest"),
+            ],
+        ),
+        (
+            "/jupyter/",
+            &[("accept", NAVIGATION_ACCEPT), ("sec-fetch-mode", "cors")],
+        ),
+    ];
+    for (path, headers) in cases {
+        let mut request = browser.get(stack.url(path));
+        for (k, v) in headers {
+            request = request.header(*k, *v);
+        }
+        let response = request.send().await.unwrap();
+        assert_eq!(response.status(), 401, "{path} {headers:?}");
+        assert!(
+            response.headers().get(SET_COOKIE).is_none(),
+            "no cookie for API calls"
+        );
+        let body: serde_json::Value = response.json().await.unwrap();
+        assert_eq!(body["error"], "unauthenticated");
+    }
+}
+
+/// Runs the login up to the provider's redirect back to the callback, without following it.
+async fn callback_url(stack: &LoginStack, browser: &reqwest::Client, start: &str) -> String {
+    let first = navigate(browser, &stack.url(start)).await;
+    let to_provider = first.headers()[LOCATION].to_str().unwrap().to_string();
+    let journey = oidc::browser_login(browser, &to_provider, ALICE).await;
+    // The walk stops at the gateway's callback only if we cut it there: find the hop.
+    journey
+        .urls()
+        .into_iter()
+        .find(|u| u.contains("/authgate/callback?"))
+        .expect("the provider redirected to the callback")
+        .to_string()
+}
+
+#[tokio::test]
+async fn state_is_single_use_bound_to_the_browser_and_checked() {
+    let stack = LoginStack::start(ExtAuthz::Grpc, "").await;
+    let browser = oidc::browser();
+    let callback = callback_url(&stack, &browser, "/a").await;
+    // The walk above already used the callback once; replaying it fails.
+    let replay = navigate(&browser, &callback).await;
+    assert_eq!(replay.status(), 400, "state replay");
+    assert!(replay.text().await.unwrap().contains("already used"));
+
+    // A callback with a state nobody issued.
+    let forged = callback.replace("state=", "state=x");
+    let response = navigate(&browser, &forged).await;
+    assert_eq!(response.status(), 400);
+
+    // A login started in one browser and completed in another (a planted or stolen state) is
+    // refused: the state is bound to the browser that started it.
+    let victim = oidc::browser();
+    let first = navigate(&victim, &stack.url("/b")).await;
+    let to_provider = first.headers()[LOCATION].to_str().unwrap().to_string();
+    // `browser` is known to the provider, so it goes straight back to the callback.
+    let page = browser.get(&to_provider).send().await.unwrap();
+    let callback = follow_until_callback(&browser, page).await;
+    let stolen = navigate(&browser, &callback).await;
+    assert_eq!(
+        stolen.status(),
+        400,
+        "state bound to another browser's cookie"
+    );
+    assert!(stolen.text().await.unwrap().contains("another browser"));
+}
+
+/// Follows provider redirects (the provider already knows the browser) until the gateway's
+/// callback URL, which is returned unvisited.
+async fn follow_until_callback(
+    client: &reqwest::Client,
+    mut response: reqwest::Response,
+) -> String {
+    for _ in 0..10 {
+        let location = response.headers()[LOCATION].to_str().unwrap().to_string();
+        let next = response.url().join(&location).unwrap().to_string();
+        if next.contains("/authgate/callback?") {
+            return next;
+        }
+        response = client.get(&next).send().await.unwrap();
+    }
+    panic!("no callback");
+}
+
+#[tokio::test]
+async fn two_tabs_logging_in_at_once_both_succeed() {
+    let stack = LoginStack::start(ExtAuthz::Grpc, "").await;
+    let browser = oidc::browser();
+    let tab1 = navigate(&browser, &stack.url("/tab-one")).await;
+    let tab2 = navigate(&browser, &stack.url("/tab-two")).await;
+    let to_provider_1 = tab1.headers()[LOCATION].to_str().unwrap().to_string();
+    let to_provider_2 = tab2.headers()[LOCATION].to_str().unwrap().to_string();
+    assert_ne!(to_provider_1, to_provider_2, "each tab has its own state");
+    let one = oidc::browser_login(&browser, &to_provider_1, ALICE).await;
+    assert_eq!(one.final_url, stack.url("/tab-one"));
+    let two = oidc::browser_login(&browser, &to_provider_2, ALICE).await;
+    assert_eq!(two.status, 200);
+    assert_eq!(two.final_url, stack.url("/tab-two"));
+}
+
+#[tokio::test]
+async fn logout_ends_the_session_and_sends_the_browser_to_the_provider() {
+    let stack = LoginStack::start(ExtAuthz::Grpc, "").await;
+    let browser = oidc::browser();
+    let journey = oidc::browser_login(&browser, &stack.url("/"), ALICE).await;
+    assert_eq!(journey.status, 200);
+
+    // A cross-site GET only gets a confirmation page.
+    let csrf = browser
+        .get(stack.url("/authgate/logout"))
+        .header("sec-fetch-site", "cross-site")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(csrf.status(), 200);
+    assert!(csrf.text().await.unwrap().contains("<form method=\"post\""));
+    assert_eq!(
+        navigate(&browser, &stack.url("/still-in")).await.status(),
+        200
+    );
+
+    let logout = browser
+        .post(stack.url("/authgate/logout"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(logout.status(), 302);
+    let location = logout.headers()[LOCATION].to_str().unwrap().to_string();
+    assert!(location.starts_with(stack.provider.issuer()), "{location}");
+    assert!(location.contains("id_token_hint="), "{location}");
+    assert!(location.contains("post_logout_redirect_uri="), "{location}");
+    let cleared = logout.headers()[SET_COOKIE].to_str().unwrap();
+    assert!(cleared.contains("Max-Age=0"), "{cleared}");
+    // Finish the provider's logout; the provider sends the browser back to the gateway, where
+    // (logged out) it is asked to log in again.
+    let done = oidc::follow(&browser, &location).await;
+    assert!(done.urls().contains(&stack.url("/").as_str()), "{done:#?}");
+    assert!(done.body.contains("id=\"login-form\""), "{done:#?}");
+    // The session is gone: a navigation goes to the login again.
+    let after = navigate(&browser, &stack.url("/x")).await;
+    assert_eq!(after.status(), 302);
+}
+
+#[tokio::test]
+async fn back_channel_logout_ends_the_session() {
+    let stack = LoginStack::start(ExtAuthz::Grpc, "").await;
+    let browser = oidc::browser();
+    assert_eq!(
+        oidc::browser_login(&browser, &stack.url("/"), ALICE)
+            .await
+            .status,
+        200
+    );
+    let bob = oidc::browser();
+    assert_eq!(
+        oidc::browser_login(&bob, &stack.url("/"), BOB).await.status,
+        200
+    );
+    let result = stack.provider.end_sessions_of(ALICE_SUB).await;
+    let status = &result["logouts"][0]["status"];
+    assert_eq!(status, 200, "authgate accepted the logout token: {result}");
+    let alice_after = navigate(&browser, &stack.url("/x")).await;
+    assert_eq!(alice_after.status(), 302, "alice must log in again");
+    let bob_after = navigate(&bob, &stack.url("/x")).await;
+    assert_eq!(bob_after.status(), 200, "bob is untouched");
+}
+
+#[tokio::test]
+async fn a_forged_logout_token_is_refused() {
+    let stack = LoginStack::start(ExtAuthz::Grpc, "").await;
+    let http = stack.authgate.http_url();
+    let forged = "eyJhbGciOiJub25lIn0.eyJpc3MiOiJ4Iiwic3ViIjoidXNlci1hbGljZSJ9.";
+    let response = reqwest::Client::new()
+        .post(format!("{http}/authgate/backchannel-logout"))
+        .form(&[("logout_token", forged)])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 400);
+}
+
+#[tokio::test]
+async fn every_open_redirect_payload_is_refused_as_a_return_target() {
+    let stack = LoginStack::start(ExtAuthz::Grpc, "").await;
+    let client = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    let text = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/data/openredirects.txt"
+    ))
+    .unwrap();
+    let mut checked = 0;
+    for line in text.lines() {
+        // The file holds query-escaped payloads: exactly what goes after `rd=`.
+        let url = format!("{}/authgate/logout?rd={line}", stack.public_url);
+        let Ok(response) = client
+            .get(&url)
+            .header("sec-fetch-site", "same-origin")
+            .send()
+            .await
+        else {
+            continue; // a payload the HTTP client cannot even send
+        };
+        if response.status() == 400 {
+            checked += 1; // refused by Envoy or authgate before any redirect
+            continue;
+        }
+        assert_eq!(response.status(), 302, "{line}");
+        let location = response.headers()[LOCATION].to_str().unwrap();
+        assert_eq!(
+            location,
+            stack.url("/"),
+            "payload {line:?} redirected to {location}"
+        );
+        checked += 1;
+    }
+    assert!(checked >= 550, "only {checked} payloads went through");
+}
+
+#[tokio::test]
+async fn people_outside_the_allowed_domains_get_a_403_page_not_a_loop() {
+    let stack = LoginStack::start(
+        ExtAuthz::Grpc,
+        "authorization: {allowed_email_domains: [example.com]}\n",
+    )
+    .await;
+    let browser = oidc::browser();
+    let journey = oidc::browser_login(&browser, &stack.url("/"), MALLORY).await;
+    assert_eq!(journey.status, 403, "{journey:#?}");
+    assert!(
+        journey.body.contains("mallory@evil.example"),
+        "{}",
+        journey.body
+    );
+    let again = navigate(&browser, &stack.url("/")).await;
+    assert_eq!(again.status(), 403, "still a page, not a redirect loop");
+    let alice = oidc::browser();
+    assert_eq!(
+        oidc::browser_login(&alice, &stack.url("/"), ALICE)
+            .await
+            .status,
+        200
+    );
+}
+
+#[tokio::test]
+async fn oidc_id_tokens_work_as_bearer_tokens_across_key_rotation() {
+    let stack = LoginStack::start(ExtAuthz::Grpc, "").await;
+    let token = oidc::id_token_for(&stack.provider, &stack.client, ALICE).await;
+    let call = |token: String| {
+        let url = stack.url("/pipeline/apis/v2beta1/runs");
+        async move {
+            reqwest::Client::new()
+                .get(url)
+                .bearer_auth(token)
+                .send()
+                .await
+                .unwrap()
+        }
+    };
+    let response = call(token.clone()).await;
+    assert_eq!(response.status(), 200);
+    let body = response.text().await.unwrap();
+    assert_eq!(
+        app_header(&body, "kubeflow-userid").as_deref(),
+        Some("alice@example.com")
+    );
+    assert!(
+        stack.kube.token_reviews().is_empty(),
+        "an OIDC token costs no TokenReview"
+    );
+
+    let new_kid = stack.provider.rotate_keys().await;
+    let rotated = oidc::id_token_for(&stack.provider, &stack.client, ALICE).await;
+    assert_eq!(oidc::jwt_header(&rotated)["kid"], new_kid.as_str());
+    // The new key was unknown: authgate refetches the JWKS (after its rate-limit window).
+    tokio::time::sleep(Duration::from_millis(10)).await;
+    let mut status = 0;
+    for _ in 0..15 {
+        status = call(rotated.clone()).await.status().as_u16();
+        if status == 200 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    assert_eq!(
+        status, 200,
+        "a token signed with the rotated key is accepted"
+    );
+    // A token for another audience is refused.
+    let mut tampered = token.clone();
+    tampered.push('x');
+    assert_eq!(call(tampered).await.status(), 401);
+}
+
+#[tokio::test]
+async fn idle_and_expired_sessions_end_by_the_clock() {
+    let clock = authgate::clock::ManualClock::new();
+    let stack = LoginStack::start_with_clock(
+        ExtAuthz::Grpc,
+        "session: {cookie_secure: false, idle_timeout: 10m, max_age: 1h}\n",
+        Arc::new(clock.clone()),
+    )
+    .await;
+    let browser = oidc::browser();
+    assert_eq!(
+        oidc::browser_login(&browser, &stack.url("/"), ALICE)
+            .await
+            .status,
+        200
+    );
+    clock.advance(Duration::from_secs(9 * 60));
+    assert_eq!(
+        navigate(&browser, &stack.url("/a")).await.status(),
+        200,
+        "used within 10m"
+    );
+    clock.advance(Duration::from_secs(10 * 60));
+    assert_eq!(
+        navigate(&browser, &stack.url("/b")).await.status(),
+        302,
+        "idle for 10m"
+    );
+
+    let browser = oidc::browser();
+    assert_eq!(
+        oidc::browser_login(&browser, &stack.url("/"), ALICE)
+            .await
+            .status,
+        200
+    );
+    for _ in 0..6 {
+        clock.advance(Duration::from_secs(9 * 60));
+        assert_eq!(navigate(&browser, &stack.url("/c")).await.status(), 200);
+    }
+    clock.advance(Duration::from_secs(6 * 60));
+    assert_eq!(
+        navigate(&browser, &stack.url("/d")).await.status(),
+        302,
+        "max_age is absolute"
+    );
+}
