@@ -1,0 +1,287 @@
+//! Sessions in a real Redis: the store contract (the same one the memory store passes), tokens
+//! sealed at rest, several replicas sharing sessions, restarts, and revocation from the CLI.
+
+mod support;
+
+use std::time::Duration;
+
+use authgate::config::{SessionConfig, StoreKind};
+use authgate::store::SessionStore;
+use authgate::store::redis::RedisStore;
+use reqwest::header::{ACCEPT, LOCATION};
+use support::oidc::{self, ALICE, BOB, NAVIGATION_ACCEPT};
+use support::redis::Redis;
+use support::*;
+
+fn session_config(redis: &Redis) -> SessionConfig {
+    SessionConfig {
+        store: StoreKind::Redis,
+        redis_url: redis.url(),
+        ..SessionConfig::default()
+    }
+}
+
+#[tokio::test]
+async fn redis_store_meets_the_contract() {
+    let redis = Redis::start().await;
+    let store = RedisStore::connect(&session_config(&redis)).await.unwrap();
+    authgate::store::contract::run(&store).await;
+}
+
+#[tokio::test]
+async fn redis_down_is_an_error_and_recovery_is_automatic() {
+    let mut redis = Redis::start().await;
+    let store = RedisStore::connect(&session_config(&redis)).await.unwrap();
+    let key = authgate::store::Key::of("s");
+    let session = authgate::store::contract::session("alice", "sub", None);
+    store
+        .create(&key, &session, Duration::from_secs(60))
+        .await
+        .unwrap();
+    redis.stop();
+    assert!(
+        store.get(&key).await.is_err(),
+        "no answer is an error, never 'no session'"
+    );
+    redis.restart().await;
+    let mut found = None;
+    for _ in 0..50 {
+        if let Ok(s) = store.get(&key).await {
+            found = s;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(
+        found,
+        Some(session),
+        "persisted across the restart; reconnected by itself"
+    );
+}
+
+/// Two replicas' worth of shared pieces: provider, kube API, Redis, signing key.
+struct Shared {
+    provider: oidc::OidcProvider,
+    kube: KubeApi,
+    redis: Redis,
+    _dir: tempfile::TempDir,
+    key_file: std::path::PathBuf,
+    public_port: u16,
+}
+
+impl Shared {
+    async fn start() -> Shared {
+        let public_port = free_port();
+        let public_url = format!("http://127.0.0.1:{public_port}");
+        let client = oidc::OidcClient {
+            client_id: CLIENT_ID.into(),
+            client_secret: CLIENT_SECRET.into(),
+            redirect_uris: vec![format!("{public_url}/authgate/callback")],
+            post_logout_redirect_uris: vec![format!("{public_url}/")],
+            backchannel_logout_uri: None,
+        };
+        let dir = tempfile::tempdir().unwrap();
+        let key_file = dir.path().join("signing.pem");
+        std::fs::write(&key_file, authgate::signing::generate_key_pem()).unwrap();
+        Shared {
+            provider: oidc::OidcProvider::start(vec![client]).await,
+            kube: KubeApi::start(Fixture::default()).await,
+            redis: Redis::start().await,
+            _dir: dir,
+            key_file,
+            public_port,
+        }
+    }
+
+    fn public_url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.public_port)
+    }
+
+    /// A replica: its own authgate, behind its own Envoy on `port`.
+    async fn replica(&self, port: u16) -> (Authgate, Envoy) {
+        let yaml = login_config_yaml(
+            self.kube.kubeconfig_path(),
+            &self.public_url(),
+            self.provider.issuer(),
+            free_port(),
+            &format!(
+                "session: {{store: redis, redis_url: '{}', cookie_secure: false}}\n\
+                 identity: {{jwt: {{key_file: {}}}}}\n",
+                self.redis.url(),
+                self.key_file.display()
+            ),
+        );
+        let authgate = Authgate::start(&yaml).await;
+        let (upstream, _) = echo::start_echo().await;
+        let options = support::envoy::Options {
+            listen_port: Some(port),
+            status_on_error: Some(503),
+            ..Default::default()
+        };
+        let envoy = Envoy::start_with(
+            ExtAuthz::Grpc,
+            authgate.running.grpc_addr,
+            upstream,
+            options,
+        )
+        .await;
+        (authgate, envoy)
+    }
+}
+
+async fn status(browser: &reqwest::Client, url: String) -> u16 {
+    browser
+        .get(url)
+        .header(ACCEPT, NAVIGATION_ACCEPT)
+        .send()
+        .await
+        .unwrap()
+        .status()
+        .as_u16()
+}
+
+#[tokio::test]
+async fn replicas_share_sessions_through_redis_and_across_restarts() {
+    let shared = Shared::start().await;
+    let port_b = free_port();
+    let (a, envoy_a) = shared.replica(shared.public_port).await;
+    let (b, envoy_b) = shared.replica(port_b).await;
+    let via_a = |path: &str| format!("{}{path}", envoy_a.url());
+    let via_b = |path: &str| format!("{}{path}", envoy_b.url());
+
+    let browser = oidc::browser();
+    assert_eq!(
+        oidc::browser_login(&browser, &via_a("/"), ALICE)
+            .await
+            .status,
+        200
+    );
+    // Cookies are per host, not per port: the same browser presents its session to B.
+    assert_eq!(
+        status(&browser, via_b("/x")).await,
+        200,
+        "a session made by A works on B"
+    );
+
+    // The ID token kept for logout is sealed in Redis.
+    let mut conn = ::redis::Client::open(shared.redis.url())
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    let keys: Vec<String> = ::redis::cmd("KEYS")
+        .arg("authgate:s:*")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(keys.len(), 1);
+    let raw: String = ::redis::cmd("GET")
+        .arg(&keys[0])
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert!(!raw.contains("eyJ"), "no JWT in clear in the store: {raw}");
+
+    // Restart both replicas (and their Envoys): the session still works on both.
+    a.running.shutdown().await;
+    b.running.shutdown().await;
+    drop((envoy_a, envoy_b));
+    let (a, envoy_a) = shared.replica(shared.public_port).await;
+    let (_b, envoy_b) = shared.replica(port_b).await;
+    let via_a = |path: &str| format!("{}{path}", envoy_a.url());
+    let via_b = |path: &str| format!("{}{path}", envoy_b.url());
+    assert_eq!(
+        status(&browser, via_a("/y")).await,
+        200,
+        "after restart, on A"
+    );
+    assert_eq!(
+        status(&browser, via_b("/y")).await,
+        200,
+        "after restart, on B"
+    );
+
+    // Log out through A: B refuses the session at once.
+    let logout = browser
+        .post(via_a("/authgate/logout"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(logout.status(), 302);
+    assert!(logout.headers().get(LOCATION).is_some());
+    assert_eq!(
+        status(&browser, via_b("/z")).await,
+        302,
+        "B sends the browser to log in"
+    );
+    drop(a);
+}
+
+#[tokio::test]
+async fn sessions_revoke_ends_a_persons_sessions_everywhere() {
+    let shared = Shared::start().await;
+    let (_a, envoy_a) = shared.replica(shared.public_port).await;
+    let (_b, envoy_b) = shared.replica(free_port()).await;
+    let alice = oidc::browser();
+    let bob = oidc::browser();
+    assert_eq!(
+        oidc::browser_login(&alice, &envoy_a.url(), ALICE)
+            .await
+            .status,
+        200
+    );
+    assert_eq!(
+        oidc::browser_login(&bob, &envoy_a.url(), BOB).await.status,
+        200
+    );
+
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("authgate.yaml");
+    std::fs::write(
+        &config,
+        format!(
+            "public_url: {}\nsession: {{store: redis, redis_url: '{}'}}\nidentity: {{jwt: {{key_file: {}}}}}\n",
+            shared.public_url(),
+            shared.redis.url(),
+            shared.key_file.display()
+        ),
+    )
+    .unwrap();
+    let run = |args: &[&str]| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_authgate"))
+            .args(["sessions", "--config"])
+            .arg(&config)
+            .args(args)
+            .env_remove("AUTHGATE_CONFIG")
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{out:?}");
+        String::from_utf8(out.stdout).unwrap()
+    };
+    assert_eq!(run(&["count"]).trim(), "2 session(s)");
+    let said = tokio::task::spawn_blocking(move || {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_authgate"))
+            .args([
+                "sessions",
+                "revoke",
+                "--user",
+                "alice@example.com",
+                "--config",
+            ])
+            .arg(&config)
+            .env_remove("AUTHGATE_CONFIG")
+            .output()
+            .unwrap();
+        String::from_utf8(out.stdout).unwrap()
+    })
+    .await
+    .unwrap();
+    assert_eq!(said.trim(), "revoked 1 session(s) of alice@example.com");
+    assert_eq!(status(&alice, format!("{}/x", envoy_a.url())).await, 302);
+    assert_eq!(status(&alice, format!("{}/x", envoy_b.url())).await, 302);
+    assert_eq!(
+        status(&bob, format!("{}/x", envoy_b.url())).await,
+        200,
+        "bob keeps his"
+    );
+}
