@@ -367,8 +367,19 @@ impl Gate {
         if !identity.groups.is_empty() {
             set.push((plan.groups.clone(), identity.groups.join(",")));
         }
+        let mut remove_cookie = false;
+        if let Some(cookie) = self.cookie_without_ours(req) {
+            if cookie.is_empty() {
+                remove_cookie = true;
+            } else {
+                set.push(("cookie".into(), cookie));
+            }
+        }
         let set_names: Vec<&str> = set.iter().map(|(n, _)| n.as_str()).collect();
-        let remove = plan.remove_except(&set_names);
+        let mut remove = plan.remove_except(&set_names);
+        if remove_cookie {
+            remove.push("cookie".into());
+        }
         Decision::Allow(Allow {
             set,
             remove,
@@ -376,6 +387,32 @@ impl Gate {
             identity: Some(identity),
             reason: "authenticated",
         })
+    }
+
+    /// The request's `Cookie` header without authgate's own cookies, when it carried any: apps
+    /// (a user's notebook server runs arbitrary code) must never see another user's session id.
+    /// `None` when there is nothing to change.
+    fn cookie_without_ours(&self, req: &Request) -> Option<String> {
+        let sessions = self.sessions.as_ref()?;
+        let ours = [
+            sessions.cookie_name().to_string(),
+            sessions.config().login_cookie(),
+        ];
+        let mut found = false;
+        let kept: Vec<&str> = req
+            .headers
+            .get_all("cookie")
+            .flat_map(|h| h.split([';', ',']))
+            .map(str::trim)
+            .filter(|pair| !pair.is_empty())
+            .filter(|pair| {
+                let name = pair.split('=').next().unwrap_or_default().trim();
+                let is_ours = ours.iter().any(|o| o == name);
+                found |= is_ours;
+                !is_ours
+            })
+            .collect();
+        found.then(|| kept.join("; "))
     }
 
     async fn own_endpoint(&self, endpoint: &str, req: &Request) -> Decision {

@@ -466,3 +466,43 @@ async fn idle_and_expired_sessions_end_by_the_clock() {
         "max_age is absolute"
     );
 }
+
+#[tokio::test]
+async fn the_app_never_sees_authgates_cookies() {
+    for mode in [ExtAuthz::Grpc, ExtAuthz::Http] {
+        let stack = LoginStack::start(mode, "").await;
+        let jar = Arc::new(reqwest::cookie::Jar::default());
+        let browser = reqwest::Client::builder()
+            .cookie_provider(jar.clone())
+            .redirect(reqwest::redirect::Policy::none())
+            .build()
+            .unwrap();
+        assert_eq!(
+            oidc::browser_login(&browser, &stack.url("/"), ALICE)
+                .await
+                .status,
+            200
+        );
+        // The browser sends its session cookie along with the app's own cookies.
+        jar.add_cookie_str(
+            "app_pref=dark; Path=/",
+            &url::Url::parse(&stack.public_url).unwrap(),
+        );
+        let response = browser
+            .get(stack.url("/notebook/team-a/nb1/lab"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200, "{mode:?}");
+        let body = response.text().await.unwrap();
+        let cookie = app_header(&body, "cookie").unwrap_or_default();
+        assert!(
+            !cookie.contains("authgate_session"),
+            "{mode:?}: session id reached the app: {cookie}"
+        );
+        assert!(
+            cookie.contains("app_pref=dark"),
+            "{mode:?}: the app's own cookies stay: {cookie}"
+        );
+    }
+}

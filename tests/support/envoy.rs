@@ -409,6 +409,7 @@ const HTTP_AUTHZ: &str = r#"          - name: envoy.filters.http.ext_authz
                     - {exact: kubeflow-userid, ignore_case: true}
                     - {exact: kubeflow-groups, ignore_case: true}
                     - {exact: x-authgate-identity, ignore_case: true}
+                    - {exact: cookie, ignore_case: true}
                   allowed_client_headers:
                     patterns:
                     - {exact: location, ignore_case: true}
