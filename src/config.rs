@@ -156,6 +156,10 @@ pub struct OidcConfig {
     /// default: the public URL.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub post_logout_redirect_uri: Option<Url>,
+    /// When a session's ID token has expired, refresh it with the refresh token (needs the
+    /// `offline_access` scope): group changes reach the gateway, and a person removed at the
+    /// provider loses the session.
+    pub refresh: bool,
     /// How long a login may take from redirect to callback.
     #[serde(with = "humantime_serde")]
     pub login_timeout: Duration,
@@ -179,6 +183,7 @@ impl Default for OidcConfig {
             audiences: Vec::new(),
             extra_issuers: Vec::new(),
             post_logout_redirect_uri: None,
+            refresh: true,
             login_timeout: Duration::from_secs(600),
             timeout: Duration::from_secs(5),
         }

@@ -223,7 +223,14 @@ impl Gate {
             Credential::Malformed(why) => Err(unauthenticated(why, true, "malformed_credential")),
             Credential::None => {
                 if let Some(sessions) = &self.sessions {
-                    match sessions.find(&req.headers).await {
+                    let found = match sessions.find(&req.headers).await {
+                        Ok(Some(found)) => match &self.login {
+                            Some(login) => login.refresh_if_due(found).await,
+                            None => Ok(Some(found)),
+                        },
+                        other => other,
+                    };
+                    match found {
                         Ok(Some(found)) => {
                             return Ok((Arc::new(found.identity()), Some(found)));
                         }

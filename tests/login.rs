@@ -506,3 +506,71 @@ async fn the_app_never_sees_authgates_cookies() {
         );
     }
 }
+
+/// How many tokens the provider has issued (code and refresh grants).
+fn tokens_issued(provider: &oidc::OidcProvider) -> usize {
+    provider.logs().matches("token issued for").count()
+}
+
+#[tokio::test]
+async fn expired_id_tokens_are_refreshed_once_and_a_refused_refresh_ends_the_session() {
+    let clock = authgate::clock::ManualClock::new();
+    // ID tokens live 1 s; the injected clock is always ahead, so every check finds one due.
+    let mut stack = LoginStack::start_full(
+        ExtAuthz::Grpc,
+        "",
+        &[("ID_TOKEN_TTL", "1")],
+        Fixture::default(),
+        Arc::new(clock.clone()),
+    )
+    .await;
+    let browser = oidc::browser();
+    assert_eq!(
+        oidc::browser_login(&browser, &stack.url("/"), ALICE)
+            .await
+            .status,
+        200
+    );
+    assert_eq!(tokens_issued(&stack.provider), 1);
+
+    // Due: ten concurrent requests, one refresh.
+    clock.advance(Duration::from_secs(10));
+    let urls: Vec<String> = (0..10).map(|i| stack.url(&format!("/r{i}"))).collect();
+    let statuses = futures::future::join_all(urls.iter().map(|u| navigate(&browser, u))).await;
+    assert!(statuses.iter().all(|r| r.status() == 200));
+    assert_eq!(tokens_issued(&stack.provider), 2, "exactly one refresh");
+
+    // The provider down: the session goes on.
+    stack.provider.stop();
+    clock.advance(Duration::from_secs(31));
+    assert_eq!(navigate(&browser, &stack.url("/down")).await.status(), 200);
+
+    // The provider forgot the grant (a person removed there): the refresh is refused, the
+    // session ends, and the browser is sent to log in again.
+    stack.provider.restart().await;
+    clock.advance(Duration::from_secs(31));
+    let after = navigate(&browser, &stack.url("/gone")).await;
+    assert_eq!(after.status(), 302, "refused refresh ends the session");
+}
+
+#[tokio::test]
+async fn claims_missing_from_the_id_token_come_from_userinfo() {
+    let stack = LoginStack::start_with(
+        ExtAuthz::Grpc,
+        "",
+        &[("USERINFO_ONLY_CLAIMS", "1")],
+        Fixture::default(),
+    )
+    .await;
+    let browser = oidc::browser();
+    let journey = oidc::browser_login(&browser, &stack.url("/"), ALICE).await;
+    assert_eq!(journey.status, 200, "{journey:#?}");
+    assert_eq!(
+        app_header(&journey.body, "kubeflow-userid").as_deref(),
+        Some("alice@example.com")
+    );
+    assert_eq!(
+        app_header(&journey.body, "kubeflow-groups").as_deref(),
+        Some("kubeflow-users,team-a")
+    );
+}

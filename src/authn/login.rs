@@ -12,17 +12,21 @@ use jsonwebtoken::jwk::JwkSet;
 use openidconnect::core::CoreAuthenticationFlow;
 use openidconnect::{
     AuthorizationCode, CsrfToken, Nonce, OAuth2TokenResponse, PkceCodeChallenge, PkceCodeVerifier,
-    Scope, TokenResponse,
+    RefreshToken, RequestTokenError, Scope, TokenResponse,
 };
 use serde_json::{Map, Value};
 use url::Url;
 
-use super::oidc::{Provider, ProviderError};
-use super::session::{Sessions, cookie_values, new_secret};
+use super::oidc::{Discovered, Provider, ProviderError};
+use super::session::{Found, Sessions, cookie_values, new_secret};
 use crate::clock::SharedClock;
 use crate::decision::{Decision, Deny};
 use crate::request::Request;
-use crate::store::{Key, PendingLogin, Sealer, Session};
+use crate::store::{Key, PendingLogin, Sealer, Session, StoreError};
+
+/// How long one replica holds the right to refresh a session (and, after a failed refresh
+/// because the provider was down, how long until the next try).
+const REFRESH_LOCK: Duration = Duration::from_secs(30);
 
 /// The spec's event name in a logout token.
 const BACKCHANNEL_EVENT: &str = "http://schemas.openid.net/event/backchannel-logout";
@@ -299,38 +303,13 @@ impl Login {
             Err(e) => return Err(LoginError::Rejected(format!("ID token: {e}"))),
         };
         let id_token_text = id_token.to_string();
-        let mut claims = payload(&id_token_text)
-            .ok_or_else(|| LoginError::Rejected("unreadable ID token payload".into()))?;
-        let config = self.provider.config();
-        let missing =
-            !claims.contains_key(&config.user_claim) || !claims.contains_key(&config.groups_claim);
-        if missing && let Some(userinfo) = &verified.userinfo_endpoint {
-            let body = self
-                .provider
-                .get_bytes(userinfo.as_str(), Some(token.access_token().secret()))
-                .await
-                .map_err(LoginError::Provider)?;
-            let info: Map<String, Value> = serde_json::from_slice(&body)
-                .map_err(|e| LoginError::Rejected(format!("userinfo: {e}")))?;
-            // The userinfo `sub` must be the ID token's, or the answer is about someone else.
-            if info.get("sub") != claims.get("sub") {
-                return Err(LoginError::Rejected(
-                    "userinfo names another subject".into(),
-                ));
-            }
-            for (k, v) in info {
-                claims.entry(k).or_insert(v);
-            }
-        }
-        let user = claims
-            .get(&config.user_claim)
-            .and_then(Value::as_str)
-            .filter(|u| !u.is_empty())
-            .ok_or_else(|| LoginError::Rejected(format!("no {:?} claim", config.user_claim)))?
-            .to_string();
+        let claims = self
+            .claims(&verified, &id_token_text, token.access_token().secret())
+            .await?;
+        let user = self.user_of(&claims)?;
         Ok(Session {
             user,
-            groups: groups(claims.get(&config.groups_claim)),
+            groups: groups(claims.get(&self.provider.config().groups_claim)),
             sub: claims
                 .get("sub")
                 .and_then(Value::as_str)
@@ -346,13 +325,141 @@ impl Login {
         })
     }
 
+    /// The claims of a verified ID token, completed from the userinfo endpoint when the user or
+    /// groups claim is missing.
+    async fn claims(
+        &self,
+        discovered: &Discovered,
+        id_token: &str,
+        access_token: &str,
+    ) -> Result<Map<String, Value>, LoginError> {
+        let mut claims = payload(id_token)
+            .ok_or_else(|| LoginError::Rejected("unreadable ID token payload".into()))?;
+        let config = self.provider.config();
+        let missing =
+            !claims.contains_key(&config.user_claim) || !claims.contains_key(&config.groups_claim);
+        if missing && let Some(userinfo) = &discovered.userinfo_endpoint {
+            let body = self
+                .provider
+                .get_bytes(userinfo.as_str(), Some(access_token))
+                .await
+                .map_err(LoginError::Provider)?;
+            let info: Map<String, Value> = serde_json::from_slice(&body)
+                .map_err(|e| LoginError::Rejected(format!("userinfo: {e}")))?;
+            // The userinfo `sub` must be the ID token's, or the answer is about someone else.
+            if info.get("sub") != claims.get("sub") {
+                return Err(LoginError::Rejected(
+                    "userinfo names another subject".into(),
+                ));
+            }
+            for (k, v) in info {
+                claims.entry(k).or_insert(v);
+            }
+        }
+        Ok(claims)
+    }
+
+    fn user_of(&self, claims: &Map<String, Value>) -> Result<String, LoginError> {
+        let claim = &self.provider.config().user_claim;
+        claims
+            .get(claim)
+            .and_then(Value::as_str)
+            .filter(|u| !u.is_empty())
+            .map(String::from)
+            .ok_or_else(|| LoginError::Rejected(format!("no {claim:?} claim")))
+    }
+
+    /// When the session's ID token has expired and a refresh token is kept: refresh it, so
+    /// group changes at the provider reach the gateway, and a person disabled or removed there
+    /// loses the session. One request on one replica refreshes (a store lock); the others go on
+    /// with the session as it is. `None`: the provider refused the refresh, the session ended.
+    pub async fn refresh_if_due(&self, found: Found) -> Result<Option<Found>, StoreError> {
+        let now = self.clock.unix_now();
+        if !self.provider.config().refresh
+            || found.session.refresh_token.is_none()
+            || now < found.session.id_token_expires_at
+        {
+            return Ok(Some(found));
+        }
+        let store = self.sessions.store();
+        if !store.try_lock(&found.key, REFRESH_LOCK).await? {
+            return Ok(Some(found));
+        }
+        match self.refresh(&found.session).await {
+            Ok(session) => {
+                let remaining = Duration::from_secs(session.expires_at.saturating_sub(now).max(1));
+                store.update(&found.key, &session, remaining).await?;
+                tracing::info!(target: "authgate::audit", event = "refresh", user = %session.user, "session refreshed");
+                Ok(Some(Found {
+                    key: found.key,
+                    session,
+                }))
+            }
+            Err(LoginError::Rejected(why)) => {
+                store.delete(&found.key).await?;
+                tracing::info!(target: "authgate::audit", event = "refresh_refused", user = %found.session.user, reason = %why, "session ended: the provider refused the refresh");
+                Ok(None)
+            }
+            Err(LoginError::Provider(e)) => {
+                // The provider being down must not log everybody out; retry after the lock.
+                tracing::warn!(error = %e, "refresh failed; the session goes on");
+                Ok(Some(found))
+            }
+        }
+    }
+
+    async fn refresh(&self, old: &Session) -> Result<Session, LoginError> {
+        let discovered = self.provider.get().await.map_err(LoginError::Provider)?;
+        let refresh_token = old
+            .refresh_token
+            .as_deref()
+            .and_then(|t| self.sealer.open(t))
+            .ok_or_else(|| LoginError::Rejected("refresh token unreadable".into()))?;
+        let token = discovered
+            .client
+            .exchange_refresh_token(&RefreshToken::new(refresh_token))
+            .map_err(|e| LoginError::Rejected(e.to_string()))?
+            .request_async(self.provider.http())
+            .await
+            .map_err(|e| match e {
+                RequestTokenError::ServerResponse(r) => {
+                    LoginError::Rejected(format!("refresh refused: {}", r.error()))
+                }
+                other => LoginError::Provider(ProviderError(format!("refresh: {other}"))),
+            })?;
+        let id_token = token
+            .id_token()
+            .ok_or_else(|| LoginError::Rejected("no ID token in the refresh response".into()))?;
+        // A refreshed ID token carries no nonce (OIDC Core 12.2).
+        let accept_missing_nonce = |_: Option<&Nonce>| Ok(());
+        id_token
+            .claims(&discovered.client.id_token_verifier(), accept_missing_nonce)
+            .map_err(|e| LoginError::Rejected(format!("refreshed ID token: {e}")))?;
+        let id_token_text = id_token.to_string();
+        let claims = self
+            .claims(&discovered, &id_token_text, token.access_token().secret())
+            .await?;
+        if claims.get("sub").and_then(Value::as_str) != Some(old.sub.as_str()) {
+            return Err(LoginError::Rejected(
+                "refreshed ID token names another subject".into(),
+            ));
+        }
+        Ok(Session {
+            user: self.user_of(&claims)?,
+            groups: groups(claims.get(&self.provider.config().groups_claim)),
+            id_token_expires_at: claims.get("exp").and_then(Value::as_u64).unwrap_or(0),
+            id_token: Some(self.sealer.seal(&id_token_text)),
+            refresh_token: token
+                .refresh_token()
+                .map(|t| self.sealer.seal(t.secret()))
+                .or_else(|| old.refresh_token.clone()),
+            ..old.clone()
+        })
+    }
+
     /// Ends the session (if any), clears the cookie and sends the browser to the provider's
     /// logout, or to the configured page.
-    pub async fn logout(
-        &self,
-        req: &Request,
-        found: Option<crate::authn::session::Found>,
-    ) -> Decision {
+    pub async fn logout(&self, req: &Request, found: Option<Found>) -> Decision {
         let cleared = self.sessions.clear_cookie(self.sessions.cookie_name());
         let mut id_token_hint = None;
         if let Some(found) = &found {

@@ -94,6 +94,11 @@ pub async fn run(store: &dyn SessionStore) {
     assert_eq!(store.delete_all().await.unwrap(), 2);
     assert_eq!(store.get(&b1).await.unwrap(), None);
 
+    // locks: one holder at a time
+    let lock = Key::of(&format!("lock-{}", rand::random::<u64>()));
+    assert!(store.try_lock(&lock, TTL).await.unwrap());
+    assert!(!store.try_lock(&lock, TTL).await.unwrap());
+
     // pending logins are single-use
     let state = Key::of(&format!("state-{}", rand::random::<u64>()));
     store.put_login(&state, &login(), TTL).await.unwrap();

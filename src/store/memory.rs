@@ -21,6 +21,7 @@ struct Inner {
     by_user: HashMap<String, HashSet<Key>>,
     by_sid: HashMap<String, HashSet<Key>>,
     by_sub: HashMap<String, HashSet<Key>>,
+    locks: HashMap<Key, SystemTime>,
 }
 
 impl Inner {
@@ -80,6 +81,7 @@ impl Inner {
             self.remove(&key);
         }
         self.logins.retain(|_, (_, until)| *until > now);
+        self.locks.retain(|_, until| *until > now);
     }
 }
 
@@ -190,6 +192,16 @@ impl SessionStore for MemoryStore {
             .logins
             .insert(key.clone(), (login.clone(), until));
         Ok(())
+    }
+
+    async fn try_lock(&self, key: &Key, ttl: Duration) -> Result<bool, StoreError> {
+        let now = self.clock.now();
+        let mut inner = self.write().await;
+        if inner.locks.get(key).is_some_and(|until| *until > now) {
+            return Ok(false);
+        }
+        inner.locks.insert(key.clone(), now + ttl);
+        Ok(true)
     }
 
     async fn take_login(&self, key: &Key) -> Result<Option<PendingLogin>, StoreError> {

@@ -113,6 +113,9 @@ pub trait SessionStore: Send + Sync {
     ) -> Result<(), StoreError>;
     /// Takes (reads and deletes, atomically) a pending login: a `state` works once.
     async fn take_login(&self, key: &Key) -> Result<Option<PendingLogin>, StoreError>;
+    /// Takes a lock named after a session for `ttl`, unless someone holds it: true when taken.
+    /// Across replicas only one refreshes a session at a time.
+    async fn try_lock(&self, key: &Key, ttl: Duration) -> Result<bool, StoreError>;
 }
 
 /// The behaviour every store must have; run against the memory store here and against a real

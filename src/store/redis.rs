@@ -4,6 +4,7 @@
 //! - `s:<hash>`   the session as JSON (tokens inside already sealed), with a TTL
 //! - `l:<hash>`   a pending login, with a TTL; taken with `GETDEL`, so a state works once
 //! - `u:<user>`, `sid:<sid>`, `sub:<sub>`   sets of session hashes, for revocation
+//! - `lock:<hash>` who is refreshing a session (`SET NX EX`)
 //!
 //! Every command is a single-key command, so the same code runs on standalone Redis, behind
 //! Sentinel, and on Cluster. One `GET` per request in the steady state.
@@ -340,6 +341,21 @@ impl SessionStore for RedisStore {
                 .clone(),
         )
         .await
+    }
+
+    async fn try_lock(&self, key: &Key, ttl: Duration) -> Result<bool, StoreError> {
+        let taken: Option<String> = self
+            .query(
+                redis::cmd("SET")
+                    .arg(self.key("lock", key.as_str()))
+                    .arg("1")
+                    .arg("NX")
+                    .arg("EX")
+                    .arg(ttl.as_secs().max(1))
+                    .clone(),
+            )
+            .await?;
+        Ok(taken.is_some())
     }
 
     async fn take_login(&self, key: &Key) -> Result<Option<PendingLogin>, StoreError> {
