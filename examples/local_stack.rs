@@ -47,10 +47,37 @@ use tokio::task::JoinHandle;
 const KFP_AUDIENCE: &str = "pipelines.kubeflow.org";
 /// Kubeflow's example profile namespace.
 const USER_NAMESPACE: &str = "kubeflow-user-example-com";
-/// A notebook's token: `default-editor` in the user's namespace.
-const NOTEBOOK_TOKEN: &str = "demo-notebook-token";
+/// A notebook's token: `default-editor` in the user's namespace. Shaped like a projected
+/// token (a JWT with `exp`, `aud`, a pod binding), because authgate refuses tokens that are not.
+static NOTEBOOK_TOKEN: std::sync::LazyLock<String> =
+    std::sync::LazyLock::new(|| demo_token(USER_NAMESPACE, "default-editor", "notebook-0"));
 /// A CI job's token, in its own namespace.
-const CI_TOKEN: &str = "demo-ci-token";
+static CI_TOKEN: std::sync::LazyLock<String> =
+    std::sync::LazyLock::new(|| demo_token("team-ci", "ci-runner", "ci-job-0"));
+
+/// A projected-token-shaped JWT valid for a day. The demo Kubernetes API knows it by its text
+/// (it does not check signatures); authgate reads its claims for the bound-token policy.
+fn demo_token(namespace: &str, name: &str, pod: &str) -> String {
+    use base64::Engine;
+    let b64 = |s: String| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(s);
+    let iat = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock after 1970")
+        .as_secs();
+    let claims = serde_json::json!({
+        "iss": "https://kubernetes.default.svc.cluster.local",
+        "sub": format!("system:serviceaccount:{namespace}:{name}"),
+        "aud": [KFP_AUDIENCE],
+        "iat": iat,
+        "exp": iat + 24 * 3600,
+        "kubernetes.io": {"namespace": namespace, "pod": {"name": pod}, "serviceaccount": {"name": name}},
+    });
+    format!(
+        "{}.{}.ZGVtbw",
+        b64(r#"{"alg":"RS256","kid":"demo"}"#.to_string()),
+        b64(claims.to_string())
+    )
+}
 /// authgate's client id at the demo OpenID Provider.
 const OIDC_CLIENT_ID: &str = "authgate";
 /// What `scripts/setup-test-peers.sh` installs; named in every error about a missing peer.
@@ -165,8 +192,8 @@ fn init_logging() {
 async fn start_kube_api() -> KubeApi {
     KubeApi::start(Fixture {
         tokens: vec![
-            service_account_token(NOTEBOOK_TOKEN, USER_NAMESPACE, "default-editor"),
-            service_account_token(CI_TOKEN, "team-ci", "ci-runner"),
+            service_account_token(&NOTEBOOK_TOKEN, USER_NAMESPACE, "default-editor"),
+            service_account_token(&CI_TOKEN, "team-ci", "ci-runner"),
         ],
         rbac: demo_rbac(),
     })
@@ -949,9 +976,9 @@ fn print_banner(
     dir: &Path,
 ) {
     let url = public_url(ports);
-    let bearer = |token: &str| format!("-H 'Authorization: Bearer {token}'");
-    let notebook = bearer(NOTEBOOK_TOKEN);
-    let ci = bearer(CI_TOKEN);
+    let notebook = "-H \"Authorization: Bearer $NOTEBOOK_TOKEN\"";
+    let ci = "-H \"Authorization: Bearer $CI_TOKEN\"";
+    let (notebook_token, ci_token) = (&*NOTEBOOK_TOKEN, &*CI_TOKEN);
     let forged = "-H 'kubeflow-userid: admin@example.com'";
     println!(
         "\n\
@@ -970,9 +997,11 @@ In a browser: open {url}/ and log in as
   bob@example.com   / bob-password     (group kubeflow-users)
 The page shows who you are; its \"Log out\" button ends the session at authgate and the provider.
 
-Demo service-account tokens (audience {KFP_AUDIENCE}):
-  {NOTEBOOK_TOKEN}  system:serviceaccount:{USER_NAMESPACE}:default-editor
-  {CI_TOKEN}        system:serviceaccount:team-ci:ci-runner
+Demo service-account tokens (audience {KFP_AUDIENCE}, projected-token shaped, valid 24h):
+  # system:serviceaccount:{USER_NAMESPACE}:default-editor
+  export NOTEBOOK_TOKEN={notebook_token}
+  # system:serviceaccount:team-ci:ci-runner
+  export CI_TOKEN={ci_token}
 
 Try:
   # 1. A notebook's token: the app gets the identity authgate verified (and a signed JWT of it)

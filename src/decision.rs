@@ -297,12 +297,18 @@ impl Gate {
         match service_accounts.authenticate(token).await {
             Ok(Review::Authenticated(identity)) => Ok(identity),
             Ok(Review::Rejected(why)) => {
-                tracing::debug!(reason = %why, "token review rejected a bearer token");
-                Err(unauthenticated(
-                    "invalid bearer token",
-                    true,
-                    "invalid_token",
-                ))
+                tracing::debug!(reason = %why, "bearer token refused");
+                // The policy's own reasons are safe to show and help the caller fix the token;
+                // the API server's are not shown.
+                let message = if why.starts_with("service-account token")
+                    || why.starts_with("legacy")
+                    || why.starts_with("not a bound")
+                {
+                    why.to_string()
+                } else {
+                    "invalid bearer token".to_string()
+                };
+                Err(unauthenticated(&message, true, "invalid_token"))
             }
             Err(e) => {
                 tracing::warn!(error = %e, "token review failed");

@@ -81,6 +81,9 @@ enum Command {
         /// Where to write it; `-` for standard output.
         #[arg(long, short, default_value = "-")]
         out: PathBuf,
+        /// Also write the public key (SPKI PEM) here, e.g. for `extra_public_key_files`.
+        #[arg(long)]
+        public_out: Option<PathBuf>,
     },
 }
 
@@ -164,7 +167,7 @@ fn main() -> ExitCode {
                 }
             }
         }
-        Command::Keygen { out } => match keygen(&out) {
+        Command::Keygen { out, public_out } => match keygen(&out, public_out.as_deref()) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
                 eprintln!("authgate keygen: {e:#}");
@@ -246,8 +249,12 @@ async fn shutdown_signal() {
     }
 }
 
-fn keygen(out: &Path) -> anyhow::Result<()> {
+fn keygen(out: &Path, public_out: Option<&Path>) -> anyhow::Result<()> {
     let pem = authgate::signing::generate_key_pem();
+    if let Some(public_out) = public_out {
+        std::fs::write(public_out, authgate::signing::public_key_pem(&pem)?)
+            .with_context(|| format!("cannot write {}", public_out.display()))?;
+    }
     if out == Path::new("-") {
         print!("{pem}");
         return Ok(());

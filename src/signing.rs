@@ -45,12 +45,33 @@ pub enum SigningError {
     Sign(#[from] jsonwebtoken::errors::Error),
 }
 
-/// Generates a new Ed25519 private key as PKCS#8 PEM.
+/// Generates a new Ed25519 private key as PKCS#8 v1 PEM (without the embedded public key,
+/// which OpenSSL 3.0 and Python's `cryptography` cannot read).
 pub fn generate_key_pem() -> String {
     let key = SigningKey::generate(&mut rand::rngs::OsRng);
-    key.to_pkcs8_pem(LineEnding::LF)
-        .expect("encoding a fresh key cannot fail")
-        .to_string()
+    ed25519_dalek::pkcs8::KeypairBytes {
+        secret_key: key.to_bytes(),
+        public_key: None,
+    }
+    .to_pkcs8_pem(LineEnding::LF)
+    .expect("encoding a fresh key cannot fail")
+    .to_string()
+}
+
+/// The public half of a PKCS#8 private key, as SPKI PEM (for `extra_public_key_files` during a
+/// key roll, or for apps that pin the key).
+pub fn public_key_pem(private_pem: &str) -> Result<String, SigningError> {
+    use ed25519_dalek::pkcs8::EncodePublicKey;
+    let key = SigningKey::from_pkcs8_pem(private_pem).map_err(|e| SigningError::BadKey {
+        path: "<key>".into(),
+        reason: e.to_string(),
+    })?;
+    key.verifying_key()
+        .to_public_key_pem(LineEnding::LF)
+        .map_err(|e| SigningError::BadKey {
+            path: "<key>".into(),
+            reason: e.to_string(),
+        })
 }
 
 /// The claims of the identity JWT.
@@ -302,6 +323,31 @@ mod tests {
         assert_ne!(
             signer.token(&id, &id.user, "a.example.com").unwrap(),
             signer.token(&id, &id.user, "b.example.com").unwrap()
+        );
+    }
+
+    #[test]
+    fn generated_keys_load_and_their_public_half_is_published() {
+        let dir = tempfile::tempdir().unwrap();
+        let old = dir.path().join("old.pub.pem");
+        let old_private = generate_key_pem();
+        assert!(old_private.starts_with("-----BEGIN PRIVATE KEY-----"));
+        std::fs::write(&old, public_key_pem(&old_private).unwrap()).unwrap();
+        let new = dir.path().join("new.pem");
+        std::fs::write(&new, generate_key_pem()).unwrap();
+        let signer = Signer::load(
+            Some(&new),
+            &[old],
+            "https://x",
+            Duration::from_secs(60),
+            Arc::new(ManualClock::new()),
+        )
+        .unwrap();
+        let jwks: serde_json::Value = serde_json::from_str(&signer.jwks()).unwrap();
+        assert_eq!(
+            jwks["keys"].as_array().unwrap().len(),
+            2,
+            "both keys during a roll"
         );
     }
 

@@ -99,7 +99,12 @@ impl ServiceAccountAuthenticator {
     }
 
     /// Reviews a token, from the cache when possible. The cache key is the token's SHA-256.
+    /// Tokens the bound-token policy refuses are rejected before any review: they cost the
+    /// API server nothing.
     pub async fn authenticate(&self, token: &str) -> Result<Review, KubeError> {
+        if let Err(why) = bound_token_policy(token, &self.config, self.clock.unix_now()) {
+            return Ok(Review::Rejected(why.into()));
+        }
         let key: [u8; 32] = Sha256::digest(token.as_bytes()).into();
         self.cache
             .get_or_review(&key, || self.review_uncached(token))
@@ -123,6 +128,67 @@ impl ServiceAccountAuthenticator {
             ),
         })
     }
+}
+
+/// The issuer of legacy, secret-based service-account tokens (they never expire).
+const LEGACY_ISSUER: &str = "kubernetes/serviceaccount";
+
+/// What a stolen service-account token may be worth: only a bound, expiring token, not living
+/// longer than `max_lifetime`, for one of our audiences. Read from the token's claims without
+/// verifying them; the TokenReview that follows verifies the token itself.
+pub fn bound_token_policy(token: &str, config: &TokenReviewConfig, now: u64) -> Result<(), String> {
+    let claims = unverified_claims(token);
+    if config.require_bound {
+        let Some(claims) = &claims else {
+            return Err("not a bound service-account token (not a JWT)".into());
+        };
+        if claims.get("iss").and_then(|v| v.as_str()) == Some(LEGACY_ISSUER) {
+            return Err(
+                "legacy secret-based service-account tokens are refused: use a projected token"
+                    .into(),
+            );
+        }
+        if claims.get("exp").and_then(|v| v.as_u64()).is_none() {
+            return Err("service-account tokens without an expiry are refused".into());
+        }
+    }
+    if let Some(max) = config.max_lifetime
+        && let Some(claims) = &claims
+        && let (Some(iat), Some(exp)) = (
+            claims.get("iat").and_then(|v| v.as_u64()),
+            claims.get("exp").and_then(|v| v.as_u64()),
+        )
+        && exp.saturating_sub(iat) > max.as_secs()
+    {
+        return Err(format!(
+            "service-account token lives longer than the allowed {}",
+            humantime::format_duration(max)
+        ));
+    }
+    if !config.audiences.is_empty()
+        && let Some(claims) = &claims
+    {
+        let auds: Vec<&str> = match claims.get("aud") {
+            Some(serde_json::Value::String(a)) => vec![a.as_str()],
+            Some(serde_json::Value::Array(a)) => a.iter().filter_map(|v| v.as_str()).collect(),
+            _ => Vec::new(),
+        };
+        if !auds.iter().any(|a| config.audiences.iter().any(|c| c == a)) {
+            return Err(format!(
+                "service-account token is not for this gateway's audiences ({})",
+                config.audiences.join(", ")
+            ));
+        }
+    }
+    if let Some(exp) = claims
+        .as_ref()
+        .and_then(|c| c.get("exp"))
+        .and_then(|v| v.as_u64())
+        && exp <= now
+    {
+        return Err("service-account token has expired".into());
+    }
+    Ok(())
 }
 
 fn status_to_identity(status: TokenReviewStatus) -> Result<Identity, String> {

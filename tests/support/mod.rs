@@ -38,12 +38,14 @@ pub fn sa_token(token: &str, namespace: &str, name: &str, audiences: &[&str]) ->
 }
 
 /// A config for authgate against the given kube API, listening on loopback ports chosen by the
-/// OS, with `extra` YAML appended (top-level keys).
+/// OS, with `extra` YAML appended (top-level keys). The fixtures' tokens are short opaque
+/// strings, so the bound-token policy is off here; `tests/bound_tokens.rs` tests it with
+/// realistic projected tokens.
 pub fn config_yaml(kubeconfig: &Path, extra: &str) -> String {
     format!(
         "listen: {{grpc: 127.0.0.1:0, http: 127.0.0.1:0, shutdown_grace: 2s}}\n\
          public_url: https://kubeflow.example.com\n\
-         kubernetes:\n  kubeconfig: {}\n  timeout: 1s\n  token_review: {{audiences: [{KFP_AUDIENCE}]}}\n\
+         kubernetes:\n  kubeconfig: {}\n  timeout: 1s\n  token_review: {{audiences: [{KFP_AUDIENCE}], require_bound: false}}\n\
          skip_auth: [/dex/, /public/]\n{extra}",
         kubeconfig.display()
     )
@@ -252,7 +254,7 @@ pub fn login_config_yaml(
          public_url: {public_url}\n\
          oidc:\n  issuer: {issuer}\n  client_id: {CLIENT_ID}\n  client_secret: {CLIENT_SECRET}\n\
          \x20 scopes: [openid, email, profile, groups, offline_access]\n\
-         kubernetes:\n  kubeconfig: {}\n  timeout: 1s\n  token_review: {{audiences: [{KFP_AUDIENCE}]}}\n\
+         kubernetes:\n  kubeconfig: {}\n  timeout: 1s\n  token_review: {{audiences: [{KFP_AUDIENCE}], require_bound: false}}\n\
          skip_auth: [/public/]\n{session}{extra}",
         kubeconfig.display()
     )
