@@ -44,6 +44,9 @@ pub struct Config {
     pub api_routes: Vec<String>,
     /// Who may pass once authenticated.
     pub authorization: AuthorizationConfig,
+    /// Notes from loading (e.g. which oidc-authservice variables were mapped); not a setting.
+    #[serde(skip)]
+    pub notes: Vec<String>,
 }
 
 /// Where the two servers listen.
@@ -152,6 +155,11 @@ pub struct OidcConfig {
     pub audiences: Vec<String>,
     /// More issuers whose JWTs are accepted as bearer tokens (same audiences).
     pub extra_issuers: Vec<String>,
+    /// The authorization endpoint browsers are sent to, when it differs from discovery's: an
+    /// issuer reached in-cluster (`http://dex.auth.svc.cluster.local:5556/dex`) advertises a URL
+    /// browsers cannot open; set the public one here (e.g. `https://kubeflow.example.com/dex/auth`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub authorization_endpoint: Option<Url>,
     /// Where the provider sends the browser after logout (must be registered there);
     /// default: the public URL.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -183,6 +191,7 @@ impl Default for OidcConfig {
             audiences: Vec::new(),
             extra_issuers: Vec::new(),
             post_logout_redirect_uri: None,
+            authorization_endpoint: None,
             refresh: true,
             login_timeout: Duration::from_secs(600),
             timeout: Duration::from_secs(5),
@@ -515,6 +524,7 @@ impl Default for Config {
                 .map(String::from)
                 .to_vec(),
             authorization: AuthorizationConfig::default(),
+            notes: Vec::new(),
         }
     }
 }
@@ -530,7 +540,21 @@ impl Config {
         file: Option<&Path>,
         env: impl IntoIterator<Item = (String, String)>,
     ) -> Result<Config, ConfigError> {
+        let env: Vec<(String, String)> = env.into_iter().collect();
         let mut figment = Figment::new();
+        let mut notes = Vec::new();
+        if file.is_none()
+            && let Some(migration) = crate::migration::from_authservice_env(&env)
+        {
+            notes.push(
+                "no config file: settings mapped from oidc-authservice's environment variables"
+                    .to_string(),
+            );
+            for (key, value) in migration.overrides {
+                figment = figment.merge((key, value));
+            }
+            notes.extend(migration.notes);
+        }
         if let Some(file) = file {
             if !file.exists() {
                 return Err(ConfigError::Parse(format!(
@@ -543,7 +567,7 @@ impl Config {
         for (key, value) in env_overrides(env) {
             figment = figment.merge((key, value));
         }
-        let config: Config = figment.extract().map_err(|e| {
+        let mut config: Config = figment.extract().map_err(|e| {
             ConfigError::Parse(
                 e.into_iter()
                     .map(|e| e.to_string())
@@ -552,6 +576,7 @@ impl Config {
             )
         })?;
         config.validate().map_err(ConfigError::Invalid)?;
+        config.notes = notes;
         Ok(config)
     }
 

@@ -177,12 +177,17 @@ fn main() -> ExitCode {
     }
 }
 
-/// Loads the config, printing every problem and returning exit code 64 on failure.
+/// Loads the config, printing every problem and returning exit code 64 on failure. Notes (such
+/// as mapped oidc-authservice variables) go to stderr.
 fn load(file: Option<&Path>) -> Result<Config, ExitCode> {
-    Config::load(file).map_err(|e| {
+    let config = Config::load(file).map_err(|e| {
         eprintln!("authgate: {e}");
         ExitCode::from(EXIT_CONFIG as u8)
-    })
+    })?;
+    for note in &config.notes {
+        eprintln!("authgate: note: {note}");
+    }
+    Ok(config)
 }
 
 async fn serve(config: Config) -> anyhow::Result<()> {

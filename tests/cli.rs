@@ -234,3 +234,43 @@ fn http_get(url: &str) -> std::io::Result<String> {
     stream.read_to_string(&mut out)?;
     Ok(out)
 }
+
+#[test]
+fn oidc_authservice_variables_work_without_a_config_file() {
+    let out = authgate()
+        .arg("check-config")
+        .env(
+            "OIDC_PROVIDER",
+            "http://dex.auth.svc.cluster.local:5556/dex",
+        )
+        .env("OIDC_AUTH_URL", "/dex/auth")
+        .env(
+            "REDIRECT_URL",
+            "https://kubeflow.example.com/authservice/oidc/callback",
+        )
+        .env("CLIENT_ID", "kubeflow-oidc-authservice")
+        .env("CLIENT_SECRET", "s3cr3t-value")
+        .env("USERID_HEADER", "kubeflow-userid")
+        .env("SKIP_AUTH_URLS", "/dex/")
+        .env("AUTHSERVICE_URL_PREFIX", "/authservice/")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let printed = String::from_utf8(out.stdout).unwrap();
+    let notes = String::from_utf8(out.stderr).unwrap();
+    assert!(
+        printed.contains("issuer: http://dex.auth.svc.cluster.local:5556/dex"),
+        "{printed}"
+    );
+    assert!(
+        printed.contains("authorization_endpoint: https://kubeflow.example.com/dex/auth"),
+        "{printed}"
+    );
+    assert!(
+        !printed.contains("s3cr3t-value"),
+        "the secret is redacted: {printed}"
+    );
+    assert!(notes.contains("CLIENT_ID → oidc.client_id"), "{notes}");
+    assert!(notes.contains("AUTHSERVICE_URL_PREFIX ignored"), "{notes}");
+    assert!(notes.contains("/authgate/callback"), "{notes}");
+}

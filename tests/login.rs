@@ -574,3 +574,37 @@ async fn claims_missing_from_the_id_token_come_from_userinfo() {
         Some("kubeflow-users,team-a")
     );
 }
+
+#[tokio::test]
+async fn an_authorization_endpoint_override_sends_browsers_to_the_public_url() {
+    // An issuer reached in-cluster advertises an address browsers cannot open (Kubeflow's
+    // http://dex.auth.svc.cluster.local:5556/dex); the override names the public one.
+    let stack = LoginStack::start(ExtAuthz::Grpc, "").await;
+    let public_auth = stack.provider.issuer().replace("127.0.0.1", "localhost") + "/auth";
+    let yaml = login_config_yaml(
+        stack.kube.kubeconfig_path(),
+        &stack.public_url,
+        stack.provider.issuer(),
+        free_port(),
+        "",
+    )
+    .replace(
+        "  scopes:",
+        &format!("  authorization_endpoint: {public_auth}\n  scopes:"),
+    );
+    let authgate = Authgate::start(&yaml).await;
+    let response = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap()
+        .get(format!("{}/authgate/login?rd=/x", authgate.http_url()))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 302);
+    let location = response.headers()[LOCATION].to_str().unwrap();
+    assert!(
+        location.starts_with(&format!("{public_auth}?")),
+        "{location}"
+    );
+}

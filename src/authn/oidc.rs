@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use jsonwebtoken::jwk::JwkSet;
 use openidconnect::core::CoreClient;
 use openidconnect::{
-    ClientId, ClientSecret, EndpointMaybeSet, EndpointNotSet, EndpointSet, IssuerUrl,
+    AuthUrl, ClientId, ClientSecret, EndpointMaybeSet, EndpointNotSet, EndpointSet, IssuerUrl,
     ProviderMetadataWithLogout, RedirectUrl,
 };
 use tokio::sync::{Mutex, RwLock};
@@ -170,12 +170,15 @@ impl Provider {
         let jwks_uri = metadata.jwks_uri().url().clone();
         let jwks: JwkSet = serde_json::from_slice(&self.get_bytes(jwks_uri.as_str(), None).await?)
             .map_err(|e| ProviderError(format!("JWKS: {e}")))?;
-        let client = CoreClient::from_provider_metadata(
+        let mut client = CoreClient::from_provider_metadata(
             metadata,
             ClientId::new(self.config.client_id.clone()),
             self.client_secret.clone().map(ClientSecret::new),
         )
         .set_redirect_uri(self.redirect_uri.clone());
+        if let Some(endpoint) = &self.config.authorization_endpoint {
+            client = client.set_auth_uri(AuthUrl::from_url(endpoint.clone()));
+        }
         Ok(Discovered {
             client,
             end_session_endpoint,
