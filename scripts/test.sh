@@ -18,4 +18,13 @@ bash scripts/validate-manifests.sh
 # Integration tests start real Envoys, OIDC providers, Redis servers, Kubernetes API test
 # servers and upstreams on loopback; two at a time fits the 2-core CI machine.
 export RUST_BACKTRACE="${RUST_BACKTRACE:-1}"
-cargo test --locked --all-targets -- --test-threads="${TEST_THREADS:-2}" "$@"
+mkdir -p target
+log=target/test-output.log
+set +e
+cargo test --locked --lib --tests -- --test-threads="${TEST_THREADS:-2}" "$@" 2>&1 | tee "$log"
+status=${PIPESTATUS[0]}
+set -e
+# One closing line for the whole suite (each test binary prints its own `test result:`).
+awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($(i+1) ~ /^passed/) p += $i; if ($(i+1) ~ /^failed/) f += $i } }
+     END { printf "authgate tests: %d passed, %d failed\n", p, f }' "$log" | tee target/test-summary.txt
+exit "$status"
