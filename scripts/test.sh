@@ -26,5 +26,5 @@ status=${PIPESTATUS[0]}
 set -e
 # One closing line for the whole suite (each test binary prints its own `test result:`).
 awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($(i+1) ~ /^passed/) p += $i; if ($(i+1) ~ /^failed/) f += $i } }
-     END { printf "authgate tests: %d passed, %d failed\n", p, f }' "$log" | tee target/test-summary.txt
+     END { printf "tests: %d passed, %d failed\n", p, f }' "$log" | tee target/test-summary.txt
 exit "$status"

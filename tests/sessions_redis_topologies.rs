@@ -65,8 +65,27 @@ async fn sentinel_store_meets_the_contract() {
     );
 }
 
+/// How the master fails.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Failure {
+    /// The process dies: connections are refused at once.
+    Killed,
+    /// The process hangs (SIGSTOP): connections are accepted and never answered, so only
+    /// timeouts tell; it comes back later and must not be used again.
+    Hung,
+}
+
 #[tokio::test]
-async fn sentinel_failover_keeps_sessions_and_the_store_follows_the_new_master() {
+async fn sentinel_failover_after_the_master_dies_keeps_sessions_and_the_store_follows() {
+    failover(Failure::Killed).await;
+}
+
+#[tokio::test]
+async fn sentinel_failover_after_the_master_hangs_keeps_sessions_and_the_store_follows() {
+    failover(Failure::Hung).await;
+}
+
+async fn failover(failure: Failure) {
     let mut topology = RedisSentinel::start_with(SentinelOptions {
         replica: true,
         sentinels: 3,
@@ -84,8 +103,11 @@ async fn sentinel_failover_keeps_sessions_and_the_store_follows_the_new_master()
     let old_master = topology.master.port;
     let replica = topology.replica.as_ref().unwrap().port;
 
-    topology.master.kill();
-    let killed = Instant::now();
+    match failure {
+        Failure::Killed => topology.master.kill(),
+        Failure::Hung => topology.master.pause(),
+    }
+    let failed = Instant::now();
     // Until a sentinel has promoted the replica the store answers with errors, never with
     // "no session" (which would log the user out); then it finds the new master by itself.
     let mut errors = 0;
@@ -99,17 +121,17 @@ async fn sentinel_failover_keeps_sessions_and_the_store_follows_the_new_master()
             Err(_) => errors += 1,
         }
         assert!(
-            killed.elapsed() < Duration::from_secs(20),
+            failed.elapsed() < Duration::from_secs(20),
             "the store did not reach the new master within 20s\n{}",
             topology.logs()
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
     assert_eq!(found, before, "the session survived the failover");
-    assert!(errors > 0, "the old master's death was noticed");
+    assert!(errors > 0, "the old master's failure was noticed");
     eprintln!(
-        "failover: store on the new master {:?} after the kill ({errors} failed reads)",
-        killed.elapsed()
+        "failover ({failure:?}): store on the new master {:?} after the failure ({errors} failed reads)",
+        failed.elapsed()
     );
     let new_master = topology.master_port().await;
     assert_eq!(
@@ -118,6 +140,24 @@ async fn sentinel_failover_keeps_sessions_and_the_store_follows_the_new_master()
         "the sentinels promoted the replica"
     );
     assert_ne!(new_master, Some(old_master));
+
+    if failure == Failure::Hung {
+        // The old master wakes up believing it is still the master, until the sentinels turn
+        // it into a replica (several seconds later). The store must not go back to it.
+        topology.master.resume();
+        let mut awake = false;
+        for _ in 0..100 {
+            if command::<String>(old_master, &::redis::cmd("PING"))
+                .await
+                .is_ok()
+            {
+                awake = true;
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        assert!(awake, "the old master answers again\n{}", topology.logs());
+    }
 
     // Writes go to the new master: updates, new sessions, revocation, logins.
     let mut touched = before.clone();
@@ -133,7 +173,19 @@ async fn sentinel_failover_keeps_sessions_and_the_store_follows_the_new_master()
         )
         .await
         .unwrap();
-    assert!(exists(replica, &format!("authgate:s:{}", after.as_str())).await);
+    let after_key = format!("authgate:s:{}", after.as_str());
+    assert!(exists(replica, &after_key).await);
+    if failure == Failure::Hung {
+        // Read before the role: a master now was a master when the key was looked for.
+        let on_old = exists(old_master, &after_key).await;
+        let role: Vec<::redis::Value> = command(old_master, &::redis::cmd("ROLE")).await.unwrap();
+        let still_master = role.first() == Some(&::redis::Value::BulkString(b"master".to_vec()));
+        if still_master {
+            assert!(!on_old, "a write went to the old master after the failover");
+        } else {
+            eprintln!("the old master was already a replica: no split-brain window to check");
+        }
+    }
     assert_eq!(store.delete_user("alice@example.com").await.unwrap(), 1);
     assert_eq!(store.get(&key).await.unwrap(), None);
     let state = Key::of("state-after-failover");
@@ -145,6 +197,9 @@ async fn sentinel_failover_keeps_sessions_and_the_store_follows_the_new_master()
         store.take_login(&state).await.unwrap(),
         Some(contract::login())
     );
+    let lock = Key::of("lock-after-failover");
+    assert!(store.try_lock(&lock, TTL).await.unwrap());
+    assert!(!store.try_lock(&lock, TTL).await.unwrap());
     assert_eq!(store.count().await.unwrap(), 1);
 }
 
@@ -202,6 +257,11 @@ async fn contract_per_key(store: &dyn SessionStore) {
     assert!(store.delete(&a1).await.unwrap());
     assert!(!store.delete(&a1).await.unwrap());
 
+    // locks: one holder at a time
+    let lock = Key::of("lock");
+    assert!(store.try_lock(&lock, TTL).await.unwrap());
+    assert!(!store.try_lock(&lock, TTL).await.unwrap());
+
     let state = Key::of("state");
     store
         .put_login(&state, &contract::login(), TTL)
@@ -222,8 +282,14 @@ async fn cluster_store_meets_the_per_key_contract_across_masters() {
         .unwrap();
     contract_per_key(&store).await;
     for node in &cluster.nodes {
+        let left: Vec<String> = cluster
+            .keys_on(node.port)
+            .await
+            .into_iter()
+            .filter(|k| !k.starts_with("authgate:lock:"))
+            .collect();
         assert_eq!(
-            cluster.keys_on(node.port).await,
+            left,
             Vec::<String>::new(),
             "everything the contract made is gone"
         );
@@ -249,7 +315,8 @@ async fn cluster_store_meets_the_per_key_contract_across_masters() {
     let mut holders = BTreeSet::new();
     let mut total = 0;
     for node in &cluster.nodes {
-        let keys = cluster.keys_on(node.port).await;
+        let mut keys = cluster.keys_on(node.port).await;
+        keys.retain(|k| !k.starts_with("authgate:lock:"));
         if keys.iter().any(|k| k.starts_with("authgate:s:")) {
             holders.insert(node.port);
         }
