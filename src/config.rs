@@ -44,6 +44,8 @@ pub struct Config {
     pub api_routes: Vec<String>,
     /// Who may pass once authenticated.
     pub authorization: AuthorizationConfig,
+    /// Request rate limits; absent: none.
+    pub rate_limit: crate::ratelimit::RateLimitConfig,
     /// Notes from loading (e.g. which oidc-authservice variables were mapped); not a setting.
     #[serde(skip)]
     pub notes: Vec<String>,
@@ -239,7 +241,8 @@ pub struct SessionConfig {
     /// File holding the Redis password.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub redis_password_file: Option<PathBuf>,
-    /// Redis Cluster: the seed nodes (instead of `redis_url`).
+    /// Redis Cluster: seed node URLs, `redis://host:port` (`rediss://` for TLS), instead of
+    /// `redis_url`.
     pub redis_cluster_nodes: Vec<String>,
     /// Redis Sentinel: the sentinels and the master name.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -524,6 +527,7 @@ impl Default for Config {
                 .map(String::from)
                 .to_vec(),
             authorization: AuthorizationConfig::default(),
+            rate_limit: crate::ratelimit::RateLimitConfig::default(),
             notes: Vec::new(),
         }
     }
@@ -820,6 +824,17 @@ impl Config {
             }
         }
 
+        for (key, rate) in [
+            ("rate_limit.per_identity", self.rate_limit.per_identity),
+            ("rate_limit.per_client_ip", self.rate_limit.per_client_ip),
+        ] {
+            if rate.is_some_and(|r| !r.is_valid()) {
+                problems.push(Problem {
+                    key: key.into(),
+                    message: "rps and burst must be at least 1".into(),
+                });
+            }
+        }
         problems.extend(rule_problems);
         if problems.is_empty() {
             Ok(())

@@ -114,6 +114,8 @@ pub struct Gate {
     pub oidc_bearer: Option<OidcBearer>,
     /// The gateway's origin: redirect targets must stay on it.
     pub public_origin: url::Url,
+    /// Per-identity and per-address request limits.
+    pub rate_limits: crate::ratelimit::RateLimits,
 }
 
 impl Gate {
@@ -140,8 +142,22 @@ impl Gate {
 
         let identity = match self.authenticate(req).await {
             Ok(identity) => identity,
-            Err(deny) => return deny,
+            Err(deny) => {
+                // Requests that did not authenticate count against their address, so guessing
+                // tokens or hammering the login is slow too.
+                if let Err(wait) = self.rate_limits.client_ip(req.client_ip) {
+                    return too_many(wait, "rate_limited_client");
+                }
+                return deny;
+            }
         };
+        if let Err(wait) = self.rate_limits.identity(&identity.user) {
+            let mut d = too_many(wait, "rate_limited_identity");
+            if let Decision::Deny(deny) = &mut d {
+                deny.identity = Some(identity);
+            }
+            return d;
+        }
 
         if let Some(deny) = self.check_groups(req, &identity) {
             return deny;
@@ -591,6 +607,21 @@ fn unauthenticated(message: &str, token_was_bad: bool, reason: &'static str) -> 
         };
         deny.headers
             .push(("www-authenticate".into(), challenge.into()));
+    }
+    decision
+}
+
+fn too_many(wait: std::time::Duration, reason: &'static str) -> Decision {
+    let seconds = wait.as_secs_f64().ceil().max(1.0) as u64;
+    let mut decision = json_response(
+        429,
+        "too_many_requests",
+        &format!("rate limit exceeded; retry in {seconds}s"),
+        reason,
+    );
+    if let Decision::Deny(deny) = &mut decision {
+        deny.headers
+            .push(("retry-after".into(), seconds.to_string()));
     }
     decision
 }

@@ -14,6 +14,7 @@ pub mod identity;
 pub mod k8s;
 pub mod migration;
 pub mod path;
+pub mod ratelimit;
 pub mod redirect;
 pub mod request;
 pub mod signing;
@@ -203,6 +204,7 @@ impl App {
             login,
             oidc_bearer,
             public_origin,
+            rate_limits: ratelimit::RateLimits::new(&config.rate_limit),
         };
         Ok(App {
             checker: Arc::new(Checker::new(Arc::new(gate))),

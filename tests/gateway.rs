@@ -369,3 +369,58 @@ async fn user_prefix_is_applied_to_the_header_and_the_signed_subject() {
         "k8s:system:serviceaccount:team-a:default-editor"
     );
 }
+
+#[tokio::test]
+async fn one_tenant_flooding_does_not_starve_another() {
+    let mut fixture = fixture();
+    fixture.tokens.push(sa_token(
+        "sa-token-other-tenant",
+        "team-b",
+        "runner",
+        &[KFP_AUDIENCE],
+    ));
+    for mode in MODES {
+        let stack = Stack::start(
+            mode,
+            fixture.clone(),
+            "rate_limit: {per_identity: {rps: 1, burst: 5}, per_client_ip: {rps: 1, burst: 3}}\n",
+        )
+        .await;
+        let mut limited = 0;
+        for _ in 0..20 {
+            let r = stack.get("/api/x", &[&bearer(TOKEN)]).await;
+            match r.status {
+                200 => {}
+                429 => {
+                    limited += 1;
+                    let retry: u64 = r.header("retry-after").unwrap().parse().unwrap();
+                    assert!((1..=2).contains(&retry), "{r:?}");
+                    assert_eq!(r.json()["error"], "too_many_requests");
+                }
+                other => panic!("{mode:?}: unexpected {other}"),
+            }
+        }
+        assert!(
+            limited >= 14,
+            "{mode:?}: the flood was limited ({limited} of 20)"
+        );
+        // The other tenant is not affected.
+        for _ in 0..5 {
+            let r = stack
+                .get("/api/x", &[&bearer("sa-token-other-tenant")])
+                .await;
+            assert_eq!(r.status, 200, "{mode:?}: the second tenant still passes");
+        }
+        // Unauthenticated requests are limited per address.
+        let statuses: Vec<u16> =
+            futures::future::join_all((0..8).map(|_| stack.get("/api/x", &[])))
+                .await
+                .iter()
+                .map(|r| r.status)
+                .collect();
+        assert!(
+            statuses.contains(&401) && statuses.contains(&429),
+            "{mode:?}: {statuses:?}"
+        );
+    }
+}

@@ -140,14 +140,20 @@ impl RedisStore {
                 Connection::Single(c) => cmd.query_async(&mut c.clone()).await,
                 Connection::Cluster(c) => cmd.query_async(&mut c.clone()).await,
                 Connection::Sentinel(sentinel) => {
-                    let mut slot = sentinel.master.lock().await;
-                    if slot.is_none() {
-                        *slot = Some(sentinel.client.lock().await.get_async_connection().await?);
-                    }
-                    let result = cmd.query_async(slot.as_mut().expect("set above")).await;
+                    // Clone the multiplexed connection out of the lock: commands run in
+                    // parallel; the lock only guards finding the master.
+                    let mut connection = {
+                        let mut slot = sentinel.master.lock().await;
+                        if slot.is_none() {
+                            *slot =
+                                Some(sentinel.client.lock().await.get_async_connection().await?);
+                        }
+                        slot.clone().expect("set above")
+                    };
+                    let result = cmd.query_async(&mut connection).await;
                     if result.is_err() {
                         // The master may have moved: ask the sentinels again next time.
-                        *slot = None;
+                        *sentinel.master.lock().await = None;
                     }
                     result
                 }

@@ -1,0 +1,131 @@
+//! Rate limits: one tenant's flood must not starve the others. A token bucket per identity
+//! (user or service account) for authenticated requests, and one per client address for
+//! requests that did not authenticate (no credential, bad credential), so guessing tokens is
+//! slow too. Excess gets 429 with `Retry-After`.
+
+use std::hash::Hash;
+use std::net::IpAddr;
+use std::num::NonZeroU32;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use governor::clock::{Clock, DefaultClock};
+use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
+use serde::{Deserialize, Serialize};
+
+/// One bucket's settings.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Rate {
+    /// Sustained requests per second.
+    pub rps: u32,
+    /// Requests allowed in a burst.
+    pub burst: u32,
+}
+
+/// `rate_limit:` in the config; each part absent means no limit of that kind.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RateLimitConfig {
+    /// Per user or service account.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub per_identity: Option<Rate>,
+    /// Per client address, for requests that did not authenticate.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub per_client_ip: Option<Rate>,
+}
+
+impl Rate {
+    fn quota(self) -> Option<Quota> {
+        Some(
+            Quota::per_second(NonZeroU32::new(self.rps)?).allow_burst(NonZeroU32::new(self.burst)?),
+        )
+    }
+
+    /// Whether the numbers make sense.
+    pub fn is_valid(self) -> bool {
+        self.rps > 0 && self.burst > 0
+    }
+}
+
+/// Forget idle buckets every this many checks, so memory follows the active keys.
+const CLEANUP_EVERY: u64 = 10_000;
+
+struct Limiter<K: Hash + Eq + Clone> {
+    limiter: DefaultKeyedRateLimiter<K>,
+    checks: AtomicU64,
+}
+
+impl<K: Hash + Eq + Clone> Limiter<K> {
+    fn new(rate: Rate) -> Option<Self> {
+        Some(Self {
+            limiter: RateLimiter::keyed(rate.quota()?),
+            checks: AtomicU64::new(0),
+        })
+    }
+
+    /// `Err(wait)` when over the limit.
+    fn check(&self, key: &K) -> Result<(), Duration> {
+        if self.checks.fetch_add(1, Ordering::Relaxed) % CLEANUP_EVERY == CLEANUP_EVERY - 1 {
+            self.limiter.retain_recent();
+        }
+        self.limiter
+            .check_key(key)
+            .map_err(|not_until| not_until.wait_time_from(DefaultClock::default().now()))
+    }
+}
+
+/// The limits of one gateway.
+pub struct RateLimits {
+    per_identity: Option<Limiter<String>>,
+    per_client_ip: Option<Limiter<IpAddr>>,
+}
+
+impl RateLimits {
+    /// From the config.
+    pub fn new(config: &RateLimitConfig) -> Self {
+        Self {
+            per_identity: config.per_identity.and_then(Limiter::new),
+            per_client_ip: config.per_client_ip.and_then(Limiter::new),
+        }
+    }
+
+    /// Counts one request of an identity; `Err(retry_after)` when it is over its limit.
+    pub fn identity(&self, user: &str) -> Result<(), Duration> {
+        match &self.per_identity {
+            Some(l) => l.check(&user.to_string()),
+            None => Ok(()),
+        }
+    }
+
+    /// Counts one unauthenticated request from an address.
+    pub fn client_ip(&self, ip: Option<IpAddr>) -> Result<(), Duration> {
+        match (&self.per_client_ip, ip) {
+            (Some(l), Some(ip)) => l.check(&ip),
+            _ => Ok(()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn one_identity_over_its_limit_does_not_affect_another() {
+        let limits = RateLimits::new(&RateLimitConfig {
+            per_identity: Some(Rate { rps: 1, burst: 3 }),
+            per_client_ip: None,
+        });
+        for _ in 0..3 {
+            assert!(limits.identity("a").is_ok());
+        }
+        let wait = limits.identity("a").unwrap_err();
+        assert!(wait > Duration::ZERO && wait <= Duration::from_secs(1));
+        assert!(limits.identity("b").is_ok(), "b has its own bucket");
+        assert!(
+            limits.client_ip(Some([127, 0, 0, 1].into())).is_ok(),
+            "no ip limit set"
+        );
+    }
+}
