@@ -30,6 +30,7 @@ impl<K, V> moka::Expiry<K, Entry<V>> for EntryExpiry {
 
 /// A cache of review answers.
 pub struct ReviewCache<K, V> {
+    name: &'static str,
     cache: moka::future::Cache<K, Entry<V>>,
     clock: SharedClock,
 }
@@ -40,8 +41,9 @@ where
     V: Clone + Send + Sync + 'static,
 {
     /// A cache of at most `capacity` answers.
-    pub fn new(capacity: u64, clock: SharedClock) -> Self {
+    pub fn new(name: &'static str, capacity: u64, clock: SharedClock) -> Self {
         Self {
+            name,
             cache: moka::future::Cache::builder()
                 .max_capacity(capacity)
                 .expire_after(EntryExpiry)
@@ -53,6 +55,24 @@ where
     /// The cached answer for `key`, or the one `review` gives (with how long it stays valid).
     /// Concurrent callers for one key share one review.
     pub async fn get_or_review<E, Fut>(&self, key: &K, review: impl Fn() -> Fut) -> Result<V, E>
+    where
+        E: Clone + Send + Sync + 'static,
+        Fut: Future<Output = Result<(V, SystemTime), E>>,
+    {
+        let reviewed = std::sync::atomic::AtomicBool::new(false);
+        let result = self.lookup(key, || {
+            reviewed.store(true, std::sync::atomic::Ordering::Relaxed);
+            review()
+        });
+        let result = result.await;
+        crate::metrics::global().cache_lookup(
+            self.name,
+            !reviewed.load(std::sync::atomic::Ordering::Relaxed),
+        );
+        result
+    }
+
+    async fn lookup<E, Fut>(&self, key: &K, review: impl Fn() -> Fut) -> Result<V, E>
     where
         E: Clone + Send + Sync + 'static,
         Fut: Future<Output = Result<(V, SystemTime), E>>,

@@ -27,6 +27,11 @@ impl Checker {
     pub async fn check(&self, req: &Request, transport: &'static str) -> Decision {
         let started = Instant::now();
         let decision = self.gate.decide(req).await;
+        let metrics = crate::metrics::global();
+        metrics
+            .check_duration
+            .get_or_create(&crate::metrics::TransportLabels { transport })
+            .observe(started.elapsed().as_secs_f64());
         let user = decision.identity().map(|i| i.user.as_str()).unwrap_or("-");
         let method = decision
             .identity()
@@ -36,6 +41,14 @@ impl Checker {
             Decision::Allow(_) => "allow",
             Decision::Deny(_) => "deny",
         };
+        metrics
+            .decisions
+            .get_or_create(&crate::metrics::DecisionLabels {
+                transport,
+                outcome,
+                reason: decision.reason(),
+            })
+            .inc();
         tracing::info!(
             target: "authgate::decision",
             transport,

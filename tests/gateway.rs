@@ -424,3 +424,47 @@ async fn one_tenant_flooding_does_not_starve_another() {
         );
     }
 }
+
+#[tokio::test]
+async fn metrics_count_decisions_cache_hits_and_dependency_calls() {
+    let stack = Stack::start(ExtAuthz::Grpc, fixture(), "").await;
+    for _ in 0..3 {
+        assert_eq!(stack.get("/api/x", &[&bearer(TOKEN)]).await.status, 200);
+    }
+    assert_eq!(stack.get("/api/x", &[]).await.status, 401);
+    let text = reqwest::get(format!("{}/metrics", stack.authgate.http_url()))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let value = |needle: &str| -> f64 {
+        text.lines()
+            .find(|l| l.starts_with(needle))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("{needle} missing from\n{text}"))
+    };
+    // Metrics are process-wide and tests share the process: assert lower bounds.
+    assert!(
+        value(
+            r#"authgate_decisions_total{transport="grpc",outcome="allow",reason="authenticated"}"#
+        ) >= 3.0
+    );
+    assert!(
+        value(
+            r#"authgate_decisions_total{transport="grpc",outcome="deny",reason="no_credential"}"#
+        ) >= 1.0
+    );
+    assert!(
+        value(r#"authgate_review_cache_lookups_total{cache="tokenreview",result="hit"}"#) >= 2.0
+    );
+    assert!(
+        value(r#"authgate_dependency_calls_total{dependency="tokenreview",result="ok"}"#) >= 1.0
+    );
+    assert!(value(r#"authgate_check_duration_seconds_count{transport="grpc"}"#) >= 4.0);
+    assert!(!text.contains(TOKEN), "no secret in metrics");
+    // /metrics is never reachable through a check.
+    let through = stack.get("/metrics", &[]).await;
+    assert_eq!(through.status, 401);
+}

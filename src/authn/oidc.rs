@@ -158,9 +158,12 @@ impl Provider {
 
     async fn discover(&self) -> Result<Discovered, ProviderError> {
         let issuer = IssuerUrl::new(self.config.issuer.clone()).map_err(perr)?;
-        let metadata = ProviderMetadataWithLogout::discover_async(issuer, &self.http)
-            .await
-            .map_err(|e| ProviderError(format!("discovery: {e}")))?;
+        let metadata = crate::metrics::timed(
+            "provider",
+            ProviderMetadataWithLogout::discover_async(issuer, &self.http),
+        )
+        .await
+        .map_err(|e| ProviderError(format!("discovery: {e}")))?;
         let end_session_endpoint = metadata
             .additional_metadata()
             .end_session_endpoint
@@ -199,11 +202,11 @@ impl Provider {
         if let Some(token) = bearer {
             request = request.bearer_auth(token);
         }
-        let response = request
-            .send()
-            .await
-            .and_then(|r| r.error_for_status())
-            .map_err(|e| ProviderError(format!("{url}: {e}")))?;
+        let response = crate::metrics::timed("provider", async {
+            request.send().await.and_then(|r| r.error_for_status())
+        })
+        .await
+        .map_err(|e| ProviderError(format!("{url}: {e}")))?;
         let body = response
             .bytes()
             .await

@@ -68,8 +68,11 @@ impl TokenReviewApi for KubeTokenReview {
             },
             ..Default::default()
         };
-        let answer =
-            with_deadline(self.timeout, api.create(&PostParams::default(), &review)).await?;
+        let answer = crate::metrics::timed(
+            "tokenreview",
+            with_deadline(self.timeout, api.create(&PostParams::default(), &review)),
+        )
+        .await?;
         Ok(answer.status.unwrap_or_default())
     }
 }
@@ -89,7 +92,7 @@ impl ServiceAccountAuthenticator {
         config: TokenReviewConfig,
         clock: SharedClock,
     ) -> Self {
-        let cache = ReviewCache::new(config.cache_capacity, clock.clone());
+        let cache = ReviewCache::new("tokenreview", config.cache_capacity, clock.clone());
         Self {
             api,
             config,

@@ -108,8 +108,11 @@ impl AccessReviewApi for KubeAccessReview {
     async fn review(&self, request: &AccessRequest) -> Result<AccessAnswer, KubeError> {
         let api: kube::Api<SubjectAccessReview> = kube::Api::all(self.client.clone());
         let review = request.to_review();
-        let answer =
-            with_deadline(self.timeout, api.create(&PostParams::default(), &review)).await?;
+        let answer = crate::metrics::timed(
+            "subjectaccessreview",
+            with_deadline(self.timeout, api.create(&PostParams::default(), &review)),
+        )
+        .await?;
         let status = answer.status.unwrap_or_default();
         Ok(AccessAnswer {
             // `denied` true is an explicit deny; `allowed` false without it is "no opinion",
@@ -135,7 +138,7 @@ impl AccessReviewer {
         config: SubjectAccessReviewConfig,
         clock: SharedClock,
     ) -> Self {
-        let cache = ReviewCache::new(config.cache_capacity, clock.clone());
+        let cache = ReviewCache::new("subjectaccessreview", config.cache_capacity, clock.clone());
         Self {
             api,
             config,

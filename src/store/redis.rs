@@ -159,10 +159,13 @@ impl RedisStore {
                 }
             }
         };
-        match tokio::time::timeout(COMMAND_TIMEOUT * 2, run).await {
-            Ok(result) => result.map_err(err),
-            Err(_) => Err(err("redis did not answer in time")),
-        }
+        crate::metrics::timed("redis", async {
+            match tokio::time::timeout(COMMAND_TIMEOUT * 2, run).await {
+                Ok(result) => result.map_err(err),
+                Err(_) => Err(err("redis did not answer in time")),
+            }
+        })
+        .await
     }
 
     async fn index_add(&self, kind: &str, name: &str, key: &Key) -> Result<(), StoreError> {

@@ -49,6 +49,7 @@ pub fn router(state: HttpState) -> Router {
     Router::new()
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
         .route("/authgate/jwks.json", get(jwks))
         // authgate's own endpoints called directly (e.g. the provider's back-channel logout, or
         // a deployment that routes /authgate/ to this service): real responses, 200 included.
@@ -65,6 +66,26 @@ async fn readyz(State(state): State<HttpState>) -> Response {
     } else {
         (StatusCode::SERVICE_UNAVAILABLE, "shutting down").into_response()
     }
+}
+
+async fn metrics(State(state): State<HttpState>) -> Response {
+    let metrics = crate::metrics::global();
+    if let Some(sessions) = &state.checker.gate().sessions {
+        // Counting is cheap in memory and a SCAN in Redis: bounded, and skipped on failure.
+        let count =
+            tokio::time::timeout(std::time::Duration::from_secs(1), sessions.store().count()).await;
+        if let Ok(Ok(n)) = count {
+            metrics.sessions.set(n as i64);
+        }
+    }
+    (
+        [(
+            "content-type",
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        metrics.render(),
+    )
+        .into_response()
 }
 
 async fn jwks(State(state): State<HttpState>) -> Response {

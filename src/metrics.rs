@@ -1,0 +1,170 @@
+//! Prometheus metrics (prometheus-client), served at `/metrics` on the HTTP listener. One
+//! process-wide set: every part of authgate records into it without being handed a handle.
+
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+/// Labels of a decision.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct DecisionLabels {
+    /// `grpc`, `http`, `http-direct`.
+    pub transport: &'static str,
+    /// `allow` or `deny`.
+    pub outcome: &'static str,
+    /// Why (`authenticated`, `no_credential`, `rbac_denied`, `rate_limited_identity` …).
+    pub reason: &'static str,
+}
+
+/// Labels of a check duration.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TransportLabels {
+    /// The transport.
+    pub transport: &'static str,
+}
+
+/// Labels of an outgoing call.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct CallLabels {
+    /// `tokenreview`, `subjectaccessreview`, `provider`, `redis`.
+    pub dependency: &'static str,
+    /// `ok` or `error`.
+    pub result: &'static str,
+}
+
+/// Labels of a cache lookup.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct CacheLabels {
+    /// `tokenreview` or `subjectaccessreview`.
+    pub cache: &'static str,
+    /// `hit` or `miss`.
+    pub result: &'static str,
+}
+
+/// Every metric.
+pub struct Metrics {
+    registry: Registry,
+    /// Decisions by transport, outcome and reason.
+    pub decisions: Family<DecisionLabels, Counter>,
+    /// How long a check took, per transport.
+    pub check_duration: Family<TransportLabels, Histogram>,
+    /// Outgoing calls by dependency and result.
+    pub calls: Family<CallLabels, Counter>,
+    /// Outgoing call latency by dependency.
+    pub call_duration: Family<CallLabels, Histogram>,
+    /// Review cache lookups.
+    pub cache: Family<CacheLabels, Counter>,
+    /// Sessions in the store, as of the last scrape.
+    pub sessions: Gauge,
+}
+
+fn latency_histogram() -> Histogram {
+    // 50 µs … ~3 s.
+    Histogram::new(exponential_buckets(0.000_05, 3.0, 11))
+}
+
+/// The process-wide metrics.
+pub fn global() -> &'static Metrics {
+    static METRICS: OnceLock<Metrics> = OnceLock::new();
+    METRICS.get_or_init(|| {
+        let mut registry = Registry::with_prefix("authgate");
+        let decisions = Family::<DecisionLabels, Counter>::default();
+        registry.register(
+            "decisions",
+            "Decisions by transport, outcome and reason",
+            decisions.clone(),
+        );
+        let check_duration = Family::<TransportLabels, Histogram>::new_with_constructor(
+            latency_histogram as fn() -> Histogram,
+        );
+        registry.register(
+            "check_duration_seconds",
+            "Time to decide one check",
+            check_duration.clone(),
+        );
+        let calls = Family::<CallLabels, Counter>::default();
+        registry.register(
+            "dependency_calls",
+            "Calls to the Kubernetes API, the OIDC provider and Redis, by result",
+            calls.clone(),
+        );
+        let call_duration = Family::<CallLabels, Histogram>::new_with_constructor(
+            latency_histogram as fn() -> Histogram,
+        );
+        registry.register(
+            "dependency_call_duration_seconds",
+            "Latency of calls to dependencies",
+            call_duration.clone(),
+        );
+        let cache = Family::<CacheLabels, Counter>::default();
+        registry.register(
+            "review_cache_lookups",
+            "TokenReview and SubjectAccessReview cache lookups",
+            cache.clone(),
+        );
+        let sessions = Gauge::default();
+        registry.register(
+            "sessions",
+            "Browser sessions in the store (at the last scrape)",
+            sessions.clone(),
+        );
+        Metrics {
+            registry,
+            decisions,
+            check_duration,
+            calls,
+            call_duration,
+            cache,
+            sessions,
+        }
+    })
+}
+
+impl Metrics {
+    /// Records one outgoing call.
+    pub fn call(&self, dependency: &'static str, ok: bool, took: Duration) {
+        let labels = CallLabels {
+            dependency,
+            result: if ok { "ok" } else { "error" },
+        };
+        self.calls.get_or_create(&labels).inc();
+        self.call_duration
+            .get_or_create(&labels)
+            .observe(took.as_secs_f64());
+    }
+
+    /// Records a cache lookup.
+    pub fn cache_lookup(&self, cache: &'static str, hit: bool) {
+        self.cache
+            .get_or_create(&CacheLabels {
+                cache,
+                result: if hit { "hit" } else { "miss" },
+            })
+            .inc();
+    }
+
+    /// The text exposition.
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        prometheus_client::encoding::text::encode(&mut out, &self.registry)
+            .expect("writing to a String cannot fail");
+        out
+    }
+}
+
+/// Times a future and records it as a call to `dependency`.
+pub async fn timed<T, E>(
+    dependency: &'static str,
+    call: impl Future<Output = Result<T, E>>,
+) -> Result<T, E> {
+    let started = std::time::Instant::now();
+    let result = call.await;
+    global().call(dependency, result.is_ok(), started.elapsed());
+    result
+}
