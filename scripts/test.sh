@@ -21,7 +21,7 @@ export RUST_BACKTRACE="${RUST_BACKTRACE:-1}"
 mkdir -p target
 log=target/test-output.log
 set +e
-cargo test --locked --lib --tests -- --test-threads="${TEST_THREADS:-2}" "$@" 2>&1 | tee "$log"
+cargo test --locked --no-fail-fast --lib --tests -- --test-threads="${TEST_THREADS:-2}" "$@" 2>&1 | tee "$log"
 status=${PIPESTATUS[0]}
 set -e
 # One closing line for the whole suite (each test binary prints its own `test result:`).

@@ -284,6 +284,8 @@ mod tests {
         let config = TokenReviewConfig {
             cache_ttl: Duration::from_secs(60),
             failure_cache_ttl: Duration::from_secs(10),
+            // These tests are about the cache; the opaque test tokens are not bound tokens.
+            require_bound: false,
             ..Default::default()
         };
         (
@@ -338,6 +340,45 @@ mod tests {
         assert!(auth.authenticate("good").await.is_err());
         assert!(auth.authenticate("good").await.is_err());
         assert_eq!(api.calls.load(Ordering::SeqCst), 2);
+    }
+
+    #[test]
+    fn the_bound_token_policy_refuses_before_any_review() {
+        use base64::Engine;
+        let b64 = |s: &str| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(s);
+        let token = |claims: &str| format!("{}.{}.sig", b64(r#"{"alg":"RS256"}"#), b64(claims));
+        let config = TokenReviewConfig {
+            audiences: vec!["pipelines.kubeflow.org".into()],
+            max_lifetime: Some(Duration::from_secs(86_400)),
+            ..Default::default()
+        };
+        let now = 1_800_000_000;
+        let ok = token(r#"{"aud":["pipelines.kubeflow.org"],"iat":1799999000,"exp":1800003600}"#);
+        assert_eq!(bound_token_policy(&ok, &config, now), Ok(()));
+        for (claims, why) in [
+            (r#"{"iss":"kubernetes/serviceaccount"}"#, "legacy"),
+            (r#"{"aud":["pipelines.kubeflow.org"]}"#, "without an expiry"),
+            (
+                r#"{"aud":["x"],"iat":1799999000,"exp":1800003600}"#,
+                "audiences",
+            ),
+            (
+                r#"{"aud":["pipelines.kubeflow.org"],"iat":1700000000,"exp":1800003600}"#,
+                "longer",
+            ),
+            (
+                r#"{"aud":["pipelines.kubeflow.org"],"iat":1799990000,"exp":1799999999}"#,
+                "expired",
+            ),
+        ] {
+            let err = bound_token_policy(&token(claims), &config, now).unwrap_err();
+            assert!(err.contains(why), "{claims}: {err}");
+        }
+        assert!(
+            bound_token_policy("opaque", &config, now)
+                .unwrap_err()
+                .contains("not a JWT")
+        );
     }
 
     #[test]
