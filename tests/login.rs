@@ -515,11 +515,12 @@ fn tokens_issued(provider: &oidc::OidcProvider) -> usize {
 #[tokio::test]
 async fn expired_id_tokens_are_refreshed_once_and_a_refused_refresh_ends_the_session() {
     let clock = authgate::clock::ManualClock::new();
-    // ID tokens live 1 s; the injected clock is always ahead, so every check finds one due.
+    // ID tokens live 30 s (long enough to verify them on a busy machine); the injected clock is
+    // moved past that, so from then on every check finds one due.
     let mut stack = LoginStack::start_full(
         ExtAuthz::Grpc,
         "",
-        &[("ID_TOKEN_TTL", "1")],
+        &[("ID_TOKEN_TTL", "30")],
         Fixture::default(),
         Arc::new(clock.clone()),
     )
@@ -534,7 +535,7 @@ async fn expired_id_tokens_are_refreshed_once_and_a_refused_refresh_ends_the_ses
     assert_eq!(tokens_issued(&stack.provider), 1);
 
     // Due: ten concurrent requests, one refresh.
-    clock.advance(Duration::from_secs(10));
+    clock.advance(Duration::from_secs(120));
     let urls: Vec<String> = (0..10).map(|i| stack.url(&format!("/r{i}"))).collect();
     let statuses = futures::future::join_all(urls.iter().map(|u| navigate(&browser, u))).await;
     assert!(statuses.iter().all(|r| r.status() == 200));
