@@ -123,9 +123,14 @@ if [[ -d "$SNAPSHOT/crates" ]]; then
   awk -v p="$DB_ROOT" '{print} /^\[advisories\]/{print "db-path = \"" p "\""}' "$ROOT/deny.toml" >"$DENY_CONFIG"
   log "cargo deny (advisories from the offline snapshot, $(grep -c . <(ls "$SNAPSHOT/crates")) crates)"
   cargo deny --offline --config "$DENY_CONFIG" check
-else
-  log "cargo deny (no offline snapshot at $SNAPSHOT: fetching the advisory database)"
+elif cargo deny --config "$DENY_CONFIG" fetch db >/dev/null 2>&1; then
+  log "cargo deny (no offline snapshot at $SNAPSHOT: fetched the advisory database)"
   cargo deny --config "$DENY_CONFIG" check
+else
+  # Neither the snapshot nor the network: check what can be checked, and say loudly what not.
+  log "WARNING: no advisory database (no snapshot at $SNAPSHOT, and it cannot be fetched):"
+  log "WARNING: advisories NOT checked; licences, bans and sources are"
+  cargo deny --offline --config "$DENY_CONFIG" check bans licenses sources
 fi
 
 # ---- helpers: versions from Cargo.lock ------------------------------------------------------
