@@ -858,7 +858,17 @@ impl Config {
 }
 
 fn check_header_name(key: &str, name: &str, bad: &mut impl FnMut(&str, String)) {
-    if name.is_empty() || http::HeaderName::from_bytes(name.as_bytes()).is_err() {
+    let separators = name.bytes().filter(|b| *b == b'-' || *b == b'_').count();
+    if separators > crate::identity::MAX_SEPARATORS {
+        // Every `-`/`_` mix is removed from requests; more separators would be too many names.
+        bad(
+            key,
+            format!(
+                "{name:?} has more than {} '-' or '_'",
+                crate::identity::MAX_SEPARATORS
+            ),
+        );
+    } else if name.is_empty() || http::HeaderName::from_bytes(name.as_bytes()).is_err() {
         bad(key, format!("{name:?} is not a valid HTTP header name"));
     } else if name.starts_with(':') || name.eq_ignore_ascii_case("host") {
         bad(key, format!("{name:?} cannot be an identity header"));

@@ -44,12 +44,14 @@ pub fn same_origin_target(target: &str, public_origin: &Url) -> Option<String> {
         return None;
     }
     let mut out = resolved.path().to_string();
-    if !out.starts_with('/') || out.starts_with("//") {
-        return None;
-    }
     if let Some(query) = resolved.query() {
         out.push('?');
         out.push_str(query);
+    }
+    // Checked again on what will be sent: the parser accepts spellings such as `https:host/…`
+    // whose path the checks above never saw.
+    if !out.starts_with('/') || has_empty_or_dot_segment(&out) {
+        return None;
     }
     Some(out)
 }
@@ -109,6 +111,10 @@ mod tests {
             "/https://evil.com",
             "/a/../b",
             "/?next=//evil.com",
+            "https:kubeflow.example.com/https://evil.com",
+            "https:kubeflow.example.com/?next=//evil.com",
+            "https:/kubeflow.example.com/a//b",
+            "/x?y/..#z",
         ] {
             assert_eq!(same_origin_target(bad, &o), None, "{bad:?}");
         }

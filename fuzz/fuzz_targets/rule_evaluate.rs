@@ -1,0 +1,151 @@
+//! Route rules: the Kubeflow preset (`examples/kubeflow.yaml`, compiled once) and up to eight
+//! fuzzed rules compiled with `RuleSet::compile`, evaluated on arbitrary requests built with
+//! `Request::new` exactly as the transports build them.
+//!
+//! Invariants: evaluation never panics; a `Review` verdict's namespace is a valid RFC 1123 label
+//! or empty; its verb is never empty; evaluation is deterministic and a trailing slash does not
+//! change it.
+#![no_main]
+
+use std::sync::LazyLock;
+
+use authgate::authz::rules::{RuleSet, Verdict, is_namespace_name};
+use authgate::config::{Config, NamespaceSourceConfig, ResourceConfig, RuleConfig};
+use authgate::request::{Headers, Request};
+use libfuzzer_sys::fuzz_target;
+
+static KUBEFLOW: LazyLock<RuleSet> = LazyLock::new(|| {
+    let yaml = include_str!("../../examples/kubeflow.yaml");
+    let config = Config::from_yaml(yaml).expect("examples/kubeflow.yaml is a valid config");
+    RuleSet::compile(&config.authorization.rules).expect("the preset compiles")
+});
+
+/// The text input: `METHOD target` on the first line; then header lines (`name: value`; a
+/// `host` header sets the host) and rule lines compiled into a second rule set:
+/// `rule <path template> [m=GET,POST] [q=key=value] [nsq=param] [nsh=header] [verb=v] [name=v]
+/// [allow]`.
+fn parse(text: &str) -> (Request, Vec<RuleConfig>) {
+    let mut lines = text.split('\n');
+    let first = lines.next().unwrap_or_default();
+    let (method, target) = first.split_once(' ').unwrap_or(("GET", first));
+    let mut headers = Vec::new();
+    let mut rules = Vec::new();
+    let mut host = "kubeflow.example.com".to_string();
+    for line in lines {
+        if let Some(rule) = line.strip_prefix("rule ") {
+            if rules.len() < 8 {
+                rules.push(rule_config(rules.len(), rule));
+            }
+            continue;
+        }
+        let (n, v) = match line.split_once(':') {
+            Some((n, v)) => (n.to_string(), v.trim_start().to_string()),
+            None => (line.to_string(), String::new()),
+        };
+        if n.eq_ignore_ascii_case("host") {
+            host = v.clone();
+        }
+        headers.push((n, v));
+    }
+    let req = Request::new(
+        method,
+        "https",
+        &host,
+        target,
+        Headers::from_pairs(headers),
+        None,
+    );
+    (req, rules)
+}
+
+fn rule_config(i: usize, text: &str) -> RuleConfig {
+    let mut words = text.split(' ');
+    let path = words.next().unwrap_or_default().to_string();
+    let mut rule = RuleConfig {
+        name: format!("fuzz-{i}"),
+        path,
+        ..RuleConfig::default()
+    };
+    let mut resource = ResourceConfig {
+        group: "kubeflow.org".into(),
+        version: "v1".into(),
+        resource: "things".into(),
+        ..ResourceConfig::default()
+    };
+    let mut namespace = NamespaceSourceConfig::default();
+    for word in words {
+        match word.split_once('=') {
+            None if word == "allow" => rule.allow = true,
+            Some(("m", m)) => rule.methods = m.split(',').map(str::to_string).collect(),
+            Some(("q", q)) => {
+                let (k, v) = q.split_once('=').unwrap_or((q, ""));
+                rule.query.insert(k.to_string(), v.to_string());
+            }
+            Some(("nsq", q)) => namespace.query = Some(q.to_string()),
+            Some(("nsh", h)) => namespace.header = Some(h.to_string()),
+            Some(("verb", v)) => resource.verb = v.to_string(),
+            Some(("name", v)) => resource.name = v.to_string(),
+            _ => {}
+        }
+    }
+    if namespace.query.is_some() || namespace.header.is_some() {
+        rule.namespace = Some(namespace);
+    }
+    if !rule.allow {
+        rule.resource = Some(resource);
+    }
+    rule
+}
+
+fn check(rules: &RuleSet, req: &Request, path: &str) {
+    let verdict = rules.evaluate(req, path);
+    if let Verdict::Review(rule, attributes) = &verdict {
+        assert!(
+            attributes.namespace.is_empty() || is_namespace_name(&attributes.namespace),
+            "rule {:?} reviews invalid namespace {:?} for {path:?}",
+            rule.name,
+            attributes.namespace
+        );
+        assert!(
+            !attributes.verb.is_empty(),
+            "rule {:?}: empty verb",
+            rule.name
+        );
+        let _ = attributes.describe();
+    }
+    // Deterministic, and a trailing slash does not change which rule applies.
+    let again = rules.evaluate(req, path);
+    assert_eq!(summary(&verdict), summary(&again));
+    let flipped = match path.strip_suffix('/') {
+        Some(p) if !p.is_empty() => p.to_string(),
+        Some(_) => return,
+        None => format!("{path}/"),
+    };
+    assert_eq!(
+        summary(&verdict),
+        summary(&rules.evaluate(req, &flipped)),
+        "{path:?} vs {flipped:?}"
+    );
+}
+
+fn summary(v: &Verdict<'_>) -> String {
+    match v {
+        Verdict::NoRule => "none".into(),
+        Verdict::Allow(r) => format!("allow {}", r.name),
+        Verdict::Review(r, a) => format!("review {} {a:?}", r.name),
+        Verdict::Refuse(r, why) => format!("refuse {} {why}", r.name),
+    }
+}
+
+fuzz_target!(|data: &[u8]| {
+    let (req, configs) = parse(&String::from_utf8_lossy(data));
+    let _ = req.query_values("namespace");
+    let _ = req.is_browser_navigation(&[]);
+    let Ok(path) = req.path.clone() else {
+        return;
+    };
+    check(&KUBEFLOW, &req, &path);
+    if let Ok(rules) = RuleSet::compile(&configs) {
+        check(&rules, &req, &path);
+    }
+});
