@@ -8,7 +8,7 @@ use std::sync::Arc;
 use serde_json::json;
 
 use crate::authn::bearer::{BearerError, OidcBearer};
-use crate::authn::login::Login;
+use crate::authn::login::{Login, html_escape};
 use crate::authn::service_account::{Review, ServiceAccountAuthenticator};
 use crate::authn::session::{Found, Sessions};
 use crate::authn::{Credential, credential};
@@ -581,14 +581,6 @@ fn forbidden_page(message: &str) -> String {
          <p>Ask an owner of the namespace to share it with you.</p></body></html>",
         html_escape(message)
     )
-}
-
-fn html_escape(text: &str) -> String {
-    text.replace('&', "&amp;")
-        .replace('<', "&lt;")
-        .replace('>', "&gt;")
-        .replace('"', "&quot;")
-        .replace('\'', "&#39;")
 }
 
 /// A JSON error answer.
