@@ -515,12 +515,12 @@ fn tokens_issued(provider: &oidc::OidcProvider) -> usize {
 #[tokio::test]
 async fn expired_id_tokens_are_refreshed_once_and_a_refused_refresh_ends_the_session() {
     let clock = authgate::clock::ManualClock::new();
-    // ID tokens live 30 s (long enough to verify them on a busy machine); the injected clock is
+    // ID tokens live 90 s (more than the 60 s refresh margin); the injected clock is
     // moved past that, so from then on every check finds one due.
     let mut stack = LoginStack::start_full(
         ExtAuthz::Grpc,
         "",
-        &[("ID_TOKEN_TTL", "30")],
+        &[("ID_TOKEN_TTL", "90")],
         Fixture::default(),
         Arc::new(clock.clone()),
     )

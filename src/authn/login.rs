@@ -28,6 +28,9 @@ use crate::store::{Key, PendingLogin, Sealer, Session, StoreError};
 /// because the provider was down, how long until the next try).
 const REFRESH_LOCK: Duration = Duration::from_secs(30);
 
+/// How long before the ID token's expiry a session is refreshed.
+const REFRESH_AHEAD: Duration = Duration::from_secs(60);
+
 /// The spec's event name in a logout token.
 const BACKCHANNEL_EVENT: &str = "http://schemas.openid.net/event/backchannel-logout";
 
@@ -375,9 +378,10 @@ impl Login {
     /// with the session as it is. `None`: the provider refused the refresh, the session ended.
     pub async fn refresh_if_due(&self, found: Found) -> Result<Option<Found>, StoreError> {
         let now = self.clock.unix_now();
+        // Refresh a little before the ID token expires, so groups never lag behind its life.
         if !self.provider.config().refresh
             || found.session.refresh_token.is_none()
-            || now < found.session.id_token_expires_at
+            || now + REFRESH_AHEAD.as_secs() < found.session.id_token_expires_at
         {
             return Ok(Some(found));
         }
