@@ -137,12 +137,21 @@ impl Stack {
 }
 
 /// A port that was free a moment ago (for services whose address must be known in advance).
+/// Chosen below Linux's ephemeral range (32768–60999): a port the kernel hands out for port 0
+/// can be taken by any outgoing connection before the service binds it.
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    use std::sync::atomic::{AtomicU32, Ordering};
+    // Spread the tests of one run over the range, starting at a per-process offset.
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let offset = std::process::id() % 6_000;
+    for _ in 0..12_000 {
+        let step = NEXT.fetch_add(7, Ordering::Relaxed) % 12_000;
+        let port = (20_000 + (offset + step) % 12_000) as u16;
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free port between 20000 and 32000");
 }
 
 /// The client id and secret authgate uses with the test provider.
