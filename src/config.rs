@@ -176,6 +176,9 @@ pub struct OidcConfig {
     /// Deadline for each call to the provider.
     #[serde(with = "humantime_serde")]
     pub timeout: Duration,
+    /// Most provider calls (token exchanges, refreshes, userinfo, discovery) in flight at once;
+    /// more wait for a turn within `timeout`.
+    pub max_concurrent_calls: usize,
 }
 
 impl Default for OidcConfig {
@@ -197,6 +200,7 @@ impl Default for OidcConfig {
             refresh: true,
             login_timeout: Duration::from_secs(600),
             timeout: Duration::from_secs(5),
+            max_concurrent_calls: 16,
         }
     }
 }
@@ -323,6 +327,9 @@ pub struct KubernetesConfig {
     pub token_review: TokenReviewConfig,
     /// Namespace permissions.
     pub subject_access_review: SubjectAccessReviewConfig,
+    /// Most TokenReview and SubjectAccessReview calls in flight at once (shared); more wait
+    /// for a turn within `timeout`, so a burst of cache misses queues here, not on the API server.
+    pub max_concurrent_calls: usize,
 }
 
 impl Default for KubernetesConfig {
@@ -332,6 +339,7 @@ impl Default for KubernetesConfig {
             timeout: Duration::from_secs(2),
             token_review: TokenReviewConfig::default(),
             subject_access_review: SubjectAccessReviewConfig::default(),
+            max_concurrent_calls: 32,
         }
     }
 }
@@ -386,6 +394,10 @@ pub struct TokenReviewConfig {
         skip_serializing_if = "Option::is_none"
     )]
     pub max_lifetime: Option<Duration>,
+    /// Budget of reviews for tokens not in the cache, for the whole replica: a flood of distinct
+    /// made-up tokens gets 429 without a review once it is spent, so authgate cannot be turned
+    /// against the API server. `null` removes the budget.
+    pub review_rate: Option<crate::ratelimit::Rate>,
 }
 
 impl Default for TokenReviewConfig {
@@ -398,6 +410,10 @@ impl Default for TokenReviewConfig {
             cache_ttl: Duration::from_secs(60),
             failure_cache_ttl: Duration::from_secs(10),
             cache_capacity: 100_000,
+            review_rate: Some(crate::ratelimit::Rate {
+                rps: 50,
+                burst: 200,
+            }),
         }
     }
 }
@@ -689,7 +705,21 @@ impl Config {
                 "must be more than 0 and at most 60s".into(),
             );
         }
+        if !(1..=1024).contains(&k8s.max_concurrent_calls) {
+            bad(
+                "kubernetes.max_concurrent_calls",
+                "must be between 1 and 1024".into(),
+            );
+        }
         let tr = &k8s.token_review;
+        if let Some(rate) = tr.review_rate
+            && !rate.is_valid()
+        {
+            bad(
+                "kubernetes.token_review.review_rate",
+                "rps and burst must be more than 0 (null removes the budget)".into(),
+            );
+        }
         if tr.cache_ttl > Duration::from_secs(3600) {
             bad(
                 "kubernetes.token_review.cache_ttl",
@@ -752,6 +782,12 @@ impl Config {
                 bad(
                     "oidc.client_secret_file",
                     format!("{} is not a readable file", file.display()),
+                );
+            }
+            if !(1..=1024).contains(&oidc.max_concurrent_calls) {
+                bad(
+                    "oidc.max_concurrent_calls",
+                    "must be between 1 and 1024".into(),
                 );
             }
             if !oidc.scopes.iter().any(|s| s == "openid") {
@@ -945,6 +981,34 @@ mod tests {
         ] {
             assert!(keys.contains(&key), "{key} missing from {keys:?}");
         }
+    }
+
+    #[test]
+    fn outgoing_call_limits_have_safe_defaults_and_are_checked() {
+        let c = Config::from_yaml("public_url: https://kf.example.com").unwrap();
+        assert_eq!(c.kubernetes.max_concurrent_calls, 32);
+        assert!(c.kubernetes.token_review.review_rate.is_some());
+        let c = Config::from_yaml(
+            "public_url: https://kf.example.com\nkubernetes: {token_review: {review_rate: null}}",
+        )
+        .unwrap();
+        assert_eq!(c.kubernetes.token_review.review_rate, None);
+        let err = Config::from_yaml(
+            "public_url: https://kf.example.com\n\
+             kubernetes: {max_concurrent_calls: 0, token_review: {review_rate: {rps: 0, burst: 1}}}",
+        )
+        .unwrap_err();
+        let ConfigError::Invalid(problems) = err else {
+            panic!("expected validation errors, got {err}")
+        };
+        let keys: Vec<&str> = problems.iter().map(|p| p.key.as_str()).collect();
+        assert_eq!(
+            keys,
+            [
+                "kubernetes.max_concurrent_calls",
+                "kubernetes.token_review.review_rate"
+            ]
+        );
     }
 
     #[test]

@@ -15,6 +15,7 @@ use crate::authn::{Credential, credential};
 use crate::authz::{Authorization, Authorizer};
 use crate::identity::AuthMethod;
 use crate::identity::{HeaderPlan, Identity};
+use crate::k8s::KubeError;
 use crate::path::PathPrefix;
 use crate::redirect;
 use crate::request::Request;
@@ -325,6 +326,10 @@ impl Gate {
                     "invalid bearer token".to_string()
                 };
                 Err(unauthenticated(&message, true, "invalid_token"))
+            }
+            Err(KubeError::Throttled(wait)) => {
+                tracing::debug!("token review budget spent; refused without a review");
+                Err(too_many(wait, "review_budget"))
             }
             Err(e) => {
                 tracing::warn!(error = %e, "token review failed");

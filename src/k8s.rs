@@ -7,8 +7,8 @@ use kube::config::{KubeConfigOptions, Kubeconfig};
 
 use crate::config::KubernetesConfig;
 
-/// A failed call to the Kubernetes API. Every variant is answered with 503: authgate cannot know
-/// the answer, so it must not guess one.
+/// A failed call to the Kubernetes API. Every variant but [`KubeError::Throttled`] is answered
+/// with 503: authgate cannot know the answer, so it must not guess one.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum KubeError {
     /// No answer within `kubernetes.timeout`.
@@ -27,6 +27,10 @@ pub enum KubeError {
     /// Connection, TLS or decoding trouble.
     #[error("cannot reach the Kubernetes API: {0}")]
     Transport(String),
+    /// authgate's own budget of reviews for unknown tokens is spent, so no call was made
+    /// (answered with 429 and `Retry-After`).
+    #[error("the budget of TokenReviews for unknown tokens is spent; retry in {0:?}")]
+    Throttled(Duration),
 }
 
 impl From<kube::Error> for KubeError {
@@ -99,7 +103,15 @@ pub async fn client(config: &KubernetesConfig) -> Result<kube::Client, SetupErro
     // kube retries 429/503/504 with backoff for minutes by default; authgate answers 503 at once
     // instead, and must never multiply its load on a struggling API server.
     kube_config.default_retry = false;
-    kube::Client::try_from(kube_config).map_err(|e| SetupError::Client(e.to_string()))
+    let builder = kube::client::ClientBuilder::try_from(kube_config)
+        .map_err(|e| SetupError::Client(e.to_string()))?;
+    // One limit for every call of this client (TokenReview and SubjectAccessReview share it);
+    // a call waiting for its turn is still under `with_deadline`.
+    Ok(builder
+        .with_layer(&tower::limit::ConcurrencyLimitLayer::new(
+            config.max_concurrent_calls,
+        ))
+        .build())
 }
 
 /// Runs one API call under the deadline.

@@ -75,6 +75,24 @@ impl<K: Hash + Eq + Clone> Limiter<K> {
     }
 }
 
+/// A budget for one kind of outgoing call, shared by the whole replica (not keyed): what is
+/// spent is spent, whoever spent it.
+pub struct CallBudget(governor::DefaultDirectRateLimiter);
+
+impl CallBudget {
+    /// A budget of `rate`; `None` if the numbers are zero.
+    pub fn new(rate: Rate) -> Option<Self> {
+        Some(Self(RateLimiter::direct(rate.quota()?)))
+    }
+
+    /// Spends one call; `Err(wait)` when the budget is empty.
+    pub fn spend(&self) -> Result<(), Duration> {
+        self.0
+            .check()
+            .map_err(|not_until| not_until.wait_time_from(DefaultClock::default().now()))
+    }
+}
+
 /// The limits of one gateway.
 pub struct RateLimits {
     per_identity: Option<Limiter<String>>,
@@ -110,6 +128,19 @@ impl RateLimits {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_call_budget_refuses_once_spent_and_says_how_long_to_wait() {
+        let budget = CallBudget::new(Rate { rps: 1, burst: 2 }).unwrap();
+        assert!(budget.spend().is_ok());
+        assert!(budget.spend().is_ok());
+        let wait = budget.spend().unwrap_err();
+        assert!(
+            wait > Duration::ZERO && wait <= Duration::from_secs(1),
+            "{wait:?}"
+        );
+        assert!(CallBudget::new(Rate { rps: 0, burst: 1 }).is_none());
+    }
 
     #[test]
     fn one_identity_over_its_limit_does_not_affect_another() {

@@ -101,9 +101,9 @@ async fn only_bound_expiring_tokens_for_our_audience_are_reviewed() {
     };
     // The policy as it ships (require_bound) plus a lifetime limit, overriding the harness.
     let kube = KubeApi::start(fixture).await;
-    let yaml = config_yaml(kube.kubeconfig_path(), "").replace(
-        "require_bound: false",
-        "require_bound: true, max_lifetime: 48h",
+    let yaml = config_yaml(
+        kube.kubeconfig_path(),
+        "kubernetes: {token_review: {require_bound: true, max_lifetime: 48h}}",
     );
     let authgate = Authgate::start(&yaml).await;
     let (upstream, _) = echo::start_echo().await;

@@ -468,3 +468,84 @@ async fn metrics_count_decisions_cache_hits_and_dependency_calls() {
     let through = stack.get("/metrics", &[]).await;
     assert_eq!(through.status, 401);
 }
+
+#[tokio::test]
+async fn a_flood_of_made_up_tokens_is_held_to_the_review_budget() {
+    for mode in MODES {
+        let stack = Stack::start(
+            mode,
+            fixture(),
+            "kubernetes: {token_review: {review_rate: {rps: 1, burst: 5}}}",
+        )
+        .await;
+        // A real workload's token, reviewed before the flood, stays cached through it.
+        assert_eq!(stack.get("/api/x", &[&bearer(TOKEN)]).await.status, 200);
+        let started = std::time::Instant::now();
+        let stack = &stack;
+        let flood = (0..40).map(|i| {
+            let token = format!("made-up-token-{i}");
+            async move { stack.get("/api/x", &[&bearer(&token)]).await }
+        });
+        let responses: Vec<RawResponse> = futures::stream::iter(flood)
+            .buffer_unordered(8)
+            .collect()
+            .await;
+        let elapsed = started.elapsed().as_secs();
+        let mut throttled = 0;
+        for r in &responses {
+            match r.status {
+                401 => {}
+                429 => {
+                    throttled += 1;
+                    assert!(r.header("retry-after").is_some(), "{mode:?}: {r:?}");
+                }
+                _ => panic!("{mode:?}: a made-up token got {r:?}"),
+            }
+        }
+        // One review for the real token, the burst for the flood, and one more per second of
+        // refill: never one review per request.
+        let reviews = stack.kube.token_reviews().len() as u64;
+        assert!(
+            reviews <= 1 + 5 + elapsed + 1,
+            "{mode:?}: {reviews} reviews in {elapsed}s"
+        );
+        assert!(throttled >= 30, "{mode:?}: {throttled} of 40 throttled");
+        assert_eq!(
+            stack.get("/api/x", &[&bearer(TOKEN)]).await.status,
+            200,
+            "{mode:?}: the cached token still passes during the flood"
+        );
+    }
+}
+
+#[tokio::test]
+async fn calls_to_the_kubernetes_api_are_limited_in_flight() {
+    let mut fixture = fixture();
+    let tokens: Vec<String> = (0..6).map(|i| format!("sa-token-worker-{i}")).collect();
+    for (i, token) in tokens.iter().enumerate() {
+        fixture.tokens.push(sa_token(
+            token,
+            "team-a",
+            &format!("worker-{i}"),
+            &[KFP_AUDIENCE],
+        ));
+    }
+    let stack = Stack::start(
+        ExtAuthz::Grpc,
+        fixture,
+        "kubernetes: {max_concurrent_calls: 2}",
+    )
+    .await;
+    stack.kube.set_delay(std::time::Duration::from_millis(100));
+    let stack = &stack;
+    let statuses: Vec<u16> = futures::future::join_all(
+        tokens
+            .iter()
+            .map(|t| async move { stack.get("/api/x", &[&bearer(t)]).await.status }),
+    )
+    .await;
+    // Six new tokens at once: all reviewed and let through, never more than two at a time.
+    assert_eq!(statuses, vec![200; 6]);
+    assert_eq!(stack.kube.token_reviews().len(), 6);
+    assert_eq!(stack.kube.max_in_flight(), 2);
+}

@@ -609,3 +609,53 @@ async fn an_authorization_endpoint_override_sends_browsers_to_the_public_url() {
         "{location}"
     );
 }
+
+async fn assert_login_unavailable(response: reqwest::Response, case: &str) {
+    let status = response.status();
+    let retry_after = response.headers().get("retry-after").cloned();
+    let body = response.text().await.unwrap();
+    assert_eq!(status, 503, "{case}: {body}");
+    assert!(retry_after.is_some(), "{case}: a 503 says when to retry");
+    assert!(body.contains("Login is unavailable"), "{case}: {body}");
+}
+
+/// The provider down: a login that needs it gets a clear 503 page (never a 401 or a loop),
+/// sessions made before keep working, and discovery comes back by itself with the provider.
+#[tokio::test]
+async fn provider_down_new_logins_get_a_503_page_and_sessions_keep_working() {
+    // Down before authgate ever reached it: discovery fails, the login page says so.
+    let mut stack = LoginStack::start_with_provider_down(ExtAuthz::Grpc).await;
+    let first = navigate(&oidc::browser(), &stack.url("/notebook/team-a/")).await;
+    assert_login_unavailable(first, "discovery").await;
+
+    // Back up: discovery is retried (with backoff) and logins work again, untouched by hand.
+    stack.provider.restart().await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let response = navigate(&oidc::browser(), &stack.url("/notebook/team-a/")).await;
+        if response.status() == 302 {
+            break;
+        }
+        assert_eq!(response.status(), 503);
+        assert!(
+            std::time::Instant::now() < deadline,
+            "discovery never recovered"
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    let alice = oidc::browser();
+    let journey = oidc::browser_login(&alice, &stack.url("/a"), ALICE).await;
+    assert_eq!(journey.status, 200, "{journey:#?}");
+
+    // Bob is at the provider when it dies: his code cannot be exchanged.
+    let bob = oidc::browser();
+    let callback_prefix = stack.url("/authgate/callback");
+    let to_callback =
+        oidc::browser_login_until(&bob, &stack.url("/b"), BOB, &callback_prefix).await;
+    stack.provider.stop();
+
+    let session = navigate(&alice, &stack.url("/pipeline/")).await;
+    assert_eq!(session.status(), 200, "a session made before keeps working");
+    let exchange = navigate(&bob, &to_callback.final_url).await;
+    assert_login_unavailable(exchange, "code exchange").await;
+}

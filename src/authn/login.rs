@@ -277,6 +277,7 @@ impl Login {
 
     async fn complete(&self, code: &str, pending: &PendingLogin) -> Result<Session, LoginError> {
         let discovered = self.provider.get().await.map_err(LoginError::Provider)?;
+        let turn = self.provider.turn().await.map_err(LoginError::Provider)?;
         let token = discovered
             .client
             .exchange_code(AuthorizationCode::new(code.to_string()))
@@ -284,7 +285,15 @@ impl Login {
             .set_pkce_verifier(PkceCodeVerifier::new(pending.pkce_verifier.clone()))
             .request_async(self.provider.http())
             .await
-            .map_err(|e| LoginError::Rejected(format!("code exchange: {e}")))?;
+            .map_err(|e| match e {
+                // The provider answered: the code (or our client) was refused.
+                RequestTokenError::ServerResponse(r) => {
+                    LoginError::Rejected(format!("code exchange refused: {}", r.error()))
+                }
+                // The provider could not be reached or answered garbage: try again later.
+                other => LoginError::Provider(ProviderError(format!("code exchange: {other}"))),
+            })?;
+        drop(turn);
         let id_token = token
             .id_token()
             .ok_or_else(|| LoginError::Rejected("no ID token in the token response".into()))?;
@@ -419,6 +428,7 @@ impl Login {
             .as_deref()
             .and_then(|t| self.sealer.open(t))
             .ok_or_else(|| LoginError::Rejected("refresh token unreadable".into()))?;
+        let turn = self.provider.turn().await.map_err(LoginError::Provider)?;
         let token = discovered
             .client
             .exchange_refresh_token(&RefreshToken::new(refresh_token))
@@ -431,6 +441,7 @@ impl Login {
                 }
                 other => LoginError::Provider(ProviderError(format!("refresh: {other}"))),
             })?;
+        drop(turn);
         let id_token = token
             .id_token()
             .ok_or_else(|| LoginError::Rejected("no ID token in the refresh response".into()))?;

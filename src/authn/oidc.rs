@@ -12,7 +12,7 @@ use openidconnect::{
     AuthUrl, ClientId, ClientSecret, EndpointMaybeSet, EndpointNotSet, EndpointSet, IssuerUrl,
     ProviderMetadataWithLogout, RedirectUrl,
 };
-use tokio::sync::{Mutex, RwLock};
+use tokio::sync::{Mutex, RwLock, Semaphore, SemaphorePermit};
 
 use crate::config::OidcConfig;
 
@@ -64,6 +64,8 @@ pub struct Provider {
     http: openidconnect::reqwest::Client,
     state: RwLock<State>,
     refresh: Mutex<()>,
+    /// Turns for calls to the provider (`oidc.max_concurrent_calls`).
+    turns: Semaphore,
 }
 
 impl Provider {
@@ -79,6 +81,7 @@ impl Provider {
             .timeout(config.timeout)
             .build()
             .map_err(perr)?;
+        let turns = config.max_concurrent_calls;
         Ok(Provider {
             redirect_uri: RedirectUrl::new(redirect_uri.to_string()).map_err(perr)?,
             config,
@@ -90,6 +93,7 @@ impl Provider {
                 failures: 0,
             }),
             refresh: Mutex::new(()),
+            turns: Semaphore::new(turns),
         })
     }
 
@@ -98,9 +102,23 @@ impl Provider {
         &self.config
     }
 
-    /// The HTTP client for provider calls.
+    /// The HTTP client for provider calls; take a [`Provider::turn`] before each call.
     pub fn http(&self) -> &openidconnect::reqwest::Client {
         &self.http
+    }
+
+    /// A turn to call the provider: at most `oidc.max_concurrent_calls` calls are in flight, so
+    /// a burst of logins queues here instead of landing on the provider. Waiting longer than
+    /// `oidc.timeout` is an error (the login gets the 503 page).
+    pub async fn turn(&self) -> Result<SemaphorePermit<'_>, ProviderError> {
+        match tokio::time::timeout(self.config.timeout, self.turns.acquire()).await {
+            Ok(Ok(permit)) => Ok(permit),
+            Ok(Err(_closed)) => Err(ProviderError("provider calls are shut down".into())),
+            Err(_) => Err(ProviderError(format!(
+                "no turn to call the provider within {:?}: {} calls in flight",
+                self.config.timeout, self.config.max_concurrent_calls
+            ))),
+        }
     }
 
     /// The discovered provider; discovers first if needed (with backoff after failures).
@@ -158,12 +176,14 @@ impl Provider {
 
     async fn discover(&self) -> Result<Discovered, ProviderError> {
         let issuer = IssuerUrl::new(self.config.issuer.clone()).map_err(perr)?;
+        let turn = self.turn().await?;
         let metadata = crate::metrics::timed(
             "provider",
             ProviderMetadataWithLogout::discover_async(issuer, &self.http),
         )
         .await
         .map_err(|e| ProviderError(format!("discovery: {e}")))?;
+        drop(turn);
         let end_session_endpoint = metadata
             .additional_metadata()
             .end_session_endpoint
@@ -202,6 +222,7 @@ impl Provider {
         if let Some(token) = bearer {
             request = request.bearer_auth(token);
         }
+        let _turn = self.turn().await?;
         let response = crate::metrics::timed("provider", async {
             request.send().await.and_then(|r| r.error_for_status())
         })

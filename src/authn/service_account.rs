@@ -18,6 +18,7 @@ use crate::clock::SharedClock;
 use crate::config::TokenReviewConfig;
 use crate::identity::{AuthMethod, Identity};
 use crate::k8s::{KubeError, with_deadline};
+use crate::ratelimit::CallBudget;
 
 /// What the API server said about a token.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -83,6 +84,7 @@ pub struct ServiceAccountAuthenticator {
     config: TokenReviewConfig,
     clock: SharedClock,
     cache: ReviewCache<[u8; 32], Review>,
+    budget: Option<CallBudget>,
 }
 
 impl ServiceAccountAuthenticator {
@@ -93,11 +95,13 @@ impl ServiceAccountAuthenticator {
         clock: SharedClock,
     ) -> Self {
         let cache = ReviewCache::new("tokenreview", config.cache_capacity, clock.clone());
+        let budget = config.review_rate.and_then(CallBudget::new);
         Self {
             api,
             config,
             clock,
             cache,
+            budget,
         }
     }
 
@@ -114,7 +118,12 @@ impl ServiceAccountAuthenticator {
             .await
     }
 
+    /// Runs only on a cache miss (once for concurrent requests with one token), so the budget
+    /// counts calls to the API server, not requests.
     async fn review_uncached(&self, token: &str) -> Result<(Review, SystemTime), KubeError> {
+        if let Some(budget) = &self.budget {
+            budget.spend().map_err(KubeError::Throttled)?;
+        }
         let status = self.api.review(token, &self.config.audiences).await?;
         let now = self.clock.now();
         Ok(match status_to_identity(status) {

@@ -79,6 +79,26 @@ struct State {
     access_reviews: Mutex<Vec<serde_json::Value>>,
     down: AtomicBool,
     delay_ms: AtomicU64,
+    /// Calls being answered now, and the most ever answered at once.
+    in_flight: AtomicU64,
+    max_in_flight: AtomicU64,
+}
+
+/// Counts a call as in flight until dropped.
+struct InFlight<'a>(&'a State);
+
+impl<'a> InFlight<'a> {
+    fn enter(state: &'a State) -> Self {
+        let now = state.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
+        state.max_in_flight.fetch_max(now, Ordering::SeqCst);
+        InFlight(state)
+    }
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0.in_flight.fetch_sub(1, Ordering::SeqCst);
+    }
 }
 
 pub struct KubeApi {
@@ -105,6 +125,8 @@ impl KubeApi {
             access_reviews: Mutex::default(),
             down: AtomicBool::new(false),
             delay_ms: AtomicU64::new(0),
+            in_flight: AtomicU64::new(0),
+            max_in_flight: AtomicU64::new(0),
         });
 
         // Bind before spawning so the port is known and connections queue from now on.
@@ -164,6 +186,11 @@ impl KubeApi {
 
     pub fn access_reviews(&self) -> Vec<serde_json::Value> {
         self.state.access_reviews.lock().unwrap().clone()
+    }
+
+    /// The most calls the server was answering at one time.
+    pub fn max_in_flight(&self) -> u64 {
+        self.state.max_in_flight.load(Ordering::SeqCst)
     }
 
     pub fn set_down(&self, down: bool) {
@@ -250,6 +277,7 @@ async fn handle(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
+    let _in_flight = InFlight::enter(state);
     let delay = state.delay_ms.load(Ordering::SeqCst);
     if delay > 0 {
         tokio::time::sleep(Duration::from_millis(delay)).await;

@@ -38,17 +38,40 @@ pub fn sa_token(token: &str, namespace: &str, name: &str, audiences: &[&str]) ->
 }
 
 /// A config for authgate against the given kube API, listening on loopback ports chosen by the
-/// OS, with `extra` YAML appended (top-level keys). The fixtures' tokens are short opaque
-/// strings, so the bound-token policy is off here; `tests/bound_tokens.rs` tests it with
-/// realistic projected tokens.
+/// OS, with `extra` YAML merged in (mappings deep-merged, so `extra` may also tune keys under
+/// `kubernetes:`). The fixtures' tokens are short opaque strings, so the bound-token policy is
+/// off here; `tests/bound_tokens.rs` tests it with realistic projected tokens.
 pub fn config_yaml(kubeconfig: &Path, extra: &str) -> String {
-    format!(
+    let base = format!(
         "listen: {{grpc: 127.0.0.1:0, http: 127.0.0.1:0, shutdown_grace: 2s}}\n\
          public_url: https://kubeflow.example.com\n\
          kubernetes:\n  kubeconfig: {}\n  timeout: 1s\n  token_review: {{audiences: [{KFP_AUDIENCE}], require_bound: false}}\n\
-         skip_auth: [/dex/, /public/]\n{extra}",
+         skip_auth: [/dex/, /public/]\n",
         kubeconfig.display()
-    )
+    );
+    let mut merged: serde_yaml::Value = serde_yaml::from_str(&base).unwrap();
+    let extra: serde_yaml::Value = serde_yaml::from_str(extra).expect("extra test YAML parses");
+    if !extra.is_null() {
+        deep_merge(&mut merged, extra);
+    }
+    serde_yaml::to_string(&merged).unwrap()
+}
+
+/// `over`'s keys replace `base`'s, recursively for mappings.
+fn deep_merge(base: &mut serde_yaml::Value, over: serde_yaml::Value) {
+    match (base, over) {
+        (serde_yaml::Value::Mapping(base), serde_yaml::Value::Mapping(over)) => {
+            for (key, value) in over {
+                match base.get_mut(&key) {
+                    Some(existing) => deep_merge(existing, value),
+                    None => {
+                        base.insert(key, value);
+                    }
+                }
+            }
+        }
+        (base, over) => *base = over,
+    }
 }
 
 /// A running authgate.
@@ -200,6 +223,24 @@ impl LoginStack {
         fixture: Fixture,
         clock: authgate::clock::SharedClock,
     ) -> LoginStack {
+        Self::start_inner(mode, extra_yaml, provider_env, fixture, clock, true).await
+    }
+
+    /// The stack with the provider stopped before authgate starts (so authgate never
+    /// discovered it); `provider.restart()` brings it up.
+    pub async fn start_with_provider_down(mode: ExtAuthz) -> LoginStack {
+        let clock = std::sync::Arc::new(authgate::clock::SystemClock);
+        Self::start_inner(mode, "", &[], Fixture::default(), clock, false).await
+    }
+
+    async fn start_inner(
+        mode: ExtAuthz,
+        extra_yaml: &str,
+        provider_env: &[(&str, &str)],
+        fixture: Fixture,
+        clock: authgate::clock::SharedClock,
+        provider_up: bool,
+    ) -> LoginStack {
         let port = free_port();
         let public_url = format!("http://127.0.0.1:{port}");
         let authgate_http = free_port();
@@ -212,7 +253,10 @@ impl LoginStack {
                 "http://127.0.0.1:{authgate_http}/authgate/backchannel-logout"
             )),
         };
-        let provider = oidc::OidcProvider::start_with(vec![client.clone()], provider_env).await;
+        let mut provider = oidc::OidcProvider::start_with(vec![client.clone()], provider_env).await;
+        if !provider_up {
+            provider.stop();
+        }
         let kube = KubeApi::start(fixture).await;
         let yaml = login_config_yaml(
             kube.kubeconfig_path(),

@@ -363,6 +363,17 @@ pub async fn browser_login(client: &reqwest::Client, url: &str, user: (&str, &st
     walk(client, Step::get(url), Some(user), None).await
 }
 
+/// Like [`browser_login`], but stops at the first redirect to a URL starting with `stop_at`
+/// (not requested): the journey's `final_url` is that URL, e.g. the gateway's callback.
+pub async fn browser_login_until(
+    client: &reqwest::Client,
+    url: &str,
+    user: (&str, &str),
+    stop_at: &str,
+) -> Journey {
+    walk(client, Step::get(url), Some(user), Some(stop_at)).await
+}
+
 struct Step {
     method: reqwest::Method,
     url: Url,
