@@ -549,3 +549,49 @@ async fn calls_to_the_kubernetes_api_are_limited_in_flight() {
     assert_eq!(stack.kube.token_reviews().len(), 6);
     assert_eq!(stack.kube.max_in_flight(), 2);
 }
+
+/// authgate stalled (here: waiting on a Kubernetes API that answers in 3 s, within authgate's
+/// own 5 s deadline) past Envoy's ext_authz timeout: Envoy answers the client itself, and the
+/// request never reaches the app.
+#[tokio::test]
+async fn a_stalled_authgate_times_out_at_envoy_and_the_app_never_sees_the_request() {
+    for mode in MODES {
+        let (upstream, app_requests) = echo::start_counted_echo().await;
+        let options = support::envoy::Options {
+            status_on_error: Some(503),
+            authz_timeout: std::time::Duration::from_millis(300),
+            ..Default::default()
+        };
+        let stack = Stack::start_with_options(
+            mode,
+            fixture(),
+            "kubernetes: {timeout: 5s}",
+            options,
+            upstream,
+        )
+        .await;
+        stack.kube.set_delay(std::time::Duration::from_secs(3));
+        let started = std::time::Instant::now();
+        let response = stack.get("/api/x", &[&bearer(TOKEN)]).await;
+        assert_eq!(response.status, 503, "{mode:?}: {response:?}");
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(2),
+            "{mode:?}: Envoy did not wait for authgate"
+        );
+        assert!(
+            !response.body.contains("kubeflow-userid"),
+            "{mode:?}: {response:?}"
+        );
+        assert_eq!(
+            app_requests.load(std::sync::atomic::Ordering::SeqCst),
+            0,
+            "{mode:?}: the app saw a request that was never allowed"
+        );
+        // Once the API answers in time again, the same request is allowed.
+        stack.kube.set_delay(std::time::Duration::ZERO);
+        tokio::time::sleep(std::time::Duration::from_secs(3)).await; // the stalled review ends
+        let response = stack.get("/api/x", &[&bearer(TOKEN)]).await;
+        assert_eq!(response.status, 200, "{mode:?}: {response:?}");
+        assert_eq!(app_requests.load(std::sync::atomic::Ordering::SeqCst), 1);
+    }
+}

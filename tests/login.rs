@@ -587,11 +587,7 @@ async fn an_authorization_endpoint_override_sends_browsers_to_the_public_url() {
         &stack.public_url,
         stack.provider.issuer(),
         free_port(),
-        "",
-    )
-    .replace(
-        "  scopes:",
-        &format!("  authorization_endpoint: {public_auth}\n  scopes:"),
+        &format!("oidc: {{authorization_endpoint: '{public_auth}'}}"),
     );
     let authgate = Authgate::start(&yaml).await;
     let response = reqwest::Client::builder()

@@ -285,3 +285,152 @@ async fn sessions_revoke_ends_a_persons_sessions_everywhere() {
         "bob keeps his"
     );
 }
+
+/// An authgate process, as deployed (the binary, its own config file), that the test can
+/// SIGKILL: no graceful shutdown, connections cut mid-check.
+struct Process {
+    child: std::process::Child,
+    grpc: std::net::SocketAddr,
+    _dir: tempfile::TempDir,
+}
+
+impl Process {
+    async fn start(yaml: &str) -> Process {
+        let dir = tempfile::tempdir().unwrap();
+        let (grpc_port, http_port) = (free_port(), free_port());
+        let yaml = merge_yaml(
+            yaml,
+            &format!("listen: {{grpc: '127.0.0.1:{grpc_port}', http: '127.0.0.1:{http_port}'}}"),
+        );
+        let config = dir.path().join("authgate.yaml");
+        std::fs::write(&config, yaml).unwrap();
+        let log = std::fs::File::create(dir.path().join("authgate.log")).unwrap();
+        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_authgate"))
+            .args(["serve", "--config"])
+            .arg(&config)
+            .env_remove("AUTHGATE_CONFIG")
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .expect("authgate binary runs");
+        let ready = format!("http://127.0.0.1:{http_port}/readyz");
+        for _ in 0..100 {
+            if reqwest::get(&ready)
+                .await
+                .is_ok_and(|r| r.status().is_success())
+            {
+                return Process {
+                    child,
+                    grpc: format!("127.0.0.1:{grpc_port}").parse().unwrap(),
+                    _dir: dir,
+                };
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+        panic!(
+            "authgate did not become ready: {}",
+            std::fs::read_to_string(dir.path().join("authgate.log")).unwrap_or_default()
+        );
+    }
+
+    fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// Two replicas behind one Envoy; one is SIGKILLed while browsers and anonymous clients keep
+/// sending: nothing is let through on an error, and every session made before (by either
+/// replica) keeps working on the survivor.
+#[tokio::test]
+async fn a_replica_killed_under_load_loses_no_session_and_allows_nothing_on_error() {
+    let shared = Shared::start().await;
+    let yaml = login_config_yaml(
+        shared.kube.kubeconfig_path(),
+        &shared.public_url(),
+        shared.provider.issuer(),
+        0,
+        &format!(
+            "session: {{store: redis, redis_url: '{}'}}\n\
+             identity: {{jwt: {{key_file: {}}}}}\n",
+            shared.redis.url(),
+            shared.key_file.display()
+        ),
+    );
+    let mut a = Process::start(&yaml).await;
+    let b = Process::start(&yaml).await;
+    let (upstream, _) = echo::start_echo().await;
+    let options = support::envoy::Options {
+        listen_port: Some(shared.public_port),
+        status_on_error: Some(503),
+        more_authz: vec![b.grpc],
+        ..Default::default()
+    };
+    let envoy = Envoy::start_with(ExtAuthz::Grpc, a.grpc, upstream, options).await;
+    let url = |path: &str| format!("{}{path}", envoy.url());
+
+    // Six sessions, made through both replicas (round robin).
+    let mut browsers = Vec::new();
+    for i in 0..6 {
+        let browser = oidc::browser();
+        let user = if i % 2 == 0 { ALICE } else { BOB };
+        let journey = oidc::browser_login(&browser, &url("/start"), user).await;
+        assert_eq!(journey.status, 200, "login {i}: {journey:#?}");
+        browsers.push(browser);
+    }
+
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let load = |browser: Option<reqwest::Client>| {
+        let stop = stop.clone();
+        let target = url("/api/data");
+        tokio::spawn(async move {
+            let client = browser.unwrap_or_default();
+            let mut statuses = Vec::new();
+            while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+                statuses.push(status(&client, target.clone()).await);
+            }
+            statuses
+        })
+    };
+    let with_session: Vec<_> = browsers.iter().cloned().map(Some).map(load).collect();
+    let anonymous: Vec<_> = (0..2).map(|_| load(None)).collect();
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    a.kill();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+
+    let mut failed_checks = 0;
+    for task in with_session {
+        for s in task.await.unwrap() {
+            assert!(s == 200 || s == 503, "a session request got {s}");
+            failed_checks += usize::from(s == 503);
+        }
+    }
+    for task in anonymous {
+        for s in task.await.unwrap() {
+            // 401 from a replica (an API path), or Envoy's 503 for a failed check; never the app.
+            assert!(s == 401 || s == 503, "an anonymous request got {s}");
+        }
+    }
+    eprintln!("checks that failed while the replica died: {failed_checks}");
+
+    // Envoy has ejected the dead replica; every session works on the survivor, twice over.
+    for (i, browser) in browsers.iter().enumerate() {
+        for _ in 0..2 {
+            assert_eq!(
+                status(browser, url("/after")).await,
+                200,
+                "session {i} after the kill"
+            );
+        }
+    }
+    drop(b);
+}

@@ -3,6 +3,8 @@
 #![allow(dead_code)]
 
 use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use axum::Json;
 use axum::extract::Request;
@@ -24,6 +26,25 @@ pub async fn start_echo() -> (SocketAddr, tokio::task::JoinHandle<()>) {
         axum::serve(listener, app).await.expect("echo server");
     });
     (addr, task)
+}
+
+/// Like [`start_echo`], and counts the requests the app received (so a test can prove that a
+/// request never reached it).
+pub async fn start_counted_echo() -> (SocketAddr, Arc<AtomicUsize>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind echo");
+    let addr = listener.local_addr().expect("echo addr");
+    let count = Arc::new(AtomicUsize::new(0));
+    let counter = count.clone();
+    let app = axum::Router::new().fallback(move |req: Request| {
+        counter.fetch_add(1, Ordering::SeqCst);
+        echo(req)
+    });
+    tokio::spawn(async move {
+        axum::serve(listener, app).await.expect("echo server");
+    });
+    (addr, count)
 }
 
 async fn echo(req: Request) -> Json<Value> {

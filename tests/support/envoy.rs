@@ -60,6 +60,9 @@ pub struct Options {
     /// Listen on this port instead of one the kernel picks (when the gateway's public URL must
     /// be known before Envoy starts, as for the OIDC redirect URI).
     pub listen_port: Option<u16>,
+    /// More authgate replicas behind the authz cluster (round robin), with outlier detection
+    /// ejecting one whose connections fail, as Istio does for a dead pod until EDS drops it.
+    pub more_authz: Vec<SocketAddr>,
 }
 
 impl Default for Options {
@@ -70,6 +73,7 @@ impl Default for Options {
             http_path_prefix: "/authgate/check".into(),
             status_on_error: None,
             listen_port: None,
+            more_authz: Vec::new(),
         }
     }
 }
@@ -297,8 +301,10 @@ fn config(mode: ExtAuthz, authz: SocketAddr, upstream: SocketAddr, opts: &Option
         .replace("{EXT_AUTHZ}", &ext_authz)
         .replace("{AUTHZ_PROTOCOL}", authz_protocol)
         .replace("{LISTEN_PORT}", &opts.listen_port.unwrap_or(0).to_string())
-        .replace("{AUTHZ_IP}", &authz.ip().to_string())
-        .replace("{AUTHZ_PORT}", &authz.port().to_string())
+        .replace(
+            "{AUTHZ_ENDPOINTS}",
+            &authz_endpoints(authz, &opts.more_authz),
+        )
         .replace("{UPSTREAM_IP}", &upstream.ip().to_string())
         .replace("{UPSTREAM_PORT}", &upstream.port().to_string())
 }
@@ -363,12 +369,32 @@ static_resources:
     type: STATIC
     connect_timeout: 2s
 {AUTHZ_PROTOCOL}
+    outlier_detection:
+      split_external_local_origin_errors: true
+      consecutive_local_origin_failure: 1
+      max_ejection_percent: 100
+      base_ejection_time: 60s
+      interval: 1s
     load_assignment:
       cluster_name: authz
       endpoints:
       - lb_endpoints:
-        - endpoint: {address: {socket_address: {address: {AUTHZ_IP}, port_value: {AUTHZ_PORT}}}}
+{AUTHZ_ENDPOINTS}
 "#;
+
+fn authz_endpoints(first: SocketAddr, more: &[SocketAddr]) -> String {
+    std::iter::once(&first)
+        .chain(more)
+        .map(|a| {
+            format!(
+                "        - endpoint: {{address: {{socket_address: {{address: {}, port_value: {}}}}}}}",
+                a.ip(),
+                a.port()
+            )
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+}
 
 const AUTHZ_H2: &str = r#"    typed_extension_protocol_options:
       envoy.extensions.upstreams.http.v3.HttpProtocolOptions:

@@ -49,7 +49,12 @@ pub fn config_yaml(kubeconfig: &Path, extra: &str) -> String {
          skip_auth: [/dex/, /public/]\n",
         kubeconfig.display()
     );
-    let mut merged: serde_yaml::Value = serde_yaml::from_str(&base).unwrap();
+    merge_yaml(&base, extra)
+}
+
+/// `base` with `extra` deep-merged into it (see [`deep_merge`]).
+pub fn merge_yaml(base: &str, extra: &str) -> String {
+    let mut merged: serde_yaml::Value = serde_yaml::from_str(base).unwrap();
     let extra: serde_yaml::Value = serde_yaml::from_str(extra).expect("extra test YAML parses");
     if !extra.is_null() {
         deep_merge(&mut merged, extra);
@@ -125,14 +130,31 @@ pub struct Stack {
 
 impl Stack {
     pub async fn start(mode: ExtAuthz, fixture: Fixture, extra_yaml: &str) -> Stack {
-        let kube = KubeApi::start(fixture).await;
-        let authgate = Authgate::start(&config_yaml(kube.kubeconfig_path(), extra_yaml)).await;
-        let (upstream, _) = echo::start_echo().await;
         // As the manifests configure it: Envoy turns an auth server's 5xx into this status.
         let options = envoy::Options {
             status_on_error: Some(503),
             ..Default::default()
         };
+        Self::start_with_options(
+            mode,
+            fixture,
+            extra_yaml,
+            options,
+            echo::start_echo().await.0,
+        )
+        .await
+    }
+
+    /// With Envoy options and an upstream of the test's choosing.
+    pub async fn start_with_options(
+        mode: ExtAuthz,
+        fixture: Fixture,
+        extra_yaml: &str,
+        options: envoy::Options,
+        upstream: SocketAddr,
+    ) -> Stack {
+        let kube = KubeApi::start(fixture).await;
+        let authgate = Authgate::start(&config_yaml(kube.kubeconfig_path(), extra_yaml)).await;
         let envoy = Envoy::start_with(mode, authgate.authz_addr(mode), upstream, options).await;
         Stack {
             kube,
@@ -297,20 +319,17 @@ pub fn login_config_yaml(
     http_port: u16,
     extra: &str,
 ) -> String {
-    let session = if extra.contains("session:") {
-        String::new()
-    } else {
-        "session: {cookie_secure: false}\n".to_string()
-    };
-    format!(
+    let base = format!(
         "listen: {{grpc: 127.0.0.1:0, http: 127.0.0.1:{http_port}, shutdown_grace: 2s}}\n\
          public_url: {public_url}\n\
          oidc:\n  issuer: {issuer}\n  client_id: {CLIENT_ID}\n  client_secret: {CLIENT_SECRET}\n\
          \x20 scopes: [openid, email, profile, groups, offline_access]\n\
          kubernetes:\n  kubeconfig: {}\n  timeout: 1s\n  token_review: {{audiences: [{KFP_AUDIENCE}], require_bound: false}}\n\
-         skip_auth: [/public/]\n{session}{extra}",
+         session: {{cookie_secure: false}}\n\
+         skip_auth: [/public/]\n",
         kubeconfig.display()
-    )
+    );
+    merge_yaml(&base, extra)
 }
 
 /// A response read off the wire.
