@@ -71,6 +71,10 @@ struct Shared {
 
 impl Shared {
     async fn start() -> Shared {
+        Self::start_with_provider_env(&[]).await
+    }
+
+    async fn start_with_provider_env(provider_env: &[(&str, &str)]) -> Shared {
         let public_port = free_port();
         let public_url = format!("http://127.0.0.1:{public_port}");
         let client = oidc::OidcClient {
@@ -84,7 +88,7 @@ impl Shared {
         let key_file = dir.path().join("signing.pem");
         std::fs::write(&key_file, authgate::signing::generate_key_pem()).unwrap();
         Shared {
-            provider: oidc::OidcProvider::start(vec![client]).await,
+            provider: oidc::OidcProvider::start_with(vec![client], provider_env).await,
             kube: KubeApi::start(Fixture::default()).await,
             redis: Redis::start().await,
             _dir: dir,
@@ -181,6 +185,10 @@ async fn replicas_share_sessions_through_redis_and_across_restarts() {
         .await
         .unwrap();
     assert!(!raw.contains("eyJ"), "no JWT in clear in the store: {raw}");
+    assert!(
+        raw.contains("\"id_token\""),
+        "kept (sealed) for the provider's logout endpoint: {raw}"
+    );
 
     // Restart both replicas (and their Envoys): the session still works on both.
     a.running.shutdown().await;
@@ -433,4 +441,40 @@ async fn a_replica_killed_under_load_loses_no_session_and_allows_nothing_on_erro
         }
     }
     drop(b);
+}
+
+/// A provider without a logout endpoint (Dex, Kubeflow's default): the ID token would never be
+/// used, so the session does not keep it.
+#[tokio::test]
+async fn without_a_provider_logout_endpoint_the_session_keeps_no_id_token() {
+    let shared = Shared::start_with_provider_env(&[("NO_RP_LOGOUT", "1")]).await;
+    assert!(
+        shared.provider.discovery().await["end_session_endpoint"].is_null(),
+        "the provider advertises no logout endpoint"
+    );
+    let (_a, envoy) = shared.replica(shared.public_port).await;
+    let browser = oidc::browser();
+    let journey = oidc::browser_login(&browser, &format!("{}/", envoy.url()), ALICE).await;
+    assert_eq!(journey.status, 200);
+    let mut conn = ::redis::Client::open(shared.redis.url())
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    let keys: Vec<String> = ::redis::cmd("KEYS")
+        .arg("authgate:s:*")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(keys.len(), 1);
+    let raw: String = ::redis::cmd("GET")
+        .arg(&keys[0])
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert!(!raw.contains("\"id_token\""), "{raw}");
+    assert!(raw.contains("\"refresh_token\""), "{raw}");
+    assert!(raw.len() < 512, "{} bytes: {raw}", raw.len());
+    // The session works without it.
+    assert_eq!(status(&browser, format!("{}/x", envoy.url())).await, 200);
 }

@@ -56,13 +56,7 @@ async fn sentinel_store_meets_the_contract() {
         .await
         .unwrap();
     assert_eq!(topology.master_port().await, Some(topology.master.port));
-    assert!(
-        exists(
-            topology.master.port,
-            &format!("authgate:s:{}", key.as_str())
-        )
-        .await
-    );
+    assert!(exists(topology.master.port, &format!("authgate:s:{}", key.hex())).await);
 }
 
 /// How the master fails.
@@ -173,7 +167,7 @@ async fn failover(failure: Failure) {
         )
         .await
         .unwrap();
-    let after_key = format!("authgate:s:{}", after.as_str());
+    let after_key = format!("authgate:s:{}", after.hex());
     assert!(exists(replica, &after_key).await);
     if failure == Failure::Hung {
         // Read before the role: a master now was a master when the key was looked for.
@@ -336,7 +330,7 @@ async fn cluster_store_meets_the_per_key_contract_across_masters() {
                     cluster.nodes[0].port,
                     ::redis::cmd("CLUSTER")
                         .arg("KEYSLOT")
-                        .arg(format!("authgate:s:{}", key.as_str())),
+                        .arg(format!("authgate:s:{}", key.hex())),
                 )
                 .await
                 .unwrap(),

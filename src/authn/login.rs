@@ -174,7 +174,7 @@ impl Login {
         }
         let (url, state, nonce) = request.set_pkce_challenge(challenge).url();
         let pending = PendingLogin {
-            browser: Key::of(&browser).as_str().to_string(),
+            browser: Key::of(&browser).hex(),
             nonce: nonce.secret().clone(),
             pkce_verifier: verifier.secret().clone(),
             return_to: return_to.to_string(),
@@ -238,8 +238,8 @@ impl Login {
             Err(e) => return store_down(&e),
         };
         let login_cookie = self.sessions.config().login_cookie();
-        let same_browser = cookie_values(&req.headers, &login_cookie)
-            .any(|v| Key::of(v).as_str() == pending.browser);
+        let same_browser =
+            cookie_values(&req.headers, &login_cookie).any(|v| Key::of(v).hex() == pending.browser);
         if !same_browser {
             return page(
                 400,
@@ -332,9 +332,19 @@ impl Login {
             last_seen: 0,
             expires_at: 0,
             id_token_expires_at: claims.get("exp").and_then(Value::as_u64).unwrap_or(0),
-            id_token: Some(self.sealer.seal(&id_token_text)),
+            id_token: self.logout_hint(&verified, &id_token_text),
             refresh_token: token.refresh_token().map(|t| self.sealer.seal(t.secret())),
         })
+    }
+
+    /// The ID token, sealed, kept only for `id_token_hint` at RP-initiated logout: when the
+    /// provider has no logout endpoint (Dex, Kubeflow's default) it is never used, and not
+    /// keeping it makes a session a third of the size.
+    fn logout_hint(&self, discovered: &Discovered, id_token: &str) -> Option<String> {
+        discovered
+            .end_session_endpoint
+            .is_some()
+            .then(|| self.sealer.seal(id_token))
     }
 
     /// The claims of a verified ID token, completed from the userinfo endpoint when the user or
@@ -463,7 +473,7 @@ impl Login {
             user: self.user_of(&claims)?,
             groups: groups(claims.get(&self.provider.config().groups_claim)),
             id_token_expires_at: claims.get("exp").and_then(Value::as_u64).unwrap_or(0),
-            id_token: Some(self.sealer.seal(&id_token_text)),
+            id_token: self.logout_hint(&discovered, &id_token_text),
             refresh_token: token
                 .refresh_token()
                 .map(|t| self.sealer.seal(t.secret()))

@@ -85,7 +85,15 @@ pub struct ServiceAccountAuthenticator {
     clock: SharedClock,
     cache: ReviewCache<[u8; 32], Review>,
     budget: Option<CallBudget>,
+    /// Tokens (SHA-256) that passed a review within the last hour. Their re-reviews, when the
+    /// cached answer runs out, do not spend the budget: a flood of made-up tokens cannot lock
+    /// out workloads that were already running. This only decides who waits for the budget;
+    /// every review is still made and a revoked token is still refused.
+    known_good: moka::sync::Cache<[u8; 32], ()>,
 }
+
+/// How long a token that passed a review stays exempt from the review budget.
+const KNOWN_GOOD_FOR: Duration = Duration::from_secs(3600);
 
 impl ServiceAccountAuthenticator {
     /// Builds the authenticator.
@@ -96,12 +104,17 @@ impl ServiceAccountAuthenticator {
     ) -> Self {
         let cache = ReviewCache::new("tokenreview", config.cache_capacity, clock.clone());
         let budget = config.review_rate.and_then(CallBudget::new);
+        let known_good = moka::sync::Cache::builder()
+            .max_capacity(config.cache_capacity)
+            .time_to_live(KNOWN_GOOD_FOR)
+            .build();
         Self {
             api,
             config,
             clock,
             cache,
             budget,
+            known_good,
         }
     }
 
@@ -114,30 +127,40 @@ impl ServiceAccountAuthenticator {
         }
         let key: [u8; 32] = Sha256::digest(token.as_bytes()).into();
         self.cache
-            .get_or_review(&key, || self.review_uncached(token))
+            .get_or_review(&key, || self.review_uncached(&key, token))
             .await
     }
 
     /// Runs only on a cache miss (once for concurrent requests with one token), so the budget
     /// counts calls to the API server, not requests.
-    async fn review_uncached(&self, token: &str) -> Result<(Review, SystemTime), KubeError> {
-        if let Some(budget) = &self.budget {
+    async fn review_uncached(
+        &self,
+        key: &[u8; 32],
+        token: &str,
+    ) -> Result<(Review, SystemTime), KubeError> {
+        if let Some(budget) = &self.budget
+            && !self.known_good.contains_key(key)
+        {
             budget.spend().map_err(KubeError::Throttled)?;
         }
         let status = self.api.review(token, &self.config.audiences).await?;
         let now = self.clock.now();
         Ok(match status_to_identity(status) {
             Ok(identity) => {
+                self.known_good.insert(*key, ());
                 let mut valid_until = now + self.config.cache_ttl;
                 if let Some(exp) = unverified_exp(token) {
                     valid_until = valid_until.min(exp);
                 }
                 (Review::Authenticated(Arc::new(identity)), valid_until)
             }
-            Err(reason) => (
-                Review::Rejected(reason.into()),
-                now + self.config.failure_cache_ttl,
-            ),
+            Err(reason) => {
+                self.known_good.invalidate(key);
+                (
+                    Review::Rejected(reason.into()),
+                    now + self.config.failure_cache_ttl,
+                )
+            }
         })
     }
 }
@@ -324,6 +347,43 @@ mod tests {
             2,
             "reviewed again after cache_ttl"
         );
+    }
+
+    #[tokio::test]
+    async fn a_spent_budget_refuses_new_tokens_but_not_re_reviews_of_known_good_ones() {
+        let clock = ManualClock::new();
+        let api = Arc::new(CountingApi {
+            calls: AtomicUsize::new(0),
+            fail: false,
+        });
+        let config = TokenReviewConfig {
+            require_bound: false,
+            review_rate: Some(crate::ratelimit::Rate { rps: 1, burst: 2 }),
+            ..Default::default()
+        };
+        let auth = ServiceAccountAuthenticator::new(api.clone(), config, Arc::new(clock.clone()));
+        // The budget of two: the good token and one made-up token.
+        assert!(matches!(
+            auth.authenticate("good").await,
+            Ok(Review::Authenticated(_))
+        ));
+        assert!(matches!(
+            auth.authenticate("made-up-1").await,
+            Ok(Review::Rejected(_))
+        ));
+        // Spent: another unknown token is throttled without a call.
+        assert!(matches!(
+            auth.authenticate("made-up-2").await,
+            Err(KubeError::Throttled(_))
+        ));
+        assert_eq!(api.calls.load(Ordering::SeqCst), 2);
+        // The good token's cached answer runs out: its re-review is made regardless.
+        clock.advance(Duration::from_secs(61));
+        assert!(matches!(
+            auth.authenticate("good").await,
+            Ok(Review::Authenticated(_))
+        ));
+        assert_eq!(api.calls.load(Ordering::SeqCst), 3);
     }
 
     #[tokio::test]

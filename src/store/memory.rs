@@ -2,6 +2,8 @@
 //! Expiry follows the injected clock; expired entries are swept as the store is used.
 
 use std::collections::{HashMap, HashSet};
+use std::hash::{BuildHasher, RandomState};
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime};
 
@@ -14,57 +16,183 @@ use crate::clock::SharedClock;
 /// Sweep expired entries every this many writes.
 const SWEEP_EVERY: u64 = 1024;
 
+/// Sessions by one of their names (user, sub or sid), keyed by a keyed hash of the name
+/// instead of a copy of it: an index entry costs a few bytes. Lookups check the sessions they
+/// find against the name, so a hash collision cannot reach anyone else's sessions.
+#[derive(Default)]
+struct Index(HashMap<u64, Keys>);
+
+/// The sessions under one index slot: almost always one (a person with one browser), kept
+/// inline without an allocation.
+enum Keys {
+    One(Key),
+    Many(Vec<Key>),
+}
+
+impl Index {
+    fn add(&mut self, slot: u64, key: Key) {
+        let Some(keys) = self.0.get_mut(&slot) else {
+            self.0.insert(slot, Keys::One(key));
+            return;
+        };
+        match keys {
+            Keys::One(existing) => {
+                let existing = *existing;
+                if existing != key {
+                    *keys = Keys::Many(vec![existing, key]);
+                }
+            }
+            Keys::Many(all) => {
+                if !all.contains(&key) {
+                    all.push(key);
+                }
+            }
+        }
+    }
+
+    fn remove(&mut self, slot: u64, key: &Key) {
+        let now_empty = match self.0.get_mut(&slot) {
+            Some(Keys::One(existing)) => existing == key,
+            Some(Keys::Many(keys)) => {
+                keys.retain(|k| k != key);
+                keys.is_empty()
+            }
+            None => false,
+        };
+        if now_empty {
+            self.0.remove(&slot);
+        }
+    }
+
+    fn keys(&self, slot: u64) -> Vec<Key> {
+        match self.0.get(&slot) {
+            Some(Keys::One(key)) => vec![*key],
+            Some(Keys::Many(keys)) => keys.clone(),
+            None => Vec::new(),
+        }
+    }
+}
+
+/// A session as this store keeps it (about half the bytes of a [`Session`]): strings without
+/// spare capacity, and the group list shared by every session with the same groups.
+struct Stored {
+    user: Box<str>,
+    groups: Arc<[Box<str>]>,
+    sub: Box<str>,
+    sid: Option<Box<str>>,
+    created_at: u64,
+    last_seen: u64,
+    expires_at: u64,
+    id_token_expires_at: u64,
+    id_token: Option<Box<str>>,
+    refresh_token: Option<Box<str>>,
+    until: SystemTime,
+}
+
+impl Stored {
+    fn session(&self) -> Session {
+        Session {
+            user: self.user.to_string(),
+            groups: self.groups.iter().map(|g| g.to_string()).collect(),
+            sub: self.sub.to_string(),
+            sid: self.sid.as_deref().map(String::from),
+            created_at: self.created_at,
+            last_seen: self.last_seen,
+            expires_at: self.expires_at,
+            id_token_expires_at: self.id_token_expires_at,
+            id_token: self.id_token.as_deref().map(String::from),
+            refresh_token: self.refresh_token.as_deref().map(String::from),
+        }
+    }
+}
+
 #[derive(Default)]
 struct Inner {
-    sessions: HashMap<Key, (Session, SystemTime)>,
+    sessions: HashMap<Key, Stored>,
+    /// Every distinct group list in use, shared by the sessions that have it.
+    group_lists: HashSet<Arc<[Box<str>]>>,
     logins: HashMap<Key, (PendingLogin, SystemTime)>,
-    by_user: HashMap<String, HashSet<Key>>,
-    by_sid: HashMap<String, HashSet<Key>>,
-    by_sub: HashMap<String, HashSet<Key>>,
+    by_user: Index,
+    by_sid: Index,
+    by_sub: Index,
     locks: HashMap<Key, SystemTime>,
+    /// Keys the index hashes (random per process).
+    names: RandomState,
 }
 
 impl Inner {
+    fn slot(&self, name: &str) -> u64 {
+        self.names.hash_one(name)
+    }
+
+    /// Stores a session under `key` (replacing any), with its index entries.
+    fn insert(&mut self, key: &Key, session: &Session, until: SystemTime) {
+        self.remove(key);
+        self.index(key, session);
+        let groups: Vec<Box<str>> = session.groups.iter().map(|g| g.as_str().into()).collect();
+        let groups = match self.group_lists.get(groups.as_slice()) {
+            Some(shared) => shared.clone(),
+            None => {
+                let list: Arc<[Box<str>]> = groups.into();
+                self.group_lists.insert(list.clone());
+                list
+            }
+        };
+        let stored = Stored {
+            user: session.user.as_str().into(),
+            groups,
+            sub: session.sub.as_str().into(),
+            sid: session.sid.as_deref().map(Into::into),
+            created_at: session.created_at,
+            last_seen: session.last_seen,
+            expires_at: session.expires_at,
+            id_token_expires_at: session.id_token_expires_at,
+            id_token: session.id_token.as_deref().map(Into::into),
+            refresh_token: session.refresh_token.as_deref().map(Into::into),
+            until,
+        };
+        self.sessions.insert(*key, stored);
+    }
+
     fn index(&mut self, key: &Key, session: &Session) {
-        self.by_user
-            .entry(session.user.clone())
-            .or_default()
-            .insert(key.clone());
-        self.by_sub
-            .entry(session.sub.clone())
-            .or_default()
-            .insert(key.clone());
+        let (user, sub) = (self.slot(&session.user), self.slot(&session.sub));
+        self.by_user.add(user, *key);
+        self.by_sub.add(sub, *key);
         if let Some(sid) = &session.sid {
-            self.by_sid
-                .entry(sid.clone())
-                .or_default()
-                .insert(key.clone());
+            let sid = self.slot(sid);
+            self.by_sid.add(sid, *key);
         }
     }
 
     fn remove(&mut self, key: &Key) -> bool {
-        let Some((session, _)) = self.sessions.remove(key) else {
+        let Some(session) = self.sessions.remove(key) else {
             return false;
         };
-        for (index, name) in [
-            (&mut self.by_user, Some(&session.user)),
-            (&mut self.by_sub, Some(&session.sub)),
-            (&mut self.by_sid, session.sid.as_ref()),
-        ] {
-            if let Some(name) = name
-                && let Some(keys) = index.get_mut(name)
-            {
-                keys.remove(key);
-                if keys.is_empty() {
-                    index.remove(name);
-                }
-            }
+        let (user, sub) = (self.slot(&session.user), self.slot(&session.sub));
+        self.by_user.remove(user, key);
+        self.by_sub.remove(sub, key);
+        if let Some(sid) = &session.sid {
+            let sid = self.slot(sid);
+            self.by_sid.remove(sid, key);
         }
         true
     }
 
-    fn remove_indexed(&mut self, keys: Option<HashSet<Key>>) -> u64 {
-        keys.unwrap_or_default()
+    /// Removes the sessions among `keys` whose name (per `name_of`) is `name`.
+    fn remove_named(
+        &mut self,
+        keys: Vec<Key>,
+        name: &str,
+        name_of: impl Fn(&Stored) -> Option<&str>,
+    ) -> u64 {
+        keys.iter()
+            .filter(|k| {
+                self.sessions
+                    .get(k)
+                    .is_some_and(|session| name_of(session) == Some(name))
+            })
+            .copied()
+            .collect::<Vec<Key>>()
             .iter()
             .filter(|k| self.remove(k))
             .count() as u64
@@ -74,12 +202,14 @@ impl Inner {
         let expired: Vec<Key> = self
             .sessions
             .iter()
-            .filter(|(_, (_, until))| *until <= now)
-            .map(|(k, _)| k.clone())
+            .filter(|(_, session)| session.until <= now)
+            .map(|(k, _)| *k)
             .collect();
         for key in expired {
             self.remove(&key);
         }
+        // Group lists no session holds any more.
+        self.group_lists.retain(|list| Arc::strong_count(list) > 1);
         self.logins.retain(|_, (_, until)| *until > now);
         self.locks.retain(|_, until| *until > now);
     }
@@ -119,10 +249,7 @@ impl MemoryStore {
 impl SessionStore for MemoryStore {
     async fn create(&self, key: &Key, session: &Session, ttl: Duration) -> Result<(), StoreError> {
         let until = self.until(ttl);
-        let mut inner = self.write().await;
-        inner.remove(key);
-        inner.index(key, session);
-        inner.sessions.insert(key.clone(), (session.clone(), until));
+        self.write().await.insert(key, session, until);
         Ok(())
     }
 
@@ -132,17 +259,15 @@ impl SessionStore for MemoryStore {
         Ok(inner
             .sessions
             .get(key)
-            .filter(|(_, until)| *until > now)
-            .map(|(s, _)| s.clone()))
+            .filter(|stored| stored.until > now)
+            .map(Stored::session))
     }
 
     async fn update(&self, key: &Key, session: &Session, ttl: Duration) -> Result<(), StoreError> {
         let until = self.until(ttl);
         let mut inner = self.write().await;
         if inner.sessions.contains_key(key) {
-            inner.remove(key);
-            inner.index(key, session);
-            inner.sessions.insert(key.clone(), (session.clone(), until));
+            inner.insert(key, session, until);
         }
         Ok(())
     }
@@ -153,26 +278,30 @@ impl SessionStore for MemoryStore {
 
     async fn delete_user(&self, user: &str) -> Result<u64, StoreError> {
         let mut inner = self.write().await;
-        let keys = inner.by_user.get(user).cloned();
-        Ok(inner.remove_indexed(keys))
+        let keys = inner.by_user.keys(inner.slot(user));
+        Ok(inner.remove_named(keys, user, |s| Some(&*s.user)))
     }
 
     async fn delete_sid(&self, sid: &str) -> Result<u64, StoreError> {
         let mut inner = self.write().await;
-        let keys = inner.by_sid.get(sid).cloned();
-        Ok(inner.remove_indexed(keys))
+        let keys = inner.by_sid.keys(inner.slot(sid));
+        Ok(inner.remove_named(keys, sid, |s| s.sid.as_deref()))
     }
 
     async fn delete_sub(&self, sub: &str) -> Result<u64, StoreError> {
         let mut inner = self.write().await;
-        let keys = inner.by_sub.get(sub).cloned();
-        Ok(inner.remove_indexed(keys))
+        let keys = inner.by_sub.keys(inner.slot(sub));
+        Ok(inner.remove_named(keys, sub, |s| Some(&*s.sub)))
     }
 
     async fn delete_all(&self) -> Result<u64, StoreError> {
         let mut inner = self.write().await;
         let n = inner.sessions.len() as u64;
-        *inner = Inner::default();
+        inner.sessions.clear();
+        inner.group_lists.clear();
+        inner.by_user = Index::default();
+        inner.by_sub = Index::default();
+        inner.by_sid = Index::default();
         Ok(n)
     }
 
@@ -190,7 +319,7 @@ impl SessionStore for MemoryStore {
         self.write()
             .await
             .logins
-            .insert(key.clone(), (login.clone(), until));
+            .insert(*key, (login.clone(), until));
         Ok(())
     }
 
@@ -200,7 +329,7 @@ impl SessionStore for MemoryStore {
         if inner.locks.get(key).is_some_and(|until| *until > now) {
             return Ok(false);
         }
-        inner.locks.insert(key.clone(), now + ttl);
+        inner.locks.insert(*key, now + ttl);
         Ok(true)
     }
 
@@ -222,6 +351,31 @@ mod tests {
         let clock = ManualClock::new();
         let store = MemoryStore::new(Arc::new(clock.clone()));
         super::super::contract::run(&store).await;
+    }
+
+    #[tokio::test]
+    async fn an_index_collision_cannot_reach_another_persons_sessions() {
+        let store = MemoryStore::new(Arc::new(ManualClock::new()));
+        let (alice, bob) = (Key::of("alice-browser"), Key::of("bob-browser"));
+        for (key, user) in [(&alice, "alice"), (&bob, "bob")] {
+            let session = super::super::contract::session(user, &format!("sub-{user}"), None);
+            store
+                .create(key, &session, Duration::from_secs(60))
+                .await
+                .unwrap();
+        }
+        // Make bob's session sit under alice's slot, as a hash collision would.
+        {
+            let mut inner = store.inner.write().await;
+            let slot = inner.slot("alice");
+            inner.by_user.add(slot, bob);
+        }
+        assert_eq!(store.delete_user("alice").await.unwrap(), 1);
+        assert!(store.get(&alice).await.unwrap().is_none());
+        assert!(
+            store.get(&bob).await.unwrap().is_some(),
+            "bob's session survives a revocation of alice"
+        );
     }
 
     #[tokio::test]

@@ -18,18 +18,26 @@ use sha2::{Digest, Sha256};
 pub use seal::Sealer;
 
 /// The hash under which a browser secret is stored.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub struct Key(String);
+/// Held as the 32 raw bytes (the memory store keeps one per session and index entry).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Key([u8; 32]);
 
 impl Key {
     /// Hashes a secret (session id or login state).
     pub fn of(secret: &str) -> Key {
-        Key(hex::encode(Sha256::digest(secret.as_bytes())))
+        Key(Sha256::digest(secret.as_bytes()).into())
     }
 
-    /// The hex digest.
-    pub fn as_str(&self) -> &str {
-        &self.0
+    /// The hex digest (how Redis names it).
+    pub fn hex(&self) -> String {
+        hex::encode(self.0)
+    }
+
+    /// From its hex digest; `None` if `hex` is not one.
+    pub fn from_hex(hex: &str) -> Option<Key> {
+        let mut bytes = [0u8; 32];
+        hex::decode_to_slice(hex, &mut bytes).ok()?;
+        Some(Key(bytes))
     }
 }
 

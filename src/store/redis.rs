@@ -170,7 +170,7 @@ impl RedisStore {
 
     async fn index_add(&self, kind: &str, name: &str, key: &Key) -> Result<(), StoreError> {
         let set = self.key(kind, name);
-        self.query::<()>(redis::cmd("SADD").arg(&set).arg(key.as_str()).clone())
+        self.query::<()>(redis::cmd("SADD").arg(&set).arg(key.hex()).clone())
             .await?;
         self.query::<()>(
             redis::cmd("EXPIRE")
@@ -187,7 +187,7 @@ impl RedisStore {
             sets.push(self.key("sid", sid));
         }
         for set in sets {
-            self.query::<()>(redis::cmd("SREM").arg(&set).arg(key.as_str()).clone())
+            self.query::<()>(redis::cmd("SREM").arg(&set).arg(key.hex()).clone())
                 .await?;
         }
         Ok(())
@@ -202,7 +202,7 @@ impl RedisStore {
         let json = serde_json::to_string(session).map_err(err)?;
         self.query::<()>(
             redis::cmd("SET")
-                .arg(self.key("s", key.as_str()))
+                .arg(self.key("s", &key.hex()))
                 .arg(json)
                 .arg("EX")
                 .arg(ttl.as_secs().max(1))
@@ -215,8 +215,8 @@ impl RedisStore {
         let set = self.key(kind, name);
         let members: Vec<String> = self.query(redis::cmd("SMEMBERS").arg(&set).clone()).await?;
         let mut deleted = 0;
-        for member in members {
-            if self.delete(&Key(member)).await? {
+        for member in members.iter().filter_map(|m| Key::from_hex(m)) {
+            if self.delete(&member).await? {
                 deleted += 1;
             }
         }
@@ -267,7 +267,7 @@ impl SessionStore for RedisStore {
 
     async fn get(&self, key: &Key) -> Result<Option<Session>, StoreError> {
         let json: Option<String> = self
-            .query(redis::cmd("GET").arg(self.key("s", key.as_str())).clone())
+            .query(redis::cmd("GET").arg(self.key("s", &key.hex())).clone())
             .await?;
         match json {
             None => Ok(None),
@@ -282,7 +282,7 @@ impl SessionStore for RedisStore {
         // XX: only if it still exists; a revoked session must not come back.
         self.query::<Option<String>>(
             redis::cmd("SET")
-                .arg(self.key("s", key.as_str()))
+                .arg(self.key("s", &key.hex()))
                 .arg(json)
                 .arg("XX")
                 .arg("EX")
@@ -298,7 +298,7 @@ impl SessionStore for RedisStore {
             return Ok(false);
         };
         let deleted: u64 = self
-            .query(redis::cmd("DEL").arg(self.key("s", key.as_str())).clone())
+            .query(redis::cmd("DEL").arg(self.key("s", &key.hex())).clone())
             .await?;
         self.index_remove(&session, key).await?;
         Ok(deleted > 0)
@@ -322,7 +322,8 @@ impl SessionStore for RedisStore {
         let strip = format!("{}s:", self.prefix);
         for key in keys {
             if let Some(hash) = key.strip_prefix(&strip)
-                && self.delete(&Key(hash.to_string())).await?
+                && let Some(key) = Key::from_hex(hash)
+                && self.delete(&key).await?
             {
                 deleted += 1;
             }
@@ -343,7 +344,7 @@ impl SessionStore for RedisStore {
         let json = serde_json::to_string(login).map_err(err)?;
         self.query::<()>(
             redis::cmd("SET")
-                .arg(self.key("l", key.as_str()))
+                .arg(self.key("l", &key.hex()))
                 .arg(json)
                 .arg("EX")
                 .arg(ttl.as_secs().max(1))
@@ -356,7 +357,7 @@ impl SessionStore for RedisStore {
         let taken: Option<String> = self
             .query(
                 redis::cmd("SET")
-                    .arg(self.key("lock", key.as_str()))
+                    .arg(self.key("lock", &key.hex()))
                     .arg("1")
                     .arg("NX")
                     .arg("EX")
@@ -369,11 +370,7 @@ impl SessionStore for RedisStore {
 
     async fn take_login(&self, key: &Key) -> Result<Option<PendingLogin>, StoreError> {
         let json: Option<String> = self
-            .query(
-                redis::cmd("GETDEL")
-                    .arg(self.key("l", key.as_str()))
-                    .clone(),
-            )
+            .query(redis::cmd("GETDEL").arg(self.key("l", &key.hex())).clone())
             .await?;
         match json {
             None => Ok(None),

@@ -176,7 +176,8 @@ function buildProvider() {
       userinfo: { enabled: true },
       backchannelLogout: { enabled: true },
       rpInitiatedLogout: {
-        enabled: true,
+        // NO_RP_LOGOUT=1: no end_session_endpoint, like Dex (Kubeflow's default provider).
+        enabled: process.env.NO_RP_LOGOUT !== '1',
         // No "do you want to sign out?" click: the page submits itself (logout=yes ends the
         // whole OP session). tests/support/oidc.rs submits forms marked data-autosubmit the same way.
         logoutSource: async (ctx, form) => {

@@ -188,7 +188,7 @@ impl OidcProvider {
             let _ = tx.send(first);
             for _ in lines {}
         });
-        let line = match tokio::time::timeout(Duration::from_secs(20), rx).await {
+        let line = match tokio::time::timeout(Duration::from_secs(60), rx).await {
             Ok(Ok(Some(line))) => line,
             other => {
                 let _ = child.kill();
