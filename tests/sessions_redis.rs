@@ -478,3 +478,85 @@ async fn without_a_provider_logout_endpoint_the_session_keeps_no_id_token() {
     // The session works without it.
     assert_eq!(status(&browser, format!("{}/x", envoy.url())).await, 200);
 }
+
+/// Redis stopped under load, then restarted (it persists to disk): while it is down every
+/// session request is a 503 (never an allow, never "log in again", which would mean the
+/// session was taken for gone), and every session made before works again afterwards.
+#[tokio::test]
+async fn redis_stopped_under_load_fails_closed_and_every_session_comes_back() {
+    use std::sync::atomic::{AtomicU8, Ordering};
+    let mut shared = Shared::start().await;
+    let (_authgate, envoy) = shared.replica(shared.public_port).await;
+    let url = |path: &str| format!("{}{path}", envoy.url());
+    let mut browsers = Vec::new();
+    for i in 0..4 {
+        let browser = oidc::browser();
+        let user = if i % 2 == 0 { ALICE } else { BOB };
+        assert_eq!(
+            oidc::browser_login(&browser, &url("/"), user).await.status,
+            200
+        );
+        browsers.push(browser);
+    }
+
+    // 0: Redis up, 1: Redis down, 2: Redis restarting and back.
+    let phase = std::sync::Arc::new(AtomicU8::new(0));
+    let tasks: Vec<_> = browsers
+        .iter()
+        .cloned()
+        .map(|browser| {
+            let phase = phase.clone();
+            let target = url("/notebook/x/");
+            tokio::spawn(async move {
+                let mut seen = Vec::new();
+                while phase.load(Ordering::SeqCst) < 3 {
+                    let started_in = phase.load(Ordering::SeqCst);
+                    let s = status(&browser, target.clone()).await;
+                    // Phase 1 only if Redis was down from the start to the end of the request.
+                    let phase_of = if phase.load(Ordering::SeqCst) == started_in {
+                        started_in
+                    } else {
+                        u8::MAX
+                    };
+                    seen.push((phase_of, s));
+                }
+                seen
+            })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    shared.redis.stop();
+    phase.store(1, Ordering::SeqCst);
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    phase.store(2, Ordering::SeqCst);
+    shared.redis.restart().await;
+    // Back when a session request passes again (the store reconnects by itself).
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    while status(&browsers[0], url("/probe")).await != 200 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "sessions did not come back"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    phase.store(3, Ordering::SeqCst);
+
+    let mut while_down = 0;
+    for task in tasks {
+        for (phase, s) in task.await.unwrap() {
+            assert!(
+                s == 200 || s == 503,
+                "phase {phase}: {s} (a 302 would mean the session was lost)"
+            );
+            if phase == 1 {
+                assert_eq!(s, 503, "allowed while the session store was down");
+                while_down += 1;
+            }
+        }
+    }
+    assert!(while_down > 0, "requests were made while Redis was down");
+    for (i, browser) in browsers.iter().enumerate() {
+        assert_eq!(status(browser, url("/after")).await, 200, "session {i}");
+    }
+}

@@ -13,8 +13,10 @@ use tokio::sync::RwLock;
 use super::{Key, PendingLogin, Session, SessionStore, StoreError};
 use crate::clock::SharedClock;
 
-/// Sweep expired entries every this many writes.
+/// Sweep expired entries every this many writes, or on the first write this long after the
+/// last sweep (so a quiet store still lets go of abandoned sessions).
 const SWEEP_EVERY: u64 = 1024;
+const SWEEP_AFTER: Duration = Duration::from_secs(30);
 
 /// Sessions by one of their names (user, sub or sid), keyed by a keyed hash of the name
 /// instead of a copy of it: an index entry costs a few bytes. Lookups check the sessions they
@@ -220,6 +222,8 @@ pub struct MemoryStore {
     inner: RwLock<Inner>,
     clock: SharedClock,
     writes: AtomicU64,
+    /// Unix seconds of the last sweep.
+    last_sweep: AtomicU64,
 }
 
 impl MemoryStore {
@@ -229,6 +233,7 @@ impl MemoryStore {
             inner: RwLock::new(Inner::default()),
             clock,
             writes: AtomicU64::new(0),
+            last_sweep: AtomicU64::new(0),
         }
     }
 
@@ -238,8 +243,18 @@ impl MemoryStore {
 
     async fn write(&self) -> tokio::sync::RwLockWriteGuard<'_, Inner> {
         let mut inner = self.inner.write().await;
-        if self.writes.fetch_add(1, Ordering::Relaxed) % SWEEP_EVERY == SWEEP_EVERY - 1 {
-            inner.sweep(self.clock.now());
+        let now = self.clock.now();
+        let now_secs = now
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_secs();
+        let many_writes =
+            self.writes.fetch_add(1, Ordering::Relaxed) % SWEEP_EVERY == SWEEP_EVERY - 1;
+        let long_ago = now_secs.saturating_sub(self.last_sweep.load(Ordering::Relaxed))
+            >= SWEEP_AFTER.as_secs();
+        if many_writes || long_ago {
+            self.last_sweep.store(now_secs, Ordering::Relaxed);
+            inner.sweep(now);
         }
         inner
     }
@@ -305,8 +320,11 @@ impl SessionStore for MemoryStore {
         Ok(n)
     }
 
+    /// Live sessions only (expired ones may wait for the next sweep).
     async fn count(&self) -> Result<u64, StoreError> {
-        Ok(self.inner.read().await.sessions.len() as u64)
+        let now = self.clock.now();
+        let inner = self.inner.read().await;
+        Ok(inner.sessions.values().filter(|s| s.until > now).count() as u64)
     }
 
     async fn put_login(
@@ -376,6 +394,22 @@ mod tests {
             store.get(&bob).await.unwrap().is_some(),
             "bob's session survives a revocation of alice"
         );
+    }
+
+    #[tokio::test]
+    async fn a_quiet_store_lets_go_of_expired_sessions_and_counts_live_ones() {
+        let clock = ManualClock::new();
+        let store = MemoryStore::new(Arc::new(clock.clone()));
+        let session = super::super::contract::session("u", "sub", Some("sid"));
+        let ttl = Duration::from_secs(10);
+        store.create(&Key::of("a"), &session, ttl).await.unwrap();
+        clock.advance(Duration::from_secs(11));
+        assert_eq!(store.count().await.unwrap(), 0, "expired, not counted");
+        clock.advance(SWEEP_AFTER);
+        store.create(&Key::of("b"), &session, ttl).await.unwrap();
+        let inner = store.inner.read().await;
+        assert_eq!(inner.sessions.len(), 1, "the expired session was swept");
+        assert_eq!(inner.by_sid.0.len(), 1);
     }
 
     #[tokio::test]
