@@ -914,13 +914,20 @@ fn check_header_name(key: &str, name: &str, bad: &mut impl FnMut(&str, String)) 
 /// `AUTHGATE_IDENTITY__JWT__TTL=1m` → (`identity.jwt.ttl`, `"1m"`), from a handed-in environment
 /// (figment's own `Env` provider always reads the process environment). Values are parsed the
 /// way figment parses environment values: `[a, b]` is a list, `true` a bool, `5` a number.
+/// The variables Kubernetes injects into every pod of a namespace for a Service named
+/// `authgate` (`AUTHGATE_SERVICE_HOST`, `AUTHGATE_PORT_9000_TCP_ADDR` …, unless the pod sets
+/// `enableServiceLinks: false`): not settings, and no setting is named like them.
+fn is_service_link(key: &str) -> bool {
+    key == "PORT" || key.starts_with("PORT_") || key.starts_with("SERVICE_")
+}
+
 fn env_overrides(
     env: impl IntoIterator<Item = (String, String)>,
 ) -> Vec<(String, figment::value::Value)> {
     env.into_iter()
         .filter_map(|(k, v)| {
             let key = k.strip_prefix("AUTHGATE_")?;
-            if ENV_NOT_KEYS.contains(&key) {
+            if ENV_NOT_KEYS.contains(&key) || is_service_link(key) {
                 return None;
             }
             let key = key.to_ascii_lowercase().replace("__", ".");
@@ -1032,6 +1039,11 @@ mod tests {
                 ),
                 ("AUTHGATE_CONFIG", "/ignored"),
                 ("AUTHGATE_LOG", "debug"),
+                // Kubernetes service links for a Service named authgate.
+                ("AUTHGATE_SERVICE_HOST", "10.96.0.10"),
+                ("AUTHGATE_SERVICE_PORT_GRPC", "9000"),
+                ("AUTHGATE_PORT", "tcp://10.96.0.10:9000"),
+                ("AUTHGATE_PORT_9000_TCP_ADDR", "10.96.0.10"),
                 ("OTHER", "ignored"),
             ]),
         )
