@@ -96,6 +96,17 @@ where
         review().await.map(|(value, _)| value)
     }
 
+    /// The cached answer for `key`, if there is a valid one (counted as a hit); no review.
+    pub async fn peek(&self, key: &K) -> Option<V> {
+        let entry = self.cache.get(key).await?;
+        if self.clock.now() < entry.valid_until {
+            crate::metrics::global().cache_lookup(self.name, true);
+            Some(entry.value)
+        } else {
+            None
+        }
+    }
+
     /// How many answers are held (approximate; for metrics and benchmarks).
     pub fn len(&self) -> u64 {
         self.cache.entry_count()

@@ -9,7 +9,7 @@ use std::num::NonZeroU32;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use governor::clock::{Clock, DefaultClock};
+use governor::clock::Clock;
 use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
 use serde::{Deserialize, Serialize};
 
@@ -69,9 +69,10 @@ impl<K: Hash + Eq + Clone> Limiter<K> {
         if self.checks.fetch_add(1, Ordering::Relaxed) % CLEANUP_EVERY == CLEANUP_EVERY - 1 {
             self.limiter.retain_recent();
         }
+        // The limiter's own clock: building a new one calibrates it (CPUID) on every call.
         self.limiter
             .check_key(key)
-            .map_err(|not_until| not_until.wait_time_from(DefaultClock::default().now()))
+            .map_err(|not_until| not_until.wait_time_from(self.limiter.clock().now()))
     }
 }
 
@@ -89,7 +90,7 @@ impl CallBudget {
     pub fn spend(&self) -> Result<(), Duration> {
         self.0
             .check()
-            .map_err(|not_until| not_until.wait_time_from(DefaultClock::default().now()))
+            .map_err(|not_until| not_until.wait_time_from(self.0.clock().now()))
     }
 }
 

@@ -122,10 +122,15 @@ impl ServiceAccountAuthenticator {
     /// Tokens the bound-token policy refuses are rejected before any review: they cost the
     /// API server nothing.
     pub async fn authenticate(&self, token: &str) -> Result<Review, KubeError> {
+        let key: [u8; 32] = Sha256::digest(token.as_bytes()).into();
+        // A cached answer was given to a token that passed the policy (an accepted one is never
+        // kept past the token's own `exp`): no need to decode the token again.
+        if let Some(answer) = self.cache.peek(&key).await {
+            return Ok(answer);
+        }
         if let Err(why) = bound_token_policy(token, &self.config, self.clock.unix_now()) {
             return Ok(Review::Rejected(why.into()));
         }
-        let key: [u8; 32] = Sha256::digest(token.as_bytes()).into();
         self.cache
             .get_or_review(&key, || self.review_uncached(&key, token))
             .await
