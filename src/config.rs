@@ -265,6 +265,12 @@ pub struct SessionConfig {
     /// A session unused this long ends.
     #[serde(with = "humantime_serde")]
     pub idle_timeout: Duration,
+    /// Redis store only: how long a replica reuses a session it read, without asking Redis
+    /// again. `0s` (default): every request reads Redis, so a logout or revocation anywhere
+    /// ends the session everywhere at once. Above 0, hot sessions cost no Redis round trip, and
+    /// a logout on another replica (or `authgate sessions revoke`) reaches this one within it.
+    #[serde(with = "humantime_serde")]
+    pub local_cache_ttl: Duration,
 }
 
 /// Redis Sentinel settings.
@@ -290,6 +296,7 @@ impl Default for SessionConfig {
             cookie_secure: true,
             max_age: Duration::from_secs(24 * 3600),
             idle_timeout: Duration::from_secs(8 * 3600),
+            local_cache_ttl: Duration::ZERO,
         }
     }
 }
@@ -822,6 +829,12 @@ impl Config {
         }
         if session.idle_timeout < Duration::from_secs(60) {
             bad("session.idle_timeout", "at least 1m".into());
+        }
+        if session.local_cache_ttl > Duration::from_secs(30) {
+            bad(
+                "session.local_cache_ttl",
+                "at most 30s: a logout on another replica must reach this one soon".into(),
+            );
         }
         if session.store == StoreKind::Redis
             && session.encryption_key_file.is_none()

@@ -412,6 +412,7 @@ impl Login {
             Ok(session) => {
                 let remaining = Duration::from_secs(session.expires_at.saturating_sub(now).max(1));
                 store.update(&found.key, &session, remaining).await?;
+                self.sessions.remember(&found.key, &session);
                 tracing::info!(target: "authgate::audit", event = "refresh", user = %session.user, "session refreshed");
                 Ok(Some(Found {
                     key: found.key,
@@ -420,6 +421,7 @@ impl Login {
             }
             Err(LoginError::Rejected(why)) => {
                 store.delete(&found.key).await?;
+                self.sessions.forget(&found.key);
                 tracing::info!(target: "authgate::audit", event = "refresh_refused", user = %found.session.user, reason = %why, "session ended: the provider refused the refresh");
                 Ok(None)
             }
@@ -491,6 +493,7 @@ impl Login {
             if let Err(e) = self.sessions.store().delete(&found.key).await {
                 return store_down(&e);
             }
+            self.sessions.forget(&found.key);
             id_token_hint = found
                 .session
                 .id_token
@@ -560,6 +563,7 @@ impl Login {
             (None, Some(sub)) => store.delete_sub(sub).await,
             (None, None) => unreachable!("checked in verify"),
         };
+        self.sessions.forget_all();
         match result {
             Ok(n) => {
                 tracing::info!(target: "authgate::audit", event = "backchannel_logout", sessions = n, sub = ?claims.get("sub"), "back-channel logout");

@@ -3,14 +3,14 @@
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use tower_cookies::cookie::{Cookie, SameSite};
 
 use crate::clock::SharedClock;
-use crate::config::SessionConfig;
+use crate::config::{SessionConfig, StoreKind};
 use crate::identity::{AuthMethod, Identity};
 use crate::request::Headers;
 use crate::store::{Key, Session, SessionStore, StoreError, TOUCH_INTERVAL};
@@ -71,16 +71,29 @@ pub struct Sessions {
     config: SessionConfig,
     clock: SharedClock,
     cookie_name: String,
+    /// Sessions read from Redis lately, with when they were read (`session.local_cache_ttl`).
+    local: Option<moka::sync::Cache<Key, (Session, SystemTime)>>,
 }
+
+/// Most sessions a replica keeps in its local cache.
+const LOCAL_CACHE_CAPACITY: u64 = 100_000;
 
 impl Sessions {
     /// Builds the session layer.
     pub fn new(store: Arc<dyn SessionStore>, config: SessionConfig, clock: SharedClock) -> Self {
+        let ttl = config.local_cache_ttl;
+        let local = (config.store == StoreKind::Redis && !ttl.is_zero()).then(|| {
+            moka::sync::Cache::builder()
+                .max_capacity(LOCAL_CACHE_CAPACITY)
+                .time_to_live(ttl)
+                .build()
+        });
         Self {
             cookie_name: config.cookie(),
             store,
             config,
             clock,
+            local,
         }
     }
 
@@ -106,23 +119,60 @@ impl Sessions {
                 continue;
             }
             let key = Key::of(value);
-            let Some(mut session) = self.store.get(&key).await? else {
-                continue;
+            let mut session = match self.cached(&key) {
+                Some(session) => session,
+                None => {
+                    let Some(session) = self.store.get(&key).await? else {
+                        continue;
+                    };
+                    self.remember(&key, &session);
+                    session
+                }
             };
             let now = self.clock.unix_now();
             let idle = self.config.idle_timeout.as_secs();
             if now >= session.expires_at || now.saturating_sub(session.last_seen) >= idle {
                 self.store.delete(&key).await?;
+                self.forget(&key);
                 continue;
             }
             if now.saturating_sub(session.last_seen) >= TOUCH_INTERVAL.as_secs().min(idle / 10) {
                 session.last_seen = now;
                 let remaining = Duration::from_secs(session.expires_at - now);
                 self.store.update(&key, &session, remaining).await?;
+                self.remember(&key, &session);
             }
             return Ok(Some(Found { key, session }));
         }
         Ok(None)
+    }
+
+    /// The session as this replica read it lately, if the local cache is on and it is fresh.
+    fn cached(&self, key: &Key) -> Option<Session> {
+        let (session, read_at) = self.local.as_ref()?.get(key)?;
+        (self.clock.now() < read_at + self.config.local_cache_ttl).then_some(session)
+    }
+
+    /// Keeps what this replica just read or wrote (when the local cache is on).
+    pub fn remember(&self, key: &Key, session: &Session) {
+        if let Some(local) = &self.local {
+            local.insert(*key, (session.clone(), self.clock.now()));
+        }
+    }
+
+    /// Drops one session from the local cache (it ended on this replica).
+    pub fn forget(&self, key: &Key) {
+        if let Some(local) = &self.local {
+            local.invalidate(key);
+        }
+    }
+
+    /// Drops every session from the local cache (a revocation by user, sid or sub: which keys it
+    /// ended is not known here).
+    pub fn forget_all(&self) {
+        if let Some(local) = &self.local {
+            local.invalidate_all();
+        }
     }
 
     /// Stores a new session and returns the cookie that carries it.
@@ -231,6 +281,45 @@ mod tests {
         }
         clock.advance(Duration::from_secs(300));
         assert!(s.find(&h).await.unwrap().is_none(), "max_age is absolute");
+    }
+
+    #[tokio::test]
+    async fn the_local_cache_saves_store_reads_for_at_most_its_ttl_and_forget_is_immediate() {
+        let clock = ManualClock::new();
+        let shared: SharedClock = Arc::new(clock.clone());
+        let store = Arc::new(MemoryStore::new(shared.clone()));
+        let config = |ttl: u64| SessionConfig {
+            // The cache is for Redis; the memory store stands in for it here.
+            store: StoreKind::Redis,
+            local_cache_ttl: Duration::from_secs(ttl),
+            ..SessionConfig::default()
+        };
+        let s = Sessions::new(store.clone(), config(2), shared.clone());
+        let cookie = s.create(session()).await.unwrap();
+        let h = headers(&cookie);
+        let found = s.find(&h).await.unwrap().unwrap();
+        // Ended elsewhere (another replica's logout): this replica still knows it, briefly.
+        store.delete(&found.key).await.unwrap();
+        assert!(s.find(&h).await.unwrap().is_some(), "within the TTL");
+        clock.advance(Duration::from_secs(2));
+        assert!(
+            s.find(&h).await.unwrap().is_none(),
+            "ended here too once the TTL is over"
+        );
+
+        // Ended on this replica: at once.
+        let h = headers(&s.create(session()).await.unwrap());
+        let found = s.find(&h).await.unwrap().unwrap();
+        store.delete(&found.key).await.unwrap();
+        s.forget(&found.key);
+        assert!(s.find(&h).await.unwrap().is_none());
+
+        // Off (the default): every request reads the store.
+        let s = Sessions::new(store.clone(), config(0), shared);
+        let h = headers(&s.create(session()).await.unwrap());
+        let found = s.find(&h).await.unwrap().unwrap();
+        store.delete(&found.key).await.unwrap();
+        assert!(s.find(&h).await.unwrap().is_none());
     }
 
     #[tokio::test]
