@@ -103,6 +103,11 @@ impl Shared {
 
     /// A replica: its own authgate, behind its own Envoy on `port`.
     async fn replica(&self, port: u16) -> (Authgate, Envoy) {
+        self.replica_with(port, "").await
+    }
+
+    /// A replica with `extra` YAML merged into its config.
+    async fn replica_with(&self, port: u16, extra: &str) -> (Authgate, Envoy) {
         let yaml = login_config_yaml(
             self.kube.kubeconfig_path(),
             &self.public_url(),
@@ -115,6 +120,7 @@ impl Shared {
                 self.key_file.display()
             ),
         );
+        let yaml = merge_yaml(&yaml, extra);
         let authgate = Authgate::start(&yaml).await;
         let (upstream, _) = echo::start_echo().await;
         let options = support::envoy::Options {
@@ -558,5 +564,90 @@ async fn redis_stopped_under_load_fails_closed_and_every_session_comes_back() {
     assert!(while_down > 0, "requests were made while Redis was down");
     for (i, browser) in browsers.iter().enumerate() {
         assert_eq!(status(browser, url("/after")).await, 200, "session {i}");
+    }
+}
+
+/// `session.local_cache_ttl`: a replica reuses a session it read for at most the TTL. A session
+/// ended elsewhere stops working here within the TTL; a Redis outage is bridged for known
+/// sessions for at most the TTL, then it is 503.
+#[tokio::test]
+async fn the_local_session_cache_lags_by_at_most_its_ttl() {
+    let mut shared = Shared::start().await;
+    let cache = "session: {local_cache_ttl: 2s}";
+    let (_a, envoy_a) = shared.replica_with(shared.public_port, cache).await;
+    let (_b, envoy_b) = shared.replica_with(free_port(), cache).await;
+    let via_a = |path: &str| format!("{}{path}", envoy_a.url());
+    // Every request below goes to B; A only handles the login.
+    let via_b = |path: &str| format!("{}{path}", envoy_b.url());
+    let ttl = Duration::from_secs(2);
+
+    let browser = oidc::browser();
+    assert_eq!(
+        oidc::browser_login(&browser, &via_a("/"), ALICE)
+            .await
+            .status,
+        200
+    );
+    assert_eq!(status(&browser, via_b("/x")).await, 200, "B read it");
+
+    // Redis down: B answers from its cache within the TTL of its read, then 503.
+    shared.redis.stop();
+    let down_at = std::time::Instant::now();
+    let mut statuses = Vec::new();
+    while down_at.elapsed() < ttl + Duration::from_secs(1) {
+        statuses.push((down_at.elapsed(), status(&browser, via_b("/y")).await));
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    for (at, s) in &statuses {
+        assert!(
+            *s == 503 || (*s == 200 && *at < ttl),
+            "{s} at {at:?} after Redis stopped: {statuses:?}"
+        );
+    }
+    assert_eq!(
+        statuses[0].1, 200,
+        "right after the stop, B answers from its cache: {statuses:?}"
+    );
+    assert_eq!(statuses.last().unwrap().1, 503, "{statuses:?}");
+    shared.redis.restart().await;
+    let back = std::time::Instant::now();
+    while status(&browser, via_b("/z")).await != 200 {
+        assert!(
+            back.elapsed() < Duration::from_secs(15),
+            "Redis never came back"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    // Ended behind B's back (as `authgate sessions revoke` or a logout on another replica):
+    // B stops serving it within the TTL of its last read.
+    let mut conn = ::redis::Client::open(shared.redis.url())
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    let keys: Vec<String> = ::redis::cmd("KEYS")
+        .arg("authgate:s:*")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(keys.len(), 1);
+    let _: () = ::redis::cmd("DEL")
+        .arg(&keys[0])
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let revoked = std::time::Instant::now();
+    loop {
+        let started = revoked.elapsed();
+        match status(&browser, via_b("/w")).await {
+            302 => break,
+            200 => assert!(
+                started < ttl,
+                "B served a revoked session {started:?} after the revocation"
+            ),
+            other => panic!("B answered {other}"),
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
