@@ -35,6 +35,7 @@ use std::time::{Duration, Instant};
 
 use support::kube_api::{Binding, Fixture, KubeApi, PolicyRule, Rbac, Subject};
 use support::oidc::{self, ALICE, BOB, NAVIGATION_ACCEPT};
+use support::process::AuthgateProcess;
 use support::{CLIENT_ID, CLIENT_SECRET, Envoy, ExtAuthz, KFP_AUDIENCE, free_port, sa_token};
 
 const WORKLOADS: usize = 100;
@@ -211,21 +212,8 @@ fn fixture() -> Fixture {
     }
 }
 
-/// authgate, the release binary, as its own process (so its memory is its own).
-struct AuthgateProcess {
-    child: std::process::Child,
-    grpc: std::net::SocketAddr,
-    http_port: u16,
-    _dir: tempfile::TempDir,
-}
-
-impl Drop for AuthgateProcess {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
+/// authgate, the release binary, as its own process (so its memory is its own), with
+/// production logging (a JSON line per decision) to a file, as a log shipper would read it.
 async fn start_authgate(yaml: String) -> AuthgateProcess {
     let binary = std::env::var_os("SOAK_AUTHGATE_BINARY").map_or_else(
         || PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/release/authgate"),
@@ -236,45 +224,7 @@ async fn start_authgate(yaml: String) -> AuthgateProcess {
         "{} is missing: cargo build --release --bin authgate",
         binary.display()
     );
-    let dir = tempfile::tempdir().unwrap();
-    let (grpc_port, http_port) = (free_port(), free_port());
-    let yaml = support::merge_yaml(
-        &yaml,
-        &format!("listen: {{grpc: '127.0.0.1:{grpc_port}', http: '127.0.0.1:{http_port}'}}"),
-    );
-    let config = dir.path().join("authgate.yaml");
-    std::fs::write(&config, yaml).unwrap();
-    // Production logging (a JSON line per decision), to a file as a log shipper would read.
-    let log = std::fs::File::create(dir.path().join("authgate.log")).unwrap();
-    let mut child = std::process::Command::new(binary)
-        .args(["serve", "--config"])
-        .arg(&config)
-        .env_remove("AUTHGATE_CONFIG")
-        .stdout(log.try_clone().unwrap())
-        .stderr(log)
-        .spawn()
-        .expect("authgate runs");
-    let ready = format!("http://127.0.0.1:{http_port}/readyz");
-    for _ in 0..100 {
-        if reqwest::get(&ready)
-            .await
-            .is_ok_and(|r| r.status().is_success())
-        {
-            return AuthgateProcess {
-                child,
-                grpc: format!("127.0.0.1:{grpc_port}").parse().unwrap(),
-                http_port,
-                _dir: dir,
-            };
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    let _ = child.kill();
-    let _ = child.wait();
-    panic!(
-        "authgate did not become ready: {}",
-        std::fs::read_to_string(dir.path().join("authgate.log")).unwrap_or_default()
-    );
+    AuthgateProcess::start(&binary, &yaml).await
 }
 
 async fn soak(duration: Duration, command: &str) -> Report {

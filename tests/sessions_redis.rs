@@ -10,6 +10,7 @@ use authgate::store::SessionStore;
 use authgate::store::redis::RedisStore;
 use reqwest::header::{ACCEPT, LOCATION};
 use support::oidc::{self, ALICE, BOB, NAVIGATION_ACCEPT};
+use support::process::AuthgateProcess;
 use support::redis::Redis;
 use support::*;
 
@@ -139,6 +140,31 @@ impl Shared {
     }
 }
 
+async fn connect(redis: &Redis) -> ::redis::aio::MultiplexedConnection {
+    ::redis::Client::open(redis.url())
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap()
+}
+
+/// The one session in Redis: its key and its stored JSON.
+async fn the_stored_session(redis: &Redis) -> (String, String) {
+    let mut conn = connect(redis).await;
+    let keys: Vec<String> = ::redis::cmd("KEYS")
+        .arg("authgate:s:*")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(keys.len(), 1, "{keys:?}");
+    let raw: String = ::redis::cmd("GET")
+        .arg(&keys[0])
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    (keys[0].clone(), raw)
+}
+
 async fn status(browser: &reqwest::Client, url: String) -> u16 {
     browser
         .get(url)
@@ -174,22 +200,7 @@ async fn replicas_share_sessions_through_redis_and_across_restarts() {
     );
 
     // The ID token kept for logout is sealed in Redis.
-    let mut conn = ::redis::Client::open(shared.redis.url())
-        .unwrap()
-        .get_multiplexed_async_connection()
-        .await
-        .unwrap();
-    let keys: Vec<String> = ::redis::cmd("KEYS")
-        .arg("authgate:s:*")
-        .query_async(&mut conn)
-        .await
-        .unwrap();
-    assert_eq!(keys.len(), 1);
-    let raw: String = ::redis::cmd("GET")
-        .arg(&keys[0])
-        .query_async(&mut conn)
-        .await
-        .unwrap();
+    let (_, raw) = the_stored_session(&shared.redis).await;
     assert!(!raw.contains("eyJ"), "no JWT in clear in the store: {raw}");
     assert!(
         raw.contains("\"id_token\""),
@@ -300,67 +311,6 @@ async fn sessions_revoke_ends_a_persons_sessions_everywhere() {
     );
 }
 
-/// An authgate process, as deployed (the binary, its own config file), that the test can
-/// SIGKILL: no graceful shutdown, connections cut mid-check.
-struct Process {
-    child: std::process::Child,
-    grpc: std::net::SocketAddr,
-    _dir: tempfile::TempDir,
-}
-
-impl Process {
-    async fn start(yaml: &str) -> Process {
-        let dir = tempfile::tempdir().unwrap();
-        let (grpc_port, http_port) = (free_port(), free_port());
-        let yaml = merge_yaml(
-            yaml,
-            &format!("listen: {{grpc: '127.0.0.1:{grpc_port}', http: '127.0.0.1:{http_port}'}}"),
-        );
-        let config = dir.path().join("authgate.yaml");
-        std::fs::write(&config, yaml).unwrap();
-        let log = std::fs::File::create(dir.path().join("authgate.log")).unwrap();
-        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_authgate"))
-            .args(["serve", "--config"])
-            .arg(&config)
-            .env_remove("AUTHGATE_CONFIG")
-            .stdout(log.try_clone().unwrap())
-            .stderr(log)
-            .spawn()
-            .expect("authgate binary runs");
-        let ready = format!("http://127.0.0.1:{http_port}/readyz");
-        for _ in 0..100 {
-            if reqwest::get(&ready)
-                .await
-                .is_ok_and(|r| r.status().is_success())
-            {
-                return Process {
-                    child,
-                    grpc: format!("127.0.0.1:{grpc_port}").parse().unwrap(),
-                    _dir: dir,
-                };
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-        let _ = child.kill();
-        let _ = child.wait();
-        panic!(
-            "authgate did not become ready: {}",
-            std::fs::read_to_string(dir.path().join("authgate.log")).unwrap_or_default()
-        );
-    }
-
-    fn kill(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Drop for Process {
-    fn drop(&mut self) {
-        self.kill();
-    }
-}
-
 /// Two replicas behind one Envoy; one is SIGKILLed while browsers and anonymous clients keep
 /// sending: nothing is let through on an error, and every session made before (by either
 /// replica) keeps working on the survivor.
@@ -379,8 +329,9 @@ async fn a_replica_killed_under_load_loses_no_session_and_allows_nothing_on_erro
             shared.key_file.display()
         ),
     );
-    let mut a = Process::start(&yaml).await;
-    let b = Process::start(&yaml).await;
+    let binary = std::path::Path::new(env!("CARGO_BIN_EXE_authgate"));
+    let mut a = AuthgateProcess::start(binary, &yaml).await;
+    let b = AuthgateProcess::start(binary, &yaml).await;
     let (upstream, _) = echo::start_echo().await;
     let options = support::envoy::Options {
         listen_port: Some(shared.public_port),
@@ -462,22 +413,7 @@ async fn without_a_provider_logout_endpoint_the_session_keeps_no_id_token() {
     let browser = oidc::browser();
     let journey = oidc::browser_login(&browser, &format!("{}/", envoy.url()), ALICE).await;
     assert_eq!(journey.status, 200);
-    let mut conn = ::redis::Client::open(shared.redis.url())
-        .unwrap()
-        .get_multiplexed_async_connection()
-        .await
-        .unwrap();
-    let keys: Vec<String> = ::redis::cmd("KEYS")
-        .arg("authgate:s:*")
-        .query_async(&mut conn)
-        .await
-        .unwrap();
-    assert_eq!(keys.len(), 1);
-    let raw: String = ::redis::cmd("GET")
-        .arg(&keys[0])
-        .query_async(&mut conn)
-        .await
-        .unwrap();
+    let (_, raw) = the_stored_session(&shared.redis).await;
     assert!(!raw.contains("\"id_token\""), "{raw}");
     assert!(raw.contains("\"refresh_token\""), "{raw}");
     assert!(raw.len() < 512, "{} bytes: {raw}", raw.len());
@@ -621,20 +557,10 @@ async fn the_local_session_cache_lags_by_at_most_its_ttl() {
 
     // Ended behind B's back (as `authgate sessions revoke` or a logout on another replica):
     // B stops serving it within the TTL of its last read.
-    let mut conn = ::redis::Client::open(shared.redis.url())
-        .unwrap()
-        .get_multiplexed_async_connection()
-        .await
-        .unwrap();
-    let keys: Vec<String> = ::redis::cmd("KEYS")
-        .arg("authgate:s:*")
-        .query_async(&mut conn)
-        .await
-        .unwrap();
-    assert_eq!(keys.len(), 1);
+    let (key, _) = the_stored_session(&shared.redis).await;
     let _: () = ::redis::cmd("DEL")
-        .arg(&keys[0])
-        .query_async(&mut conn)
+        .arg(&key)
+        .query_async(&mut connect(&shared.redis).await)
         .await
         .unwrap();
     let revoked = std::time::Instant::now();

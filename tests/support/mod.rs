@@ -6,6 +6,7 @@ pub mod echo;
 pub mod envoy;
 pub mod kube_api;
 pub mod oidc;
+pub mod process;
 pub mod redis;
 
 use std::collections::BTreeMap;

@@ -1,0 +1,78 @@
+//! authgate as deployed: the binary as its own process with its own config file, on fixed
+//! loopback ports, ready when `/readyz` answers. The test can SIGKILL it (no graceful shutdown,
+//! connections cut mid-check) and read its memory from `/proc/<pid>`.
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Duration;
+
+use super::{free_port, merge_yaml};
+
+pub struct AuthgateProcess {
+    pub child: std::process::Child,
+    pub grpc: SocketAddr,
+    pub http_port: u16,
+    dir: tempfile::TempDir,
+}
+
+impl AuthgateProcess {
+    /// Starts `binary serve --config <yaml with listen ports added>`; panics with its log if it
+    /// does not become ready.
+    pub async fn start(binary: &Path, yaml: &str) -> AuthgateProcess {
+        let dir = tempfile::tempdir().unwrap();
+        let (grpc_port, http_port) = (free_port(), free_port());
+        let yaml = merge_yaml(
+            yaml,
+            &format!("listen: {{grpc: '127.0.0.1:{grpc_port}', http: '127.0.0.1:{http_port}'}}"),
+        );
+        let config = dir.path().join("authgate.yaml");
+        std::fs::write(&config, yaml).unwrap();
+        let log = std::fs::File::create(dir.path().join("authgate.log")).unwrap();
+        let mut child = std::process::Command::new(binary)
+            .args(["serve", "--config"])
+            .arg(&config)
+            .env_remove("AUTHGATE_CONFIG")
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot run {}: {e}", binary.display()));
+        let ready = format!("http://127.0.0.1:{http_port}/readyz");
+        for _ in 0..100 {
+            if reqwest::get(&ready)
+                .await
+                .is_ok_and(|r| r.status().is_success())
+            {
+                return AuthgateProcess {
+                    child,
+                    grpc: SocketAddr::from(([127, 0, 0, 1], grpc_port)),
+                    http_port,
+                    dir,
+                };
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+        panic!(
+            "authgate did not become ready: {}",
+            std::fs::read_to_string(dir.path().join("authgate.log")).unwrap_or_default()
+        );
+    }
+
+    /// SIGKILL, and reap.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// What it logged so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("authgate.log")).unwrap_or_default()
+    }
+}
+
+impl Drop for AuthgateProcess {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
