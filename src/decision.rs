@@ -9,7 +9,7 @@ use serde_json::json;
 
 use crate::authn::bearer::{BearerError, OidcBearer};
 use crate::authn::login::{Login, html_escape};
-use crate::authn::service_account::{Review, ServiceAccountAuthenticator};
+use crate::authn::service_account::{Review, ServiceAccountAuthenticator, token_key};
 use crate::authn::session::{Found, Sessions};
 use crate::authn::{Credential, credential};
 use crate::authz::{Authorization, Authorizer};
@@ -285,11 +285,23 @@ impl Gate {
     }
 
     async fn authenticate_bearer(&self, token: &str) -> Result<Arc<Identity>, Decision> {
-        if let Some(oidc) = &self.oidc_bearer
-            && oidc.claims_our_issuer(token)
+        let key = token_key(token);
+        // A token the TokenReview cache knows needs nothing more, not even a look at its issuer:
+        // the issuers are fixed at start, so an OIDC issuer's token never reaches that cache.
+        if let Some(service_accounts) = &self.service_accounts
+            && let Some(review) = service_accounts.cached(&key).await
         {
-            return match oidc.authenticate(token).await {
-                Ok(identity) => Ok(Arc::new(identity)),
+            return review_answer(Ok(review));
+        }
+        if let Some(oidc) = &self.oidc_bearer {
+            if let Some(identity) = oidc.cached(&key) {
+                return Ok(identity);
+            }
+            if !oidc.claims_our_issuer(token) {
+                return self.authenticate_service_account(token, &key).await;
+            }
+            return match oidc.authenticate(token, &key).await {
+                Ok(identity) => Ok(identity),
                 Err(BearerError::Invalid(why)) => {
                     tracing::debug!(reason = %why, "OIDC bearer token refused");
                     Err(unauthenticated(
@@ -304,6 +316,15 @@ impl Gate {
                 }
             };
         }
+        self.authenticate_service_account(token, &key).await
+    }
+
+    /// A bearer token that is not an OIDC issuer's: a TokenReview decides.
+    async fn authenticate_service_account(
+        &self,
+        token: &str,
+        key: &[u8; 32],
+    ) -> Result<Arc<Identity>, Decision> {
         let Some(service_accounts) = &self.service_accounts else {
             return Err(unauthenticated(
                 "bearer tokens are not accepted by this gateway",
@@ -311,31 +332,7 @@ impl Gate {
                 "bearer_not_accepted",
             ));
         };
-        match service_accounts.authenticate(token).await {
-            Ok(Review::Authenticated(identity)) => Ok(identity),
-            Ok(Review::Rejected(why)) => {
-                tracing::debug!(reason = %why, "bearer token refused");
-                // The policy's own reasons are safe to show and help the caller fix the token;
-                // the API server's are not shown.
-                let message = if why.starts_with("service-account token")
-                    || why.starts_with("legacy")
-                    || why.starts_with("not a bound")
-                {
-                    why.to_string()
-                } else {
-                    "invalid bearer token".to_string()
-                };
-                Err(unauthenticated(&message, true, "invalid_token"))
-            }
-            Err(KubeError::Throttled(wait)) => {
-                tracing::debug!("token review budget spent; refused without a review");
-                Err(too_many(wait, "review_budget"))
-            }
-            Err(e) => {
-                tracing::warn!(error = %e, "token review failed");
-                Err(unavailable("kubernetes_unavailable"))
-            }
-        }
+        review_answer(service_accounts.authenticate_keyed(token, key).await)
     }
 
     fn check_groups(&self, req: &Request, identity: &Arc<Identity>) -> Option<Decision> {
@@ -427,11 +424,7 @@ impl Gate {
     /// (a user's notebook server runs arbitrary code) must never see another user's session id.
     /// `None` when there is nothing to change.
     fn cookie_without_ours(&self, req: &Request) -> Option<String> {
-        let sessions = self.sessions.as_ref()?;
-        let ours = [
-            sessions.cookie_name().to_string(),
-            sessions.config().login_cookie(),
-        ];
+        let ours = self.sessions.as_ref()?.own_cookie_names();
         let mut found = false;
         let kept: Vec<&str> = req
             .headers
@@ -586,6 +579,35 @@ fn forbidden_page(message: &str) -> String {
          <p>Ask an owner of the namespace to share it with you.</p></body></html>",
         html_escape(message)
     )
+}
+
+/// A TokenReview's answer (cached or not) as the gate's: the identity, or the response.
+fn review_answer(review: Result<Review, KubeError>) -> Result<Arc<Identity>, Decision> {
+    match review {
+        Ok(Review::Authenticated(identity)) => Ok(identity),
+        Ok(Review::Rejected(why)) => {
+            tracing::debug!(reason = %why, "bearer token refused");
+            // The policy's own reasons are safe to show and help the caller fix the token;
+            // the API server's are not shown.
+            let message = if why.starts_with("service-account token")
+                || why.starts_with("legacy")
+                || why.starts_with("not a bound")
+            {
+                why.to_string()
+            } else {
+                "invalid bearer token".to_string()
+            };
+            Err(unauthenticated(&message, true, "invalid_token"))
+        }
+        Err(KubeError::Throttled(wait)) => {
+            tracing::debug!("token review budget spent; refused without a review");
+            Err(too_many(wait, "review_budget"))
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "token review failed");
+            Err(unavailable("kubernetes_unavailable"))
+        }
+    }
 }
 
 /// A JSON error answer.

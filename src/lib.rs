@@ -12,6 +12,7 @@ pub mod decision;
 pub mod explain;
 pub mod identity;
 pub mod k8s;
+pub mod logline;
 pub mod metrics;
 pub mod migration;
 pub mod path;

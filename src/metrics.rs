@@ -105,7 +105,7 @@ pub fn global() -> &'static Metrics {
         let cache = Family::<CacheLabels, Counter>::default();
         registry.register(
             "review_cache_lookups",
-            "TokenReview and SubjectAccessReview cache lookups",
+            "Cache lookups: TokenReview and SubjectAccessReview answers, verified OIDC bearer tokens",
             cache.clone(),
         );
         let sessions = Gauge::default();

@@ -24,6 +24,20 @@ impl Headers {
         )
     }
 
+    /// Builds from owned (name, value) pairs, lower-casing names in place: the gRPC adapter
+    /// moves the strings it decoded instead of copying them.
+    pub fn from_owned(pairs: impl IntoIterator<Item = (String, String)>) -> Headers {
+        Headers(
+            pairs
+                .into_iter()
+                .map(|(mut n, v)| {
+                    n.make_ascii_lowercase();
+                    (n, v)
+                })
+                .collect(),
+        )
+    }
+
     /// Every value of `name` (lower-case), in order.
     pub fn get_all<'a>(&'a self, name: &'a str) -> impl Iterator<Item = &'a str> + 'a {
         self.0
@@ -93,11 +107,33 @@ impl Request {
         headers: Headers,
         client_ip: Option<IpAddr>,
     ) -> Request {
+        Request::from_owned(
+            method.to_string(),
+            scheme.to_string(),
+            host.to_string(),
+            target,
+            headers,
+            client_ip,
+        )
+    }
+
+    /// As [`Request::new`], reusing the method, scheme and host strings.
+    pub fn from_owned(
+        mut method: String,
+        mut scheme: String,
+        mut host: String,
+        target: &str,
+        headers: Headers,
+        client_ip: Option<IpAddr>,
+    ) -> Request {
+        method.make_ascii_uppercase();
+        scheme.make_ascii_lowercase();
+        host.make_ascii_lowercase();
         let (raw_path, query) = split_target(target);
         Request {
-            method: method.to_ascii_uppercase(),
-            scheme: scheme.to_ascii_lowercase(),
-            host: host.to_ascii_lowercase(),
+            method,
+            scheme,
+            host,
             raw_path: raw_path.to_string(),
             path: normalize_path(raw_path),
             query: query.to_string(),

@@ -4,6 +4,7 @@
 //! cached per (identity, audience) for half their lifetime, so the hot path signs once per
 //! identity per half-TTL, and every token handed out is valid for at least half its TTL.
 
+use std::hash::BuildHasher;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
@@ -92,8 +93,13 @@ struct Claims<'a> {
     extra: &'a std::collections::BTreeMap<String, Vec<String>>,
 }
 
-#[derive(Clone)]
+/// A signed token and what it was signed for: a cache hit is only used when all of it equals
+/// the request's (the cache is keyed by a hash, and a collision must never hand one identity
+/// another's token).
 struct CachedToken {
+    identity: Identity,
+    subject: Box<str>,
+    audience: Box<str>,
     jwt: Arc<str>,
     refresh_at: u64,
 }
@@ -106,7 +112,10 @@ pub struct Signer {
     key: EncodingKey,
     jwks: Arc<str>,
     clock: SharedClock,
-    cache: moka::sync::Cache<(Identity, String, String), CachedToken>,
+    /// Keyed by a hash of (identity, subject, audience): a lookup hashes the request's values in
+    /// place instead of cloning them into a key tuple.
+    cache: moka::sync::Cache<u64, Arc<CachedToken>>,
+    hasher: foldhash::fast::RandomState,
 }
 
 impl std::fmt::Debug for Signer {
@@ -172,6 +181,7 @@ impl Signer {
                 .max_capacity(100_000)
                 .time_to_live(ttl)
                 .build(),
+            hasher: foldhash::fast::RandomState::default(),
         })
     }
 
@@ -194,11 +204,14 @@ impl Signer {
         audience: &str,
     ) -> Result<Arc<str>, SigningError> {
         let now = self.clock.unix_now();
-        let cache_key = (identity.clone(), subject.to_string(), audience.to_string());
+        let cache_key = self.hasher.hash_one((identity, subject, audience));
         if let Some(hit) = self.cache.get(&cache_key)
             && now < hit.refresh_at
+            && hit.identity == *identity
+            && *hit.subject == *subject
+            && *hit.audience == *audience
         {
-            return Ok(hit.jwt);
+            return Ok(hit.jwt.clone());
         }
         let ttl = self.ttl.as_secs();
         let claims = Claims {
@@ -218,10 +231,13 @@ impl Signer {
         let jwt: Arc<str> = Arc::from(jsonwebtoken::encode(&header, &claims, &self.key)?);
         self.cache.insert(
             cache_key,
-            CachedToken {
+            Arc::new(CachedToken {
+                identity: identity.clone(),
+                subject: subject.into(),
+                audience: audience.into(),
                 jwt: jwt.clone(),
                 refresh_at: now + ttl / 2,
-            },
+            }),
         );
         Ok(jwt)
     }

@@ -68,7 +68,7 @@ impl Checker {
     }
 }
 
-/// Installs the log subscriber: JSON lines unless `AUTHGATE_LOG_FORMAT=text`; level from
+/// Installs the log subscriber: JSON lines ([`crate::logline`]) unless `AUTHGATE_LOG_FORMAT=text`; level from
 /// `AUTHGATE_LOG` (an `EnvFilter` directive, default `info`).
 pub fn init_logging() {
     use tracing_subscriber::EnvFilter;
@@ -80,6 +80,6 @@ pub fn init_logging() {
     let _ = if text {
         builder.try_init()
     } else {
-        builder.json().flatten_event(true).try_init()
+        builder.event_format(crate::logline::JsonLine).try_init()
     };
 }

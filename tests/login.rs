@@ -395,6 +395,29 @@ async fn oidc_id_tokens_work_as_bearer_tokens_across_key_rotation() {
         stack.kube.token_reviews().is_empty(),
         "an OIDC token costs no TokenReview"
     );
+    // Verified once, then remembered: the second call is a cache hit.
+    let hits = || async {
+        let text = reqwest::get(format!("{}/metrics", stack.authgate.http_url()))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        text.lines()
+            .find(|l| {
+                l.starts_with(
+                    r#"authgate_review_cache_lookups_total{cache="oidc_bearer",result="hit"}"#,
+                )
+            })
+            .and_then(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    let before = hits().await;
+    assert_eq!(call(token.clone()).await.status(), 200);
+    assert!(
+        hits().await > before,
+        "the second use of a token is not verified again"
+    );
 
     let new_kid = stack.provider.rotate_keys().await;
     let rotated = oidc::id_token_for(&stack.provider, &stack.client, ALICE).await;

@@ -78,13 +78,7 @@ impl Shared {
     async fn start_with_provider_env(provider_env: &[(&str, &str)]) -> Shared {
         let public_port = free_port();
         let public_url = format!("http://127.0.0.1:{public_port}");
-        let client = oidc::OidcClient {
-            client_id: CLIENT_ID.into(),
-            client_secret: CLIENT_SECRET.into(),
-            redirect_uris: vec![format!("{public_url}/authgate/callback")],
-            post_logout_redirect_uris: vec![format!("{public_url}/")],
-            backchannel_logout_uri: None,
-        };
+        let client = oidc::OidcClient::for_gateway(&public_url, None);
         let dir = tempfile::tempdir().unwrap();
         let key_file = dir.path().join("signing.pem");
         std::fs::write(&key_file, authgate::signing::generate_key_pem()).unwrap();

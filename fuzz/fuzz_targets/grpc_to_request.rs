@@ -87,7 +87,7 @@ fn check_request(input: &Input) -> CheckRequest {
 
 fuzz_target!(|input: Input| {
     let check = check_request(&input);
-    let req = to_request(&check);
+    let req = to_request(check.clone());
     let http = check
         .attributes
         .as_ref()

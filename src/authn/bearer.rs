@@ -3,8 +3,9 @@
 //! limited, when a token names an unknown key); tokens from other issuers fall through to
 //! TokenReview.
 
+use std::borrow::Cow;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use jsonwebtoken::jwk::JwkSet;
 use serde_json::Value;
@@ -27,6 +28,24 @@ pub struct OidcBearer {
     user_claim: String,
     groups_claim: String,
     http: openidconnect::reqwest::Client,
+    /// Tokens that passed verification, by SHA-256, with when they stop counting: a CLI or a
+    /// script sends one ID token on every request, and checking its signature each time costs
+    /// more than the rest of the check. Kept until the token's `exp`, at most [`VERIFIED_FOR`],
+    /// so a key the issuer withdraws stops counting within that time.
+    verified: moka::sync::Cache<[u8; 32], (Arc<Identity>, SystemTime)>,
+}
+
+/// How long a verified bearer token is trusted without checking its signature again.
+pub const VERIFIED_FOR: Duration = Duration::from_secs(60);
+
+/// Most verified tokens kept.
+const VERIFIED_CAPACITY: u64 = 10_000;
+
+/// Only the issuer of a token's claims (the rest is skipped, not decoded).
+#[derive(serde::Deserialize)]
+struct IssuerClaim<'a> {
+    #[serde(borrow)]
+    iss: Option<Cow<'a, str>>,
 }
 
 /// Why a token was refused, or could not be checked.
@@ -61,6 +80,10 @@ impl OidcBearer {
             user_claim,
             groups_claim,
             http,
+            verified: moka::sync::Cache::builder()
+                .max_capacity(VERIFIED_CAPACITY)
+                .time_to_live(VERIFIED_FOR)
+                .build(),
         }
     }
 
@@ -71,13 +94,44 @@ impl OidcBearer {
     }
 
     fn issuer_of(&self, token: &str) -> Option<&IssuerKeys> {
-        let claims = super::service_account::unverified_claims(token)?;
-        let iss = claims.get("iss")?.as_str()?.trim_end_matches('/');
+        use base64::Engine;
+        let payload = token.split('.').nth(1)?;
+        let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(payload.trim_end_matches('='))
+            .ok()?;
+        let claim: IssuerClaim = serde_json::from_slice(&bytes).ok()?;
+        let iss = claim.iss?;
+        let iss = iss.trim_end_matches('/');
         self.issuers.iter().find(|i| i.issuer == iss)
     }
 
-    /// Verifies the token and returns its identity.
-    pub async fn authenticate(&self, token: &str) -> Result<Identity, BearerError> {
+    /// The identity of a token (by [`super::service_account::token_key`]) verified lately.
+    pub fn cached(&self, key: &[u8; 32]) -> Option<Arc<Identity>> {
+        let (identity, until) = self.verified.get(key)?;
+        let fresh = SystemTime::now() < until;
+        if fresh {
+            crate::metrics::global().cache_lookup("oidc_bearer", true);
+        }
+        fresh.then_some(identity)
+    }
+
+    /// Verifies the token and remembers its identity under `key` (its
+    /// [`super::service_account::token_key`]) for [`Self::cached`], which callers ask first.
+    pub async fn authenticate(
+        &self,
+        token: &str,
+        key: &[u8; 32],
+    ) -> Result<Arc<Identity>, BearerError> {
+        crate::metrics::global().cache_lookup("oidc_bearer", false);
+        let (identity, exp) = self.verify(token).await?;
+        let identity = Arc::new(identity);
+        let until = exp.min(SystemTime::now() + VERIFIED_FOR);
+        self.verified.insert(*key, (identity.clone(), until));
+        Ok(identity)
+    }
+
+    /// Verifies the token: its identity and its expiry.
+    async fn verify(&self, token: &str) -> Result<(Identity, SystemTime), BearerError> {
         let issuer = self
             .issuer_of(token)
             .ok_or_else(|| BearerError::Invalid("not from a trusted issuer".into()))?;
@@ -94,21 +148,22 @@ impl OidcBearer {
         }
         .map_err(|e| BearerError::Invalid(format!("{e:?}")))?;
         // jsonwebtoken checks exp; insist that there is one.
-        if claims.get("exp").and_then(Value::as_u64).is_none() {
+        let Some(exp) = claims.get("exp").and_then(Value::as_u64) else {
             return Err(BearerError::Invalid("no exp".into()));
-        }
+        };
         let user = claims
             .get(&self.user_claim)
             .and_then(Value::as_str)
             .filter(|u| !u.is_empty())
             .ok_or_else(|| BearerError::Invalid(format!("no {:?} claim", self.user_claim)))?;
-        Ok(Identity {
+        let identity = Identity {
             user: user.to_string(),
             groups: groups(claims.get(&self.groups_claim)),
             uid: claims.get("sub").and_then(Value::as_str).map(String::from),
             extra: Default::default(),
             method: AuthMethod::OidcJwt,
-        })
+        };
+        Ok((identity, SystemTime::UNIX_EPOCH + Duration::from_secs(exp)))
     }
 
     async fn keys(&self, issuer: &IssuerKeys, refetch: bool) -> Result<Arc<JwkSet>, BearerError> {

@@ -122,17 +122,30 @@ impl ServiceAccountAuthenticator {
     /// Tokens the bound-token policy refuses are rejected before any review: they cost the
     /// API server nothing.
     pub async fn authenticate(&self, token: &str) -> Result<Review, KubeError> {
-        let key: [u8; 32] = Sha256::digest(token.as_bytes()).into();
+        self.authenticate_keyed(token, &token_key(token)).await
+    }
+
+    /// The cached answer for a token (by [`token_key`]), if there is one; never reviews.
+    pub async fn cached(&self, key: &[u8; 32]) -> Option<Review> {
+        self.cache.peek(key).await
+    }
+
+    /// As [`Self::authenticate`], with the token's key already computed.
+    pub async fn authenticate_keyed(
+        &self,
+        token: &str,
+        key: &[u8; 32],
+    ) -> Result<Review, KubeError> {
         // A cached answer was given to a token that passed the policy (an accepted one is never
         // kept past the token's own `exp`): no need to decode the token again.
-        if let Some(answer) = self.cache.peek(&key).await {
+        if let Some(answer) = self.cache.peek(key).await {
             return Ok(answer);
         }
         if let Err(why) = bound_token_policy(token, &self.config, self.clock.unix_now()) {
             return Ok(Review::Rejected(why.into()));
         }
         self.cache
-            .get_or_review(&key, || self.review_uncached(&key, token))
+            .get_or_review(key, || self.review_uncached(key, token))
             .await
     }
 
@@ -168,6 +181,11 @@ impl ServiceAccountAuthenticator {
             }
         })
     }
+}
+
+/// The key bearer tokens are cached under: their SHA-256 (the token itself is never stored).
+pub fn token_key(token: &str) -> [u8; 32] {
+    Sha256::digest(token.as_bytes()).into()
 }
 
 /// The issuer of legacy, secret-based service-account tokens (they never expire).

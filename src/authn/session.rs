@@ -71,6 +71,8 @@ pub struct Sessions {
     config: SessionConfig,
     clock: SharedClock,
     cookie_name: String,
+    /// The session cookie and the login-state cookie: authgate's own, never passed upstream.
+    own_cookies: [String; 2],
     /// Sessions read from Redis lately, with when they were read (`session.local_cache_ttl`).
     local: Option<moka::sync::Cache<Key, (Session, SystemTime)>>,
 }
@@ -90,6 +92,7 @@ impl Sessions {
         });
         Self {
             cookie_name: config.cookie(),
+            own_cookies: [config.cookie(), config.login_cookie()],
             store,
             config,
             clock,
@@ -110,6 +113,11 @@ impl Sessions {
     /// The session cookie's name.
     pub fn cookie_name(&self) -> &str {
         &self.cookie_name
+    }
+
+    /// The names of authgate's own cookies (session and login state).
+    pub fn own_cookie_names(&self) -> &[String; 2] {
+        &self.own_cookies
     }
 
     /// The live session the request's cookie points to, if any. Expired sessions are deleted.

@@ -34,7 +34,7 @@ impl Authorization for AuthorizationService {
         &self,
         request: tonic::Request<CheckRequest>,
     ) -> Result<tonic::Response<CheckResponse>, tonic::Status> {
-        let req = to_request(request.get_ref());
+        let req = to_request(request.into_inner());
         let decision = self.checker.check(&req, "grpc").await;
         Ok(tonic::Response::new(to_response(decision)))
     }
@@ -42,32 +42,11 @@ impl Authorization for AuthorizationService {
 
 /// `CheckRequest` → core request. `path` carries the query (Envoy leaves `query` empty); headers
 /// come from `header_map` when Envoy sends raw headers, else from the merged `headers` map.
-pub fn to_request(check: &CheckRequest) -> Request {
-    let attributes = check.attributes.as_ref();
-    let http = attributes
-        .and_then(|a| a.request.as_ref())
-        .and_then(|r| r.http.as_ref());
-    let Some(http) = http else {
-        // No HTTP attributes: an empty path is refused by normalization, so this fails closed.
-        return Request::new("", "", "", "", Headers::default(), None);
-    };
-    let headers = match &http.header_map {
-        Some(map) if !map.headers.is_empty() => Headers::from_pairs(map.headers.iter().map(|h| {
-            let value = if h.raw_value.is_empty() {
-                h.value.clone()
-            } else {
-                String::from_utf8_lossy(&h.raw_value).into_owned()
-            };
-            (h.key.as_str(), value)
-        })),
-        _ => Headers::from_pairs(http.headers.iter().map(|(k, v)| (k.as_str(), v.as_str()))),
-    };
-    let target = if http.query.is_empty() || http.path.contains('?') {
-        http.path.clone()
-    } else {
-        format!("{}?{}", http.path, http.query)
-    };
-    let client_ip = attributes
+/// Takes the request by value: its strings move into the core request instead of being copied.
+pub fn to_request(check: CheckRequest) -> Request {
+    let client_ip = check
+        .attributes
+        .as_ref()
         .and_then(|a| a.source.as_ref())
         .and_then(|s| s.address.as_ref())
         .and_then(|a| a.address.as_ref())
@@ -75,22 +54,49 @@ pub fn to_request(check: &CheckRequest) -> Request {
             Address::SocketAddress(sa) => sa.address.parse::<IpAddr>().ok(),
             _ => None,
         });
-    Request::new(
-        &http.method,
-        &http.scheme,
-        &http.host,
+    let http = check
+        .attributes
+        .and_then(|a| a.request)
+        .and_then(|r| r.http);
+    let Some(http) = http else {
+        // No HTTP attributes: an empty path is refused by normalization, so this fails closed.
+        return Request::new("", "", "", "", Headers::default(), None);
+    };
+    let headers = match http.header_map {
+        Some(map) if !map.headers.is_empty() => {
+            Headers::from_owned(map.headers.into_iter().map(|h| {
+                let value = if h.raw_value.is_empty() {
+                    h.value
+                } else {
+                    String::from_utf8(h.raw_value)
+                        .unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned())
+                };
+                (h.key, value)
+            }))
+        }
+        _ => Headers::from_owned(http.headers),
+    };
+    let target = if http.query.is_empty() || http.path.contains('?') {
+        http.path
+    } else {
+        format!("{}?{}", http.path, http.query)
+    };
+    Request::from_owned(
+        http.method,
+        http.scheme,
+        http.host,
         &target,
         headers,
         client_ip,
     )
 }
 
-fn overwrite(key: &str, value: &str) -> HeaderValueOption {
+fn overwrite((key, value): (String, String)) -> HeaderValueOption {
     #[allow(deprecated)] // `append` is deprecated but Envoy 1.37 briefly defaulted it to true.
     HeaderValueOption {
         header: Some(HeaderValue {
-            key: key.to_string(),
-            value: value.to_string(),
+            key,
+            value,
             raw_value: Vec::new(),
         }),
         append: Some(BoolValue { value: false }),
@@ -101,11 +107,11 @@ fn overwrite(key: &str, value: &str) -> HeaderValueOption {
 
 /// Appends: several `set-cookie` values must stay several headers. Only `append_action` is set,
 /// since Envoy refuses an option that sets both it and the deprecated `append`.
-fn add(key: &str, value: &str) -> HeaderValueOption {
+fn add((key, value): (String, String)) -> HeaderValueOption {
     HeaderValueOption {
         header: Some(HeaderValue {
-            key: key.to_string(),
-            value: value.to_string(),
+            key,
+            value,
             raw_value: Vec::new(),
         }),
         append_action: HeaderAppendAction::AppendIfExistsOrAdd.into(),
@@ -122,14 +128,10 @@ pub fn to_response(decision: Decision) -> CheckResponse {
                 ..Default::default()
             }),
             http_response: Some(HttpResponse::OkResponse(OkHttpResponse {
-                headers: allow.set.iter().map(|(k, v)| overwrite(k, v)).collect(),
+                headers: allow.set.into_iter().map(overwrite).collect(),
                 headers_to_remove: allow.remove,
                 // Several Set-Cookie values must be several entries, appended.
-                response_headers_to_add: allow
-                    .response_headers
-                    .iter()
-                    .map(|(k, v)| add(k, v))
-                    .collect(),
+                response_headers_to_add: allow.response_headers.into_iter().map(add).collect(),
                 ..Default::default()
             })),
             ..Default::default()
@@ -150,7 +152,7 @@ pub fn to_response(decision: Decision) -> CheckResponse {
                     status: Some(HttpStatus {
                         code: i32::from(deny.status),
                     }),
-                    headers: deny.headers.iter().map(|(k, v)| add(k, v)).collect(),
+                    headers: deny.headers.into_iter().map(add).collect(),
                     body: deny.body,
                 })),
                 ..Default::default()

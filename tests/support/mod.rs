@@ -267,15 +267,12 @@ impl LoginStack {
         let port = free_port();
         let public_url = format!("http://127.0.0.1:{port}");
         let authgate_http = free_port();
-        let client = oidc::OidcClient {
-            client_id: CLIENT_ID.into(),
-            client_secret: CLIENT_SECRET.into(),
-            redirect_uris: vec![format!("{public_url}/authgate/callback")],
-            post_logout_redirect_uris: vec![format!("{public_url}/")],
-            backchannel_logout_uri: Some(format!(
+        let client = oidc::OidcClient::for_gateway(
+            &public_url,
+            Some(format!(
                 "http://127.0.0.1:{authgate_http}/authgate/backchannel-logout"
             )),
-        };
+        );
         let mut provider = oidc::OidcProvider::start_with(vec![client.clone()], provider_env).await;
         if !provider_up {
             provider.stop();

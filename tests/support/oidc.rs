@@ -96,6 +96,18 @@ impl OidcClient {
         }
     }
 
+    /// The test client (`CLIENT_ID`) of a gateway at `public_url`: authgate's callback, the
+    /// gateway's root after logout, and optionally a back-channel logout endpoint.
+    pub fn for_gateway(public_url: &str, backchannel_logout_uri: Option<String>) -> OidcClient {
+        OidcClient {
+            client_id: super::CLIENT_ID.into(),
+            client_secret: super::CLIENT_SECRET.into(),
+            redirect_uris: vec![format!("{public_url}/authgate/callback")],
+            post_logout_redirect_uris: vec![format!("{public_url}/")],
+            backchannel_logout_uri,
+        }
+    }
+
     fn to_json(&self) -> Value {
         json!({
             "client_id": self.client_id,

@@ -1,0 +1,229 @@
+//! The JSON log line: one object per event, written in one pass into the line buffer.
+//!
+//! The shape is tracing-subscriber's `json().flatten_event(true)` (`timestamp`, `level`, the
+//! event's fields, `target`), so log pipelines see the same keys. It exists because that
+//! formatter serializes through an adaptor that re-checks every small fragment for UTF-8 and
+//! goes through `serde` per field: on the decision path it cost about as much as the decision
+//! itself (a `perf` call graph of the cached-token Check; numbers in BENCHMARKS.md).
+
+use std::fmt::{self, Write as _};
+use std::time::SystemTime;
+
+use tracing::field::{Field, Visit};
+use tracing::{Event, Subscriber};
+use tracing_subscriber::fmt::format::Writer;
+use tracing_subscriber::fmt::{FmtContext, FormatEvent, FormatFields};
+use tracing_subscriber::registry::LookupSpan;
+
+/// The event formatter (`tracing_subscriber::fmt().event_format(JsonLine)`).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct JsonLine;
+
+impl<S, N> FormatEvent<S, N> for JsonLine
+where
+    S: Subscriber + for<'a> LookupSpan<'a>,
+    N: for<'a> FormatFields<'a> + 'static,
+{
+    fn format_event(
+        &self,
+        _ctx: &FmtContext<'_, S, N>,
+        mut writer: Writer<'_>,
+        event: &Event<'_>,
+    ) -> fmt::Result {
+        let mut line = String::with_capacity(384);
+        let meta = event.metadata();
+        let _ = write!(
+            line,
+            "{{\"timestamp\":\"{}\",\"level\":\"{}\"",
+            humantime::format_rfc3339_micros(SystemTime::now()),
+            meta.level()
+        );
+        event.record(&mut Fields(&mut line));
+        line.push_str(",\"target\":");
+        push_json_string(&mut line, meta.target());
+        line.push_str("}\n");
+        writer.write_str(&line)
+    }
+}
+
+/// Writes each field as `,"name":value`.
+struct Fields<'a>(&'a mut String);
+
+impl Fields<'_> {
+    fn key(&mut self, field: &Field) {
+        self.0.push(',');
+        push_json_string(self.0, field.name());
+        self.0.push(':');
+    }
+}
+
+impl Visit for Fields<'_> {
+    fn record_str(&mut self, field: &Field, value: &str) {
+        self.key(field);
+        push_json_string(self.0, value);
+    }
+
+    fn record_debug(&mut self, field: &Field, value: &dyn fmt::Debug) {
+        self.key(field);
+        self.0.push('"');
+        let _ = write!(Escaped(self.0), "{value:?}");
+        self.0.push('"');
+    }
+
+    fn record_u64(&mut self, field: &Field, value: u64) {
+        self.key(field);
+        let _ = write!(self.0, "{value}");
+    }
+
+    fn record_i64(&mut self, field: &Field, value: i64) {
+        self.key(field);
+        let _ = write!(self.0, "{value}");
+    }
+
+    fn record_bool(&mut self, field: &Field, value: bool) {
+        self.key(field);
+        self.0.push_str(if value { "true" } else { "false" });
+    }
+
+    fn record_f64(&mut self, field: &Field, value: f64) {
+        self.key(field);
+        if value.is_finite() {
+            let _ = write!(self.0, "{value}");
+        } else {
+            // JSON has no NaN or infinity.
+            self.0.push_str("null");
+        }
+    }
+
+    fn record_error(&mut self, field: &Field, value: &(dyn std::error::Error + 'static)) {
+        self.key(field);
+        self.0.push('"');
+        let _ = write!(Escaped(self.0), "{value}");
+        self.0.push('"');
+    }
+}
+
+/// `value` as a JSON string literal.
+fn push_json_string(out: &mut String, value: &str) {
+    out.push('"');
+    let _ = Escaped(out).write_str(value);
+    out.push('"');
+}
+
+/// A `fmt::Write` that escapes what it is given for the inside of a JSON string.
+struct Escaped<'a>(&'a mut String);
+
+impl fmt::Write for Escaped<'_> {
+    fn write_str(&mut self, s: &str) -> fmt::Result {
+        let mut rest = s;
+        while let Some(at) = rest.find(|c: char| c == '"' || c == '\\' || c < ' ') {
+            self.0.push_str(&rest[..at]);
+            let c = rest[at..].chars().next().unwrap_or_default();
+            match c {
+                '"' => self.0.push_str("\\\""),
+                '\\' => self.0.push_str("\\\\"),
+                '\n' => self.0.push_str("\\n"),
+                '\r' => self.0.push_str("\\r"),
+                '\t' => self.0.push_str("\\t"),
+                c => {
+                    let _ = write!(self.0, "\\u{:04x}", c as u32);
+                }
+            }
+            rest = &rest[at + c.len_utf8()..];
+        }
+        self.0.push_str(rest);
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::{Arc, Mutex};
+
+    /// Captures what the subscriber writes.
+    #[derive(Clone, Default)]
+    struct Capture(Arc<Mutex<Vec<u8>>>);
+
+    impl std::io::Write for Capture {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    fn lines_of(f: impl FnOnce()) -> Vec<serde_json::Value> {
+        let capture = Capture::default();
+        let sink = capture.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .event_format(JsonLine)
+            .with_writer(move || sink.clone())
+            .finish();
+        tracing::subscriber::with_default(subscriber, f);
+        let bytes = capture.0.lock().unwrap().clone();
+        String::from_utf8(bytes)
+            .unwrap()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
+            .collect()
+    }
+
+    #[test]
+    fn every_field_type_makes_valid_json_with_the_usual_keys() {
+        let ip: Option<std::net::IpAddr> = Some([10, 0, 0, 1].into());
+        let error = std::io::Error::other("broken \"pipe\"");
+        let lines = lines_of(|| {
+            tracing::info!(
+                target: "authgate::decision",
+                user = "alice \"the admin\"\\\n\u{1}",
+                status = 403u64,
+                delta = -3i64,
+                ok = true,
+                ratio = 0.5f64,
+                nan = f64::NAN,
+                client_ip = ?ip,
+                path = %"/a/ü",
+                error = &error as &(dyn std::error::Error + 'static),
+                "decision"
+            );
+        });
+        assert_eq!(lines.len(), 1);
+        let l = &lines[0];
+        assert_eq!(l["level"], "INFO");
+        assert_eq!(l["target"], "authgate::decision");
+        assert_eq!(l["message"], "decision");
+        assert_eq!(l["user"], "alice \"the admin\"\\\n\u{1}");
+        assert_eq!(l["status"], 403);
+        assert_eq!(l["delta"], -3);
+        assert_eq!(l["ok"], true);
+        assert_eq!(l["ratio"], 0.5);
+        assert!(l["nan"].is_null());
+        assert_eq!(l["client_ip"], "Some(10.0.0.1)");
+        assert_eq!(l["path"], "/a/ü");
+        assert_eq!(l["error"], "broken \"pipe\"");
+        let ts = l["timestamp"].as_str().unwrap();
+        humantime::parse_rfc3339(ts).unwrap_or_else(|e| panic!("{ts}: {e}"));
+    }
+
+    #[test]
+    fn escapes_match_serde_json() {
+        for s in [
+            "",
+            "plain",
+            "\"",
+            "\\",
+            "\u{0}\u{1f}\u{7f}",
+            "tab\there",
+            "ü€😀",
+            "a\"b\\c\nd",
+        ] {
+            let mut ours = String::new();
+            push_json_string(&mut ours, s);
+            let back: String = serde_json::from_str(&ours).unwrap();
+            assert_eq!(back, s);
+        }
+    }
+}
