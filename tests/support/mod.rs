@@ -119,6 +119,24 @@ impl Authgate {
     pub fn http_url(&self) -> String {
         format!("http://{}", self.running.http_addr)
     }
+
+    /// The Prometheus exposition at `/metrics`.
+    pub async fn metrics(&self) -> String {
+        reqwest::get(format!("{}/metrics", self.http_url()))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+    }
+}
+
+/// The value of the first exposition line starting with `series` (name and labels).
+pub fn metric_value(exposition: &str, series: &str) -> Option<f64> {
+    exposition
+        .lines()
+        .find(|l| l.starts_with(series))
+        .and_then(|l| l.rsplit(' ').next()?.parse().ok())
 }
 
 /// Everything a gateway test needs: kube API, authgate, echo upstream, Envoy.
