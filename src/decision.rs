@@ -297,34 +297,25 @@ impl Gate {
             if let Some(identity) = oidc.cached(&key) {
                 return Ok(identity);
             }
-            if !oidc.claims_our_issuer(token) {
-                return self.authenticate_service_account(token, &key).await;
+            if oidc.claims_our_issuer(token) {
+                return match oidc.authenticate(token, &key).await {
+                    Ok(identity) => Ok(identity),
+                    Err(BearerError::Invalid(why)) => {
+                        tracing::debug!(reason = %why, "OIDC bearer token refused");
+                        Err(unauthenticated(
+                            "invalid bearer token",
+                            true,
+                            "invalid_token",
+                        ))
+                    }
+                    Err(BearerError::Unavailable(why)) => {
+                        tracing::warn!(reason = %why, "OIDC issuer keys unavailable");
+                        Err(unavailable("provider_unavailable"))
+                    }
+                };
             }
-            return match oidc.authenticate(token, &key).await {
-                Ok(identity) => Ok(identity),
-                Err(BearerError::Invalid(why)) => {
-                    tracing::debug!(reason = %why, "OIDC bearer token refused");
-                    Err(unauthenticated(
-                        "invalid bearer token",
-                        true,
-                        "invalid_token",
-                    ))
-                }
-                Err(BearerError::Unavailable(why)) => {
-                    tracing::warn!(reason = %why, "OIDC issuer keys unavailable");
-                    Err(unavailable("provider_unavailable"))
-                }
-            };
         }
-        self.authenticate_service_account(token, &key).await
-    }
-
-    /// A bearer token that is not an OIDC issuer's: a TokenReview decides.
-    async fn authenticate_service_account(
-        &self,
-        token: &str,
-        key: &[u8; 32],
-    ) -> Result<Arc<Identity>, Decision> {
+        // Not an OIDC issuer's token: a TokenReview decides.
         let Some(service_accounts) = &self.service_accounts else {
             return Err(unauthenticated(
                 "bearer tokens are not accepted by this gateway",
@@ -332,7 +323,7 @@ impl Gate {
                 "bearer_not_accepted",
             ));
         };
-        review_answer(service_accounts.authenticate_keyed(token, key).await)
+        review_answer(service_accounts.authenticate_keyed(token, &key).await)
     }
 
     fn check_groups(&self, req: &Request, identity: &Arc<Identity>) -> Option<Decision> {

@@ -16,11 +16,10 @@ impl Headers {
     pub fn from_pairs<N: AsRef<str>, V: Into<String>>(
         pairs: impl IntoIterator<Item = (N, V)>,
     ) -> Headers {
-        Headers(
+        Headers::from_owned(
             pairs
                 .into_iter()
-                .map(|(n, v)| (n.as_ref().to_ascii_lowercase(), v.into()))
-                .collect(),
+                .map(|(n, v)| (n.as_ref().to_string(), v.into())),
         )
     }
 

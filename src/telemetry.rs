@@ -68,8 +68,9 @@ impl Checker {
     }
 }
 
-/// Installs the log subscriber: JSON lines ([`crate::logline`]) unless `AUTHGATE_LOG_FORMAT=text`; level from
-/// `AUTHGATE_LOG` (an `EnvFilter` directive, default `info`).
+/// Installs the log subscriber: JSON lines ([`crate::logline`]) unless
+/// `AUTHGATE_LOG_FORMAT=text`; level from `AUTHGATE_LOG` (an `EnvFilter` directive, default
+/// `info`).
 pub fn init_logging() {
     use tracing_subscriber::EnvFilter;
     let filter = EnvFilter::try_from_env("AUTHGATE_LOG").unwrap_or_else(|_| EnvFilter::new("info"));

@@ -94,12 +94,8 @@ impl OidcBearer {
     }
 
     fn issuer_of(&self, token: &str) -> Option<&IssuerKeys> {
-        use base64::Engine;
-        let payload = token.split('.').nth(1)?;
-        let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
-            .decode(payload.trim_end_matches('='))
-            .ok()?;
-        let claim: IssuerClaim = serde_json::from_slice(&bytes).ok()?;
+        let payload = super::service_account::unverified_payload(token)?;
+        let claim: IssuerClaim = serde_json::from_slice(&payload).ok()?;
         let iss = claim.iss?;
         let iss = iss.trim_end_matches('/');
         self.issuers.iter().find(|i| i.issuer == iss)

@@ -280,12 +280,17 @@ pub fn unverified_exp(token: &str) -> Option<SystemTime> {
 
 /// The payload of a JWT-shaped token, not verified.
 pub fn unverified_claims(token: &str) -> Option<serde_json::Map<String, serde_json::Value>> {
+    serde_json::from_slice(&unverified_payload(token)?).ok()
+}
+
+/// The decoded (base64url) payload of a JWT-shaped token, not verified: for callers that read
+/// only some claims into their own type.
+pub fn unverified_payload(token: &str) -> Option<Vec<u8>> {
     use base64::Engine;
     let payload = token.split('.').nth(1)?;
-    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+    base64::engine::general_purpose::URL_SAFE_NO_PAD
         .decode(payload.trim_end_matches('='))
-        .ok()?;
-    serde_json::from_slice(&bytes).ok()
+        .ok()
 }
 
 #[cfg(test)]

@@ -70,8 +70,8 @@ pub struct Sessions {
     store: Arc<dyn SessionStore>,
     config: SessionConfig,
     clock: SharedClock,
-    cookie_name: String,
-    /// The session cookie and the login-state cookie: authgate's own, never passed upstream.
+    /// The session cookie (first) and the login-state cookie: authgate's own, never passed
+    /// upstream.
     own_cookies: [String; 2],
     /// Sessions read from Redis lately, with when they were read (`session.local_cache_ttl`).
     local: Option<moka::sync::Cache<Key, (Session, SystemTime)>>,
@@ -91,7 +91,6 @@ impl Sessions {
                 .build()
         });
         Self {
-            cookie_name: config.cookie(),
             own_cookies: [config.cookie(), config.login_cookie()],
             store,
             config,
@@ -112,7 +111,7 @@ impl Sessions {
 
     /// The session cookie's name.
     pub fn cookie_name(&self) -> &str {
-        &self.cookie_name
+        &self.own_cookies[0]
     }
 
     /// The names of authgate's own cookies (session and login state).
@@ -122,7 +121,7 @@ impl Sessions {
 
     /// The live session the request's cookie points to, if any. Expired sessions are deleted.
     pub async fn find(&self, headers: &Headers) -> Result<Option<Found>, StoreError> {
-        for value in cookie_values(headers, &self.cookie_name) {
+        for value in cookie_values(headers, self.cookie_name()) {
             if !looks_like_secret(value) {
                 continue;
             }
@@ -193,7 +192,7 @@ impl Sessions {
         self.store
             .create(&Key::of(&secret), &session, self.config.max_age)
             .await?;
-        Ok(self.cookie(&self.cookie_name, &secret, self.config.max_age))
+        Ok(self.cookie(self.cookie_name(), &secret, self.config.max_age))
     }
 
     /// A `Set-Cookie` value for one of authgate's cookies.

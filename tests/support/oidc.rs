@@ -100,11 +100,13 @@ impl OidcClient {
     /// gateway's root after logout, and optionally a back-channel logout endpoint.
     pub fn for_gateway(public_url: &str, backchannel_logout_uri: Option<String>) -> OidcClient {
         OidcClient {
-            client_id: super::CLIENT_ID.into(),
-            client_secret: super::CLIENT_SECRET.into(),
-            redirect_uris: vec![format!("{public_url}/authgate/callback")],
             post_logout_redirect_uris: vec![format!("{public_url}/")],
             backchannel_logout_uri,
+            ..OidcClient::new(
+                super::CLIENT_ID,
+                super::CLIENT_SECRET,
+                &format!("{public_url}/authgate/callback"),
+            )
         }
     }
 
