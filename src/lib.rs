@@ -214,6 +214,12 @@ impl App {
         })
     }
 
+    /// The checker both transports call: for embedding authgate's decision in another server,
+    /// and for the benchmark's in-process cost breakdown.
+    pub fn checker(&self) -> Arc<Checker> {
+        self.checker.clone()
+    }
+
     /// Binds both listeners and serves until `shutdown` resolves, then drains in-flight checks
     /// for up to `listen.shutdown_grace`.
     pub async fn start(self) -> Result<Running, StartError> {
