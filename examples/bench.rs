@@ -66,6 +66,8 @@ const CONCURRENCY: usize = 64;
 const CONNECTIONS: usize = 4;
 const WRK_CONNECTIONS: usize = 32;
 const NOOP_ROW: &str = "no-op tonic server (baseline)";
+/// Whether the paced rows run with the server on CPU 0 and the load generator on CPU 1.
+static PIN: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
 
 // ---------------------------------------------------------------------------------------------
 // Entry
@@ -186,6 +188,28 @@ fn ticks_of_stat(stat: &str) -> u64 {
             .unwrap_or(0)
     };
     get(11) + get(12)
+}
+
+/// Pins this process's threads whose name starts with `prefix` to `cpus` (a `taskset` list,
+/// e.g. "0" or "0,1"), with util-linux `taskset`. Returns how many threads were pinned.
+fn pin_threads(prefix: &str, cpus: &str) -> usize {
+    let mut pinned = 0;
+    if let Ok(dir) = std::fs::read_dir("/proc/self/task") {
+        for task in dir.flatten() {
+            let comm = std::fs::read_to_string(task.path().join("comm")).unwrap_or_default();
+            if comm.starts_with(prefix)
+                && Command::new("taskset")
+                    .args(["-p", "-c", cpus])
+                    .arg(task.file_name())
+                    .stdout(Stdio::null())
+                    .status()
+                    .is_ok_and(|s| s.success())
+            {
+                pinned += 1;
+            }
+        }
+    }
+    pinned
 }
 
 /// CPU seconds used so far by this process's threads whose name starts with `prefix`.
@@ -469,6 +493,9 @@ async fn grpc_paced(
     let pacer = std::thread::Builder::new()
         .name("bench-pace".into())
         .spawn(move || {
+            if PIN.load(std::sync::atomic::Ordering::Relaxed) {
+                pin_threads("bench-pace", "1");
+            }
             let mut tasks = Vec::new();
             let mut n: u32 = 0;
             loop {
@@ -1273,6 +1300,7 @@ struct HalfRow {
     p99: Duration,
     p999: Duration,
     worst_p99: Duration,
+    best_p99: Duration,
     wrong: u64,
 }
 
@@ -1290,27 +1318,35 @@ impl HalfRow {
             p99: pct(0.99),
             p999: pct(0.999),
             worst_p99: runs.iter().map(|s| s.pct(0.99)).max().unwrap_or_default(),
+            best_p99: runs.iter().map(|s| s.pct(0.99)).min().unwrap_or_default(),
             wrong: runs.iter().map(|s| s.unexpected + s.errors).sum(),
         }
     }
 }
 
-fn half_table(rows: &[HalfRow]) -> String {
+fn half_table(rows: &[HalfRow], pinned: bool) -> String {
+    let cores = if pinned {
+        "the server's threads pinned to CPU 0, the load generator's to CPU 1 (`taskset`)"
+    } else {
+        "**not pinned** (no `taskset`): client and server share both cores"
+    };
     let mut r = format!(
-        "\nAt half of each server's own closed-loop peak (open loop: one pacing thread starts a request every 1/rate s, `nanosleep`-timed, over the same {CONNECTIONS} connections; latency from send to answer). \
-         Each row runs once per round, interleaved; the percentiles are medians over the rounds, and the worst round's p99 is shown too.\n\n\
-         | scenario | offered req/s | achieved req/s (median) | p50 | p99 | p99.9 | p99, worst round | wrong answers / errors |\n| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |\n"
+        "\nAt half of each server's own closed-loop peak (open loop: one pacing thread starts a request every 1/rate s, `nanosleep`-timed, over the same {CONNECTIONS} connections; latency from send to answer; {cores}). \
+         Each row runs once per round, interleaved; the percentiles are medians over the rounds, and the p99 of the quietest and of the worst round are shown too \
+         (a stall of the machine — tens of ms, every row alike, `BENCH_SLOW=1` shows when — spoils the round it falls in).\n\n\
+         | scenario | offered req/s | achieved req/s (median) | p50 | p99 | p99.9 | p99, quietest round | p99, worst round | wrong answers / errors |\n| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |\n"
     );
     for row in rows {
         let _ = writeln!(
             r,
-            "| {} | {} | {} | {} | {} | {} | {} | {} |",
+            "| {} | {} | {} | {} | {} | {} | {} | {} | {} |",
             row.name,
             fmt_rps(row.rate),
             fmt_rps(row.achieved),
             fmt_lat(row.p50),
             fmt_lat(row.p99),
             fmt_lat(row.p999),
+            fmt_lat(row.best_p99),
             fmt_lat(row.worst_p99),
             row.wrong
         );
@@ -1816,6 +1852,14 @@ async fn run(timing: Timing, command: &str, only: Option<&str>) -> String {
     })
     .collect();
     let mut half_runs: Vec<Vec<Stats>> = vec![Vec::new(); half_scenarios.len()];
+    // The server on CPU 0, the load generator (client runtime, pacing thread) on CPU 1: the
+    // nearest this 2-core machine gets to a separate load-generator host. Unpinned afterwards.
+    let pinned = (pin_threads("bench-srv", "0"), pin_threads("bench-cli", "1"));
+    PIN.store(pinned.0 > 0, std::sync::atomic::Ordering::Relaxed);
+    eprintln!(
+        "[bench] half load: {} server threads pinned to CPU 0, {} client threads to CPU 1",
+        pinned.0, pinned.1
+    );
     for round in 0..timing.rounds {
         for (i, (name, addr, req, rate)) in half_scenarios.iter().enumerate() {
             let s = client
@@ -1835,6 +1879,10 @@ async fn run(timing: Timing, command: &str, only: Option<&str>) -> String {
             half_runs[i].push(s);
         }
     }
+    PIN.store(false, std::sync::atomic::Ordering::Relaxed);
+    pin_threads("bench-srv", "0,1");
+    pin_threads("bench-cli", "0,1");
+    let half_pinned = pinned.0 > 0;
     let half_rows: Vec<HalfRow> = half_scenarios
         .iter()
         .zip(half_runs)
@@ -1844,7 +1892,9 @@ async fn run(timing: Timing, command: &str, only: Option<&str>) -> String {
     if only.is_some() {
         server.rt.shutdown_background();
         client.rt.shutdown_background();
-        return grpc_table(&grpc_rows) + &half_table(&half_rows) + &stage_table(&stage_rows);
+        return grpc_table(&grpc_rows)
+            + &half_table(&half_rows, half_pinned)
+            + &stage_table(&stage_rows);
     }
 
     // --- (b) end to end through Envoy ------------------------------------------------------
@@ -2152,7 +2202,7 @@ async fn run(timing: Timing, command: &str, only: Option<&str>) -> String {
          Server CPU = CPU time of the server runtime's threads per request (authgate's work, or the no-op server's).\n"
     );
     r.push_str(&grpc_table(&grpc_rows));
-    r.push_str(&half_table(&half_rows));
+    r.push_str(&half_table(&half_rows, half_pinned));
     r.push_str(&stage_table(&stage_rows));
 
     if !e2e_rows.is_empty() {

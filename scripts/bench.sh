@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The benchmark of issue 7, in one command: builds the bench in release mode, makes sure the
 # load generator (Debian `wrk`) and the test peers (Envoy, redis-server, the OIDC provider) are
-# there, runs every scenario on loopback (~3-4 minutes) and writes BENCHMARKS.md: the method,
+# there, runs every scenario on loopback (~6 minutes) and writes BENCHMARKS.md: the method,
 # then the table of this run.
 # Usage: scripts/bench.sh [--quick]    (--quick: 1 s per row, for trying the bench itself)
 set -euo pipefail
