@@ -65,9 +65,11 @@ struct Timing {
 const CONCURRENCY: usize = 64;
 const CONNECTIONS: usize = 4;
 const WRK_CONNECTIONS: usize = 32;
+// Row names that several tables share (the half-load rows find their peak by name).
 const NOOP_ROW: &str = "no-op tonic server (baseline)";
-/// Whether the paced rows run with the server on CPU 0 and the load generator on CPU 1.
-static PIN: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+const TOKEN_ROW: &str = "authgate: cached service-account token";
+const TOKEN_SAR_ROW: &str = "authgate: cached token + cached SAR rule";
+const SESSION_ROW: &str = "authgate: session cookie (memory store)";
 
 // ---------------------------------------------------------------------------------------------
 // Entry
@@ -339,14 +341,19 @@ impl Authorization for Noop {
         &self,
         _request: tonic::Request<CheckRequest>,
     ) -> Result<tonic::Response<CheckResponse>, tonic::Status> {
-        Ok(tonic::Response::new(CheckResponse {
-            status: Some(rpc::Status {
-                code: 0,
-                ..Default::default()
-            }),
-            http_response: Some(HttpResponse::OkResponse(OkHttpResponse::default())),
+        Ok(tonic::Response::new(noop_answer()))
+    }
+}
+
+/// The no-op server's answer: allow, nothing to set or remove.
+fn noop_answer() -> CheckResponse {
+    CheckResponse {
+        status: Some(rpc::Status {
+            code: 0,
             ..Default::default()
-        }))
+        }),
+        http_response: Some(HttpResponse::OkResponse(OkHttpResponse::default())),
+        ..Default::default()
     }
 }
 
@@ -493,9 +500,6 @@ async fn grpc_paced(
     let pacer = std::thread::Builder::new()
         .name("bench-pace".into())
         .spawn(move || {
-            if PIN.load(std::sync::atomic::Ordering::Relaxed) {
-                pin_threads("bench-pace", "1");
-            }
             let mut tasks = Vec::new();
             let mut n: u32 = 0;
             loop {
@@ -1234,15 +1238,11 @@ async fn stage_costs(
                     let t4 = Instant::now();
                     (answer.encode_to_vec(), t2, t3, t4)
                 }
+                // Dropping the decoded request counts under "encode", as authgate's does.
                 None => {
+                    let encoded = noop_answer().encode_to_vec();
                     drop(decoded);
-                    let t = Instant::now();
-                    let answer = CheckResponse {
-                        status: Some(rpc::Status::default()),
-                        http_response: Some(HttpResponse::OkResponse(OkHttpResponse::default())),
-                        ..Default::default()
-                    };
-                    (answer.encode_to_vec(), t, t, t)
+                    (encoded, t1, t1, t1)
                 }
             };
             let t5 = Instant::now();
@@ -1681,16 +1681,8 @@ async fn run(timing: Timing, command: &str, only: Option<&str>) -> String {
             &CheckRequest,
         )> = vec![
             (NOOP_ROW, None, &req_token),
-            (
-                "authgate: cached service-account token",
-                Some(for_tokens.clone()),
-                &req_token,
-            ),
-            (
-                "authgate: cached token + cached SAR rule",
-                Some(for_tokens.clone()),
-                &req_token_sar,
-            ),
+            (TOKEN_ROW, Some(for_tokens.clone()), &req_token),
+            (TOKEN_SAR_ROW, Some(for_tokens.clone()), &req_token_sar),
             (
                 "authgate: OIDC ID token as bearer",
                 Some(for_tokens.clone()),
@@ -1737,22 +1729,16 @@ async fn run(timing: Timing, command: &str, only: Option<&str>) -> String {
             Expect::Allow,
             false,
         ),
+        (TOKEN_ROW, main.grpc_addr, &req_token, Expect::Allow, false),
         (
-            "authgate: cached service-account token",
-            main.grpc_addr,
-            &req_token,
-            Expect::Allow,
-            false,
-        ),
-        (
-            "authgate: cached token + cached SAR rule",
+            TOKEN_SAR_ROW,
             main.grpc_addr,
             &req_token_sar,
             Expect::Allow,
             false,
         ),
         (
-            "authgate: session cookie (memory store)",
+            SESSION_ROW,
             main.grpc_addr,
             &req_session,
             Expect::Allow,
@@ -1833,16 +1819,8 @@ async fn run(timing: Timing, command: &str, only: Option<&str>) -> String {
     // many rounds as the closed-loop rows, interleaved, so one stall of the machine (seen: whole
     // seconds, the no-op server included) spoils one round, not the row.
     let half_scenarios: Vec<(&str, SocketAddr, &CheckRequest, f64)> = [
-        (
-            "authgate: cached service-account token",
-            main.grpc_addr,
-            &req_token,
-        ),
-        (
-            "authgate: session cookie (memory store)",
-            main.grpc_addr,
-            &req_session,
-        ),
+        (TOKEN_ROW, main.grpc_addr, &req_token),
+        (SESSION_ROW, main.grpc_addr, &req_session),
         (NOOP_ROW, noop, &req_token),
     ]
     .into_iter()
@@ -1852,10 +1830,10 @@ async fn run(timing: Timing, command: &str, only: Option<&str>) -> String {
     })
     .collect();
     let mut half_runs: Vec<Vec<Stats>> = vec![Vec::new(); half_scenarios.len()];
-    // The server on CPU 0, the load generator (client runtime, pacing thread) on CPU 1: the
-    // nearest this 2-core machine gets to a separate load-generator host. Unpinned afterwards.
+    // The server on CPU 0, the load generator on CPU 1: the nearest this 2-core machine gets to
+    // a separate load-generator host. The pacing thread is started from a client thread and
+    // inherits its CPU. Unpinned afterwards.
     let pinned = (pin_threads("bench-srv", "0"), pin_threads("bench-cli", "1"));
-    PIN.store(pinned.0 > 0, std::sync::atomic::Ordering::Relaxed);
     eprintln!(
         "[bench] half load: {} server threads pinned to CPU 0, {} client threads to CPU 1",
         pinned.0, pinned.1
@@ -1879,7 +1857,6 @@ async fn run(timing: Timing, command: &str, only: Option<&str>) -> String {
             half_runs[i].push(s);
         }
     }
-    PIN.store(false, std::sync::atomic::Ordering::Relaxed);
     pin_threads("bench-srv", "0,1");
     pin_threads("bench-cli", "0,1");
     let half_pinned = pinned.0 > 0;
