@@ -1010,7 +1010,7 @@ fn memory_child(n: usize, with_id_token: bool) {
     rt.block_on(async {
         let store =
             authgate::store::memory::MemoryStore::new(Arc::new(authgate::clock::SystemClock));
-        let sealer = authgate::store::Sealer::random();
+        let sealer = authgate::store::Sealer::from_material(&rand::random::<[u8; 32]>());
         let now = now_unix();
         // Warm the allocator and the store's code paths with one session, then measure.
         let make = |i: usize| Session {

@@ -155,8 +155,25 @@ pub struct OidcConfig {
     pub groups_claim: String,
     /// Audiences accepted in bearer JWTs (empty: the client id).
     pub audiences: Vec<String>,
-    /// More issuers whose JWTs are accepted as bearer tokens (same audiences).
-    pub extra_issuers: Vec<String>,
+    /// When the user name is the `email` claim: only an address the provider marks
+    /// `email_verified: true` is an identity. `false` is for providers that never send the
+    /// claim (Entra ID): an absent claim is then accepted, and `email_verified: false` is
+    /// still refused, as the Kubernetes API server and oauth2-proxy do.
+    pub require_verified_email: bool,
+    /// Put in front of every user name from this issuer before anything else sees it
+    /// (SubjectAccessReviews, headers, the signed JWT): the API server's `username.prefix`.
+    pub username_prefix: String,
+    /// Put in front of every group from this issuer: the API server's `groups.prefix`.
+    pub groups_prefix: String,
+    /// More issuers whose JWTs are accepted as bearer tokens (same audiences and claims): an
+    /// issuer URL, or `{issuer, username_prefix, groups_prefix}`. Their prefixes default to
+    /// `<issuer>#`, so no two issuers can produce the same user or group.
+    pub extra_issuers: Vec<ExtraIssuer>,
+    /// Longest time the provider's keys (JWKS) are used without fetching them again; less
+    /// when the provider's `Cache-Control: max-age` says so. A key the provider withdraws
+    /// stops being accepted within this time.
+    #[serde(with = "humantime_serde")]
+    pub jwks_max_age: Duration,
     /// The authorization endpoint browsers are sent to, when it differs from discovery's: an
     /// issuer reached in-cluster (`http://dex.auth.svc.cluster.local:5556/dex`) advertises a URL
     /// browsers cannot open; set the public one here (e.g. `https://kubeflow.example.com/dex/auth`).
@@ -194,7 +211,11 @@ impl Default for OidcConfig {
             user_claim: "email".into(),
             groups_claim: "groups".into(),
             audiences: Vec::new(),
+            require_verified_email: true,
+            username_prefix: String::new(),
+            groups_prefix: String::new(),
             extra_issuers: Vec::new(),
+            jwks_max_age: Duration::from_secs(300),
             post_logout_redirect_uri: None,
             authorization_endpoint: None,
             refresh: true,
@@ -205,7 +226,90 @@ impl Default for OidcConfig {
     }
 }
 
+/// Another issuer of bearer JWTs: its URL alone, or with its own prefixes.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum ExtraIssuer {
+    /// Just the issuer URL: prefixes `<issuer>#`.
+    Url(String),
+    /// The issuer with its prefixes.
+    Full {
+        /// Issuer URL.
+        issuer: String,
+        /// Prefix of its user names; default `<issuer>#`.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        username_prefix: Option<String>,
+        /// Prefix of its groups; default `<issuer>#`.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        groups_prefix: Option<String>,
+    },
+}
+
+impl ExtraIssuer {
+    /// The issuer URL.
+    pub fn issuer(&self) -> &str {
+        match self {
+            ExtraIssuer::Url(issuer) | ExtraIssuer::Full { issuer, .. } => issuer,
+        }
+    }
+
+    /// The user-name prefix in effect.
+    pub fn username_prefix(&self) -> String {
+        match self {
+            ExtraIssuer::Full {
+                username_prefix: Some(p),
+                ..
+            } => p.clone(),
+            _ => self.default_prefix(),
+        }
+    }
+
+    /// The group prefix in effect.
+    pub fn groups_prefix(&self) -> String {
+        match self {
+            ExtraIssuer::Full {
+                groups_prefix: Some(p),
+                ..
+            } => p.clone(),
+            _ => self.default_prefix(),
+        }
+    }
+
+    /// `<issuer>#`: the API server's own default prefix for claims other than `email`.
+    fn default_prefix(&self) -> String {
+        format!("{}#", self.issuer().trim_end_matches('/'))
+    }
+}
+
+/// One issuer as authgate applies it: where its names come from and the prefixes that keep
+/// them apart from every other issuer's.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IssuerNames {
+    /// Issuer URL, without a trailing `/`.
+    pub issuer: String,
+    /// Prefix of its user names.
+    pub username_prefix: String,
+    /// Prefix of its groups.
+    pub groups_prefix: String,
+}
+
 impl OidcConfig {
+    /// Every issuer, the login's first, with its prefixes.
+    pub fn issuer_names(&self) -> Vec<IssuerNames> {
+        let main = IssuerNames {
+            issuer: self.issuer.trim_end_matches('/').to_string(),
+            username_prefix: self.username_prefix.clone(),
+            groups_prefix: self.groups_prefix.clone(),
+        };
+        std::iter::once(main)
+            .chain(self.extra_issuers.iter().map(|extra| IssuerNames {
+                issuer: extra.issuer().trim_end_matches('/').to_string(),
+                username_prefix: extra.username_prefix(),
+                groups_prefix: extra.groups_prefix(),
+            }))
+            .collect()
+    }
+
     /// The client secret, from the file or inline.
     pub fn read_client_secret(&self) -> std::io::Result<Option<String>> {
         match (&self.client_secret_file, &self.client_secret) {
@@ -255,6 +359,11 @@ pub struct SessionConfig {
     /// derived from the identity signing key.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub encryption_key_file: Option<PathBuf>,
+    /// Key material that sealed tokens before the current key (the previous
+    /// `encryption_key_file`, or the previous signing key when the key is derived from it):
+    /// still opened, never used to seal. Roll a key by listing the old one here first.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub previous_encryption_key_files: Vec<PathBuf>,
     /// Cookie name (`__Host-` is prepended when `cookie_secure`).
     pub cookie_name: String,
     /// Secure cookies with the `__Host-` prefix; turn off only for plain-HTTP development.
@@ -292,6 +401,7 @@ impl Default for SessionConfig {
             redis_cluster_nodes: Vec::new(),
             redis_sentinel: None,
             encryption_key_file: None,
+            previous_encryption_key_files: Vec::new(),
             cookie_name: "authgate_session".into(),
             cookie_secure: true,
             max_age: Duration::from_secs(24 * 3600),
@@ -375,13 +485,20 @@ impl Default for SubjectAccessReviewConfig {
     }
 }
 
+/// The audience service-account tokens need when `token_review.audiences` is not set: one
+/// dedicated to the gateway, so the API server's own default audience (every pod's automounted
+/// token) is never accepted from outside.
+pub const DEFAULT_TOKEN_AUDIENCE: &str = "authgate";
+
 /// Bearer tokens checked with a TokenReview.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct TokenReviewConfig {
     /// Accept Kubernetes service-account tokens.
     pub enabled: bool,
-    /// Audiences the token must be valid for (empty: the API server's default audience).
+    /// Audiences the token must be valid for, and that the API server's answer must confirm.
+    /// Default `[authgate]`; an empty list is refused (it would mean the API server's default
+    /// audience: every pod's automounted token).
     pub audiences: Vec<String>,
     /// How long an accepted token's review is reused (never past the token's own `exp`).
     #[serde(with = "humantime_serde")]
@@ -413,7 +530,7 @@ impl Default for TokenReviewConfig {
             enabled: true,
             require_bound: true,
             max_lifetime: None,
-            audiences: Vec::new(),
+            audiences: vec![DEFAULT_TOKEN_AUDIENCE.to_string()],
             cache_ttl: Duration::from_secs(60),
             failure_cache_ttl: Duration::from_secs(10),
             cache_capacity: 100_000,
@@ -473,6 +590,11 @@ pub struct RuleConfig {
     /// Instead of `resource`: any authenticated identity passes.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub allow: bool,
+    /// Pass the bearer token that authenticated the request on to the app, for an app that
+    /// verifies it itself. Default: removed, like authgate's cookies, so an app (a notebook
+    /// runs its owner's code) never collects a visitor's token to replay it.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub forward_credentials: bool,
 }
 
 /// Extra namespace sources of a rule.
@@ -603,6 +725,7 @@ impl Config {
             )
         })?;
         config.validate().map_err(ConfigError::Invalid)?;
+        notes.extend(config.trust_notes());
         config.notes = notes;
         Ok(config)
     }
@@ -615,6 +738,41 @@ impl Config {
             .map_err(|e| ConfigError::Parse(e.to_string()))?;
         config.validate().map_err(ConfigError::Invalid)?;
         Ok(config)
+    }
+
+    /// What the identity-trust settings in effect do, in words (`check-config` prints them).
+    pub fn trust_notes(&self) -> Vec<String> {
+        let mut notes = Vec::new();
+        if let Some(oidc) = &self.oidc {
+            if oidc.user_claim == "email" {
+                notes.push(if oidc.require_verified_email {
+                    "oidc.require_verified_email: true: a user named by the email claim needs \
+                     email_verified: true from the provider (absent or false: refused with a 403); \
+                     set false only for a provider that never sends the claim"
+                        .to_string()
+                } else {
+                    "oidc.require_verified_email: false: an email without an email_verified claim \
+                     is accepted; email_verified: false is still refused"
+                        .to_string()
+                });
+            }
+            for names in oidc.issuer_names() {
+                notes.push(format!(
+                    "issuer {}: users {:?}+name, groups {:?}+group (names that then start with \
+                     system: are refused)",
+                    names.issuer, names.username_prefix, names.groups_prefix
+                ));
+            }
+        }
+        let tr = &self.kubernetes.token_review;
+        if tr.enabled {
+            notes.push(format!(
+                "kubernetes.token_review.audiences: [{}]: only tokens the API server confirms for \
+                 these audiences are accepted; pods' automounted tokens are not",
+                tr.audiences.join(", ")
+            ));
+        }
+        notes
     }
 
     /// Every problem with the settings, all at once.
@@ -739,6 +897,18 @@ impl Config {
                 "must not be longer than cache_ttl".into(),
             );
         }
+        if tr.enabled && tr.audiences.is_empty() {
+            bad(
+                "kubernetes.token_review.audiences",
+                format!(
+                    "must name at least one audience: with none, the API server checks its own \
+                     default audience, so every pod's automounted token (readable from any pod, \
+                     log or crash dump) would be accepted from outside. Mount projected tokens \
+                     for a dedicated audience and list it (the default is [{DEFAULT_TOKEN_AUDIENCE}]; \
+                     KFP's SDK uses [pipelines.kubeflow.org]), or set token_review.enabled: false"
+                ),
+            );
+        }
         for (i, aud) in tr.audiences.iter().enumerate() {
             if aud.trim().is_empty() {
                 bad(
@@ -800,7 +970,8 @@ impl Config {
             if !oidc.scopes.iter().any(|s| s == "openid") {
                 bad("oidc.scopes", "must include openid".into());
             }
-            for (i, issuer) in oidc.extra_issuers.iter().enumerate() {
+            for (i, extra) in oidc.extra_issuers.iter().enumerate() {
+                let issuer = extra.issuer();
                 if Url::parse(issuer).is_err() {
                     bad(
                         &format!("oidc.extra_issuers[{i}]"),
@@ -808,6 +979,16 @@ impl Config {
                     );
                 }
             }
+            if oidc.jwks_max_age < Duration::from_secs(1)
+                || oidc.jwks_max_age > Duration::from_secs(24 * 3600)
+            {
+                bad(
+                    "oidc.jwks_max_age",
+                    "must be between 1s and 24h: it bounds how long a withdrawn key is accepted"
+                        .into(),
+                );
+            }
+            check_issuer_prefixes(&oidc.issuer_names(), &mut bad);
         }
         let session = &self.session;
         if session.cookie_name.is_empty()
@@ -844,6 +1025,14 @@ impl Config {
                 "session.encryption_key_file",
                 "the redis store shares sessions between replicas: set encryption_key_file (or identity.jwt.key_file, from which the key is derived)".into(),
             );
+        }
+        for (i, file) in session.previous_encryption_key_files.iter().enumerate() {
+            if !file.is_file() {
+                bad(
+                    &format!("session.previous_encryption_key_files[{i}]"),
+                    format!("{} is not a readable file", file.display()),
+                );
+            }
         }
         for (key, file) in [
             ("session.encryption_key_file", &session.encryption_key_file),
@@ -903,6 +1092,66 @@ impl Config {
     pub fn redacted_yaml(&self) -> String {
         // No secret is held inline yet: secrets only ever come from files, and we print paths.
         serde_yaml::to_string(self).unwrap_or_else(|e| format!("# cannot render: {e}\n"))
+    }
+}
+
+/// Issuers are kept apart by their prefixes: no two may share an issuer URL or a prefix, and a
+/// prefix must itself be a name a header can carry and Kubernetes does not reserve.
+fn check_issuer_prefixes(issuers: &[IssuerNames], bad: &mut impl FnMut(&str, String)) {
+    for (i, names) in issuers.iter().enumerate() {
+        let key = if i == 0 {
+            "oidc".to_string()
+        } else {
+            format!("oidc.extra_issuers[{}]", i - 1)
+        };
+        for (field, prefix) in [
+            ("username_prefix", &names.username_prefix),
+            ("groups_prefix", &names.groups_prefix),
+        ] {
+            if prefix.starts_with(crate::identity::RESERVED_PREFIX) {
+                bad(
+                    &format!("{key}.{field}"),
+                    format!("{prefix:?} starts with system:, which Kubernetes reserves"),
+                );
+            }
+            let probe = format!("{prefix}x");
+            if crate::identity::carriable_group(&probe).is_err() {
+                bad(
+                    &format!("{key}.{field}"),
+                    format!(
+                        "{prefix:?} must be visible ASCII without ',' (it is written into headers)"
+                    ),
+                );
+            }
+        }
+        for (j, other) in issuers.iter().enumerate().take(i) {
+            let other_key = if j == 0 {
+                "oidc.issuer".to_string()
+            } else {
+                format!("oidc.extra_issuers[{}]", j - 1)
+            };
+            if other.issuer == names.issuer {
+                bad(&key, format!("the same issuer as {other_key}"));
+            }
+            if other.username_prefix == names.username_prefix {
+                bad(
+                    &format!("{key}.username_prefix"),
+                    format!(
+                        "{:?} is also {other_key}'s: two issuers could then vouch for the same user",
+                        names.username_prefix
+                    ),
+                );
+            }
+            if other.groups_prefix == names.groups_prefix {
+                bad(
+                    &format!("{key}.groups_prefix"),
+                    format!(
+                        "{:?} is also {other_key}'s: two issuers could then grant the same group",
+                        names.groups_prefix
+                    ),
+                );
+            }
+        }
     }
 }
 
@@ -976,6 +1225,82 @@ mod tests {
         assert_eq!(c.identity.jwt.ttl, Duration::from_secs(300));
         assert_eq!(c.listen.grpc.port(), 9000);
         assert!(c.kubernetes.token_review.enabled);
+    }
+
+    fn problems(yaml: &str) -> Vec<Problem> {
+        match Config::from_yaml(yaml) {
+            Err(ConfigError::Invalid(problems)) => problems,
+            other => panic!("expected problems, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn token_reviews_default_to_the_gateways_own_audience_and_never_to_none() {
+        let c = Config::from_yaml("public_url: https://kf.example.com").unwrap();
+        assert_eq!(
+            c.kubernetes.token_review.audiences,
+            [DEFAULT_TOKEN_AUDIENCE]
+        );
+        let p = problems(
+            "public_url: https://kf.example.com
+kubernetes: {token_review: {audiences: []}}",
+        );
+        assert_eq!(p[0].key, "kubernetes.token_review.audiences");
+        assert!(p[0].message.contains("automounted"), "{}", p[0].message);
+        // Without token reviews, no audience is needed.
+        Config::from_yaml(
+            "public_url: https://kf.example.com
+kubernetes: {token_review: {enabled: false, audiences: []}}",
+        )
+        .unwrap();
+    }
+
+    #[test]
+    fn issuers_must_be_kept_apart_by_their_prefixes() {
+        let base = "public_url: https://kf.example.com
+oidc: {issuer: https://a.example, client_id: c";
+        let c =
+            Config::from_yaml(&format!("{base}, extra_issuers: [https://b.example]}}")).unwrap();
+        let names = c.oidc.unwrap().issuer_names();
+        assert_eq!(names[1].username_prefix, "https://b.example#");
+        assert_eq!(names[1].groups_prefix, "https://b.example#");
+        let p = problems(&format!(
+            "{base}, extra_issuers: [{{issuer: https://b.example, username_prefix: '', groups_prefix: ''}}]}}"
+        ));
+        let keys: Vec<&str> = p.iter().map(|p| p.key.as_str()).collect();
+        assert_eq!(
+            keys,
+            [
+                "oidc.extra_issuers[0].username_prefix",
+                "oidc.extra_issuers[0].groups_prefix"
+            ],
+            "{p:?}"
+        );
+        let p = problems(&format!(
+            "{base}, username_prefix: 'system:x:', groups_prefix: 'a,b', extra_issuers: [https://a.example/]}}"
+        ));
+        let keys: Vec<&str> = p.iter().map(|p| p.key.as_str()).collect();
+        assert!(keys.contains(&"oidc.username_prefix"), "{p:?}");
+        assert!(keys.contains(&"oidc.groups_prefix"), "{p:?}");
+        assert!(
+            keys.contains(&"oidc.extra_issuers[0]"),
+            "the same issuer twice: {p:?}"
+        );
+        let p = problems(&format!("{base}, jwks_max_age: 0s}}"));
+        assert_eq!(p[0].key, "oidc.jwks_max_age");
+    }
+
+    #[test]
+    fn check_config_says_what_the_trust_settings_do() {
+        let c = Config::from_yaml(
+            "public_url: https://kf.example.com
+oidc: {issuer: https://a.example, client_id: c}",
+        )
+        .unwrap();
+        let notes = c.trust_notes().join("\n");
+        assert!(notes.contains("require_verified_email: true"), "{notes}");
+        assert!(notes.contains("issuer https://a.example"), "{notes}");
+        assert!(notes.contains("audiences: [authgate]"), "{notes}");
     }
 
     #[test]

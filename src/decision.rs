@@ -8,13 +8,13 @@ use std::sync::Arc;
 use serde_json::json;
 
 use crate::authn::bearer::{BearerError, OidcBearer};
+use crate::authn::claims::ClaimError;
 use crate::authn::login::{Login, html_escape};
 use crate::authn::service_account::{Review, ServiceAccountAuthenticator, token_key};
 use crate::authn::session::{Found, Sessions};
 use crate::authn::{Credential, credential};
 use crate::authz::{Authorization, Authorizer};
-use crate::identity::AuthMethod;
-use crate::identity::{HeaderPlan, Identity};
+use crate::identity::{AuthMethod, HeaderPlan, Identity, carriable_identity};
 use crate::k8s::KubeError;
 use crate::path::PathPrefix;
 use crate::redirect;
@@ -87,6 +87,39 @@ impl Decision {
             Decision::Deny(d) => d.identity.as_deref(),
         }
     }
+
+    /// This decision, if Envoy can apply it exactly; else a 500. An allow whose headers cannot
+    /// all be written (a value with a control character, a bad name) would reach the app
+    /// without them, and the client's own copy of an identity header with them: never.
+    pub fn deliverable(self) -> Decision {
+        match &self {
+            Decision::Allow(allow)
+                if !allow
+                    .set
+                    .iter()
+                    .chain(&allow.response_headers)
+                    .all(|(n, v)| header_deliverable(n, v))
+                    || !allow.remove.iter().all(|n| header_deliverable(n, "")) =>
+            {
+                tracing::error!(
+                    "an allow answer carries a header that cannot be written; refused instead"
+                );
+                let mut deny = json_response(500, "internal", "internal error", "undeliverable");
+                if let Decision::Deny(d) = &mut deny {
+                    d.identity = allow.identity.clone();
+                }
+                deny
+            }
+            _ => self,
+        }
+    }
+}
+
+/// Whether a header can be written as is, on HTTP/1.1 and HTTP/2: a token name and a value
+/// without control characters (other than tab).
+pub fn header_deliverable(name: &str, value: &str) -> bool {
+    http::HeaderName::from_bytes(name.as_bytes()).is_ok()
+        && http::HeaderValue::from_bytes(value.as_bytes()).is_ok()
 }
 
 /// Everything `decide` needs, prepared once at start.
@@ -152,6 +185,15 @@ impl Gate {
                 return deny;
             }
         };
+        // Whoever vouched for it (a TokenReview too), an identity the headers cannot carry
+        // exactly is refused: the app would act on a different name than authgate judged.
+        if let Err(why) = carriable_identity(&identity) {
+            let mut d = json_response(403, "forbidden", &why.to_string(), "identity_not_carriable");
+            if let Decision::Deny(deny) = &mut d {
+                deny.identity = Some(identity);
+            }
+            return d;
+        }
         if let Err(wait) = self.rate_limits.identity(&identity.user) {
             let mut d = too_many(wait, "rate_limited_identity");
             if let Decision::Deny(deny) = &mut d {
@@ -165,7 +207,10 @@ impl Gate {
         }
 
         match self.authorizer.authorize(&identity, req, path).await {
-            Authorization::Allowed { .. } => self.allow(identity, req),
+            Authorization::Allowed {
+                forward_credentials,
+                ..
+            } => self.allow(identity, req, forward_credentials),
             Authorization::Refused { rule, why } => self.forbidden(
                 req,
                 &identity,
@@ -249,7 +294,8 @@ impl Gate {
                     };
                     match found {
                         Ok(Some(found)) => {
-                            return Ok((Arc::new(found.identity()), Some(found)));
+                            let issuer = self.login.as_ref().map(|l| l.issuer().clone());
+                            return Ok((Arc::new(found.identity(issuer)), Some(found)));
                         }
                         Ok(None) => {}
                         Err(e) => {
@@ -312,6 +358,7 @@ impl Gate {
                         tracing::warn!(reason = %why, "OIDC issuer keys unavailable");
                         Err(unavailable("provider_unavailable"))
                     }
+                    Err(BearerError::Refused(why)) => Err(identity_refused(&why)),
                 };
             }
         }
@@ -327,8 +374,7 @@ impl Gate {
     }
 
     fn check_groups(&self, req: &Request, identity: &Arc<Identity>) -> Option<Decision> {
-        let human = identity.method != AuthMethod::ServiceAccount;
-        if human && !self.allowed_email_domains.is_empty() {
+        if identity.is_person() && !self.allowed_email_domains.is_empty() {
             let domain = identity
                 .user
                 .rsplit_once('@')
@@ -371,7 +417,7 @@ impl Gate {
         ))
     }
 
-    fn allow(&self, identity: Arc<Identity>, req: &Request) -> Decision {
+    fn allow(&self, identity: Arc<Identity>, req: &Request, forward_credentials: bool) -> Decision {
         let plan = &self.headers;
         let user_value = plan.user_value(&identity);
         let audience = req.host.as_str();
@@ -401,6 +447,11 @@ impl Gate {
         let mut remove = plan.remove_except(&set_names);
         if remove_cookie {
             remove.push("cookie".into());
+        }
+        // The bearer token that authenticated the request stops here, as authgate's cookies do,
+        // unless the rule says the app verifies it itself.
+        if identity.method != AuthMethod::Session && !forward_credentials {
+            remove.push("authorization".into());
         }
         Decision::Allow(Allow {
             set,
@@ -599,6 +650,13 @@ fn review_answer(review: Result<Review, KubeError>) -> Result<Arc<Identity>, Dec
             Err(unavailable("kubernetes_unavailable"))
         }
     }
+}
+
+/// A genuine credential that vouches for someone authgate cannot accept (an unverified e-mail, a
+/// reserved or uncarriable name): 403, saying why, and an audit line.
+fn identity_refused(why: &ClaimError) -> Decision {
+    tracing::warn!(target: "authgate::audit", event = "identity_refused", reason = why.reason(), why = %why, "bearer token refused: not an identity authgate can vouch for");
+    json_response(403, "forbidden", &why.to_string(), why.reason())
 }
 
 /// A JSON error answer.

@@ -97,6 +97,7 @@ pub fn explain(config: &Config, question: &Question) -> Explanation {
         uid: None,
         extra: Default::default(),
         method: AuthMethod::Session,
+        issuer: None,
     };
     let _ = writeln!(
         out,

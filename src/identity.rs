@@ -2,6 +2,7 @@
 
 use std::collections::BTreeMap;
 use std::fmt;
+use std::sync::Arc;
 
 use serde::Serialize;
 
@@ -17,6 +18,10 @@ pub enum AuthMethod {
     OidcJwt,
     /// A browser session created by the OIDC login.
     Session,
+    /// A token the Kubernetes API server vouched for (TokenReview) that is not a service
+    /// account's: the API server also authenticates OIDC and webhook users. Treated as a person
+    /// (the group and e-mail-domain allowlists apply), never labelled a service account.
+    KubernetesUser,
 }
 
 impl AuthMethod {
@@ -26,6 +31,7 @@ impl AuthMethod {
             AuthMethod::ServiceAccount => "service_account",
             AuthMethod::OidcJwt => "oidc_jwt",
             AuthMethod::Session => "session",
+            AuthMethod::KubernetesUser => "kubernetes_user",
         }
     }
 }
@@ -51,6 +57,102 @@ pub struct Identity {
     pub extra: BTreeMap<String, Vec<String>>,
     /// How it was established.
     pub method: AuthMethod,
+    /// The OIDC issuer that vouched for it (sessions and OIDC bearer tokens); `None` for
+    /// identities the Kubernetes API server vouched for. Issuers are kept apart by their
+    /// user and group prefixes; this says which one it was.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub issuer: Option<Arc<str>>,
+}
+
+impl Identity {
+    /// Whether a person stands behind it (the e-mail-domain allowlist applies), as opposed to a
+    /// Kubernetes service account.
+    pub fn is_person(&self) -> bool {
+        self.method != AuthMethod::ServiceAccount
+    }
+}
+
+/// The Kubernetes API server's reserved prefix: names under it are its own (`system:masters`,
+/// `system:serviceaccount:…`), and a JWT authenticator may never produce one.
+pub const RESERVED_PREFIX: &str = "system:";
+
+/// Why a user or group cannot be carried to the app faithfully.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Uncarriable {
+    /// The value is empty.
+    #[error("{what} is empty")]
+    Empty {
+        /// `user name` or `group`.
+        what: &'static str,
+    },
+    /// A byte outside visible ASCII and space: control characters end or split a header, and
+    /// apps read header bytes above 0x7f as Latin-1 (Node, Python), not as the UTF-8 authgate
+    /// judged.
+    #[error("{what} {value:?} has a character a header cannot carry faithfully ({found:?})")]
+    Character {
+        /// `user name` or `group`.
+        what: &'static str,
+        /// The value, escaped by `Debug`.
+        value: String,
+        /// The first offending character.
+        found: char,
+    },
+    /// Leading or trailing white space, which header parsers trim.
+    #[error("{what} {value:?} starts or ends with white space, which headers do not keep")]
+    Space {
+        /// `user name` or `group`.
+        what: &'static str,
+        /// The value.
+        value: String,
+    },
+    /// A `,` in a group: the groups header is comma-separated, so the app would see two groups.
+    #[error("group {value:?} contains ',', which separates groups in the groups header")]
+    Comma {
+        /// The group.
+        value: String,
+    },
+}
+
+/// Checks that a user name can be written into the user header exactly as authgate judged it.
+pub fn carriable_user(user: &str) -> Result<(), Uncarriable> {
+    carriable("user name", user)
+}
+
+/// Checks that a group can be written into the comma-joined groups header exactly.
+pub fn carriable_group(group: &str) -> Result<(), Uncarriable> {
+    carriable("group", group)?;
+    if group.contains(',') {
+        return Err(Uncarriable::Comma {
+            value: group.to_string(),
+        });
+    }
+    Ok(())
+}
+
+fn carriable(what: &'static str, value: &str) -> Result<(), Uncarriable> {
+    if value.is_empty() {
+        return Err(Uncarriable::Empty { what });
+    }
+    if let Some(found) = value.chars().find(|c| !matches!(c, ' '..='~')) {
+        return Err(Uncarriable::Character {
+            what,
+            value: value.to_string(),
+            found,
+        });
+    }
+    if value.starts_with(' ') || value.ends_with(' ') {
+        return Err(Uncarriable::Space {
+            what,
+            value: value.to_string(),
+        });
+    }
+    Ok(())
+}
+
+/// Checks every value of an identity that reaches the app's headers.
+pub fn carriable_identity(identity: &Identity) -> Result<(), Uncarriable> {
+    carriable_user(&identity.user)?;
+    identity.groups.iter().try_for_each(|g| carriable_group(g))
 }
 
 /// The identity headers, prepared once from the configuration: which names authgate sets, and
@@ -152,6 +254,37 @@ fn separator_variants(name: &str) -> Vec<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_faithfully_carriable_names_pass() {
+        assert!(carriable_user("alice@example.com").is_ok());
+        assert!(carriable_user("system:serviceaccount:ns:sa").is_ok());
+        assert!(carriable_group("team a").is_ok());
+        for bad in [
+            "",
+            "a\nb",
+            "a\rb",
+            "a\0b",
+            "a\tb",
+            "a\u{7f}",
+            "jos\u{e9}",
+            " a",
+            "a ",
+        ] {
+            assert!(carriable_user(bad).is_err(), "{bad:?}");
+            assert!(carriable_group(bad).is_err(), "{bad:?}");
+        }
+        assert_eq!(
+            carriable_group("viewers,admins"),
+            Err(Uncarriable::Comma {
+                value: "viewers,admins".into()
+            })
+        );
+        assert!(
+            carriable_user("a,b").is_ok(),
+            "the user header is not a list"
+        );
+    }
 
     fn plan() -> HeaderPlan {
         HeaderPlan::new(&IdentityConfig {

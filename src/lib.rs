@@ -169,22 +169,21 @@ impl App {
                 tokio::spawn(async move {
                     let _ = warm.get().await;
                 });
-                let mut issuers = vec![oidc.issuer.clone()];
-                issuers.extend(oidc.extra_issuers.iter().cloned());
                 let audiences = if oidc.audiences.is_empty() {
                     vec![oidc.client_id.clone()]
                 } else {
                     oidc.audiences.clone()
                 };
+                let rules = authn::claims::ClaimRules::for_issuers(oidc);
                 let bearer = authn::bearer::OidcBearer::new(
-                    issuers,
+                    rules.clone(),
                     audiences,
-                    oidc.user_claim.clone(),
-                    oidc.groups_claim.clone(),
+                    oidc.jwks_max_age,
                     provider.http().clone(),
                 );
                 let login = authn::login::Login::new(
                     provider,
+                    rules[0].clone(),
                     sessions.clone(),
                     sealer,
                     public_origin.clone(),
@@ -254,18 +253,26 @@ impl App {
     }
 }
 
-/// The token-encryption key: from `session.encryption_key_file`, else derived from the signing
-/// key file (replicas share both), else random (memory store only; validated).
+/// The token-encryption keys: from `session.encryption_key_file`, else derived from the signing
+/// key file (replicas share both), else random (memory store only; validated); then the keys of
+/// `session.previous_encryption_key_files`, which still open what they sealed during a roll.
 fn sealer(config: &Config) -> std::io::Result<store::Sealer> {
     let file = config.session.encryption_key_file.as_ref().or(config
         .identity
         .jwt
         .key_file
         .as_ref());
-    Ok(match file {
-        Some(file) => store::Sealer::from_material(&std::fs::read(file)?),
-        None => store::Sealer::random(),
-    })
+    let current = match file {
+        Some(file) => std::fs::read(file)?,
+        None => rand::random::<[u8; 32]>().to_vec(),
+    };
+    let previous = config
+        .session
+        .previous_encryption_key_files
+        .iter()
+        .map(std::fs::read)
+        .collect::<std::io::Result<Vec<_>>>()?;
+    Ok(store::Sealer::with_previous(&current, &previous))
 }
 
 /// A started app.

@@ -15,6 +15,9 @@ pub struct Migration {
     pub notes: Vec<String>,
 }
 
+/// oidc-authservice's default `AUDIENCES`.
+const AUTHSERVICE_AUDIENCE: &str = "istio-ingressgateway.istio-system.svc.cluster.local";
+
 /// Variables oidc-authservice understood that have no counterpart here, and why.
 const IGNORED: &[(&str, &str)] = &[
     (
@@ -129,13 +132,18 @@ pub fn from_authservice_env(env: &[(String, String)]) -> Option<Migration> {
     if let Some(v) = get("SKIP_AUTH_URLS") {
         set("skip_auth", strings(list(&v)), "SKIP_AUTH_URLS");
     }
-    if let Some(v) = get("AUDIENCES") {
-        set(
-            "kubernetes.token_review.audiences",
-            strings(list(&v)),
-            "AUDIENCES",
-        );
-    }
+    // oidc-authservice accepted only tokens for these audiences, and the ingress gateway's
+    // when AUDIENCES was unset: keep exactly that, never the API server's default audience.
+    let audiences = get("AUDIENCES").unwrap_or_else(|| AUTHSERVICE_AUDIENCE.to_string());
+    set(
+        "kubernetes.token_review.audiences",
+        strings(list(&audiences)),
+        if get("AUDIENCES").is_some() {
+            "AUDIENCES"
+        } else {
+            "AUDIENCES unset: oidc-authservice's default istio-ingressgateway.istio-system.svc.cluster.local"
+        },
+    );
     if let Some(v) = get("GROUPS_ALLOWLIST") {
         // oidc-authservice's default `*` means everybody.
         let groups: Vec<String> = list(&v).into_iter().filter(|g| g != "*").collect();
@@ -274,6 +282,11 @@ mod tests {
         assert_eq!(c.skip_auth, ["/dex/"]);
         assert_eq!(c.session.max_age, std::time::Duration::from_secs(86400));
         assert!(c.authorization.allowed_groups.is_empty());
+        assert_eq!(
+            c.kubernetes.token_review.audiences,
+            ["istio-ingressgateway.istio-system.svc.cluster.local"],
+            "oidc-authservice's own default, not the API server's audience"
+        );
         assert!(
             !c.redacted_yaml().contains("pUBnBOY80"),
             "the secret is redacted"

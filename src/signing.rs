@@ -89,6 +89,9 @@ struct Claims<'a> {
     auth_method: &'static str,
     #[serde(skip_serializing_if = "Option::is_none")]
     uid: Option<&'a str>,
+    /// The OIDC issuer that vouched for the identity (sessions, OIDC bearer tokens).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    idp: Option<&'a str>,
     #[serde(skip_serializing_if = "std::collections::BTreeMap::is_empty")]
     extra: &'a std::collections::BTreeMap<String, Vec<String>>,
 }
@@ -224,6 +227,7 @@ impl Signer {
             exp: now + ttl,
             auth_method: identity.method.as_str(),
             uid: identity.uid.as_deref(),
+            idp: identity.issuer.as_deref(),
             extra: &identity.extra,
         };
         let mut header = Header::new(Algorithm::EdDSA);
@@ -282,6 +286,7 @@ mod tests {
             uid: Some("u-1".into()),
             extra: Default::default(),
             method: AuthMethod::ServiceAccount,
+            issuer: None,
         }
     }
 

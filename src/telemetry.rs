@@ -26,7 +26,7 @@ impl Checker {
     /// Decides and logs.
     pub async fn check(&self, req: &Request, transport: &'static str) -> Decision {
         let started = Instant::now();
-        let decision = self.gate.decide(req).await;
+        let decision = self.gate.decide(req).await.deliverable();
         let metrics = crate::metrics::global();
         metrics
             .check_duration

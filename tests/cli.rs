@@ -273,4 +273,10 @@ fn oidc_authservice_variables_work_without_a_config_file() {
     assert!(notes.contains("CLIENT_ID → oidc.client_id"), "{notes}");
     assert!(notes.contains("AUTHSERVICE_URL_PREFIX ignored"), "{notes}");
     assert!(notes.contains("/authgate/callback"), "{notes}");
+    // The identity-trust settings in effect, in words; oidc-authservice's own default audience.
+    assert!(notes.contains("require_verified_email: true"), "{notes}");
+    assert!(
+        notes.contains("audiences: [istio-ingressgateway.istio-system.svc.cluster.local]"),
+        "{notes}"
+    );
 }

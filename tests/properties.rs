@@ -338,11 +338,12 @@ struct FakeTokenReview(Api);
 
 #[async_trait]
 impl TokenReviewApi for FakeTokenReview {
-    async fn review(&self, _token: &str, _aud: &[String]) -> Result<TokenReviewStatus, KubeError> {
+    async fn review(&self, _token: &str, aud: &[String]) -> Result<TokenReviewStatus, KubeError> {
         match self.0 {
             Api::Down => Err(KubeError::Timeout(Duration::from_secs(2))),
             Api::Yes => Ok(TokenReviewStatus {
                 authenticated: Some(true),
+                audiences: Some(aud.to_vec()),
                 user: Some(UserInfo {
                     username: Some("system:serviceaccount:team-a:runner".into()),
                     groups: Some(vec!["system:serviceaccounts".into()]),

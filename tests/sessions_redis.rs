@@ -571,3 +571,73 @@ async fn the_local_session_cache_lags_by_at_most_its_ttl() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
+
+/// Ends every replica's refresh lock, so the next request on any replica refreshes.
+async fn clear_refresh_locks(redis: &Redis) {
+    let mut conn = connect(redis).await;
+    let keys: Vec<String> = ::redis::cmd("KEYS")
+        .arg("authgate:lock:*")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    for key in keys {
+        let _: () = ::redis::cmd("DEL")
+            .arg(key)
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+    }
+}
+
+/// The sealing key is derived from the signing key; rolling that key during a rolling update
+/// puts replicas with the old and the new key side by side on one Redis. Neither may end the
+/// other's sessions: the new one opens what the old one sealed (the old key listed as previous),
+/// and the old one, unable to open what the new one sealed, lets the session go on.
+#[tokio::test]
+async fn a_key_rolled_across_replicas_loses_no_session() {
+    // ID tokens shorter than the refresh lead: every request is due for a refresh.
+    let shared = Shared::start_with_provider_env(&[("ID_TOKEN_TTL", "30")]).await;
+    let (_old, envoy_old) = shared.replica(shared.public_port).await;
+    let browser = oidc::browser();
+    let journey = oidc::browser_login(&browser, &envoy_old.url(), ALICE).await;
+    assert_eq!(journey.status, 200);
+    let issued = || shared.provider.logs().matches("token issued for").count();
+    let before = issued();
+
+    let dir = tempfile::tempdir().unwrap();
+    let new_key = dir.path().join("new.pem");
+    std::fs::write(&new_key, authgate::signing::generate_key_pem()).unwrap();
+    let (_new, envoy_new) = shared
+        .replica_with(
+            free_port(),
+            &format!(
+                "identity: {{jwt: {{key_file: {}}}}}\nsession: {{previous_encryption_key_files: [{}]}}\n",
+                new_key.display(),
+                shared.key_file.display()
+            ),
+        )
+        .await;
+
+    clear_refresh_locks(&shared.redis).await;
+    assert_eq!(
+        status(&browser, format!("{}/a", envoy_new.url())).await,
+        200
+    );
+    assert!(
+        issued() > before,
+        "the new replica refreshed with the refresh token the old key sealed"
+    );
+
+    clear_refresh_locks(&shared.redis).await;
+    assert_eq!(
+        status(&browser, format!("{}/b", envoy_old.url())).await,
+        200,
+        "the old replica cannot open the new seal, and keeps the session"
+    );
+    clear_refresh_locks(&shared.redis).await;
+    assert_eq!(
+        status(&browser, format!("{}/c", envoy_new.url())).await,
+        200
+    );
+    let _ = the_stored_session(&shared.redis).await;
+}

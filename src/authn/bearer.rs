@@ -11,27 +11,47 @@ use jsonwebtoken::jwk::JwkSet;
 use serde_json::Value;
 use tokio::sync::RwLock;
 
-use super::login::{VerifyError, groups, verify_with};
+use super::claims::{ClaimError, ClaimRules};
+use super::jwt::{VerifyError, jwks_max_age, verify_with};
 use super::oidc::REFETCH_INTERVAL;
 use crate::identity::{AuthMethod, Identity};
 
-/// One issuer's keys.
+/// One issuer: how its claims are read, and its keys.
 struct IssuerKeys {
-    issuer: String,
-    jwks: RwLock<Option<(Arc<JwkSet>, Instant)>>,
+    rules: ClaimRules,
+    keys: RwLock<KeyState>,
+}
+
+/// An issuer's keys as last fetched.
+#[derive(Default)]
+struct KeyState {
+    /// The keys, when they were fetched, and how long they may be used.
+    current: Option<(Arc<JwkSet>, Instant, Duration)>,
+    /// The last fetch, successful or not: fetches are at most one per refetch interval, so
+    /// made-up `kid`s or a provider that is down cannot cause a storm.
+    last_attempt: Option<Instant>,
+}
+
+impl KeyState {
+    /// The keys, if they are still within their age.
+    fn fresh(&self) -> Option<(Arc<JwkSet>, Instant)> {
+        let (keys, fetched, max_age) = self.current.as_ref()?;
+        (fetched.elapsed() < *max_age).then(|| (keys.clone(), *fetched + *max_age))
+    }
 }
 
 /// The verifier.
 pub struct OidcBearer {
     issuers: Vec<IssuerKeys>,
     audiences: Vec<String>,
-    user_claim: String,
-    groups_claim: String,
+    /// `oidc.jwks_max_age`.
+    jwks_max_age: Duration,
     http: openidconnect::reqwest::Client,
     /// Tokens that passed verification, by SHA-256, with when they stop counting: a CLI or a
     /// script sends one ID token on every request, and checking its signature each time costs
     /// more than the rest of the check. Kept until the token's `exp`, at most [`VERIFIED_FOR`],
-    /// so a key the issuer withdraws stops counting within that time.
+    /// and never past the age of the keys that verified it, so a key the issuer withdraws stops
+    /// counting within `oidc.jwks_max_age`.
     verified: moka::sync::Cache<[u8; 32], (Arc<Identity>, SystemTime)>,
 }
 
@@ -57,32 +77,34 @@ pub enum BearerError {
     /// The issuer's keys could not be fetched (503).
     #[error("issuer unavailable: {0}")]
     Unavailable(String),
+    /// The token is genuine, but what it vouches for is not an identity authgate accepts
+    /// (403, and the caller is told why).
+    #[error(transparent)]
+    Refused(ClaimError),
 }
 
 impl OidcBearer {
-    /// Verifier for these issuers and audiences.
+    /// Verifier for these issuers (each with its claim rules) and audiences.
     pub fn new(
-        issuers: Vec<String>,
+        issuers: Vec<ClaimRules>,
         audiences: Vec<String>,
-        user_claim: String,
-        groups_claim: String,
+        jwks_max_age: Duration,
         http: openidconnect::reqwest::Client,
     ) -> Self {
         Self {
             issuers: issuers
                 .into_iter()
-                .map(|issuer| IssuerKeys {
-                    issuer: issuer.trim_end_matches('/').to_string(),
-                    jwks: RwLock::new(None),
+                .map(|rules| IssuerKeys {
+                    rules,
+                    keys: RwLock::new(KeyState::default()),
                 })
                 .collect(),
             audiences,
-            user_claim,
-            groups_claim,
+            jwks_max_age,
             http,
             verified: moka::sync::Cache::builder()
                 .max_capacity(VERIFIED_CAPACITY)
-                .time_to_live(VERIFIED_FOR)
+                .time_to_live(VERIFIED_FOR.min(jwks_max_age))
                 .build(),
         }
     }
@@ -98,7 +120,7 @@ impl OidcBearer {
         let claim: IssuerClaim = serde_json::from_slice(&payload).ok()?;
         let iss = claim.iss?;
         let iss = iss.trim_end_matches('/');
-        self.issuers.iter().find(|i| i.issuer == iss)
+        self.issuers.iter().find(|i| **i.rules.issuer() == *iss)
     }
 
     /// The identity of a token (by [`super::service_account::token_key`]) verified lately.
@@ -119,26 +141,30 @@ impl OidcBearer {
         key: &[u8; 32],
     ) -> Result<Arc<Identity>, BearerError> {
         crate::metrics::global().cache_lookup("oidc_bearer", false);
-        let (identity, exp) = self.verify(token).await?;
+        let (identity, exp, keys_until) = self.verify(token).await?;
         let identity = Arc::new(identity);
-        let until = exp.min(SystemTime::now() + VERIFIED_FOR);
+        let keys_until = SystemTime::now() + keys_until.saturating_duration_since(Instant::now());
+        let until = exp.min(SystemTime::now() + VERIFIED_FOR).min(keys_until);
         self.verified.insert(*key, (identity.clone(), until));
         Ok(identity)
     }
 
-    /// Verifies the token: its identity and its expiry.
-    async fn verify(&self, token: &str) -> Result<(Identity, SystemTime), BearerError> {
+    /// Verifies the token: its identity, its expiry, and until when the keys that verified it
+    /// may be used.
+    async fn verify(&self, token: &str) -> Result<(Identity, SystemTime, Instant), BearerError> {
         let issuer = self
             .issuer_of(token)
             .ok_or_else(|| BearerError::Invalid("not from a trusted issuer".into()))?;
         let header =
             jsonwebtoken::decode_header(token).map_err(|e| BearerError::Invalid(e.to_string()))?;
         let audiences: Vec<&str> = self.audiences.iter().map(String::as_str).collect();
-        let jwks = self.keys(issuer, false).await?;
-        let claims = match verify_with(&jwks, token, &header, &issuer.issuer, &audiences) {
+        let iss = issuer.rules.issuer().as_ref();
+        let (jwks, mut keys_until) = self.keys(issuer, false).await?;
+        let claims = match verify_with(&jwks, token, &header, iss, &audiences) {
             Err(VerifyError::UnknownKey) => {
-                let fresh = self.keys(issuer, true).await?;
-                verify_with(&fresh, token, &header, &issuer.issuer, &audiences)
+                let (fresh, until) = self.keys(issuer, true).await?;
+                keys_until = until;
+                verify_with(&fresh, token, &header, iss, &audiences)
             }
             other => other,
         }
@@ -147,43 +173,71 @@ impl OidcBearer {
         let Some(exp) = claims.get("exp").and_then(Value::as_u64) else {
             return Err(BearerError::Invalid("no exp".into()));
         };
-        let user = claims
-            .get(&self.user_claim)
-            .and_then(Value::as_str)
-            .filter(|u| !u.is_empty())
-            .ok_or_else(|| BearerError::Invalid(format!("no {:?} claim", self.user_claim)))?;
+        let who = issuer
+            .rules
+            .identity(&claims)
+            .map_err(BearerError::Refused)?;
         let identity = Identity {
-            user: user.to_string(),
-            groups: groups(claims.get(&self.groups_claim)),
-            uid: claims.get("sub").and_then(Value::as_str).map(String::from),
+            user: who.user,
+            groups: who.groups,
+            uid: who.sub,
             extra: Default::default(),
             method: AuthMethod::OidcJwt,
+            issuer: Some(issuer.rules.issuer().clone()),
         };
-        Ok((identity, SystemTime::UNIX_EPOCH + Duration::from_secs(exp)))
+        let exp = SystemTime::UNIX_EPOCH + Duration::from_secs(exp);
+        Ok((identity, exp, keys_until))
     }
 
-    async fn keys(&self, issuer: &IssuerKeys, refetch: bool) -> Result<Arc<JwkSet>, BearerError> {
-        if let Some((jwks, fetched)) = &*issuer.jwks.read().await
-            && (!refetch || fetched.elapsed() < REFETCH_INTERVAL)
-        {
-            return Ok(jwks.clone());
+    /// The issuer's keys and until when they may be used. Fetched again when they are older
+    /// than their age (`oidc.jwks_max_age`, or less if the provider says so) or, with `refetch`,
+    /// because a token names an unknown key; either way at most once per refetch interval, and
+    /// while the provider cannot be reached the keys already held go on being used.
+    async fn keys(
+        &self,
+        issuer: &IssuerKeys,
+        refetch: bool,
+    ) -> Result<(Arc<JwkSet>, Instant), BearerError> {
+        if !refetch && let Some(fresh) = issuer.keys.read().await.fresh() {
+            return Ok(fresh);
         }
-        let mut slot = issuer.jwks.write().await;
-        if let Some((jwks, fetched)) = &*slot
-            && fetched.elapsed() < REFETCH_INTERVAL
-        {
-            return Ok(jwks.clone());
+        let mut state = issuer.keys.write().await;
+        let interval = REFETCH_INTERVAL.min(self.jwks_max_age);
+        let recent = state.last_attempt.is_some_and(|t| t.elapsed() < interval);
+        if recent || (!refetch && state.fresh().is_some()) {
+            return match (&state.current, state.fresh()) {
+                (_, Some(fresh)) => Ok(fresh),
+                (Some((keys, _, _)), None) => Ok((keys.clone(), Instant::now() + interval)),
+                (None, None) => Err(BearerError::Unavailable(
+                    "the issuer's keys could not be fetched lately".into(),
+                )),
+            };
         }
-        let jwks = Arc::new(
-            self.fetch(&issuer.issuer)
-                .await
-                .map_err(BearerError::Unavailable)?,
-        );
-        *slot = Some((jwks.clone(), Instant::now()));
-        Ok(jwks)
+        state.last_attempt = Some(Instant::now());
+        match self.fetch(issuer.rules.issuer()).await {
+            Ok((jwks, cache_control)) => {
+                let jwks = Arc::new(jwks);
+                let max_age = jwks_max_age(
+                    cache_control.as_deref(),
+                    self.jwks_max_age,
+                    REFETCH_INTERVAL,
+                );
+                let now = Instant::now();
+                state.current = Some((jwks.clone(), now, max_age));
+                Ok((jwks, now + max_age))
+            }
+            Err(e) => match &state.current {
+                Some((keys, _, _)) => {
+                    tracing::warn!(error = %e, issuer = %issuer.rules.issuer(), "JWKS refetch failed; using the keys held");
+                    Ok((keys.clone(), Instant::now() + interval))
+                }
+                None => Err(BearerError::Unavailable(e)),
+            },
+        }
     }
 
-    async fn fetch(&self, issuer: &str) -> Result<JwkSet, String> {
+    /// The issuer's JWKS and its `Cache-Control` header.
+    async fn fetch(&self, issuer: &str) -> Result<(JwkSet, Option<String>), String> {
         let get = |url: String| async move {
             let response = self
                 .http
@@ -193,16 +247,22 @@ impl OidcBearer {
                 .await
                 .and_then(|r| r.error_for_status())
                 .map_err(|e| format!("{url}: {e}"))?;
-            response.bytes().await.map_err(|e| format!("{url}: {e}"))
+            let cache_control = response
+                .headers()
+                .get("cache-control")
+                .and_then(|v| v.to_str().ok())
+                .map(String::from);
+            let body = response.bytes().await.map_err(|e| format!("{url}: {e}"))?;
+            Ok::<_, String>((body, cache_control))
         };
-        let discovery: Value = serde_json::from_slice(
-            &get(format!("{issuer}/.well-known/openid-configuration")).await?,
-        )
-        .map_err(|e| e.to_string())?;
+        let (discovery, _) = get(format!("{issuer}/.well-known/openid-configuration")).await?;
+        let discovery: Value = serde_json::from_slice(&discovery).map_err(|e| e.to_string())?;
         let jwks_uri = discovery
             .get("jwks_uri")
             .and_then(Value::as_str)
             .ok_or("discovery has no jwks_uri")?;
-        serde_json::from_slice(&get(jwks_uri.to_string()).await?).map_err(|e| e.to_string())
+        let (body, cache_control) = get(jwks_uri.to_string()).await?;
+        let jwks = serde_json::from_slice(&body).map_err(|e| e.to_string())?;
+        Ok((jwks, cache_control))
     }
 }

@@ -8,7 +8,6 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use jsonwebtoken::jwk::JwkSet;
 use openidconnect::core::CoreAuthenticationFlow;
 use openidconnect::{
     AuthorizationCode, CsrfToken, Nonce, OAuth2TokenResponse, PkceCodeChallenge, PkceCodeVerifier,
@@ -17,6 +16,8 @@ use openidconnect::{
 use serde_json::{Map, Value};
 use url::Url;
 
+use super::claims::{ClaimError, ClaimRules};
+use super::jwt::{VerifyError, verify_with};
 use super::oidc::{Discovered, Provider, ProviderError};
 use super::session::{Found, Sessions, cookie_values, new_secret};
 use crate::clock::SharedClock;
@@ -37,11 +38,25 @@ const BACKCHANNEL_EVENT: &str = "http://schemas.openid.net/event/backchannel-log
 /// The login flows.
 pub struct Login {
     provider: Arc<Provider>,
+    /// How the login issuer's claims become a user and groups.
+    rules: ClaimRules,
     sessions: Arc<Sessions>,
     sealer: Sealer,
     public_origin: Url,
     clock: SharedClock,
+    /// `jti`s of logout tokens already acted on, kept as long as such a token is accepted
+    /// ([`LOGOUT_TOKEN_WINDOW`]): a captured logout token cannot be replayed.
+    seen_logout_tokens: moka::sync::Cache<String, ()>,
 }
+
+/// How old (by `iat`) a logout token may be; its `jti` is remembered this long, plus leeway.
+const LOGOUT_TOKEN_WINDOW: Duration = Duration::from_secs(600);
+
+/// Most logout-token ids remembered (only the provider can sign one).
+const SEEN_LOGOUT_TOKENS: u64 = 100_000;
+
+/// Longest `jti` accepted.
+const MAX_JTI_LEN: usize = 256;
 
 /// An HTML page answer (never reaches the app).
 pub fn page(status: u16, title: &str, message: &str, reason: &'static str) -> Decision {
@@ -120,6 +135,7 @@ impl Login {
     /// Builds the login flows.
     pub fn new(
         provider: Arc<Provider>,
+        rules: ClaimRules,
         sessions: Arc<Sessions>,
         sealer: Sealer,
         public_origin: Url,
@@ -127,16 +143,26 @@ impl Login {
     ) -> Self {
         Self {
             provider,
+            rules,
             sessions,
             sealer,
             public_origin,
             clock,
+            seen_logout_tokens: moka::sync::Cache::builder()
+                .max_capacity(SEEN_LOGOUT_TOKENS)
+                .time_to_live(LOGOUT_TOKEN_WINDOW + Duration::from_secs(120))
+                .build(),
         }
     }
 
     /// The provider.
     pub fn provider(&self) -> &Arc<Provider> {
         &self.provider
+    }
+
+    /// The login issuer, as identities record it.
+    pub fn issuer(&self) -> &Arc<str> {
+        self.rules.issuer()
     }
 
     /// Sends the browser to the provider; afterwards it returns to `return_to` (already checked
@@ -251,6 +277,19 @@ impl Login {
         let session = match self.complete(&code, &pending).await {
             Ok(s) => s,
             Err(LoginError::Provider(e)) => return provider_down(&e),
+            Err(LoginError::Refused(why)) => {
+                tracing::warn!(target: "authgate::audit", event = "login_refused", reason = why.reason(), why = %why, "login refused: not an identity authgate can vouch for");
+                return page(403, "Login refused", &why.to_string(), why.reason());
+            }
+            Err(LoginError::Unreadable) => {
+                tracing::warn!("login rejected: a sealed token could not be read");
+                return page(
+                    401,
+                    "Login failed",
+                    "The identity provider's answer could not be verified.",
+                    "login_rejected",
+                );
+            }
             Err(LoginError::Rejected(why)) => {
                 tracing::warn!(reason = %why, "login rejected");
                 return page(
@@ -318,15 +357,11 @@ impl Login {
         let claims = self
             .claims(&verified, &id_token_text, token.access_token().secret())
             .await?;
-        let user = self.user_of(&claims)?;
+        let who = self.rules.identity(&claims).map_err(LoginError::Refused)?;
         Ok(Session {
-            user,
-            groups: groups(claims.get(&self.provider.config().groups_claim)),
-            sub: claims
-                .get("sub")
-                .and_then(Value::as_str)
-                .unwrap_or_default()
-                .to_string(),
+            user: who.user,
+            groups: who.groups,
+            sub: who.sub.unwrap_or_default(),
             sid: claims.get("sid").and_then(Value::as_str).map(String::from),
             created_at: 0,
             last_seen: 0,
@@ -381,16 +416,6 @@ impl Login {
         Ok(claims)
     }
 
-    fn user_of(&self, claims: &Map<String, Value>) -> Result<String, LoginError> {
-        let claim = &self.provider.config().user_claim;
-        claims
-            .get(claim)
-            .and_then(Value::as_str)
-            .filter(|u| !u.is_empty())
-            .map(String::from)
-            .ok_or_else(|| LoginError::Rejected(format!("no {claim:?} claim")))
-    }
-
     /// When the session's ID token has expired and a refresh token is kept: refresh it, so
     /// group changes at the provider reach the gateway, and a person disabled or removed there
     /// loses the session. One request on one replica refreshes (a store lock); the others go on
@@ -425,6 +450,19 @@ impl Login {
                 tracing::info!(target: "authgate::audit", event = "refresh_refused", user = %found.session.user, reason = %why, "session ended: the provider refused the refresh");
                 Ok(None)
             }
+            Err(LoginError::Refused(why)) => {
+                store.delete(&found.key).await?;
+                self.sessions.forget(&found.key);
+                tracing::warn!(target: "authgate::audit", event = "refresh_refused", user = %found.session.user, reason = why.reason(), why = %why, "session ended: the refreshed identity is not one authgate can vouch for");
+                Ok(None)
+            }
+            Err(LoginError::Unreadable) => {
+                // Sealed under a key this replica does not have: during a key roll, another
+                // replica (or the next one) has it. Ending the session here would log the
+                // person out for an operator's change; it goes on, and is refreshed there.
+                tracing::warn!(user = %found.session.user, "refresh token sealed under an unknown key (add the previous key to session.previous_encryption_key_files during a roll); the session goes on");
+                Ok(Some(found))
+            }
             Err(LoginError::Provider(e)) => {
                 // The provider being down must not log everybody out; retry after the lock.
                 tracing::warn!(error = %e, "refresh failed; the session goes on");
@@ -439,7 +477,7 @@ impl Login {
             .refresh_token
             .as_deref()
             .and_then(|t| self.sealer.open(t))
-            .ok_or_else(|| LoginError::Rejected("refresh token unreadable".into()))?;
+            .ok_or(LoginError::Unreadable)?;
         let turn = self.provider.turn().await.map_err(LoginError::Provider)?;
         let token = discovered
             .client
@@ -471,9 +509,10 @@ impl Login {
                 "refreshed ID token names another subject".into(),
             ));
         }
+        let who = self.rules.identity(&claims).map_err(LoginError::Refused)?;
         Ok(Session {
-            user: self.user_of(&claims)?,
-            groups: groups(claims.get(&self.provider.config().groups_claim)),
+            user: who.user,
+            groups: who.groups,
             id_token_expires_at: claims.get("exp").and_then(Value::as_u64).unwrap_or(0),
             id_token: self.logout_hint(&discovered, &id_token_text),
             refresh_token: token
@@ -554,19 +593,17 @@ impl Login {
                 );
             }
         };
+        let (target, jti) = claims;
         let store = self.sessions.store();
-        let result = match (
-            claims.get("sid").and_then(Value::as_str),
-            claims.get("sub").and_then(Value::as_str),
-        ) {
-            (Some(sid), _) => store.delete_sid(sid).await,
-            (None, Some(sub)) => store.delete_sub(sub).await,
-            (None, None) => unreachable!("checked in verify"),
+        let result = match &target {
+            LogoutTarget::Sid(sid) => store.delete_sid(sid).await,
+            LogoutTarget::Sub(sub) => store.delete_sub(sub).await,
         };
         self.sessions.forget_all();
         match result {
             Ok(n) => {
-                tracing::info!(target: "authgate::audit", event = "backchannel_logout", sessions = n, sub = ?claims.get("sub"), "back-channel logout");
+                self.seen_logout_tokens.insert(jti, ());
+                tracing::info!(target: "authgate::audit", event = "backchannel_logout", sessions = n, target = ?target, "back-channel logout");
                 Decision::Deny(Deny {
                     status: 200,
                     headers: vec![("cache-control".into(), "no-store".into())],
@@ -582,7 +619,7 @@ impl Login {
         }
     }
 
-    async fn verify_logout_token(&self, token: &str) -> Result<Map<String, Value>, String> {
+    async fn verify_logout_token(&self, token: &str) -> Result<(LogoutTarget, String), String> {
         let discovered = self.provider.get().await.map_err(|e| e.to_string())?;
         let header = jsonwebtoken::decode_header(token).map_err(|e| e.to_string())?;
         let config = self.provider.config();
@@ -610,75 +647,72 @@ impl Login {
             other => other,
         }
         .map_err(|e| format!("{e:?}"))?;
-        let has_event = claims
-            .get("events")
-            .and_then(Value::as_object)
-            .is_some_and(|e| e.contains_key(BACKCHANNEL_EVENT));
-        if !has_event {
-            return Err("no back-channel logout event".into());
+        let (target, jti) = logout_claims(&claims, self.clock.unix_now())?;
+        if self.seen_logout_tokens.contains_key(&jti) {
+            return Err("this logout token was already used (jti replayed)".into());
         }
-        if claims.contains_key("nonce") {
-            return Err("a logout token must not carry a nonce".into());
-        }
-        if claims.get("sid").is_none() && claims.get("sub").is_none() {
-            return Err("neither sid nor sub".into());
-        }
-        let now = self.clock.unix_now();
-        let iat = claims.get("iat").and_then(Value::as_u64).unwrap_or(0);
-        if iat > now + 60 || now.saturating_sub(iat) > Duration::from_secs(600).as_secs() {
-            return Err("iat out of range".into());
-        }
-        Ok(claims)
+        Ok((target, jti))
     }
+}
+
+/// Whose sessions a logout token ends.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum LogoutTarget {
+    /// One provider session (`sid`), preferred when the token names one.
+    Sid(String),
+    /// Every session of a subject.
+    Sub(String),
+}
+
+/// The checks of OIDC Back-Channel Logout 1.0 §2.6 on a verified token's claims, and its
+/// target and `jti`. Claims of the wrong type are refused, never guessed at.
+fn logout_claims(claims: &Map<String, Value>, now: u64) -> Result<(LogoutTarget, String), String> {
+    let has_event = claims
+        .get("events")
+        .and_then(Value::as_object)
+        .is_some_and(|e| e.contains_key(BACKCHANNEL_EVENT));
+    if !has_event {
+        return Err("no back-channel logout event".into());
+    }
+    if claims.contains_key("nonce") {
+        return Err("a logout token must not carry a nonce".into());
+    }
+    let text = |name: &str| -> Result<Option<&str>, String> {
+        match claims.get(name) {
+            None => Ok(None),
+            Some(Value::String(s)) if !s.is_empty() => Ok(Some(s)),
+            Some(_) => Err(format!("{name} is not a non-empty string")),
+        }
+    };
+    let target = match (text("sid")?, text("sub")?) {
+        (Some(sid), _) => LogoutTarget::Sid(sid.to_string()),
+        (None, Some(sub)) => LogoutTarget::Sub(sub.to_string()),
+        (None, None) => return Err("neither sid nor sub".into()),
+    };
+    let jti = text("jti")?.ok_or("no jti")?;
+    if jti.len() > MAX_JTI_LEN {
+        return Err("jti too long".into());
+    }
+    let Some(iat) = claims.get("iat").and_then(Value::as_u64) else {
+        return Err("no iat".into());
+    };
+    if iat > now + 60 || now.saturating_sub(iat) > LOGOUT_TOKEN_WINDOW.as_secs() {
+        return Err("iat out of range".into());
+    }
+    // `exp` is required and checked by the signature verification.
+    Ok((target, jti.to_string()))
 }
 
 enum LoginError {
+    /// The provider cannot be reached: try again later.
     Provider(ProviderError),
+    /// The provider's answer was refused (a bad code, a token that does not verify).
     Rejected(String),
-}
-
-/// Why a provider-signed JWT was refused.
-#[derive(Debug)]
-pub enum VerifyError {
-    /// Its `kid` is not in the JWKS (maybe the provider rotated keys).
-    UnknownKey,
-    /// Anything else.
-    Invalid(String),
-}
-
-/// Verifies a JWT signed by a provider key: signature, `iss`, `aud`, `exp` when present.
-pub fn verify_with(
-    jwks: &JwkSet,
-    token: &str,
-    header: &jsonwebtoken::Header,
-    issuer: &str,
-    audiences: &[&str],
-) -> Result<Map<String, Value>, VerifyError> {
-    let jwk = match &header.kid {
-        Some(kid) => jwks.find(kid).ok_or(VerifyError::UnknownKey)?,
-        None if jwks.keys.len() == 1 => &jwks.keys[0],
-        None => return Err(VerifyError::UnknownKey),
-    };
-    let key = jsonwebtoken::DecodingKey::from_jwk(jwk)
-        .map_err(|e| VerifyError::Invalid(e.to_string()))?;
-    if matches!(
-        header.alg,
-        jsonwebtoken::Algorithm::HS256
-            | jsonwebtoken::Algorithm::HS384
-            | jsonwebtoken::Algorithm::HS512
-    ) {
-        return Err(VerifyError::Invalid(
-            "symmetric algorithms are not accepted".into(),
-        ));
-    }
-    let mut validation = jsonwebtoken::Validation::new(header.alg);
-    validation.set_issuer(&[issuer.trim_end_matches('/'), issuer]);
-    validation.set_audience(audiences);
-    validation.set_required_spec_claims(&["iss", "aud"]);
-    validation.leeway = 30;
-    jsonwebtoken::decode::<Map<String, Value>>(token, &key, &validation)
-        .map(|d| d.claims)
-        .map_err(|e| VerifyError::Invalid(e.to_string()))
+    /// The provider vouched for someone authgate cannot accept (unverified e-mail, a reserved
+    /// or uncarriable name): the person is told why.
+    Refused(ClaimError),
+    /// The refresh token is sealed under a key this replica does not have.
+    Unreadable,
 }
 
 /// The JSON payload of a (verified) JWT.
@@ -686,15 +720,59 @@ fn payload(jwt: &str) -> Option<Map<String, Value>> {
     crate::authn::service_account::unverified_claims(jwt)
 }
 
-/// Groups as the provider sent them: a list, or one string.
-pub fn groups(value: Option<&Value>) -> Vec<String> {
-    match value {
-        Some(Value::Array(items)) => items
-            .iter()
-            .filter_map(Value::as_str)
-            .map(String::from)
-            .collect(),
-        Some(Value::String(s)) if !s.is_empty() => vec![s.clone()],
-        _ => Vec::new(),
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn logout(v: Value) -> Result<(LogoutTarget, String), String> {
+        logout_claims(v.as_object().unwrap(), 1_000_000)
+    }
+
+    fn token(extra: Value) -> Value {
+        let mut t = json!({
+            "events": {BACKCHANNEL_EVENT: {}},
+            "jti": "j1",
+            "iat": 1_000_000,
+            "exp": 1_000_120,
+        });
+        for (k, v) in extra.as_object().unwrap() {
+            t[k] = v.clone();
+        }
+        t
+    }
+
+    #[test]
+    fn logout_tokens_name_their_target_by_sid_then_sub() {
+        assert_eq!(
+            logout(token(json!({"sid": "s", "sub": "u"}))).unwrap(),
+            (LogoutTarget::Sid("s".into()), "j1".into())
+        );
+        assert_eq!(
+            logout(token(json!({"sub": "u"}))).unwrap().0,
+            LogoutTarget::Sub("u".into())
+        );
+    }
+
+    #[test]
+    fn odd_logout_tokens_are_refused_not_panicked_on() {
+        for bad in [
+            token(json!({"sid": 7})),
+            token(json!({"sid": ["s"], "sub": "u"})),
+            token(json!({"sub": {"a": 1}})),
+            token(json!({"sid": ""})),
+            token(json!({})),
+            token(json!({"sub": "u", "jti": 5})),
+            token(json!({"sub": "u", "jti": "x".repeat(MAX_JTI_LEN + 1)})),
+            token(json!({"sub": "u", "nonce": "n"})),
+            token(json!({"sub": "u", "iat": "now"})),
+            token(json!({"sub": "u", "iat": 1})),
+            token(json!({"sub": "u", "events": {}})),
+        ] {
+            assert!(logout(bad.clone()).is_err(), "{bad}");
+        }
+        let mut no_jti = token(json!({"sub": "u"}));
+        no_jti.as_object_mut().unwrap().remove("jti");
+        assert!(logout(no_jti).is_err());
     }
 }

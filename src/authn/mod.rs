@@ -3,6 +3,8 @@
 //! [`Identity`]: crate::identity::Identity
 
 pub mod bearer;
+pub mod claims;
+pub mod jwt;
 pub mod login;
 pub mod oidc;
 pub mod service_account;

@@ -52,6 +52,9 @@ pub struct Discovered {
 
 struct State {
     discovered: Option<Arc<Discovered>>,
+    /// When `discovered` was fetched: after `oidc.jwks_max_age` it is fetched again, so keys
+    /// the provider withdrew stop verifying logout tokens.
+    discovered_at: Option<Instant>,
     last_attempt: Option<Instant>,
     failures: u32,
 }
@@ -89,6 +92,7 @@ impl Provider {
             http,
             state: RwLock::new(State {
                 discovered: None,
+                discovered_at: None,
                 last_attempt: None,
                 failures: 0,
             }),
@@ -121,12 +125,20 @@ impl Provider {
         }
     }
 
-    /// The discovered provider; discovers first if needed (with backoff after failures).
+    /// The discovered provider; discovers first if needed (with backoff after failures), and
+    /// again once what it has is older than `oidc.jwks_max_age` (keeping it if the provider
+    /// cannot be reached).
     pub async fn get(&self) -> Result<Arc<Discovered>, ProviderError> {
-        if let Some(d) = &self.state.read().await.discovered {
-            return Ok(d.clone());
+        {
+            let state = self.state.read().await;
+            if let (Some(d), Some(at)) = (&state.discovered, state.discovered_at)
+                && at.elapsed() < self.config.jwks_max_age
+            {
+                return Ok(d.clone());
+            }
         }
-        self.refresh(false).await
+        let stale = self.state.read().await.discovered.is_some();
+        self.refresh(stale).await
     }
 
     /// Discovers again (e.g. a token names an unknown key), unless that happened within
@@ -158,6 +170,7 @@ impl Provider {
             Ok(d) => {
                 let d = Arc::new(d);
                 state.discovered = Some(d.clone());
+                state.discovered_at = Some(Instant::now());
                 state.failures = 0;
                 Ok(d)
             }

@@ -163,7 +163,7 @@ impl ServiceAccountAuthenticator {
         }
         let status = self.api.review(token, &self.config.audiences).await?;
         let now = self.clock.now();
-        Ok(match status_to_identity(status) {
+        Ok(match status_to_identity(status, &self.config.audiences) {
             Ok(identity) => {
                 self.known_good.insert(*key, ());
                 let mut valid_until = now + self.config.cache_ttl;
@@ -249,24 +249,54 @@ pub fn bound_token_policy(token: &str, config: &TokenReviewConfig, now: u64) -> 
     Ok(())
 }
 
-fn status_to_identity(status: TokenReviewStatus) -> Result<Identity, String> {
+/// The prefix of every service account's user name.
+const SERVICE_ACCOUNT_PREFIX: &str = "system:serviceaccount:";
+
+/// The API server's answer as an identity. When authgate asked for audiences, the answer must
+/// name one of them: an API server that is not audience-aware ignores the requested audiences
+/// and says so only by leaving `status.audiences` out (the TokenReview API tells clients to
+/// check it). A user that is not a service account (the API server also authenticates OIDC and
+/// webhook users) is labelled as such, never as a service account.
+fn status_to_identity(status: TokenReviewStatus, requested: &[String]) -> Result<Identity, String> {
     if status.authenticated != Some(true) {
         return Err(status
             .error
             .filter(|e| !e.is_empty())
             .unwrap_or_else(|| "token not authenticated".into()));
     }
+    if !requested.is_empty() {
+        let confirmed = status
+            .audiences
+            .as_deref()
+            .unwrap_or_default()
+            .iter()
+            .any(|a| requested.contains(a));
+        if !confirmed {
+            return Err(format!(
+                "the API server did not confirm the token is for this gateway's audiences \
+                 (asked for {}, answered {:?})",
+                requested.join(", "),
+                status.audiences.unwrap_or_default()
+            ));
+        }
+    }
     let user = status.user.unwrap_or_default();
     let username = user
         .username
         .filter(|u| !u.is_empty())
         .ok_or_else(|| "the TokenReview authenticated the token but named no user".to_string())?;
+    let method = if username.starts_with(SERVICE_ACCOUNT_PREFIX) {
+        AuthMethod::ServiceAccount
+    } else {
+        AuthMethod::KubernetesUser
+    };
     Ok(Identity {
         user: username,
         groups: user.groups.unwrap_or_default(),
         uid: user.uid.filter(|u| !u.is_empty()),
         extra: user.extra.unwrap_or_default().into_iter().collect(),
-        method: AuthMethod::ServiceAccount,
+        method,
+        issuer: None,
     })
 }
 
@@ -307,7 +337,11 @@ mod tests {
 
     #[async_trait]
     impl TokenReviewApi for CountingApi {
-        async fn review(&self, token: &str, _: &[String]) -> Result<TokenReviewStatus, KubeError> {
+        async fn review(
+            &self,
+            token: &str,
+            requested: &[String],
+        ) -> Result<TokenReviewStatus, KubeError> {
             self.calls.fetch_add(1, Ordering::SeqCst);
             tokio::time::sleep(Duration::from_millis(20)).await;
             if self.fail {
@@ -316,6 +350,7 @@ mod tests {
             Ok(if token == "good" {
                 TokenReviewStatus {
                     authenticated: Some(true),
+                    audiences: Some(requested.to_vec()),
                     user: Some(UserInfo {
                         username: Some("system:serviceaccount:ns:sa".into()),
                         groups: Some(vec!["system:serviceaccounts".into()]),

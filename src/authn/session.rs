@@ -53,14 +53,15 @@ pub struct Found {
 }
 
 impl Found {
-    /// The identity it stands for.
-    pub fn identity(&self) -> Identity {
+    /// The identity it stands for; `issuer` is the login's (sessions come from no other).
+    pub fn identity(&self, issuer: Option<Arc<str>>) -> Identity {
         Identity {
             user: self.session.user.clone(),
             groups: self.session.groups.clone(),
             uid: Some(self.session.sub.clone()),
             extra: BTreeMap::new(),
             method: AuthMethod::Session,
+            issuer,
         }
     }
 }

@@ -20,6 +20,8 @@ pub enum Authorization {
     Allowed {
         /// The rule, if one matched.
         rule: Option<String>,
+        /// The rule lets the bearer token through to the app.
+        forward_credentials: bool,
     },
     /// Refused by a rule before any review (missing/ambiguous/invalid namespace …).
     Refused {
@@ -75,11 +77,15 @@ impl Authorizer {
     pub async fn authorize(&self, identity: &Identity, req: &Request, path: &str) -> Authorization {
         match self.rules.evaluate(req, path) {
             Verdict::NoRule => match self.default {
-                DefaultAction::Allow => Authorization::Allowed { rule: None },
+                DefaultAction::Allow => Authorization::Allowed {
+                    rule: None,
+                    forward_credentials: false,
+                },
                 DefaultAction::Deny => Authorization::NoRule,
             },
             Verdict::Allow(rule) => Authorization::Allowed {
                 rule: Some(rule.name.clone()),
+                forward_credentials: rule.forward_credentials,
             },
             Verdict::Refuse(rule, why) => Authorization::Refused {
                 rule: rule.name.clone(),
@@ -91,6 +97,7 @@ impl Authorizer {
                 match reviewer.check(&request).await {
                     Ok(answer) if answer.allowed => Authorization::Allowed {
                         rule: Some(rule.name.clone()),
+                        forward_credentials: rule.forward_credentials,
                     },
                     Ok(answer) => {
                         tracing::debug!(rule = %rule.name, reason = %answer.reason, "access review denied");

@@ -59,6 +59,8 @@ pub struct Rule {
     namespace_header: Option<String>,
     has_namespace_segment: bool,
     target: Target,
+    /// The app verifies the bearer token itself: it is not removed upstream.
+    pub forward_credentials: bool,
 }
 
 /// The SubjectAccessReview resource attributes of one request.
@@ -318,6 +320,7 @@ fn compile_rule(config: &RuleConfig) -> Result<Rule, Vec<(&'static str, String)>
         namespace_query,
         namespace_header,
         target,
+        forward_credentials: config.forward_credentials,
     })
 }
 

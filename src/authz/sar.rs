@@ -191,6 +191,7 @@ mod tests {
             uid: None,
             extra: Default::default(),
             method: AuthMethod::Session,
+            issuer: None,
         };
         AccessRequest::new(
             &identity,

@@ -119,9 +119,11 @@ fn add((key, value): (String, String)) -> HeaderValueOption {
     }
 }
 
-/// Core decision → `CheckResponse`.
+/// Core decision → `CheckResponse`. An allow with a header Envoy could not apply becomes a
+/// denied 500 here too (Envoy would drop it or fail the request, and the client's own copy of
+/// an identity header could reach the app without it).
 pub fn to_response(decision: Decision) -> CheckResponse {
-    match decision {
+    match decision.deliverable() {
         Decision::Allow(allow) => CheckResponse {
             status: Some(rpc::Status {
                 code: tonic::Code::Ok as i32,
@@ -156,6 +158,45 @@ pub fn to_response(decision: Decision) -> CheckResponse {
                     body: deny.body,
                 })),
                 ..Default::default()
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::decision::Allow;
+
+    fn allow(groups: &str) -> Decision {
+        Decision::Allow(Allow {
+            set: vec![
+                ("kubeflow-userid".into(), "alice".into()),
+                ("kubeflow-groups".into(), groups.into()),
+            ],
+            remove: vec!["kubeflow_userid".into()],
+            response_headers: Vec::new(),
+            identity: None,
+            reason: "authenticated",
+        })
+    }
+
+    #[test]
+    fn an_allow_that_cannot_carry_its_headers_is_denied() {
+        let ok = to_response(allow("a,b"));
+        assert_eq!(ok.status.unwrap().code, tonic::Code::Ok as i32);
+        for bad in ["a\nb", "a\r\nx-evil: 1", "a\0b", "\u{7f}"] {
+            let answer = to_response(allow(bad));
+            assert_ne!(
+                answer.status.unwrap().code,
+                tonic::Code::Ok as i32,
+                "{bad:?}"
+            );
+            match answer.http_response {
+                Some(HttpResponse::DeniedResponse(d)) => {
+                    assert_eq!(d.status.unwrap().code, 500)
+                }
+                other => panic!("{bad:?}: {other:?}"),
             }
         }
     }

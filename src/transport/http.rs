@@ -182,11 +182,17 @@ pub fn to_response(decision: Decision) -> Response {
         Decision::Allow(allow) => {
             let mut response = Response::new(Body::empty());
             let headers = response.headers_mut();
+            let mut written = true;
             for (name, value) in allow.set.iter().chain(allow.response_headers.iter()) {
-                append(headers, name, value);
+                written &= append(headers, name, value);
             }
             if !allow.remove.is_empty() {
-                append(headers, HEADERS_TO_REMOVE, &allow.remove.join(","));
+                written &= append(headers, HEADERS_TO_REMOVE, &allow.remove.join(","));
+            }
+            if !written {
+                // Allowing without a header it sets would let the client's own copy through
+                // (it is not in the removals either): fail closed.
+                return StatusCode::INTERNAL_SERVER_ERROR.into_response();
             }
             response
         }
@@ -207,14 +213,70 @@ pub fn to_response(decision: Decision) -> Response {
     }
 }
 
-fn append(headers: &mut HeaderMap, name: &str, value: &str) {
+/// Appends a header; false (and an error logged) when it is not valid HTTP.
+fn append(headers: &mut HeaderMap, name: &str, value: &str) -> bool {
     match (
         HeaderName::from_bytes(name.as_bytes()),
-        HeaderValue::from_str(value),
+        HeaderValue::from_bytes(value.as_bytes()),
     ) {
         (Ok(n), Ok(v)) => {
             headers.append(n, v);
+            true
         }
-        _ => tracing::error!(header = name, "dropping a header that is not valid HTTP"),
+        _ => {
+            tracing::error!(
+                header = name,
+                "a header that is not valid HTTP was not written"
+            );
+            false
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::decision::Allow;
+
+    fn allow(set: Vec<(&str, &str)>) -> Decision {
+        Decision::Allow(Allow {
+            set: set
+                .into_iter()
+                .map(|(n, v)| (n.to_string(), v.to_string()))
+                .collect(),
+            remove: vec!["kubeflow_userid".into()],
+            response_headers: Vec::new(),
+            identity: None,
+            reason: "authenticated",
+        })
+    }
+
+    #[test]
+    fn an_allow_that_cannot_carry_its_headers_is_a_5xx_never_a_200() {
+        let ok = to_response(allow(vec![("kubeflow-groups", "a,b")]));
+        assert_eq!(ok.status(), StatusCode::OK);
+        assert_eq!(ok.headers()["kubeflow-groups"], "a,b");
+        assert_eq!(ok.headers()[HEADERS_TO_REMOVE], "kubeflow_userid");
+        for bad in ["a\nb", "a\rb", "a\0b", "\u{7f}"] {
+            let response = to_response(allow(vec![
+                ("kubeflow-userid", "alice"),
+                ("kubeflow-groups", bad),
+            ]));
+            assert_eq!(
+                response.status(),
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "{bad:?}"
+            );
+            assert!(response.headers().get("kubeflow-userid").is_none());
+        }
+        let response = to_response(allow(vec![("bad name", "v")]));
+        assert_eq!(response.status(), StatusCode::INTERNAL_SERVER_ERROR);
+    }
+
+    #[test]
+    fn the_core_refuses_the_same_allow_before_any_adapter() {
+        let decision = allow(vec![("kubeflow-groups", "a\r\nx-evil: 1")]).deliverable();
+        assert_eq!(decision.status(), 500);
+        assert_eq!(decision.reason(), "undeliverable");
     }
 }

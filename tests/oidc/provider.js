@@ -21,10 +21,14 @@
 //                 client_secret_post (oidc-provider allows exactly one method per client).
 //   USERINFO_ONLY_CLAIMS=1  ID tokens carry only sub (+ sid, nonce…); email, name and groups
 //                 come from the userinfo endpoint (oidc-provider's spec-conform default).
+//   EXTRA_USERS   JSON array of more accounts, for hostile claims: {"sub", "login", "password",
+//                 "claims": {...}}; `claims` replaces the released claims of that name (email,
+//                 email_verified, name, groups), and a claim set to null is not released at all.
 //
 // Users: see USERS below. Login is a real form (ids login, password, submit); consent is granted
 // automatically. Test control endpoints (loopback clients only): GET /test/health,
-// POST /test/rotate-keys, POST /test/end-session?sub=<sub or email>.
+// POST /test/rotate-keys, POST /test/end-session?sub=<sub or email>,
+// POST /test/logout-token?sub=<sub>&sid=<sid> (a signed logout token, returned, not sent).
 // Logs go to stderr; stdout carries only the READY line.
 
 import http from 'node:http';
@@ -44,6 +48,18 @@ const USERS = [
   { sub: 'user-nogroups', email: 'nogroups@example.com', password: 'nogroups-password', name: 'No Groups', groups: [] },
   { sub: 'user-mallory', email: 'mallory@evil.example', password: 'mallory-password', name: 'Mallory', groups: ['kubeflow-users'] },
 ];
+
+function extraUsers() {
+  let raw;
+  try {
+    raw = JSON.parse(process.env.EXTRA_USERS || '[]');
+  } catch (err) {
+    log(`EXTRA_USERS is not valid JSON: ${err.message}`);
+    process.exit(2);
+  }
+  return raw.map((u) => ({ sub: u.sub, email: u.login, password: u.password, name: u.sub, groups: [], claims: u.claims ?? {} }));
+}
+USERS.push(...extraUsers());
 
 const userBySub = (sub) => USERS.find((u) => u.sub === sub);
 const userByEmail = (email) => USERS.find((u) => u.email.toLowerCase() === String(email).trim().toLowerCase());
@@ -131,13 +147,18 @@ function buildProvider() {
       if (!user) return undefined;
       return {
         accountId: user.sub,
-        claims: async () => ({
-          sub: user.sub,
-          email: user.email,
-          email_verified: true,
-          name: user.name,
-          groups: user.groups,
-        }),
+        claims: async () => {
+          const claims = {
+            sub: user.sub,
+            email: user.email,
+            email_verified: true,
+            name: user.name,
+            groups: user.groups,
+            ...(user.claims ?? {}),
+          };
+          for (const [k, v] of Object.entries(claims)) if (v === null) delete claims[k];
+          return claims;
+        },
       };
     },
     // oidc-provider's outgoing fetch (back-channel logout) refuses special-use addresses such as
@@ -314,13 +335,17 @@ async function interaction(req, res, uid, action) {
 
 // ---- test control endpoints -------------------------------------------------------------------
 
-async function backchannelLogout(client, sub, sid) {
+async function logoutTokenFor(client, sub, sid) {
   const token = new provider.IdToken({ sub }, { client });
   token.mask = { sub: null };
   token.set('events', { 'http://schemas.openid.net/event/backchannel-logout': {} });
   token.set('jti', crypto.randomUUID());
   if (sid) token.set('sid', sid);
-  const logoutToken = await token.issue({ use: 'logout' });
+  return token.issue({ use: 'logout' });
+}
+
+async function backchannelLogout(client, sub, sid) {
+  const logoutToken = await logoutTokenFor(client, sub, sid);
   const out = { client_id: client.clientId, uri: client.backchannelLogoutUri, sid: sid ?? null };
   try {
     const r = await fetch(client.backchannelLogoutUri, {
@@ -351,6 +376,16 @@ async function testEndpoint(req, res, path, query) {
     handler = provider.callback();
     log('signing key rotated:', previous, '->', signingKey.kid);
     return sendJson(res, 200, { kid: signingKey.kid, previous_kid: previous });
+  }
+
+  if (path === '/test/logout-token') {
+    // A signed logout token for the first back-channel client, returned instead of sent: for
+    // replaying it.
+    const client = CLIENTS.find((c) => c.backchannel_logout_uri);
+    if (!client) return sendJson(res, 404, { error: 'no client with a back-channel URI' });
+    const model = await provider.Client.find(client.client_id);
+    const token = await logoutTokenFor(model, query.get('sub') ?? undefined, query.get('sid') ?? undefined);
+    return sendJson(res, 200, { logout_token: token });
   }
 
   if (path === '/test/end-session') {

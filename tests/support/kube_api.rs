@@ -78,6 +78,9 @@ struct State {
     token_reviews: Mutex<Vec<serde_json::Value>>,
     access_reviews: Mutex<Vec<serde_json::Value>>,
     down: AtomicBool,
+    /// Answer TokenReviews like an API server that is not audience-aware: the requested
+    /// audiences are ignored and `status.audiences` is left out.
+    audience_unaware: AtomicBool,
     delay_ms: AtomicU64,
     /// Calls being answered now, and the most ever answered at once.
     in_flight: AtomicU64,
@@ -124,6 +127,7 @@ impl KubeApi {
             token_reviews: Mutex::default(),
             access_reviews: Mutex::default(),
             down: AtomicBool::new(false),
+            audience_unaware: AtomicBool::new(false),
             delay_ms: AtomicU64::new(0),
             in_flight: AtomicU64::new(0),
             max_in_flight: AtomicU64::new(0),
@@ -195,6 +199,12 @@ impl KubeApi {
 
     pub fn set_down(&self, down: bool) {
         self.state.down.store(down, Ordering::SeqCst);
+    }
+
+    /// TokenReviews answered as an API server without audience support does: any valid token
+    /// is authenticated whatever audiences were asked for, and `status.audiences` is absent.
+    pub fn set_audience_unaware(&self, unaware: bool) {
+        self.state.audience_unaware.store(unaware, Ordering::SeqCst);
     }
 
     pub fn set_delay(&self, d: Duration) {
@@ -313,7 +323,11 @@ async fn handle(
     let fixture = state.fixture.lock().unwrap().clone();
     match (method, uri.path()) {
         (Method::POST, TOKEN_REVIEWS) => match serde_json::from_slice::<TokenReview>(&body) {
-            Ok(review) => token_review(&fixture, review),
+            Ok(review) => token_review(
+                &fixture,
+                review,
+                state.audience_unaware.load(Ordering::SeqCst),
+            ),
             Err(e) => bad_request(e),
         },
         (Method::POST, ACCESS_REVIEWS) => {
@@ -330,7 +344,7 @@ async fn handle(
     }
 }
 
-fn token_review(fixture: &Fixture, mut review: TokenReview) -> Response {
+fn token_review(fixture: &Fixture, mut review: TokenReview, audience_unaware: bool) -> Response {
     let token = review.spec.token.clone();
     if token.is_empty() {
         return status(
@@ -372,24 +386,27 @@ fn token_review(fixture: &Fixture, mut review: TokenReview) -> Response {
                 .filter(|a| requested.contains(a))
                 .cloned()
                 .collect();
-            if common.is_empty() {
+            let authenticated = |audiences: Option<Vec<String>>| TokenReviewStatus {
+                authenticated: Some(true),
+                audiences,
+                user: Some(UserInfo {
+                    username: Some(entry.username.clone()),
+                    uid: Some(entry.uid.clone()),
+                    groups: Some(entry.groups.clone()),
+                    extra: (!entry.extra.is_empty()).then(|| entry.extra.clone()),
+                }),
+                error: None,
+            };
+            if audience_unaware {
+                authenticated(None)
+            } else if common.is_empty() {
                 failed(format!(
                     "[invalid bearer token, token audiences {} is invalid for the target audiences {}]",
                     go_quote(&token_audiences),
                     go_quote(&requested)
                 ))
             } else {
-                TokenReviewStatus {
-                    authenticated: Some(true),
-                    audiences: Some(common),
-                    user: Some(UserInfo {
-                        username: Some(entry.username.clone()),
-                        uid: Some(entry.uid.clone()),
-                        groups: Some(entry.groups.clone()),
-                        extra: (!entry.extra.is_empty()).then(|| entry.extra.clone()),
-                    }),
-                    error: None,
-                }
+                authenticated(Some(common))
             }
         }
     });
@@ -420,6 +437,14 @@ fn access_review(rbac: &Rbac, mut review: SubjectAccessReview) -> Response {
         );
     }
 
+    // The API server's privileged group bypasses every authorizer: members may do anything.
+    if groups.iter().any(|g| g == "system:masters") {
+        review.status = Some(SubjectAccessReviewStatus {
+            allowed: true,
+            ..Default::default()
+        });
+        return json(StatusCode::CREATED, &review);
+    }
     // Non-resource URLs are not modelled by the fixture, so they are never allowed.
     let reason = spec.resource_attributes.as_ref().and_then(|attrs| {
         let namespace = attrs.namespace.clone().unwrap_or_default();

@@ -142,7 +142,7 @@ impl OidcProvider {
 
     /// Like [`Self::start`] with extra environment for provider.js: `ID_TOKEN_TTL`,
     /// `SESSION_TTL`, `REFRESH_TOKEN_TTL` (seconds), `USERINFO_ONLY_CLAIMS=1`,
-    /// `TOKEN_ENDPOINT_AUTH_METHOD`, `ISSUER`.
+    /// `TOKEN_ENDPOINT_AUTH_METHOD`, `ISSUER`, `EXTRA_USERS` (see [`extra_users`]).
     pub async fn start_with(clients: Vec<OidcClient>, env: &[(&str, &str)]) -> OidcProvider {
         let script = root().join("tests/oidc/provider.js");
         let module = root().join("tests/oidc/node_modules/oidc-provider/package.json");
@@ -313,6 +313,20 @@ impl OidcProvider {
             .append_pair("sub", sub_or_email)
             .finish();
         self.post_test(&format!("/test/end-session?{q}")).await
+    }
+
+    /// A logout token signed by the provider for the first client with a back-channel URI,
+    /// returned instead of sent (to replay it).
+    pub async fn logout_token(&self, sub: &str, sid: Option<&str>) -> String {
+        let mut q = url::form_urlencoded::Serializer::new(String::new());
+        q.append_pair("sub", sub);
+        if let Some(sid) = sid {
+            q.append_pair("sid", sid);
+        }
+        let out = self
+            .post_test(&format!("/test/logout-token?{}", q.finish()))
+            .await;
+        out["logout_token"].as_str().unwrap().to_string()
     }
 
     /// Kills the provider (connections to it are refused until [`Self::restart`]).
@@ -749,6 +763,35 @@ async fn token_request(
         provider.logs()
     );
     body
+}
+
+/// One more account at the provider, whose released claims are replaced by `claims` (a claim
+/// set to `null` is not released): for hostile identities.
+pub struct HostileUser {
+    pub sub: &'static str,
+    pub login: &'static str,
+    pub password: &'static str,
+    pub claims: Value,
+}
+
+impl HostileUser {
+    /// (login, password), as for [`browser_login`].
+    pub fn credentials(&self) -> (&'static str, &'static str) {
+        (self.login, self.password)
+    }
+}
+
+/// The `EXTRA_USERS` value for provider.js.
+pub fn extra_users(users: &[HostileUser]) -> String {
+    Value::Array(
+        users
+            .iter()
+            .map(|u| {
+                json!({"sub": u.sub, "login": u.login, "password": u.password, "claims": u.claims})
+            })
+            .collect(),
+    )
+    .to_string()
 }
 
 /// The payload of a JWT, NOT verified (for assertions on what the provider issued).
