@@ -1024,6 +1024,7 @@ fn memory_child(n: usize, with_id_token: bool) {
             id_token_expires_at: now + 3600,
             id_token: with_id_token.then(|| sealer.seal(&fake_id_token(i))),
             refresh_token: Some(sealer.seal(&format!("{i:08}rT5kP9mW2qZ7xC4vB8nL1jH6gF3dS0aQ"))),
+            rules: 1,
         };
         let sample = make(0);
         let ttl = Duration::from_secs(86_400);
@@ -1578,6 +1579,14 @@ async fn run(timing: Timing, command: &str, only: Option<&str>) -> String {
             id_token_expires_at: now + 3600,
             id_token: Some(sealer.seal(&fake_id_token(1))),
             refresh_token: None,
+            // Shaped as login stores it: under the login issuer's claim rules.
+            rules: authgate::authn::claims::ClaimRules::for_issuers(
+                redis_config
+                    .oidc
+                    .as_ref()
+                    .expect("the bench configures OIDC"),
+            )[0]
+            .fingerprint(),
         };
         store
             .create(

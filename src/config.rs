@@ -764,6 +764,17 @@ impl Config {
                 ));
             }
         }
+        if let Some(oidc) = &self.oidc
+            && oidc.user_claim != "email"
+            && !self.authorization.allowed_email_domains.is_empty()
+        {
+            notes.push(format!(
+                "warning: authorization.allowed_email_domains judges the user name, which comes from \
+                 the {:?} claim: the provider does not verify that claim as an e-mail address \
+                 (only `email` needs email_verified), so a user may choose a name in an allowed domain",
+                oidc.user_claim
+            ));
+        }
         let tr = &self.kubernetes.token_review;
         if tr.enabled {
             notes.push(format!(

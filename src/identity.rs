@@ -60,8 +60,15 @@ pub struct Identity {
     /// The OIDC issuer that vouched for it (sessions and OIDC bearer tokens); `None` for
     /// identities the Kubernetes API server vouched for. Issuers are kept apart by their
     /// user and group prefixes; this says which one it was.
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(skip_serializing_if = "Option::is_none", serialize_with = "as_str")]
     pub issuer: Option<Arc<str>>,
+}
+
+fn as_str<S: serde::Serializer>(value: &Option<Arc<str>>, s: S) -> Result<S::Ok, S::Error> {
+    match value {
+        Some(v) => s.serialize_str(v),
+        None => s.serialize_none(),
+    }
 }
 
 impl Identity {

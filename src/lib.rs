@@ -150,10 +150,12 @@ impl App {
                     ),
                 };
                 let sealer = sealer(&config).map_err(StartError::Io)?;
+                let rules = authn::claims::ClaimRules::for_issuers(oidc);
                 let sessions = Arc::new(authn::session::Sessions::new(
                     store,
                     config.session.clone(),
                     clock.clone(),
+                    rules[0].fingerprint(),
                 ));
                 let secret = oidc.read_client_secret().map_err(StartError::Io)?;
                 let redirect_uri = public_origin
@@ -174,7 +176,6 @@ impl App {
                 } else {
                     oidc.audiences.clone()
                 };
-                let rules = authn::claims::ClaimRules::for_issuers(oidc);
                 let bearer = authn::bearer::OidcBearer::new(
                     rules.clone(),
                     audiences,

@@ -680,3 +680,16 @@ async fn an_issuer_that_fails_is_asked_at_most_once_per_interval() {
         );
     }
 }
+
+#[tokio::test]
+async fn a_logout_token_is_no_bearer_credential() {
+    // With `user_claim: sub`, a logout token (sub, aud = client id, exp) would otherwise pass
+    // for the person it logs out.
+    let stack = LoginStack::start(ExtAuthz::Grpc, "oidc: {user_claim: sub}").await;
+    let id_token = oidc::id_token_for(&stack.provider, &stack.client, ALICE).await;
+    let (status, _) = bearer_get(&stack, "/x", &id_token).await;
+    assert_eq!(status, 200, "an ID token is one");
+    let logout_token = stack.provider.logout_token(oidc::ALICE_SUB, None).await;
+    let (status, body) = bearer_get(&stack, "/x", &logout_token).await;
+    assert_eq!(status, 401, "{body}");
+}

@@ -103,6 +103,17 @@ impl Shared {
 
     /// A replica with `extra` YAML merged into its config.
     async fn replica_with(&self, port: u16, extra: &str) -> (Authgate, Envoy) {
+        let clock = std::sync::Arc::new(authgate::clock::SystemClock);
+        self.replica_with_clock(port, extra, clock).await
+    }
+
+    /// A replica with `extra` YAML and its own clock.
+    async fn replica_with_clock(
+        &self,
+        port: u16,
+        extra: &str,
+        clock: authgate::clock::SharedClock,
+    ) -> (Authgate, Envoy) {
         let yaml = login_config_yaml(
             self.kube.kubeconfig_path(),
             &self.public_url(),
@@ -116,7 +127,7 @@ impl Shared {
             ),
         );
         let yaml = merge_yaml(&yaml, extra);
-        let authgate = Authgate::start(&yaml).await;
+        let authgate = Authgate::start_with_clock(&yaml, clock).await;
         let (upstream, _) = echo::start_echo().await;
         let options = support::envoy::Options {
             listen_port: Some(port),
@@ -597,7 +608,14 @@ async fn clear_refresh_locks(redis: &Redis) {
 async fn a_key_rolled_across_replicas_loses_no_session() {
     // ID tokens shorter than the refresh lead: every request is due for a refresh.
     let shared = Shared::start_with_provider_env(&[("ID_TOKEN_TTL", "30")]).await;
-    let (_old, envoy_old) = shared.replica(shared.public_port).await;
+    let old_clock = authgate::clock::ManualClock::new();
+    let (_old, envoy_old) = shared
+        .replica_with_clock(
+            shared.public_port,
+            "",
+            std::sync::Arc::new(old_clock.clone()),
+        )
+        .await;
     let browser = oidc::browser();
     let journey = oidc::browser_login(&browser, &envoy_old.url(), ALICE).await;
     assert_eq!(journey.status, 200);
@@ -640,4 +658,38 @@ async fn a_key_rolled_across_replicas_loses_no_session() {
         200
     );
     let _ = the_stored_session(&shared.redis).await;
+
+    // A key that is really gone (no replica refreshed the session for an hour past its ID
+    // token): the session ends rather than live on unconfirmed until max_age.
+    old_clock.advance(Duration::from_secs(2 * 3600));
+    clear_refresh_locks(&shared.redis).await;
+    assert_eq!(
+        status(&browser, format!("{}/d", envoy_old.url())).await,
+        302,
+        "ended, and sent to log in"
+    );
+}
+
+/// A session made under other claim rules (here: a groups prefix added later, to stop group
+/// squatting) is no session: its names were judged by the old rules.
+#[tokio::test]
+async fn a_session_made_under_other_claim_rules_is_refused() {
+    let shared = Shared::start().await;
+    let (_a, envoy_a) = shared.replica(shared.public_port).await;
+    let browser = oidc::browser();
+    assert_eq!(
+        oidc::browser_login(&browser, &envoy_a.url(), ALICE)
+            .await
+            .status,
+        200
+    );
+    let (_b, envoy_b) = shared
+        .replica_with(free_port(), "oidc: {groups_prefix: 'oidc:'}")
+        .await;
+    assert_eq!(status(&browser, format!("{}/x", envoy_b.url())).await, 302);
+    assert_eq!(
+        status(&browser, format!("{}/x", envoy_a.url())).await,
+        302,
+        "and it was deleted"
+    );
 }

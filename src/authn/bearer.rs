@@ -20,6 +20,9 @@ use crate::identity::{AuthMethod, Identity};
 struct IssuerKeys {
     rules: ClaimRules,
     keys: RwLock<KeyState>,
+    /// Held by the one fetch in flight; `keys` is never locked across a fetch, so requests go
+    /// on with the keys held while the provider is slow.
+    fetching: tokio::sync::Mutex<()>,
 }
 
 /// An issuer's keys as last fetched.
@@ -37,6 +40,36 @@ impl KeyState {
     fn fresh(&self) -> Option<(Arc<JwkSet>, Instant)> {
         let (keys, fetched, max_age) = self.current.as_ref()?;
         (fetched.elapsed() < *max_age).then(|| (keys.clone(), *fetched + *max_age))
+    }
+
+    /// Whether a fetch was tried within `interval`.
+    fn tried_within(&self, interval: Duration) -> bool {
+        self.last_attempt.is_some_and(|t| t.elapsed() < interval)
+    }
+
+    /// The keys to use when no fetch may be made now: fresh ones, or ones past their age by
+    /// less than `grace` (the provider is slow or down), until the next fetch may be made.
+    /// Older keys are not used at all: a withdrawn key must stop counting in bounded time.
+    fn usable(
+        &self,
+        interval: Duration,
+        grace: Duration,
+    ) -> Result<(Arc<JwkSet>, Instant), BearerError> {
+        if let Some(fresh) = self.fresh() {
+            return Ok(fresh);
+        }
+        match &self.current {
+            Some((keys, fetched, max_age)) if fetched.elapsed() < *max_age + grace => {
+                let until = (Instant::now() + interval).min(*fetched + *max_age + grace);
+                Ok((keys.clone(), until))
+            }
+            Some(_) => Err(BearerError::Unavailable(
+                "the issuer's keys are too old to use and cannot be fetched".into(),
+            )),
+            None => Err(BearerError::Unavailable(
+                "the issuer's keys could not be fetched lately".into(),
+            )),
+        }
     }
 }
 
@@ -97,6 +130,7 @@ impl OidcBearer {
                 .map(|rules| IssuerKeys {
                     rules,
                     keys: RwLock::new(KeyState::default()),
+                    fetching: tokio::sync::Mutex::new(()),
                 })
                 .collect(),
             audiences,
@@ -173,6 +207,28 @@ impl OidcBearer {
         let Some(exp) = claims.get("exp").and_then(Value::as_u64) else {
             return Err(BearerError::Invalid("no exp".into()));
         };
+        // The issuer signs other JWTs for this client too: a logout token (which reaches a
+        // public endpoint and logs) is no credential.
+        let logout_typ = header
+            .typ
+            .as_deref()
+            .is_some_and(|t| t.eq_ignore_ascii_case("logout+jwt"));
+        if logout_typ || claims.contains_key("events") {
+            return Err(BearerError::Invalid(
+                "a logout token is not a bearer credential".into(),
+            ));
+        }
+        // With several audiences, OIDC Core 3.1.3.7: the authorized party must be one of ours.
+        if let Some(Value::Array(aud)) = claims.get("aud")
+            && aud.len() > 1
+        {
+            let azp = claims.get("azp").and_then(Value::as_str);
+            if !azp.is_some_and(|azp| self.audiences.iter().any(|a| a == azp)) {
+                return Err(BearerError::Invalid(
+                    "a token for several audiences must name one of ours as azp".into(),
+                ));
+            }
+        }
         let who = issuer
             .rules
             .identity(&claims)
@@ -185,36 +241,54 @@ impl OidcBearer {
             method: AuthMethod::OidcJwt,
             issuer: Some(issuer.rules.issuer().clone()),
         };
-        let exp = SystemTime::UNIX_EPOCH + Duration::from_secs(exp);
+        let exp = SystemTime::UNIX_EPOCH
+            .checked_add(Duration::from_secs(exp))
+            .ok_or_else(|| BearerError::Invalid("exp out of range".into()))?;
         Ok((identity, exp, keys_until))
     }
 
     /// The issuer's keys and until when they may be used. Fetched again when they are older
     /// than their age (`oidc.jwks_max_age`, or less if the provider says so) or, with `refetch`,
-    /// because a token names an unknown key; either way at most once per refetch interval, and
-    /// while the provider cannot be reached the keys already held go on being used.
+    /// because a token names an unknown key; either way at most once per refetch interval,
+    /// failed or not. While the provider is slow or down, the keys held go on being used for at
+    /// most `oidc.jwks_max_age` past their age; after that bearer tokens get 503.
     async fn keys(
         &self,
         issuer: &IssuerKeys,
         refetch: bool,
     ) -> Result<(Arc<JwkSet>, Instant), BearerError> {
-        if !refetch && let Some(fresh) = issuer.keys.read().await.fresh() {
-            return Ok(fresh);
-        }
-        let mut state = issuer.keys.write().await;
         let interval = REFETCH_INTERVAL.min(self.jwks_max_age);
-        let recent = state.last_attempt.is_some_and(|t| t.elapsed() < interval);
-        if recent || (!refetch && state.fresh().is_some()) {
-            return match (&state.current, state.fresh()) {
-                (_, Some(fresh)) => Ok(fresh),
-                (Some((keys, _, _)), None) => Ok((keys.clone(), Instant::now() + interval)),
-                (None, None) => Err(BearerError::Unavailable(
-                    "the issuer's keys could not be fetched lately".into(),
-                )),
-            };
+        let grace = self.jwks_max_age;
+        {
+            let state = issuer.keys.read().await;
+            if !refetch && let Some(fresh) = state.fresh() {
+                return Ok(fresh);
+            }
+            if state.tried_within(interval) {
+                return state.usable(interval, grace);
+            }
         }
-        state.last_attempt = Some(Instant::now());
-        match self.fetch(issuer.rules.issuer()).await {
+        let _fetch = match issuer.fetching.try_lock() {
+            Ok(turn) => turn,
+            Err(_) => {
+                // Another request is fetching: go on with what is held, or wait for it.
+                if let Ok(held) = issuer.keys.read().await.usable(interval, grace) {
+                    return Ok(held);
+                }
+                issuer.fetching.lock().await
+            }
+        };
+        {
+            let mut state = issuer.keys.write().await;
+            if state.tried_within(interval) {
+                // Fetched while this request waited.
+                return state.usable(interval, grace);
+            }
+            state.last_attempt = Some(Instant::now());
+        }
+        let fetched = self.fetch(issuer.rules.issuer()).await;
+        let mut state = issuer.keys.write().await;
+        match fetched {
             Ok((jwks, cache_control)) => {
                 let jwks = Arc::new(jwks);
                 let max_age = jwks_max_age(
@@ -226,13 +300,12 @@ impl OidcBearer {
                 state.current = Some((jwks.clone(), now, max_age));
                 Ok((jwks, now + max_age))
             }
-            Err(e) => match &state.current {
-                Some((keys, _, _)) => {
-                    tracing::warn!(error = %e, issuer = %issuer.rules.issuer(), "JWKS refetch failed; using the keys held");
-                    Ok((keys.clone(), Instant::now() + interval))
-                }
-                None => Err(BearerError::Unavailable(e)),
-            },
+            Err(e) => {
+                tracing::warn!(error = %e, issuer = %issuer.rules.issuer(), "JWKS fetch failed");
+                state
+                    .usable(interval, grace)
+                    .map_err(|_| BearerError::Unavailable(e))
+            }
         }
     }
 
@@ -264,5 +337,43 @@ impl OidcBearer {
         let (body, cache_control) = get(jwks_uri.to_string()).await?;
         let jwks = serde_json::from_slice(&body).map_err(|e| e.to_string())?;
         Ok((jwks, cache_control))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn held(age: Duration, max_age: Duration) -> KeyState {
+        KeyState {
+            current: Some((
+                Arc::new(JwkSet { keys: Vec::new() }),
+                Instant::now().checked_sub(age).unwrap(),
+                max_age,
+            )),
+            last_attempt: Some(Instant::now()),
+        }
+    }
+
+    #[test]
+    fn keys_past_their_age_serve_only_within_the_grace() {
+        let (interval, grace, five) = (
+            Duration::from_secs(10),
+            Duration::from_secs(300),
+            Duration::from_secs(300),
+        );
+        assert!(held(Duration::from_secs(60), five).fresh().is_some());
+        let stale = held(Duration::from_secs(420), five);
+        assert!(stale.fresh().is_none());
+        let (_, until) = stale.usable(interval, grace).unwrap();
+        assert!(until <= Instant::now() + interval);
+        assert!(matches!(
+            held(Duration::from_secs(601), five).usable(interval, grace),
+            Err(BearerError::Unavailable(_))
+        ));
+        assert!(matches!(
+            KeyState::default().usable(interval, grace),
+            Err(BearerError::Unavailable(_))
+        ));
     }
 }

@@ -144,6 +144,36 @@ impl ClaimRules {
         &self.issuer
     }
 
+    /// A stable number for these rules (the same on every replica and across restarts):
+    /// sessions record it, and a session made under other rules is refused.
+    pub fn fingerprint(&self) -> u64 {
+        use sha2::{Digest, Sha256};
+        let mut hash = Sha256::new();
+        for part in [
+            "claim-rules v1",
+            &self.issuer,
+            &self.user_claim,
+            &self.groups_claim,
+            if self.require_verified_email {
+                "verified"
+            } else {
+                "unverified-ok"
+            },
+            &self.username_prefix,
+            &self.groups_prefix,
+        ]
+        .into_iter()
+        .chain(self.foreign_user_prefixes.iter().map(String::as_str))
+        .chain(self.foreign_group_prefixes.iter().map(String::as_str))
+        {
+            hash.update((part.len() as u64).to_le_bytes());
+            hash.update(part.as_bytes());
+        }
+        let digest = hash.finalize();
+        // Never 0, which marks sessions from before rules were recorded.
+        u64::from_le_bytes(digest[..8].try_into().expect("8 bytes")).max(1)
+    }
+
     /// The identity in verified claims (an ID token's, completed from userinfo).
     pub fn identity(&self, claims: &Map<String, Value>) -> Result<ProviderIdentity, ClaimError> {
         let raw_user = claims

@@ -32,6 +32,10 @@ const REFRESH_LOCK: Duration = Duration::from_secs(30);
 /// How long before the ID token's expiry a session is refreshed.
 const REFRESH_AHEAD: Duration = Duration::from_secs(60);
 
+/// How long past its ID token's expiry a session whose refresh token this replica cannot
+/// read goes on (another replica of a rolling key change may refresh it meanwhile).
+const UNREADABLE_GRACE: Duration = Duration::from_secs(3600);
+
 /// The spec's event name in a logout token.
 const BACKCHANNEL_EVENT: &str = "http://schemas.openid.net/event/backchannel-logout";
 
@@ -44,16 +48,10 @@ pub struct Login {
     sealer: Sealer,
     public_origin: Url,
     clock: SharedClock,
-    /// `jti`s of logout tokens already acted on, kept as long as such a token is accepted
-    /// ([`LOGOUT_TOKEN_WINDOW`]): a captured logout token cannot be replayed.
-    seen_logout_tokens: moka::sync::Cache<String, ()>,
 }
 
 /// How old (by `iat`) a logout token may be; its `jti` is remembered this long, plus leeway.
 const LOGOUT_TOKEN_WINDOW: Duration = Duration::from_secs(600);
-
-/// Most logout-token ids remembered (only the provider can sign one).
-const SEEN_LOGOUT_TOKENS: u64 = 100_000;
 
 /// Longest `jti` accepted.
 const MAX_JTI_LEN: usize = 256;
@@ -148,10 +146,6 @@ impl Login {
             sealer,
             public_origin,
             clock,
-            seen_logout_tokens: moka::sync::Cache::builder()
-                .max_capacity(SEEN_LOGOUT_TOKENS)
-                .time_to_live(LOGOUT_TOKEN_WINDOW + Duration::from_secs(120))
-                .build(),
         }
     }
 
@@ -369,6 +363,7 @@ impl Login {
             id_token_expires_at: claims.get("exp").and_then(Value::as_u64).unwrap_or(0),
             id_token: self.logout_hint(&verified, &id_token_text),
             refresh_token: token.refresh_token().map(|t| self.sealer.seal(t.secret())),
+            rules: self.rules.fingerprint(),
         })
     }
 
@@ -408,6 +403,13 @@ impl Login {
                 return Err(LoginError::Rejected(
                     "userinfo names another subject".into(),
                 ));
+            }
+            // A user name and whether it is verified come from one document: an ID token's
+            // `email_verified` says nothing about an address only userinfo names.
+            let user_from_info =
+                !claims.contains_key(&config.user_claim) && info.contains_key(&config.user_claim);
+            if user_from_info {
+                claims.remove("email_verified");
             }
             for (k, v) in info {
                 claims.entry(k).or_insert(v);
@@ -456,12 +458,22 @@ impl Login {
                 tracing::warn!(target: "authgate::audit", event = "refresh_refused", user = %found.session.user, reason = why.reason(), why = %why, "session ended: the refreshed identity is not one authgate can vouch for");
                 Ok(None)
             }
-            Err(LoginError::Unreadable) => {
+            Err(LoginError::Unreadable)
+                if now < found.session.id_token_expires_at + UNREADABLE_GRACE.as_secs() =>
+            {
                 // Sealed under a key this replica does not have: during a key roll, another
-                // replica (or the next one) has it. Ending the session here would log the
-                // person out for an operator's change; it goes on, and is refreshed there.
-                tracing::warn!(user = %found.session.user, "refresh token sealed under an unknown key (add the previous key to session.previous_encryption_key_files during a roll); the session goes on");
+                // replica has it. Ending the session here would log the person out for an
+                // operator's change; it goes on for a while, and is refreshed there.
+                tracing::warn!(user = %found.session.user, "refresh token sealed under an unknown key (add the previous key to session.previous_encryption_key_files during a roll); the session goes on for now");
                 Ok(Some(found))
+            }
+            Err(LoginError::Unreadable) => {
+                // No replica has refreshed it for an hour past its ID token: the key is gone,
+                // and an identity the provider no longer confirms must not live on to max_age.
+                store.delete(&found.key).await?;
+                self.sessions.forget(&found.key);
+                tracing::warn!(target: "authgate::audit", event = "refresh_refused", user = %found.session.user, "session ended: its refresh token cannot be read by any key held, long past its ID token");
+                Ok(None)
             }
             Err(LoginError::Provider(e)) => {
                 // The provider being down must not log everybody out; retry after the lock.
@@ -513,6 +525,7 @@ impl Login {
         Ok(Session {
             user: who.user,
             groups: who.groups,
+            rules: self.rules.fingerprint(),
             id_token_expires_at: claims.get("exp").and_then(Value::as_u64).unwrap_or(0),
             id_token: self.logout_hint(&discovered, &id_token_text),
             refresh_token: token
@@ -595,6 +608,34 @@ impl Login {
         };
         let (target, jti) = claims;
         let store = self.sessions.store();
+        // A logout token works once, on every replica: its `jti` is taken in the shared store
+        // (SET NX) for as long as such a token is accepted. Only the provider can sign one, so
+        // this is no state a stranger can make.
+        let jti_key = Key::of(&format!("logout-token jti {jti}"));
+        match store
+            .try_lock(&jti_key, LOGOUT_TOKEN_WINDOW + Duration::from_secs(120))
+            .await
+        {
+            Ok(true) => {}
+            Ok(false) => {
+                tracing::warn!("back-channel logout token refused: its jti was used before");
+                return crate::decision::json_response(
+                    400,
+                    "invalid_request",
+                    "logout_token refused",
+                    "backchannel_bad",
+                );
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "back-channel logout could not reach the store");
+                return crate::decision::json_response(
+                    503,
+                    "unavailable",
+                    "try again",
+                    "store_unavailable",
+                );
+            }
+        }
         let result = match &target {
             LogoutTarget::Sid(sid) => store.delete_sid(sid).await,
             LogoutTarget::Sub(sub) => store.delete_sub(sub).await,
@@ -602,7 +643,6 @@ impl Login {
         self.sessions.forget_all();
         match result {
             Ok(n) => {
-                self.seen_logout_tokens.insert(jti, ());
                 tracing::info!(target: "authgate::audit", event = "backchannel_logout", sessions = n, target = ?target, "back-channel logout");
                 Decision::Deny(Deny {
                     status: 200,
@@ -647,11 +687,7 @@ impl Login {
             other => other,
         }
         .map_err(|e| format!("{e:?}"))?;
-        let (target, jti) = logout_claims(&claims, self.clock.unix_now())?;
-        if self.seen_logout_tokens.contains_key(&jti) {
-            return Err("this logout token was already used (jti replayed)".into());
-        }
-        Ok((target, jti))
+        logout_claims(&claims, self.clock.unix_now())
     }
 }
 

@@ -153,9 +153,13 @@ impl Provider {
             let state = self.state.read().await;
             let wait = backoff(state.failures);
             let recent = state.last_attempt.is_some_and(|t| t.elapsed() < wait);
+            let usable = state
+                .discovered_at
+                .is_some_and(|at| at.elapsed() < 2 * self.config.jwks_max_age);
             match (&state.discovered, force, recent) {
-                (Some(d), false, _) | (Some(d), true, true) => return Ok(d.clone()),
-                (None, _, true) => {
+                (Some(d), false, _) => return Ok(d.clone()),
+                (Some(d), true, true) if usable => return Ok(d.clone()),
+                (_, _, true) => {
                     return Err(ProviderError(format!(
                         "discovery failed recently; retrying within {wait:?}"
                     )));
@@ -177,10 +181,14 @@ impl Provider {
             Err(e) => {
                 state.failures = state.failures.saturating_add(1);
                 tracing::warn!(error = %e, issuer = %self.config.issuer, "OIDC discovery failed");
+                // Keep serving with what we had: the provider being down must not end logins
+                // that could still be verified; but not past twice `oidc.jwks_max_age`, so keys
+                // the provider withdrew stop counting in bounded time.
+                let usable = state
+                    .discovered_at
+                    .is_some_and(|at| at.elapsed() < 2 * self.config.jwks_max_age);
                 match &state.discovered {
-                    // Keep serving with what we had: the provider being down must not end logins
-                    // that could still be verified.
-                    Some(d) if force => Ok(d.clone()),
+                    Some(d) if force && usable => Ok(d.clone()),
                     _ => Err(e),
                 }
             }

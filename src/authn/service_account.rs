@@ -305,7 +305,7 @@ fn status_to_identity(status: TokenReviewStatus, requested: &[String]) -> Result
 pub fn unverified_exp(token: &str) -> Option<SystemTime> {
     let claims = unverified_claims(token)?;
     let exp = claims.get("exp")?.as_u64()?;
-    Some(SystemTime::UNIX_EPOCH + Duration::from_secs(exp))
+    SystemTime::UNIX_EPOCH.checked_add(Duration::from_secs(exp))
 }
 
 /// The payload of a JWT-shaped token, not verified.

@@ -76,6 +76,8 @@ pub struct Sessions {
     own_cookies: [String; 2],
     /// Sessions read from Redis lately, with when they were read (`session.local_cache_ttl`).
     local: Option<moka::sync::Cache<Key, (Session, SystemTime)>>,
+    /// The fingerprint of today's claim rules: a session made under others is refused.
+    rules: u64,
 }
 
 /// Most sessions a replica keeps in its local cache.
@@ -83,7 +85,16 @@ const LOCAL_CACHE_CAPACITY: u64 = 100_000;
 
 impl Sessions {
     /// Builds the session layer.
-    pub fn new(store: Arc<dyn SessionStore>, config: SessionConfig, clock: SharedClock) -> Self {
+    /// `rules` is the login issuer's [`ClaimRules::fingerprint`]: sessions made under other
+    /// rules are refused (and deleted).
+    ///
+    /// [`ClaimRules::fingerprint`]: super::claims::ClaimRules::fingerprint
+    pub fn new(
+        store: Arc<dyn SessionStore>,
+        config: SessionConfig,
+        clock: SharedClock,
+        rules: u64,
+    ) -> Self {
         let ttl = config.local_cache_ttl;
         let local = (config.store == StoreKind::Redis && !ttl.is_zero()).then(|| {
             moka::sync::Cache::builder()
@@ -97,6 +108,7 @@ impl Sessions {
             config,
             clock,
             local,
+            rules,
         }
     }
 
@@ -139,7 +151,14 @@ impl Sessions {
             };
             let now = self.clock.unix_now();
             let idle = self.config.idle_timeout.as_secs();
-            if now >= session.expires_at || now.saturating_sub(session.last_seen) >= idle {
+            let other_rules = session.rules != self.rules;
+            if other_rules {
+                tracing::info!(target: "authgate::audit", event = "session_refused", user = %session.user, "session made under other claim rules (issuer, claims or prefixes changed): log in again");
+            }
+            if other_rules
+                || now >= session.expires_at
+                || now.saturating_sub(session.last_seen) >= idle
+            {
                 self.store.delete(&key).await?;
                 self.forget(&key);
                 continue;
@@ -232,8 +251,12 @@ mod tests {
                 ..SessionConfig::default()
             },
             clock,
+            RULES,
         )
     }
+
+    /// The contract's sessions carry these rules.
+    const RULES: u64 = 7;
 
     fn session() -> Session {
         crate::store::contract::session("alice@example.com", "sub", None)
@@ -302,7 +325,7 @@ mod tests {
             local_cache_ttl: Duration::from_secs(ttl),
             ..SessionConfig::default()
         };
-        let s = Sessions::new(store.clone(), config(2), shared.clone());
+        let s = Sessions::new(store.clone(), config(2), shared.clone(), RULES);
         let cookie = s.create(session()).await.unwrap();
         let h = headers(&cookie);
         let found = s.find(&h).await.unwrap().unwrap();
@@ -323,7 +346,7 @@ mod tests {
         assert!(s.find(&h).await.unwrap().is_none());
 
         // Off (the default): every request reads the store.
-        let s = Sessions::new(store.clone(), config(0), shared);
+        let s = Sessions::new(store.clone(), config(0), shared, RULES);
         let h = headers(&s.create(session()).await.unwrap());
         let found = s.find(&h).await.unwrap().unwrap();
         store.delete(&found.key).await.unwrap();

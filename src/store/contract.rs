@@ -19,6 +19,7 @@ pub fn session(user: &str, sub: &str, sid: Option<&str>) -> Session {
         id_token_expires_at: 4,
         id_token: Some("sealed-id-token".into()),
         refresh_token: None,
+        rules: 7,
     }
 }
 

@@ -88,6 +88,7 @@ struct Stored {
     id_token_expires_at: u64,
     id_token: Option<Box<str>>,
     refresh_token: Option<Box<str>>,
+    rules: u64,
     until: SystemTime,
 }
 
@@ -104,6 +105,7 @@ impl Stored {
             id_token_expires_at: self.id_token_expires_at,
             id_token: self.id_token.as_deref().map(String::from),
             refresh_token: self.refresh_token.as_deref().map(String::from),
+            rules: self.rules,
         }
     }
 }
@@ -151,6 +153,7 @@ impl Inner {
             id_token_expires_at: session.id_token_expires_at,
             id_token: session.id_token.as_deref().map(Into::into),
             refresh_token: session.refresh_token.as_deref().map(Into::into),
+            rules: session.rules,
             until,
         };
         self.sessions.insert(*key, stored);

@@ -44,9 +44,10 @@ impl Key {
 /// A logged-in browser.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Session {
-    /// User name (from the configured claim, without prefix).
+    /// User name (from the configured claim, with the issuer's `username_prefix`; without
+    /// `identity.user_prefix`, which only the header gets).
     pub user: String,
-    /// Groups.
+    /// Groups (with the issuer's `groups_prefix`).
     pub groups: Vec<String>,
     /// The provider's subject.
     pub sub: String,
@@ -67,6 +68,14 @@ pub struct Session {
     /// The refresh token, sealed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub refresh_token: Option<String>,
+    /// The claim rules the identity was made under ([`ClaimRules::fingerprint`]: issuer,
+    /// claims, prefixes, e-mail verification). A session made under other rules (an older
+    /// version, another issuer, new prefixes) is no session: its names were not judged by
+    /// today's rules. Absent (0) in sessions from before the rules were recorded.
+    ///
+    /// [`ClaimRules::fingerprint`]: crate::authn::claims::ClaimRules::fingerprint
+    #[serde(default)]
+    pub rules: u64,
 }
 
 /// How often `last_seen` is written back: often enough for idle timeouts of minutes, rarely
