@@ -42,10 +42,22 @@ where
 {
     /// A cache of at most `capacity` answers.
     pub fn new(name: &'static str, capacity: u64, clock: SharedClock) -> Self {
+        Self::weighed(name, capacity, |_| 1, clock)
+    }
+
+    /// A cache of at most `capacity` units, an answer weighing `weight(key)`: for keys that
+    /// carry client-influenced data of any length, so memory is bounded by bytes.
+    pub fn weighed(
+        name: &'static str,
+        capacity: u64,
+        weight: fn(&K) -> u32,
+        clock: SharedClock,
+    ) -> Self {
         Self {
             name,
             cache: moka::future::Cache::builder()
                 .max_capacity(capacity)
+                .weigher(move |key, _| weight(key))
                 .expire_after(EntryExpiry)
                 .build(),
             clock,

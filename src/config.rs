@@ -120,6 +120,12 @@ pub struct JwtConfig {
     /// Lifetime of each token.
     #[serde(with = "humantime_serde")]
     pub ttl: Duration,
+    /// Hosts (`host` or `host:port`) besides `public_url`'s whose requests get a token
+    /// addressed to themselves (`aud`). A request for any other `Host` gets `public_url`'s host
+    /// as its audience: the client chooses the Host header, and one token per made-up host
+    /// would cost memory per request.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub audiences: Vec<String>,
 }
 
 impl Default for JwtConfig {
@@ -129,6 +135,7 @@ impl Default for JwtConfig {
             key_file: None,
             extra_public_key_files: Vec::new(),
             ttl: Duration::from_secs(300),
+            audiences: Vec::new(),
         }
     }
 }
@@ -471,8 +478,13 @@ pub struct SubjectAccessReviewConfig {
     /// How long a "denied" answer is reused (short: a new RoleBinding should work soon).
     #[serde(with = "humantime_serde")]
     pub deny_ttl: Duration,
-    /// Most cached answers kept.
+    /// Most cached answers kept (an answer about more than 512 bytes of names counts as one
+    /// per 512 bytes, so memory is bounded by bytes).
     pub cache_capacity: u64,
+    /// Budget of reviews not answered from the cache, per identity: a user looping over
+    /// made-up names gets 429 once it is spent, without a review, and nobody else notices.
+    /// `null` removes the budget.
+    pub review_rate: Option<crate::ratelimit::Rate>,
 }
 
 impl Default for SubjectAccessReviewConfig {
@@ -481,6 +493,10 @@ impl Default for SubjectAccessReviewConfig {
             allow_ttl: Duration::from_secs(10),
             deny_ttl: Duration::from_secs(5),
             cache_capacity: 100_000,
+            review_rate: Some(crate::ratelimit::Rate {
+                rps: 20,
+                burst: 100,
+            }),
         }
     }
 }
@@ -946,6 +962,14 @@ impl Config {
         }
 
         let sar = &self.kubernetes.subject_access_review;
+        if let Some(rate) = sar.review_rate
+            && !rate.is_valid()
+        {
+            bad(
+                "kubernetes.subject_access_review.review_rate",
+                "rps and burst must be more than 0 (null removes the budget)".into(),
+            );
+        }
         if sar.allow_ttl > Duration::from_secs(600) || sar.deny_ttl > Duration::from_secs(600) {
             bad(
                 "kubernetes.subject_access_review",

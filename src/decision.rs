@@ -116,10 +116,13 @@ impl Decision {
 }
 
 /// Whether a header can be written as is, on HTTP/1.1 and HTTP/2: a token name and a value
-/// without control characters (other than tab).
+/// without control characters (other than tab) — `http::HeaderValue::from_bytes`'s rule. The
+/// value scan has no early exit, so it vectorizes: every allowed answer carries a ~700-byte JWT.
 pub fn header_deliverable(name: &str, value: &str) -> bool {
-    http::HeaderName::from_bytes(name.as_bytes()).is_ok()
-        && http::HeaderValue::from_bytes(value.as_bytes()).is_ok()
+    let bad = value.bytes().fold(false, |bad, b| {
+        bad | ((b < 0x20) & (b != b'\t')) | (b == 0x7f)
+    });
+    !bad && http::HeaderName::from_bytes(name.as_bytes()).is_ok()
 }
 
 /// Everything `decide` needs, prepared once at start.
@@ -148,6 +151,8 @@ pub struct Gate {
     pub oidc_bearer: Option<OidcBearer>,
     /// The gateway's origin: redirect targets must stay on it.
     pub public_origin: url::Url,
+    /// The hosts the identity JWT may be addressed to.
+    pub audiences: crate::identity::Audiences,
     /// Per-identity and per-address request limits.
     pub rate_limits: crate::ratelimit::RateLimits,
 }
@@ -174,6 +179,10 @@ impl Gate {
             });
         }
 
+        // An address over its per_client_ip limit costs nothing more: no store read, no review.
+        if let Some(wait) = self.rate_limits.client_ip_refused(req.client_ip) {
+            return too_many(wait, "rate_limited_client");
+        }
         let identity = match self.authenticate(req).await {
             Ok(identity) => identity,
             Err(deny) => {
@@ -229,6 +238,14 @@ impl Gate {
             }
             Authorization::NoRule => {
                 self.forbidden(req, &identity, "no rule allows this path", None, "no_rule")
+            }
+            Authorization::Unavailable(KubeError::Throttled(wait)) => {
+                tracing::debug!(user = %identity.user, "review budget of this identity spent");
+                let mut d = too_many(wait, "review_budget_identity");
+                if let Decision::Deny(deny) = &mut d {
+                    deny.identity = Some(identity);
+                }
+                d
             }
             Authorization::Unavailable(e) => {
                 tracing::warn!(error = %e, "subject access review failed");
@@ -420,7 +437,7 @@ impl Gate {
     fn allow(&self, identity: Arc<Identity>, req: &Request, forward_credentials: bool) -> Decision {
         let plan = &self.headers;
         let user_value = plan.user_value(&identity);
-        let audience = req.host.as_str();
+        let audience = self.audiences.for_host(&req.host);
         let token = match self.signer.token(&identity, &user_value, audience) {
             Ok(token) => token,
             Err(e) => {
@@ -561,7 +578,23 @@ impl Gate {
             || req.headers.get("referer").is_some_and(|r| {
                 url::Url::parse(r).is_ok_and(|r| r.origin() == self.public_origin.origin())
             });
-        if req.method != "POST" && !same_origin {
+        // A browser says where a request comes from: `Sec-Fetch-Site`, and `Origin` on every
+        // POST (`null` when it will not say). A cross-site POST (a form on another site) must
+        // not end the session any more than a cross-site GET; a POST with neither header is
+        // not from a browser, and no other site can make one.
+        let cross_site = req
+            .headers
+            .get("sec-fetch-site")
+            .is_some_and(|s| s != "same-origin" && s != "none")
+            || req.headers.get("origin").is_some_and(|o| {
+                !url::Url::parse(o).is_ok_and(|o| o.origin() == self.public_origin.origin())
+            });
+        let may_log_out = if req.method == "POST" {
+            !cross_site
+        } else {
+            same_origin && !cross_site
+        };
+        if !may_log_out {
             return own_page(
                 200,
                 "text/html; charset=utf-8",
@@ -705,4 +738,26 @@ fn unavailable(reason: &'static str) -> Decision {
         deny.headers.push(("retry-after".into(), "5".into()));
     }
     decision
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn header_deliverable_is_the_http_crates_rule() {
+        for b in 0..0x80u8 {
+            let value = format!("a{}b", char::from(b));
+            assert_eq!(
+                header_deliverable("x", &value),
+                http::HeaderValue::from_bytes(value.as_bytes()).is_ok(),
+                "{b:#x}"
+            );
+        }
+        assert!(
+            header_deliverable("x", "jos\u{e9}"),
+            "UTF-8 bytes are obs-text"
+        );
+        assert!(!header_deliverable("bad name", "v"));
+    }
 }

@@ -79,6 +79,42 @@ impl Identity {
     }
 }
 
+/// The hosts the signed identity JWT may be addressed to (`aud`): `public_url`'s and
+/// `identity.jwt.audiences`. The client chooses the `Host` header; any other host is mapped to
+/// the public one, so made-up hosts cannot make a token (and a cache entry) each.
+#[derive(Debug, Clone)]
+pub struct Audiences {
+    /// Lower-cased `host` or `host:port`; the public one first.
+    hosts: Vec<String>,
+}
+
+impl Audiences {
+    /// `public` is the gateway's origin; `extra` more hosts.
+    pub fn new(public: &url::Url, extra: &[String]) -> Audiences {
+        let host = public.host_str().unwrap_or_default().to_ascii_lowercase();
+        let public = match public.port() {
+            Some(port) => format!("{host}:{port}"),
+            None => host,
+        };
+        let hosts = std::iter::once(public)
+            .chain(extra.iter().map(|h| h.to_ascii_lowercase()))
+            .collect();
+        Audiences { hosts }
+    }
+
+    /// The audience for a request to `host`: that host as configured, or the public one.
+    pub fn for_host(&self, host: &str) -> &str {
+        let bare = host
+            .strip_suffix(":443")
+            .or_else(|| host.strip_suffix(":80"))
+            .unwrap_or(host);
+        self.hosts
+            .iter()
+            .find(|h| h.eq_ignore_ascii_case(host) || h.eq_ignore_ascii_case(bare))
+            .unwrap_or(&self.hosts[0])
+    }
+}
+
 /// The Kubernetes API server's reserved prefix: names under it are its own (`system:masters`,
 /// `system:serviceaccount:…`), and a JWT authenticator may never produce one.
 pub const RESERVED_PREFIX: &str = "system:";
@@ -261,6 +297,32 @@ fn separator_variants(name: &str) -> Vec<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn audiences_are_configured_hosts_only() {
+        let public = url::Url::parse("https://Kubeflow.Example.com").unwrap();
+        let audiences = Audiences::new(&public, &["models.example.com".into()]);
+        assert_eq!(
+            audiences.for_host("kubeflow.example.com"),
+            "kubeflow.example.com"
+        );
+        assert_eq!(
+            audiences.for_host("KUBEFLOW.example.com:443"),
+            "kubeflow.example.com"
+        );
+        assert_eq!(
+            audiences.for_host("Models.Example.com"),
+            "models.example.com"
+        );
+        assert_eq!(
+            audiences.for_host(&"x".repeat(16 * 1024)),
+            "kubeflow.example.com",
+            "a made-up host gets the public audience"
+        );
+        let local = Audiences::new(&url::Url::parse("http://127.0.0.1:8080").unwrap(), &[]);
+        assert_eq!(local.for_host("127.0.0.1:8080"), "127.0.0.1:8080");
+        assert_eq!(local.for_host("127.0.0.1:9999"), "127.0.0.1:8080");
+    }
 
     #[test]
     fn only_faithfully_carriable_names_pass() {

@@ -205,6 +205,7 @@ impl App {
             sessions,
             login,
             oidc_bearer,
+            audiences: identity::Audiences::new(&public_origin, &config.identity.jwt.audiences),
             public_origin,
             rate_limits: ratelimit::RateLimits::new(&config.rate_limit),
         };

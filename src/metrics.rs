@@ -62,6 +62,9 @@ pub struct Metrics {
     pub cache: Family<CacheLabels, Counter>,
     /// Sessions in the store, as of the last scrape.
     pub sessions: Gauge,
+    /// Keys the session store (Redis) evicted since it started, as of the last scrape: any
+    /// eviction may have dropped sessions or revocation indexes.
+    pub store_evictions: Gauge,
 }
 
 fn latency_histogram() -> Histogram {
@@ -114,8 +117,15 @@ pub fn global() -> &'static Metrics {
             "Browser sessions in the store (at the last scrape)",
             sessions.clone(),
         );
+        let store_evictions = Gauge::default();
+        registry.register(
+            "session_store_evicted_keys",
+            "Keys the Redis session store evicted since it started (INFO evicted_keys; 0 for the memory store)",
+            store_evictions.clone(),
+        );
         Metrics {
             registry,
+            store_evictions,
             decisions,
             check_duration,
             calls,

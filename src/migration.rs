@@ -26,7 +26,7 @@ const IGNORED: &[(&str, &str)] = &[
     ),
     (
         "OIDC_STATE_STORE_PATH",
-        "login state is kept in the session store",
+        "a login in progress lives in a sealed browser cookie",
     ),
     (
         "SESSION_STORE_PATH",

@@ -94,11 +94,34 @@ impl CallBudget {
     }
 }
 
+/// A budget of outgoing calls per key (e.g. SubjectAccessReviews per identity): one caller
+/// spending theirs does not touch anyone else's.
+pub struct KeyedBudget(Limiter<String>);
+
+impl KeyedBudget {
+    /// A budget of `rate` per key; `None` if the numbers are zero.
+    pub fn new(rate: Rate) -> Option<Self> {
+        Limiter::new(rate).map(Self)
+    }
+
+    /// Spends one call of `key`'s; `Err(wait)` when its budget is empty.
+    pub fn spend(&self, key: &str) -> Result<(), Duration> {
+        self.0.check(&key.to_string())
+    }
+}
+
 /// The limits of one gateway.
 pub struct RateLimits {
     per_identity: Option<Limiter<String>>,
     per_client_ip: Option<Limiter<IpAddr>>,
+    /// Addresses over `per_client_ip`, with when they may come back: checked before any work
+    /// (store reads, reviews) is done for a request, so an address that floods is refused
+    /// without costing anything. A fixed-size entry per address, bounded in number.
+    refused_until: moka::sync::Cache<IpAddr, std::time::Instant>,
 }
+
+/// Most addresses remembered as over their limit (16 + 16 bytes each).
+const REFUSED_ADDRESSES: u64 = 100_000;
 
 impl RateLimits {
     /// From the config.
@@ -106,7 +129,20 @@ impl RateLimits {
         Self {
             per_identity: config.per_identity.and_then(Limiter::new),
             per_client_ip: config.per_client_ip.and_then(Limiter::new),
+            refused_until: moka::sync::Cache::builder()
+                .max_capacity(REFUSED_ADDRESSES)
+                .time_to_live(Duration::from_secs(60))
+                .build(),
         }
+    }
+
+    /// Whether an address is over `per_client_ip` right now (it was refused, and its wait is
+    /// not over): such a request is refused before anything is looked up for it, credentials
+    /// or not, until the address's budget refills.
+    pub fn client_ip_refused(&self, ip: Option<IpAddr>) -> Option<Duration> {
+        let until = self.refused_until.get(&ip?)?;
+        let now = std::time::Instant::now();
+        (until > now).then(|| until - now)
     }
 
     /// Counts one request of an identity; `Err(retry_after)` when it is over its limit.
@@ -120,7 +156,10 @@ impl RateLimits {
     /// Counts one unauthenticated request from an address.
     pub fn client_ip(&self, ip: Option<IpAddr>) -> Result<(), Duration> {
         match (&self.per_client_ip, ip) {
-            (Some(l), Some(ip)) => l.check(&ip),
+            (Some(l), Some(ip)) => l.check(&ip).inspect_err(|wait| {
+                self.refused_until
+                    .insert(ip, std::time::Instant::now() + *wait);
+            }),
             _ => Ok(()),
         }
     }
@@ -159,5 +198,23 @@ mod tests {
             limits.client_ip(Some([127, 0, 0, 1].into())).is_ok(),
             "no ip limit set"
         );
+    }
+
+    #[test]
+    fn an_address_over_its_limit_is_known_before_any_work() {
+        let limits = RateLimits::new(&RateLimitConfig {
+            per_identity: None,
+            per_client_ip: Some(Rate { rps: 1, burst: 2 }),
+        });
+        let ip = Some([10, 0, 0, 1].into());
+        assert!(limits.client_ip(ip).is_ok());
+        assert!(limits.client_ip(ip).is_ok());
+        assert_eq!(limits.client_ip_refused(ip), None, "not refused yet");
+        assert!(limits.client_ip(ip).is_err());
+        let wait = limits
+            .client_ip_refused(ip)
+            .expect("refused until its wait is over");
+        assert!(wait <= Duration::from_secs(1));
+        assert_eq!(limits.client_ip_refused(Some([10, 0, 0, 2].into())), None);
     }
 }

@@ -107,6 +107,26 @@ struct CachedToken {
     refresh_at: u64,
 }
 
+impl CachedToken {
+    /// About the bytes it holds.
+    fn weight(&self) -> u32 {
+        let identity = &self.identity;
+        let strings = identity.user.len()
+            + identity.groups.iter().map(|g| g.len() + 24).sum::<usize>()
+            + identity.uid.as_ref().map_or(0, String::len)
+            + identity
+                .extra
+                .iter()
+                .map(|(k, v)| k.len() + v.iter().map(|s| s.len() + 24).sum::<usize>() + 48)
+                .sum::<usize>();
+        let total = 160 + strings + self.subject.len() + self.audience.len() + self.jwt.len();
+        u32::try_from(total).unwrap_or(u32::MAX)
+    }
+}
+
+/// Most bytes of signed tokens kept (about 1 KiB each: some 64,000 identities × audiences).
+pub const SIGNED_CACHE_BYTES: u64 = 64 * 1024 * 1024;
+
 /// Signs identity tokens and publishes the JWKS.
 pub struct Signer {
     issuer: String,
@@ -180,8 +200,11 @@ impl Signer {
             key,
             jwks: Arc::from(jwks_json(&public)),
             clock,
+            // Bounded by bytes, not entries: what a token holds (groups, extra, the JWT) varies,
+            // and the audiences are bounded by `audience()` to configured hosts.
             cache: moka::sync::Cache::builder()
-                .max_capacity(100_000)
+                .max_capacity(SIGNED_CACHE_BYTES)
+                .weigher(|_, token: &Arc<CachedToken>| token.weight())
                 .time_to_live(ttl)
                 .build(),
             hasher: foldhash::fast::RandomState::default(),

@@ -94,14 +94,22 @@ async fn the_authorize_request_uses_pkce_state_and_nonce_and_cookies_are_safe() 
         "{cookie}"
     );
 
-    // Repeated unauthenticated navigations reuse the login cookie: no pile-up.
-    for _ in 0..5 {
-        let again = navigate(&browser, &stack.url("/other")).await;
+    // Repeated unauthenticated navigations replace the one login cookie: no pile-up, and its
+    // size stays bounded however long the URLs are.
+    let name = cookie.split('=').next().unwrap().to_string();
+    for i in 0..5 {
+        let long = format!("/other?q={}", "x".repeat(3000 + i));
+        let again = navigate(&browser, &stack.url(&long)).await;
         assert_eq!(again.status(), 302);
-        assert!(
-            again.headers().get(SET_COOKIE).is_none(),
-            "no new cookie on a repeat"
-        );
+        let set: Vec<&str> = again
+            .headers()
+            .get_all(SET_COOKIE)
+            .iter()
+            .map(|v| v.to_str().unwrap())
+            .collect();
+        assert_eq!(set.len(), 1, "{set:?}");
+        assert!(set[0].starts_with(&format!("{name}=")), "{set:?}");
+        assert!(set[0].len() < 3000, "bounded: {} bytes", set[0].len());
     }
 }
 
@@ -242,6 +250,27 @@ async fn logout_ends_the_session_and_sends_the_browser_to_the_provider() {
         navigate(&browser, &stack.url("/still-in")).await.status(),
         200
     );
+    // A cross-site POST (a form on another site) neither: it would clear the browser's cookie
+    // and leave nothing to show for it.
+    for (name, value) in [
+        ("origin", "https://evil.example"),
+        ("sec-fetch-site", "cross-site"),
+        ("origin", "null"),
+    ] {
+        let csrf = browser
+            .post(stack.url("/authgate/logout"))
+            .header(name, value)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(csrf.status(), 200, "{name}: {value}");
+        assert!(csrf.headers().get(SET_COOKIE).is_none(), "{name}: {value}");
+        assert_eq!(
+            navigate(&browser, &stack.url("/still-in")).await.status(),
+            200,
+            "{name}: {value}"
+        );
+    }
 
     let logout = browser
         .post(stack.url("/authgate/logout"))

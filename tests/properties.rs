@@ -420,6 +420,7 @@ fn gate(token_review: Api, access_review: Api, strip_headers: &[String]) -> Gate
         sessions: None,
         login: None,
         oidc_bearer: None,
+        audiences: authgate::identity::Audiences::new(preset.public_origin(), &[]),
         public_origin: preset.public_origin().clone(),
         rate_limits: authgate::ratelimit::RateLimits::new(&Default::default()),
     }

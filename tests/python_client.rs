@@ -112,7 +112,7 @@ fn key_roll(dir: &Path) -> String {
         .unwrap();
     std::fs::write(&old_public, public).unwrap();
     format!(
-        "identity:\n  jwt:\n    key_file: {}\n    extra_public_key_files: [{}]\n",
+        "identity:\n  jwt:\n    key_file: {}\n    extra_public_key_files: [{}]\n    audiences: [other-app.example.com]\n",
         current.display(),
         old_public.display()
     )

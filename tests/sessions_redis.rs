@@ -693,3 +693,163 @@ async fn a_session_made_under_other_claim_rules_is_refused() {
         "and it was deleted"
     );
 }
+
+/// Thousands of anonymous navigations with multi-kilobyte URLs against a small Redis that
+/// evicts (`maxmemory` with the `volatile-lru` policy many deployments use): a stranger writes
+/// nothing, so nothing is evicted, and every session and revocation still works.
+#[tokio::test]
+async fn strangers_write_nothing_to_the_session_store() {
+    let shared = Shared::start().await;
+    let (replica, envoy) = shared.replica(shared.public_port).await;
+    let alice = oidc::browser();
+    let bob = oidc::browser();
+    assert_eq!(
+        oidc::browser_login(&alice, &envoy.url(), ALICE)
+            .await
+            .status,
+        200
+    );
+    assert_eq!(
+        oidc::browser_login(&bob, &envoy.url(), BOB).await.status,
+        200
+    );
+    let port = shared.redis.port();
+    let set = |k: &str, v: &str| ::redis::cmd("CONFIG").arg("SET").arg(k).arg(v).clone();
+    let _: () = support::redis::command(port, &set("maxmemory", "2mb"))
+        .await
+        .unwrap();
+    let _: () = support::redis::command(port, &set("maxmemory-policy", "volatile-lru"))
+        .await
+        .unwrap();
+    let keys_before: u64 = support::redis::command(port, &::redis::cmd("DBSIZE"))
+        .await
+        .unwrap();
+
+    let url = envoy.url();
+    let strangers = futures::future::join_all((0..32).map(|worker| {
+        let url = url.clone();
+        async move {
+            let client = oidc::browser();
+            for i in 0..100 {
+                let target = format!("{url}/notebook/x/{worker}-{i}?q={}", "p".repeat(4096));
+                let status = status(&client, target).await;
+                assert_eq!(status, 302, "a stranger is sent to log in");
+            }
+        }
+    }));
+    strangers.await;
+
+    let keys_after: u64 = support::redis::command(port, &::redis::cmd("DBSIZE"))
+        .await
+        .unwrap();
+    assert_eq!(keys_after, keys_before, "3,200 strangers wrote nothing");
+    let stats = support::redis::info(port, "stats").await;
+    assert_eq!(stats["evicted_keys"], "0");
+    assert_eq!(status(&alice, format!("{url}/still-in")).await, 200);
+    let store = RedisStore::connect(&session_config(&shared.redis))
+        .await
+        .unwrap();
+    assert_eq!(store.delete_user("bob@example.com").await.unwrap(), 1);
+    assert_eq!(
+        status(&bob, format!("{url}/x")).await,
+        302,
+        "the revocation landed"
+    );
+    let evictions = "authgate_session_store_evicted_keys";
+    assert_eq!(metric_value(&replica.metrics().await, evictions), Some(0.0));
+
+    // Were something else to fill this Redis, its evictions show.
+    let mut conn = connect(&shared.redis).await;
+    for i in 0..2000 {
+        let _: () = ::redis::cmd("SET")
+            .arg(format!("filler:{i}"))
+            .arg("f".repeat(2048))
+            .arg("EX")
+            .arg(600)
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+    }
+    let seen = metric_value(&replica.metrics().await, evictions).unwrap();
+    assert!(seen > 0.0, "evictions are visible: {seen}");
+}
+
+/// A `Cookie` header with hundreds of copies of the session cookie costs at most two store
+/// reads, not one per copy.
+#[tokio::test]
+async fn many_copies_of_the_session_cookie_cost_two_store_reads_at_most() {
+    let shared = Shared::start().await;
+    let (_a, envoy) = shared.replica(shared.public_port).await;
+    let port = shared.redis.port();
+    let gets = || async {
+        let stats = support::redis::info(port, "commandstats").await;
+        stats
+            .get("cmdstat_get")
+            .and_then(|v| v.split(',').next())
+            .and_then(|calls| calls.strip_prefix("calls="))
+            .map_or(0, |n| n.parse::<u64>().unwrap())
+    };
+    let cookies: Vec<String> = (0..500)
+        .map(|i| format!("authgate_session={:A>43}", format!("{i}")))
+        .collect();
+    let before = gets().await;
+    let head = format!(
+        "GET /x HTTP/1.1\r\nHost: 127.0.0.1:{}\r\nAccept: application/json\r\nCookie: {}\r\n",
+        shared.public_port,
+        cookies.join("; ")
+    );
+    let response = raw_http(envoy.addr(), &head).await;
+    assert_eq!(response.status, 401);
+    let after = gets().await;
+    assert!(
+        after - before <= 2,
+        "{} GETs for one request",
+        after - before
+    );
+}
+
+/// With the local session cache on, a revocation lands on a replica whose copy is in steady
+/// use: a touch asks the store (and finds the session gone), it never writes the cached copy
+/// back nor restarts the cache clock.
+#[tokio::test]
+async fn a_revocation_lands_on_a_replica_with_a_cached_session_in_steady_use() {
+    let shared = Shared::start().await;
+    let clock = authgate::clock::ManualClock::new();
+    let (_a, envoy) = shared
+        .replica_with_clock(
+            shared.public_port,
+            "session: {local_cache_ttl: 30s, idle_timeout: 1m}",
+            std::sync::Arc::new(clock.clone()),
+        )
+        .await;
+    let browser = oidc::browser();
+    assert_eq!(
+        oidc::browser_login(&browser, &envoy.url(), ALICE)
+            .await
+            .status,
+        200
+    );
+    assert_eq!(
+        status(&browser, format!("{}/cached", envoy.url())).await,
+        200
+    );
+    let store = RedisStore::connect(&session_config(&shared.redis))
+        .await
+        .unwrap();
+    assert_eq!(store.delete_user("alice@example.com").await.unwrap(), 1);
+    // A stolen cookie in steady use: a request every 7 s (a touch each time: idle/10 = 6 s).
+    let mut seen = Vec::new();
+    for _ in 0..6 {
+        clock.advance(Duration::from_secs(7));
+        seen.push(status(&browser, format!("{}/steady", envoy.url())).await);
+    }
+    let first_refusal = seen
+        .iter()
+        .position(|s| *s == 302)
+        .expect("the revocation landed");
+    assert!(
+        (first_refusal + 1) * 7 <= 30,
+        "within the cache TTL of the revocation: {seen:?}"
+    );
+    assert!(seen[first_refusal..].iter().all(|s| *s == 302), "{seen:?}");
+}

@@ -182,15 +182,6 @@ async fn failover(failure: Failure) {
     }
     assert_eq!(store.delete_user("alice@example.com").await.unwrap(), 1);
     assert_eq!(store.get(&key).await.unwrap(), None);
-    let state = Key::of("state-after-failover");
-    store
-        .put_login(&state, &contract::login(), TTL)
-        .await
-        .unwrap();
-    assert_eq!(
-        store.take_login(&state).await.unwrap(),
-        Some(contract::login())
-    );
     let lock = Key::of("lock-after-failover");
     assert!(store.try_lock(&lock, TTL).await.unwrap());
     assert!(!store.try_lock(&lock, TTL).await.unwrap());
@@ -255,17 +246,6 @@ async fn contract_per_key(store: &dyn SessionStore) {
     let lock = Key::of("lock");
     assert!(store.try_lock(&lock, TTL).await.unwrap());
     assert!(!store.try_lock(&lock, TTL).await.unwrap());
-
-    let state = Key::of("state");
-    store
-        .put_login(&state, &contract::login(), TTL)
-        .await
-        .unwrap();
-    assert_eq!(
-        store.take_login(&state).await.unwrap(),
-        Some(contract::login())
-    );
-    assert_eq!(store.take_login(&state).await.unwrap(), None);
 }
 
 #[tokio::test]

@@ -1,9 +1,11 @@
 //! The browser login: authorization code flow with PKCE (S256), `state` and `nonce`; the
 //! callback; RP-initiated logout; and OIDC back-channel logout.
 //!
-//! `state` is single-use (taken from the store), expires after `oidc.login_timeout`, and is bound
-//! to one browser cookie that is reused across tabs: two tabs can log in at once, and repeated
-//! unauthenticated requests never pile up cookies.
+//! A login in progress lives in the browser, not in the store (`super::pending`): its `state`
+//! works once (the callback takes it out of the browser's one login cookie), expires after
+//! `oidc.login_timeout`, and only in the browser that started it; a few tabs can log in at once,
+//! and repeated unauthenticated requests replace that one cookie rather than pile up cookies
+//! or stored state.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -19,11 +21,12 @@ use url::Url;
 use super::claims::{ClaimError, ClaimRules};
 use super::jwt::{VerifyError, verify_with};
 use super::oidc::{Discovered, Provider, ProviderError};
-use super::session::{Found, Sessions, cookie_values, new_secret};
+use super::pending::{Pending, PendingLogins};
+use super::session::{Found, Sessions, cookie_values};
 use crate::clock::SharedClock;
 use crate::decision::{Decision, Deny};
 use crate::request::Request;
-use crate::store::{Key, PendingLogin, Sealer, Session, StoreError};
+use crate::store::{Key, Sealer, Session, StoreError};
 
 /// How long one replica holds the right to refresh a session (and, after a failed refresh
 /// because the provider was down, how long until the next try).
@@ -166,56 +169,53 @@ impl Login {
             Ok(d) => d,
             Err(e) => return provider_down(&e),
         };
-        let config = self.sessions.config();
-        let login_cookie = config.login_cookie();
-        let existing = cookie_values(&req.headers, &login_cookie)
-            .find(|v| v.len() == 43)
-            .map(str::to_string);
-        let (browser, set_cookie) = match existing {
-            Some(b) => (b, None),
-            None => {
-                let b = new_secret();
-                let c =
-                    self.sessions
-                        .cookie(&login_cookie, &b, self.provider.config().login_timeout);
-                (b, Some(c))
-            }
-        };
-        let (challenge, verifier) = PkceCodeChallenge::new_random_sha256();
+        let now = self.clock.unix_now();
+        let timeout = self.provider.config().login_timeout;
+        let mut logins = self.pending_logins(req, now);
+        let pending = Pending::new(return_to, now + timeout.as_secs());
+        let verifier = PkceCodeVerifier::new(pending.pkce_verifier());
+        let challenge = PkceCodeChallenge::from_code_verifier_sha256(&verifier);
+        let (state, nonce) = (pending.state(), pending.nonce());
         let mut request = discovered.client.authorize_url(
             CoreAuthenticationFlow::AuthorizationCode,
-            CsrfToken::new_random,
-            Nonce::new_random,
+            move || CsrfToken::new(state),
+            move || Nonce::new(nonce),
         );
         for scope in &self.provider.config().scopes {
             if scope != "openid" {
                 request = request.add_scope(Scope::new(scope.clone()));
             }
         }
-        let (url, state, nonce) = request.set_pkce_challenge(challenge).url();
-        let pending = PendingLogin {
-            browser: Key::of(&browser).hex(),
-            nonce: nonce.secret().clone(),
-            pkce_verifier: verifier.secret().clone(),
-            return_to: return_to.to_string(),
-        };
-        if let Err(e) = self
+        let (url, _, _) = request.set_pkce_challenge(challenge).url();
+        // Nothing is stored: the login lives in the browser's one login cookie, sealed.
+        logins.add(pending);
+        let login_cookie = self.sessions.config().login_cookie();
+        let cookie = self
             .sessions
-            .store()
-            .put_login(
-                &Key::of(state.secret()),
-                &pending,
-                self.provider.config().login_timeout,
-            )
-            .await
-        {
-            return store_down(&e);
+            .cookie(&login_cookie, &logins.seal(&self.sealer), timeout);
+        redirect(url.as_str(), vec![cookie], "login_redirect")
+    }
+
+    /// The logins this browser has in progress (its login cookie; at most two copies read).
+    fn pending_logins(&self, req: &Request, now: u64) -> PendingLogins {
+        let login_cookie = self.sessions.config().login_cookie();
+        cookie_values(&req.headers, &login_cookie)
+            .take(2)
+            .map(|value| PendingLogins::open(&self.sealer, Some(value), now))
+            .find(|logins| !logins.is_empty())
+            .unwrap_or_default()
+    }
+
+    /// The login cookie after a callback took one login out of it.
+    fn remaining_logins_cookie(&self, logins: &PendingLogins) -> String {
+        let login_cookie = self.sessions.config().login_cookie();
+        if logins.is_empty() {
+            self.sessions.clear_cookie(&login_cookie)
+        } else {
+            let timeout = self.provider.config().login_timeout;
+            self.sessions
+                .cookie(&login_cookie, &logins.seal(&self.sealer), timeout)
         }
-        redirect(
-            url.as_str(),
-            set_cookie.into_iter().collect(),
-            "login_redirect",
-        )
     }
 
     /// The provider sent the browser back: check state, exchange the code, verify the ID token,
@@ -245,77 +245,76 @@ impl Login {
                 "login_incomplete",
             );
         };
-        let pending = match self.sessions.store().take_login(&Key::of(&state)).await {
-            Ok(Some(p)) => p,
-            Ok(None) => {
-                return page(
-                    400,
-                    "Login expired",
-                    "This login link was already used or has expired. Please start again.",
-                    "login_state_unknown",
-                );
-            }
-            Err(e) => return store_down(&e),
-        };
-        let login_cookie = self.sessions.config().login_cookie();
-        let same_browser =
-            cookie_values(&req.headers, &login_cookie).any(|v| Key::of(v).hex() == pending.browser);
-        if !same_browser {
+        let mut logins = self.pending_logins(req, self.clock.unix_now());
+        let Some(pending) = logins.take(&state) else {
             return page(
                 400,
-                "Login failed",
-                "This login was started in another browser (or its cookie was lost). Please start again.",
-                "login_wrong_browser",
+                "Login expired",
+                "This login link was already used, has expired, or was started in another \
+                 browser (or its cookie was lost). Please start again.",
+                "login_state_unknown",
             );
-        }
+        };
+        // The state is spent whatever happens next.
+        let remaining = self.remaining_logins_cookie(&logins);
+        let with_cookie = |mut decision: Decision| {
+            if let Decision::Deny(deny) = &mut decision {
+                deny.headers.push(("set-cookie".into(), remaining.clone()));
+            }
+            decision
+        };
         let session = match self.complete(&code, &pending).await {
             Ok(s) => s,
-            Err(LoginError::Provider(e)) => return provider_down(&e),
+            Err(LoginError::Provider(e)) => return with_cookie(provider_down(&e)),
             Err(LoginError::Refused(why)) => {
                 tracing::warn!(target: "authgate::audit", event = "login_refused", reason = why.reason(), why = %why, "login refused: not an identity authgate can vouch for");
-                return page(403, "Login refused", &why.to_string(), why.reason());
+                return with_cookie(page(403, "Login refused", &why.to_string(), why.reason()));
             }
             Err(LoginError::Unreadable) => {
                 tracing::warn!("login rejected: a sealed token could not be read");
-                return page(
+                return with_cookie(page(
                     401,
                     "Login failed",
                     "The identity provider's answer could not be verified.",
                     "login_rejected",
-                );
+                ));
             }
             Err(LoginError::Rejected(why)) => {
                 tracing::warn!(reason = %why, "login rejected");
-                return page(
+                return with_cookie(page(
                     401,
                     "Login failed",
                     "The identity provider's answer could not be verified.",
                     "login_rejected",
-                );
+                ));
             }
         };
         let user = session.user.clone();
         match self.sessions.create(session).await {
             Ok(cookie) => {
                 tracing::info!(target: "authgate::audit", event = "login", user = %user, "login");
-                let mut d = redirect(&pending.return_to, vec![cookie], "login_complete");
+                let mut d = redirect(
+                    &pending.return_to,
+                    vec![cookie, remaining.clone()],
+                    "login_complete",
+                );
                 if let Decision::Deny(deny) = &mut d {
                     deny.identity = None;
                 }
                 d
             }
-            Err(e) => store_down(&e),
+            Err(e) => with_cookie(store_down(&e)),
         }
     }
 
-    async fn complete(&self, code: &str, pending: &PendingLogin) -> Result<Session, LoginError> {
+    async fn complete(&self, code: &str, pending: &Pending) -> Result<Session, LoginError> {
         let discovered = self.provider.get().await.map_err(LoginError::Provider)?;
         let turn = self.provider.turn().await.map_err(LoginError::Provider)?;
         let token = discovered
             .client
             .exchange_code(AuthorizationCode::new(code.to_string()))
             .map_err(|e| LoginError::Rejected(e.to_string()))?
-            .set_pkce_verifier(PkceCodeVerifier::new(pending.pkce_verifier.clone()))
+            .set_pkce_verifier(PkceCodeVerifier::new(pending.pkce_verifier()))
             .request_async(self.provider.http())
             .await
             .map_err(|e| match e {
@@ -330,7 +329,7 @@ impl Login {
         let id_token = token
             .id_token()
             .ok_or_else(|| LoginError::Rejected("no ID token in the token response".into()))?;
-        let nonce = Nonce::new(pending.nonce.clone());
+        let nonce = Nonce::new(pending.nonce());
         let verified = match id_token.claims(&discovered.client.id_token_verifier(), &nonce) {
             Ok(_) => discovered.clone(),
             Err(openidconnect::ClaimsVerificationError::SignatureVerification(_)) => {
@@ -438,7 +437,11 @@ impl Login {
         match self.refresh(&found.session).await {
             Ok(session) => {
                 let remaining = Duration::from_secs(session.expires_at.saturating_sub(now).max(1));
-                store.update(&found.key, &session, remaining).await?;
+                if !store.update(&found.key, &session, remaining).await? {
+                    // Revoked while the refresh ran: it stays revoked.
+                    self.sessions.forget(&found.key);
+                    return Ok(None);
+                }
                 self.sessions.remember(&found.key, &session);
                 tracing::info!(target: "authgate::audit", event = "refresh", user = %session.user, "session refreshed");
                 Ok(Some(Found {

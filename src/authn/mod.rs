@@ -7,6 +7,7 @@ pub mod claims;
 pub mod jwt;
 pub mod login;
 pub mod oidc;
+pub mod pending;
 pub mod service_account;
 pub mod session;
 

@@ -80,6 +80,11 @@ pub struct Sessions {
     rules: u64,
 }
 
+/// Most session cookies of one request that are looked up: a browser holds one (`__Host-`
+/// cookies cannot be shadowed by another path or domain); two allow for a stale copy beside
+/// a fresh one on plain-HTTP development setups.
+pub const MAX_SESSION_CANDIDATES: usize = 2;
+
 /// Most sessions a replica keeps in its local cache.
 const LOCAL_CACHE_CAPACITY: u64 = 100_000;
 
@@ -134,10 +139,12 @@ impl Sessions {
 
     /// The live session the request's cookie points to, if any. Expired sessions are deleted.
     pub async fn find(&self, headers: &Headers) -> Result<Option<Found>, StoreError> {
-        for value in cookie_values(headers, self.cookie_name()) {
-            if !looks_like_secret(value) {
-                continue;
-            }
+        // At most MAX_SESSION_CANDIDATES lookups, however many copies the request carries: a
+        // header with hundreds of them must not cost hundreds of store reads.
+        let candidates = cookie_values(headers, self.cookie_name())
+            .filter(|v| looks_like_secret(v))
+            .take(MAX_SESSION_CANDIDATES);
+        for value in candidates {
             let key = Key::of(value);
             let mut session = match self.cached(&key) {
                 Some(session) => session,
@@ -164,10 +171,19 @@ impl Sessions {
                 continue;
             }
             if now.saturating_sub(session.last_seen) >= TOUCH_INTERVAL.as_secs().min(idle / 10) {
-                session.last_seen = now;
-                let remaining = Duration::from_secs(session.expires_at - now);
-                self.store.update(&key, &session, remaining).await?;
-                self.remember(&key, &session);
+                // The touch writes only `last_seen` and answers with what the store holds: a
+                // cached copy is never written back (it could undo another replica's refresh),
+                // and a session revoked meanwhile is gone here too.
+                match self.store.touch(&key, now).await? {
+                    Some(stored) => {
+                        session = stored;
+                        self.remember(&key, &session);
+                    }
+                    None => {
+                        self.forget(&key);
+                        continue;
+                    }
+                }
             }
             return Ok(Some(Found { key, session }));
         }
@@ -180,7 +196,9 @@ impl Sessions {
         (self.clock.now() < read_at + self.config.local_cache_ttl).then_some(session)
     }
 
-    /// Keeps what this replica just read or wrote (when the local cache is on).
+    /// Keeps what this replica just read from the store or wrote to it (when the local cache is
+    /// on): its cache clock starts now, so a cached copy lives at most `local_cache_ttl` from
+    /// when the store last confirmed it.
     pub fn remember(&self, key: &Key, session: &Session) {
         if let Some(local) = &self.local {
             local.insert(*key, (session.clone(), self.clock.now()));

@@ -19,6 +19,7 @@ use crate::clock::SharedClock;
 use crate::config::SubjectAccessReviewConfig;
 use crate::identity::Identity;
 use crate::k8s::{KubeError, with_deadline};
+use crate::ratelimit::KeyedBudget;
 
 /// Everything a review is about; also the cache key.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -45,6 +46,32 @@ impl AccessRequest {
             extra: identity.extra.clone(),
             attributes,
         }
+    }
+
+    /// Its weight in the review cache: one entry per 512 bytes it holds.
+    fn weight(&self) -> u32 {
+        let a = &self.attributes;
+        let bytes = self.user.len()
+            + self.groups.iter().map(String::len).sum::<usize>()
+            + self.uid.as_ref().map_or(0, String::len)
+            + self
+                .extra
+                .iter()
+                .map(|(k, v)| k.len() + v.iter().map(String::len).sum::<usize>())
+                .sum::<usize>()
+            + [
+                &a.namespace,
+                &a.verb,
+                &a.group,
+                &a.version,
+                &a.resource,
+                &a.subresource,
+                &a.name,
+            ]
+            .iter()
+            .map(|s| s.len())
+            .sum::<usize>();
+        u32::try_from(1 + bytes / 512).unwrap_or(u32::MAX)
     }
 
     /// The SubjectAccessReview object sent to the API server.
@@ -129,6 +156,8 @@ pub struct AccessReviewer {
     config: SubjectAccessReviewConfig,
     clock: SharedClock,
     cache: ReviewCache<AccessRequest, AccessAnswer>,
+    /// Reviews per identity (`review_rate`), spent only on cache misses.
+    budget: Option<KeyedBudget>,
 }
 
 impl AccessReviewer {
@@ -138,12 +167,20 @@ impl AccessReviewer {
         config: SubjectAccessReviewConfig,
         clock: SharedClock,
     ) -> Self {
-        let cache = ReviewCache::new("subjectaccessreview", config.cache_capacity, clock.clone());
+        // The key holds names from the request's path: it counts one entry per 512 bytes.
+        let cache = ReviewCache::weighed(
+            "subjectaccessreview",
+            config.cache_capacity,
+            AccessRequest::weight,
+            clock.clone(),
+        );
+        let budget = config.review_rate.and_then(KeyedBudget::new);
         Self {
             api,
             config,
             clock,
             cache,
+            budget,
         }
     }
 
@@ -151,6 +188,9 @@ impl AccessReviewer {
     pub async fn check(&self, request: &AccessRequest) -> Result<AccessAnswer, KubeError> {
         self.cache
             .get_or_review(request, || async {
+                if let Some(budget) = &self.budget {
+                    budget.spend(&request.user).map_err(KubeError::Throttled)?;
+                }
                 let answer = self.api.review(request).await?;
                 let ttl = if answer.allowed {
                     self.config.allow_ttl
@@ -217,6 +257,7 @@ mod tests {
                 allow_ttl: Duration::from_secs(10),
                 deny_ttl: Duration::from_secs(5),
                 cache_capacity: 100,
+                review_rate: None,
             },
             Arc::new(clock.clone()),
         );

@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use super::{Key, PendingLogin, Session, SessionStore};
+use super::{Key, Session, SessionStore};
 
 const TTL: Duration = Duration::from_secs(3600);
 
@@ -20,15 +20,6 @@ pub fn session(user: &str, sub: &str, sid: Option<&str>) -> Session {
         id_token: Some("sealed-id-token".into()),
         refresh_token: None,
         rules: 7,
-    }
-}
-
-pub fn login() -> PendingLogin {
-    PendingLogin {
-        browser: "browser-hash".into(),
-        nonce: "nonce".into(),
-        pkce_verifier: "verifier".into(),
-        return_to: "/notebook/a/b?x=1".into(),
     }
 }
 
@@ -62,17 +53,52 @@ pub async fn run(store: &dyn SessionStore) {
 
     let mut touched = alice.clone();
     touched.last_seen = 99;
-    store.update(&a1, &touched, TTL).await.unwrap();
+    assert!(store.update(&a1, &touched, TTL).await.unwrap());
     assert_eq!(store.get(&a1).await.unwrap().unwrap().last_seen, 99);
-    store
-        .update(&Key::of("absent"), &touched, TTL)
-        .await
-        .unwrap();
+    assert!(
+        !store
+            .update(&Key::of("absent"), &touched, TTL)
+            .await
+            .unwrap()
+    );
     assert_eq!(
         store.get(&Key::of("absent")).await.unwrap(),
         None,
         "update never creates"
     );
+
+    // touch: only last_seen, only while it exists, never backwards
+    let mut refreshed = touched.clone();
+    refreshed.groups = vec!["after-refresh".into()];
+    assert!(store.update(&a1, &refreshed, TTL).await.unwrap());
+    let seen = store.touch(&a1, 120).await.unwrap().expect("exists");
+    assert_eq!(seen.last_seen, 120);
+    assert_eq!(
+        seen.groups,
+        ["after-refresh"],
+        "the store's copy, not an older one"
+    );
+    assert_eq!(store.touch(&a1, 110).await.unwrap().unwrap().last_seen, 120);
+    assert_eq!(store.get(&a1).await.unwrap().unwrap().last_seen, 120);
+    assert_eq!(store.touch(&Key::of("absent"), 130).await.unwrap(), None);
+    assert_eq!(
+        store.get(&Key::of("absent")).await.unwrap(),
+        None,
+        "touch never creates"
+    );
+
+    // a refresh that renames the person moves the revocation index
+    let renamed_key = Key::of(&format!("renamed-{}", rand::random::<u64>()));
+    let before = session("old-name@example.com", "sub-renamed", None);
+    store.create(&renamed_key, &before, TTL).await.unwrap();
+    let after = Session {
+        user: "new-name@example.com".into(),
+        ..before.clone()
+    };
+    assert!(store.update(&renamed_key, &after, TTL).await.unwrap());
+    assert_eq!(store.delete_user("old-name@example.com").await.unwrap(), 0);
+    assert_eq!(store.delete_user("new-name@example.com").await.unwrap(), 1);
+    assert_eq!(store.get(&renamed_key).await.unwrap(), None);
 
     // by sid: only that session
     assert_eq!(store.delete_sid("sid-1").await.unwrap(), 1);
@@ -99,10 +125,4 @@ pub async fn run(store: &dyn SessionStore) {
     let lock = Key::of(&format!("lock-{}", rand::random::<u64>()));
     assert!(store.try_lock(&lock, TTL).await.unwrap());
     assert!(!store.try_lock(&lock, TTL).await.unwrap());
-
-    // pending logins are single-use
-    let state = Key::of(&format!("state-{}", rand::random::<u64>()));
-    store.put_login(&state, &login(), TTL).await.unwrap();
-    assert_eq!(store.take_login(&state).await.unwrap(), Some(login()));
-    assert_eq!(store.take_login(&state).await.unwrap(), None);
 }

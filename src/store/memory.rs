@@ -10,7 +10,7 @@ use std::time::{Duration, SystemTime};
 use async_trait::async_trait;
 use tokio::sync::RwLock;
 
-use super::{Key, PendingLogin, Session, SessionStore, StoreError};
+use super::{Key, Session, SessionStore, StoreError};
 use crate::clock::SharedClock;
 
 /// Sweep expired entries every this many writes, or on the first write this long after the
@@ -115,7 +115,6 @@ struct Inner {
     sessions: HashMap<Key, Stored>,
     /// Every distinct group list in use, shared by the sessions that have it.
     group_lists: HashSet<Arc<[Box<str>]>>,
-    logins: HashMap<Key, (PendingLogin, SystemTime)>,
     by_user: Index,
     by_sid: Index,
     by_sub: Index,
@@ -215,7 +214,6 @@ impl Inner {
         }
         // Group lists no session holds any more.
         self.group_lists.retain(|list| Arc::strong_count(list) > 1);
-        self.logins.retain(|_, (_, until)| *until > now);
         self.locks.retain(|_, until| *until > now);
     }
 }
@@ -281,13 +279,29 @@ impl SessionStore for MemoryStore {
             .map(Stored::session))
     }
 
-    async fn update(&self, key: &Key, session: &Session, ttl: Duration) -> Result<(), StoreError> {
+    async fn update(
+        &self,
+        key: &Key,
+        session: &Session,
+        ttl: Duration,
+    ) -> Result<bool, StoreError> {
         let until = self.until(ttl);
         let mut inner = self.write().await;
-        if inner.sessions.contains_key(key) {
+        let exists = inner.sessions.contains_key(key);
+        if exists {
             inner.insert(key, session, until);
         }
-        Ok(())
+        Ok(exists)
+    }
+
+    async fn touch(&self, key: &Key, now: u64) -> Result<Option<Session>, StoreError> {
+        let live = self.clock.now();
+        let mut inner = self.write().await;
+        let Some(stored) = inner.sessions.get_mut(key).filter(|s| s.until > live) else {
+            return Ok(None);
+        };
+        stored.last_seen = stored.last_seen.max(now);
+        Ok(Some(stored.session()))
     }
 
     async fn delete(&self, key: &Key) -> Result<bool, StoreError> {
@@ -330,20 +344,6 @@ impl SessionStore for MemoryStore {
         Ok(inner.sessions.values().filter(|s| s.until > now).count() as u64)
     }
 
-    async fn put_login(
-        &self,
-        key: &Key,
-        login: &PendingLogin,
-        ttl: Duration,
-    ) -> Result<(), StoreError> {
-        let until = self.until(ttl);
-        self.write()
-            .await
-            .logins
-            .insert(*key, (login.clone(), until));
-        Ok(())
-    }
-
     async fn try_lock(&self, key: &Key, ttl: Duration) -> Result<bool, StoreError> {
         let now = self.clock.now();
         let mut inner = self.write().await;
@@ -352,12 +352,6 @@ impl SessionStore for MemoryStore {
         }
         inner.locks.insert(*key, now + ttl);
         Ok(true)
-    }
-
-    async fn take_login(&self, key: &Key) -> Result<Option<PendingLogin>, StoreError> {
-        let now = self.clock.now();
-        let taken = self.write().await.logins.remove(key);
-        Ok(taken.filter(|(_, until)| *until > now).map(|(l, _)| l))
     }
 }
 
@@ -428,20 +422,7 @@ mod tests {
             )
             .await
             .unwrap();
-        let login = Key::of("state");
-        store
-            .put_login(
-                &login,
-                &super::super::contract::login(),
-                Duration::from_secs(5),
-            )
-            .await
-            .unwrap();
         clock.advance(Duration::from_secs(5));
-        assert!(
-            store.take_login(&login).await.unwrap().is_none(),
-            "login expired"
-        );
         assert!(store.get(&key).await.unwrap().is_some());
         clock.advance(Duration::from_secs(5));
         assert!(store.get(&key).await.unwrap().is_none(), "session expired");

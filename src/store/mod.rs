@@ -1,5 +1,6 @@
-//! Where sessions and pending logins live: one [`SessionStore`] trait, a memory store for a
-//! single replica and a Redis store for several. The same test suite runs against both.
+//! Where sessions live: one [`SessionStore`] trait, a memory store for a single replica and a
+//! Redis store for several. The same test suite runs against both. Logins in progress are not
+//! here: they live in the browser (`authn::pending`), so a stranger writes nothing to a store.
 //!
 //! Keys are SHA-256 hashes of the secrets the browser holds, so a store dump reveals no usable
 //! session id or login state. Tokens kept for logout and refresh are encrypted before they are
@@ -82,19 +83,6 @@ pub struct Session {
 /// enough that a busy session costs one store read per request, not a write.
 pub const TOUCH_INTERVAL: Duration = Duration::from_secs(60);
 
-/// A login in progress, from the redirect to the provider until the callback.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct PendingLogin {
-    /// Hash of the browser's login-binding cookie: the callback must come from that browser.
-    pub browser: String,
-    /// The OIDC nonce.
-    pub nonce: String,
-    /// The PKCE verifier.
-    pub pkce_verifier: String,
-    /// Where to send the browser afterwards (same origin, path and query only).
-    pub return_to: String,
-}
-
 /// A store failure: the request gets a 503.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("session store: {0}")]
@@ -107,8 +95,15 @@ pub trait SessionStore: Send + Sync {
     async fn create(&self, key: &Key, session: &Session, ttl: Duration) -> Result<(), StoreError>;
     /// The session, if it exists.
     async fn get(&self, key: &Key) -> Result<Option<Session>, StoreError>;
-    /// Replaces a session's data, keeping it for `ttl`.
-    async fn update(&self, key: &Key, session: &Session, ttl: Duration) -> Result<(), StoreError>;
+    /// Replaces a session's data, keeping it for `ttl`, only if it still exists (a revoked
+    /// session never comes back); moves its revocation index entries when its user, `sub` or
+    /// `sid` changed. Whether it existed.
+    async fn update(&self, key: &Key, session: &Session, ttl: Duration)
+    -> Result<bool, StoreError>;
+    /// Marks a session used at `now` (`last_seen`), changing nothing else: the session as the
+    /// store now holds it, or `None` if it is gone. A touch never brings a revoked session back
+    /// nor writes an older copy over another replica's refresh.
+    async fn touch(&self, key: &Key, now: u64) -> Result<Option<Session>, StoreError>;
     /// Ends one session; whether it existed.
     async fn delete(&self, key: &Key) -> Result<bool, StoreError>;
     /// Ends every session of a user; how many.
@@ -121,15 +116,11 @@ pub trait SessionStore: Send + Sync {
     async fn delete_all(&self) -> Result<u64, StoreError>;
     /// How many sessions exist (approximate).
     async fn count(&self) -> Result<u64, StoreError>;
-    /// Saves a pending login under the hash of its `state`.
-    async fn put_login(
-        &self,
-        key: &Key,
-        login: &PendingLogin,
-        ttl: Duration,
-    ) -> Result<(), StoreError>;
-    /// Takes (reads and deletes, atomically) a pending login: a `state` works once.
-    async fn take_login(&self, key: &Key) -> Result<Option<PendingLogin>, StoreError>;
+    /// How many keys the store evicted under memory pressure since it started; `None` when it
+    /// never evicts (the memory store).
+    async fn evicted(&self) -> Result<Option<u64>, StoreError> {
+        Ok(None)
+    }
     /// Takes a lock named after a session for `ttl`, unless someone holds it: true when taken.
     /// Across replicas only one refreshes a session at a time.
     async fn try_lock(&self, key: &Key, ttl: Duration) -> Result<bool, StoreError>;

@@ -2,9 +2,8 @@
 //!
 //! Layout (all keys under a prefix, default `authgate:`):
 //! - `s:<hash>`   the session as JSON (tokens inside already sealed), with a TTL
-//! - `l:<hash>`   a pending login, with a TTL; taken with `GETDEL`, so a state works once
 //! - `u:<user>`, `sid:<sid>`, `sub:<sub>`   sets of session hashes, for revocation
-//! - `lock:<hash>` who is refreshing a session (`SET NX EX`)
+//! - `lock:<hash>` who is refreshing a session, or a used logout-token `jti` (`SET NX EX`)
 //!
 //! Every command is a single-key command, so the same code runs on standalone Redis, behind
 //! Sentinel, and on Cluster. One `GET` per request in the steady state.
@@ -18,8 +17,12 @@ use redis::sentinel::{SentinelClient, SentinelNodeConnectionInfo, SentinelServer
 use redis::{Cmd, FromRedisValue, IntoConnectionInfo};
 use tokio::sync::Mutex;
 
-use super::{Key, PendingLogin, Session, SessionStore, StoreError};
+use super::{Key, Session, SessionStore, StoreError};
 use crate::config::SessionConfig;
+
+/// Replaces KEYS[1] by ARGV[2], keeping its TTL, only if it holds ARGV[1].
+const TOUCH_SCRIPT: &str = "if redis.call('GET', KEYS[1]) == ARGV[1] then \
+     redis.call('SET', KEYS[1], ARGV[2], 'KEEPTTL') return 1 else return 0 end";
 
 /// Deadline for one Redis command.
 const COMMAND_TIMEOUT: Duration = Duration::from_secs(1);
@@ -211,17 +214,29 @@ impl RedisStore {
         .await
     }
 
+    /// Ends every session in an index set. The set is never dropped whole: a session created
+    /// while this runs (a login on another replica) is added to it after the first read, so
+    /// the set is read again until it is empty (a few rounds at most), and each member is
+    /// removed only once its session is gone.
     async fn delete_set(&self, kind: &str, name: &str) -> Result<u64, StoreError> {
+        const ROUNDS: usize = 8;
         let set = self.key(kind, name);
-        let members: Vec<String> = self.query(redis::cmd("SMEMBERS").arg(&set).clone()).await?;
         let mut deleted = 0;
-        for member in members.iter().filter_map(|m| Key::from_hex(m)) {
-            if self.delete(&member).await? {
-                deleted += 1;
+        for _ in 0..ROUNDS {
+            let members: Vec<String> = self.query(redis::cmd("SMEMBERS").arg(&set).clone()).await?;
+            if members.is_empty() {
+                break;
+            }
+            for member in &members {
+                if let Some(key) = Key::from_hex(member)
+                    && self.delete(&key).await?
+                {
+                    deleted += 1;
+                }
+                self.query::<()>(redis::cmd("SREM").arg(&set).arg(member).clone())
+                    .await?;
             }
         }
-        self.query::<()>(redis::cmd("DEL").arg(&set).clone())
-            .await?;
         Ok(deleted)
     }
 
@@ -277,20 +292,76 @@ impl SessionStore for RedisStore {
         }
     }
 
-    async fn update(&self, key: &Key, session: &Session, ttl: Duration) -> Result<(), StoreError> {
+    async fn update(
+        &self,
+        key: &Key,
+        session: &Session,
+        ttl: Duration,
+    ) -> Result<bool, StoreError> {
+        let Some(old) = self.get(key).await? else {
+            return Ok(false);
+        };
         let json = serde_json::to_string(session).map_err(err)?;
         // XX: only if it still exists; a revoked session must not come back.
-        self.query::<Option<String>>(
-            redis::cmd("SET")
-                .arg(self.key("s", &key.hex()))
-                .arg(json)
-                .arg("XX")
-                .arg("EX")
-                .arg(ttl.as_secs().max(1))
-                .clone(),
-        )
-        .await?;
-        Ok(())
+        let written: Option<String> = self
+            .query(
+                redis::cmd("SET")
+                    .arg(self.key("s", &key.hex()))
+                    .arg(json)
+                    .arg("XX")
+                    .arg("EX")
+                    .arg(ttl.as_secs().max(1))
+                    .clone(),
+            )
+            .await?;
+        if written.is_none() {
+            return Ok(false);
+        }
+        // A refresh may rename the person: the revocation indexes follow.
+        if old.user != session.user || old.sub != session.sub || old.sid != session.sid {
+            self.index_remove(&old, key).await?;
+            self.index_add("u", &session.user, key).await?;
+            self.index_add("sub", &session.sub, key).await?;
+            if let Some(sid) = &session.sid {
+                self.index_add("sid", sid, key).await?;
+            }
+        }
+        Ok(true)
+    }
+
+    async fn touch(&self, key: &Key, now: u64) -> Result<Option<Session>, StoreError> {
+        let name = self.key("s", &key.hex());
+        let Some(raw) = self
+            .query::<Option<String>>(redis::cmd("GET").arg(&name).clone())
+            .await?
+        else {
+            return Ok(None);
+        };
+        let mut session: Session =
+            serde_json::from_str(&raw).map_err(|e| err(format!("unreadable session: {e}")))?;
+        if session.last_seen >= now {
+            return Ok(Some(session));
+        }
+        session.last_seen = now;
+        let touched = serde_json::to_string(&session).map_err(err)?;
+        // Compare and set: written only if the session is still exactly what was read, so a
+        // refresh or revocation by another replica in between wins.
+        let swapped: i64 = self
+            .query(
+                redis::cmd("EVAL")
+                    .arg(TOUCH_SCRIPT)
+                    .arg(1)
+                    .arg(&name)
+                    .arg(&raw)
+                    .arg(&touched)
+                    .clone(),
+            )
+            .await?;
+        if swapped == 1 {
+            Ok(Some(session))
+        } else {
+            self.get(key).await
+        }
     }
 
     async fn delete(&self, key: &Key) -> Result<bool, StoreError> {
@@ -335,22 +406,12 @@ impl SessionStore for RedisStore {
         Ok(self.scan_sessions().await?.len() as u64)
     }
 
-    async fn put_login(
-        &self,
-        key: &Key,
-        login: &PendingLogin,
-        ttl: Duration,
-    ) -> Result<(), StoreError> {
-        let json = serde_json::to_string(login).map_err(err)?;
-        self.query::<()>(
-            redis::cmd("SET")
-                .arg(self.key("l", &key.hex()))
-                .arg(json)
-                .arg("EX")
-                .arg(ttl.as_secs().max(1))
-                .clone(),
-        )
-        .await
+    async fn evicted(&self) -> Result<Option<u64>, StoreError> {
+        let info: String = self.query(redis::cmd("INFO").arg("stats").clone()).await?;
+        Ok(info
+            .lines()
+            .find_map(|l| l.strip_prefix("evicted_keys:"))
+            .and_then(|v| v.trim().parse().ok()))
     }
 
     async fn try_lock(&self, key: &Key, ttl: Duration) -> Result<bool, StoreError> {
@@ -366,17 +427,5 @@ impl SessionStore for RedisStore {
             )
             .await?;
         Ok(taken.is_some())
-    }
-
-    async fn take_login(&self, key: &Key) -> Result<Option<PendingLogin>, StoreError> {
-        let json: Option<String> = self
-            .query(redis::cmd("GETDEL").arg(self.key("l", &key.hex())).clone())
-            .await?;
-        match json {
-            None => Ok(None),
-            Some(json) => serde_json::from_str(&json)
-                .map(Some)
-                .map_err(|e| err(format!("unreadable login state: {e}"))),
-        }
     }
 }

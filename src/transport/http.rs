@@ -77,6 +77,14 @@ async fn metrics(State(state): State<HttpState>) -> Response {
         if let Ok(Ok(n)) = count {
             metrics.sessions.set(n as i64);
         }
+        let evicted = tokio::time::timeout(
+            std::time::Duration::from_secs(1),
+            sessions.store().evicted(),
+        )
+        .await;
+        if let Ok(Ok(Some(n))) = evicted {
+            metrics.store_evictions.set(n as i64);
+        }
     }
     (
         [(

@@ -182,7 +182,8 @@ def test_forged_user_and_groups_headers_are_refused(live: Live) -> None:
 
 
 def test_a_real_token_for_another_host_is_refused(live: Live) -> None:
-    # authgate signs for whatever Host the request had: here another app's.
+    # authgate signs for the request's Host when it is one it serves (identity.jwt.audiences):
+    # here another app's.
     other = through_gateway(live, host="other-app.example.com").identity_headers
     claims = jwt.decode(other["x-authgate-identity"], options={"verify_signature": False})
     assert claims["aud"] == "other-app.example.com"
@@ -190,6 +191,13 @@ def test_a_real_token_for_another_host_is_refused(live: Live) -> None:
     # REQUEST_HOST: replayed to this app (Host = ours), the audience no longer matches.
     replayed = dict(other, host=live.host)
     assert refused(make_verifier(live, audience=REQUEST_HOST), replayed) == "wrong_audience"
+
+
+def test_a_made_up_host_gets_the_gateways_own_audience(live: Live) -> None:
+    # The client chooses the Host header: a host authgate does not serve gets the public one.
+    made_up = through_gateway(live, host="made-up.example.com").identity_headers
+    claims = jwt.decode(made_up["x-authgate-identity"], options={"verify_signature": False})
+    assert claims["aud"] == live.host
 
 
 def test_a_token_from_a_key_not_in_the_jwks_is_refused(live: Live) -> None:

@@ -1,0 +1,150 @@
+//! Strangers cost nothing, through a real Envoy and the Kubernetes API test server: memory
+//! bounded by bytes whatever `Host` a client sends, an address over its limit refused before
+//! any review, and a per-identity budget of SubjectAccessReviews. (Sessions and the store:
+//! `tests/sessions_redis.rs`.)
+
+mod support;
+
+use support::process::AuthgateProcess;
+use support::*;
+
+fn tokens() -> Fixture {
+    Fixture {
+        tokens: vec![
+            sa_token("runner-token", "team-a", "runner", &[KFP_AUDIENCE]),
+            sa_token("other-token", "team-b", "other", &[KFP_AUDIENCE]),
+        ],
+        ..Fixture::default()
+    }
+}
+
+fn rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("VmRSS in /proc/<pid>/status")
+}
+
+/// A logged-in client sending a different 16 KB `Host` on every request: one signed token per
+/// host used to be kept (~38 KB a request, until the replica was OOM-killed). Hosts authgate
+/// does not serve now get the public audience, and the token cache is bounded in bytes.
+#[tokio::test]
+async fn a_flood_of_made_up_hosts_does_not_grow_the_process() {
+    let kube = KubeApi::start(tokens()).await;
+    let binary = std::path::Path::new(env!("CARGO_BIN_EXE_authgate"));
+    let process = AuthgateProcess::start(binary, &config_yaml(kube.kubeconfig_path(), "")).await;
+    let (upstream, _) = echo::start_echo().await;
+    let envoy = Envoy::start_with(
+        ExtAuthz::Grpc,
+        process.grpc,
+        upstream,
+        support::envoy::Options::default(),
+    )
+    .await;
+    let send = |i: usize| {
+        let addr = envoy.addr();
+        async move {
+            let host = format!("h{i}-{}.example.com", "x".repeat(16 * 1024));
+            let head = format!(
+                "GET /x HTTP/1.1\r\nHost: {host}\r\nAuthorization: Bearer runner-token\r\n"
+            );
+            raw_http(addr, &head).await.status
+        }
+    };
+    // Warm up (allocator, caches), then measure.
+    for i in 0..50 {
+        assert_eq!(send(i).await, 200);
+    }
+    let pid = process.child.id();
+    let before = rss_kib(pid);
+    for batch in 0..50 {
+        let statuses =
+            futures::future::join_all((0..40).map(|i| send(1000 + batch * 40 + i))).await;
+        assert!(statuses.iter().all(|s| *s == 200), "{statuses:?}");
+    }
+    let after = rss_kib(pid);
+    let grown = after.saturating_sub(before);
+    assert!(
+        grown < 16 * 1024,
+        "2,000 requests with made-up 16 KB hosts grew the process by {grown} KiB (before {before}, after {after})"
+    );
+}
+
+/// An address over `per_client_ip` is refused before anything is looked up for it: a flood
+/// of made-up tokens from one address costs at most its burst in TokenReviews.
+#[tokio::test]
+async fn an_address_over_its_limit_costs_no_review() {
+    for mode in [ExtAuthz::Grpc, ExtAuthz::Http] {
+        let stack = Stack::start(
+            mode,
+            tokens(),
+            "rate_limit: {per_client_ip: {rps: 1, burst: 5}}",
+        )
+        .await;
+        let mut limited = 0;
+        for i in 0..60 {
+            let response = stack
+                .get("/x", &[&format!("Authorization: Bearer made-up-{i}")])
+                .await;
+            match response.status {
+                401 => {}
+                429 => limited += 1,
+                other => panic!("{mode:?}: {other}"),
+            }
+        }
+        assert!(limited >= 50, "{mode:?}: {limited} refused");
+        let reviews = stack.kube.token_reviews().len();
+        assert!(
+            reviews <= 7,
+            "{mode:?}: {reviews} TokenReviews for 60 made-up tokens from one address"
+        );
+    }
+}
+
+/// A user looping over made-up object names: each is a new SubjectAccessReview, so the
+/// identity's review budget runs out (429 without a review), and another identity is not
+/// touched by it.
+#[tokio::test]
+async fn a_user_looping_over_made_up_names_spends_only_their_own_review_budget() {
+    let rules = "kubernetes: {subject_access_review: {review_rate: {rps: 1, burst: 10}}}\n\
+                 authorization:\n  rules:\n    - name: notebook\n      path: /notebook/{namespace}/{name}/**\n      resource: {group: kubeflow.org, resource: notebooks, name: '{name}'}\n";
+    for mode in [ExtAuthz::Grpc, ExtAuthz::Http] {
+        let stack = Stack::start(mode, tokens(), rules).await;
+        let mut throttled = 0;
+        for i in 0..40 {
+            let response = stack
+                .get(
+                    &format!("/notebook/team-a/made-up-{i}/"),
+                    &["Authorization: Bearer runner-token"],
+                )
+                .await;
+            match response.status {
+                403 => {}
+                429 => {
+                    throttled += 1;
+                    assert!(response.header("retry-after").is_some());
+                }
+                other => panic!("{mode:?}: {other}"),
+            }
+        }
+        let reviews = stack.kube.access_reviews().len();
+        assert!(
+            reviews <= 12,
+            "{mode:?}: {reviews} reviews for 40 made-up names"
+        );
+        assert!(throttled >= 28, "{mode:?}: {throttled}");
+        let other = stack
+            .get(
+                "/notebook/team-b/nb/",
+                &["Authorization: Bearer other-token"],
+            )
+            .await;
+        assert_eq!(
+            other.status, 403,
+            "{mode:?}: reviewed (and denied), not throttled"
+        );
+        assert_eq!(stack.kube.access_reviews().len(), reviews + 1);
+    }
+}
