@@ -121,9 +121,9 @@ pub struct JwtConfig {
     #[serde(with = "humantime_serde")]
     pub ttl: Duration,
     /// Hosts (`host` or `host:port`) besides `public_url`'s whose requests get a token
-    /// addressed to themselves (`aud`). A request for any other `Host` gets `public_url`'s host
-    /// as its audience: the client chooses the Host header, and one token per made-up host
-    /// would cost memory per request.
+    /// addressed to themselves (`aud`). A request for any other `Host` gets the audience
+    /// `authgate:unlisted-host`, which no app accepts: the client chooses the Host header, and
+    /// one token per made-up host would cost memory per request.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub audiences: Vec<String>,
 }

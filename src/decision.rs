@@ -21,6 +21,13 @@ use crate::redirect;
 use crate::request::Request;
 use crate::signing::Signer;
 
+/// Headers with which a client asks an app to run another method than the request's.
+pub const METHOD_OVERRIDES: [&str; 3] = [
+    "x-http-method-override",
+    "x-http-method",
+    "x-method-override",
+];
+
 /// The prefix of authgate's own endpoints, answered inside the check.
 pub const OWN_PREFIX: &str = "/authgate";
 
@@ -93,13 +100,14 @@ impl Decision {
     /// without them, and the client's own copy of an identity header with them: never.
     pub fn deliverable(self) -> Decision {
         match &self {
+            // Names come from the validated configuration and authgate's own constants; values
+            // (identity, cookies) may come from outside, and are what is checked per request.
             Decision::Allow(allow)
                 if !allow
                     .set
                     .iter()
                     .chain(&allow.response_headers)
-                    .all(|(n, v)| header_deliverable(n, v))
-                    || !allow.remove.iter().all(|n| header_deliverable(n, "")) =>
+                    .all(|(_, v)| header_value_deliverable(v)) =>
             {
                 tracing::error!(
                     "an allow answer carries a header that cannot be written; refused instead"
@@ -119,10 +127,14 @@ impl Decision {
 /// without control characters (other than tab) — `http::HeaderValue::from_bytes`'s rule. The
 /// value scan has no early exit, so it vectorizes: every allowed answer carries a ~700-byte JWT.
 pub fn header_deliverable(name: &str, value: &str) -> bool {
-    let bad = value.bytes().fold(false, |bad, b| {
+    header_value_deliverable(value) && http::HeaderName::from_bytes(name.as_bytes()).is_ok()
+}
+
+/// The value half of [`header_deliverable`].
+pub fn header_value_deliverable(value: &str) -> bool {
+    !value.bytes().fold(false, |bad, b| {
         bad | ((b < 0x20) & (b != b'\t')) | (b == 0x7f)
-    });
-    !bad && http::HeaderName::from_bytes(name.as_bytes()).is_ok()
+    })
 }
 
 /// Everything `decide` needs, prepared once at start.
@@ -166,7 +178,35 @@ impl Gate {
         };
 
         if let Some(own) = own_endpoint(path) {
-            return self.own_endpoint(own, req).await;
+            // Endpoints that take credentials (login, callback, whoami, logout) count their
+            // failures against the address, and an address over its limit gets nothing from
+            // them: a replayed callback costs the provider a code exchange each time.
+            let metered = !matches!(own, "/jwks.json" | "/backchannel-logout");
+            if metered && let Some(wait) = self.rate_limits.client_ip_refused(req.client_ip) {
+                return too_many(wait, "rate_limited_client");
+            }
+            let decision = self.own_endpoint(own, req).await;
+            if metered && matches!(decision.status(), 400 | 401) {
+                let _ = self.rate_limits.client_ip(req.client_ip);
+            }
+            return decision;
+        }
+
+        // grpc-gateway (the KFP API) runs the GET handler of a POST that says
+        // `X-HTTP-Method-Override: GET`, and Express's method-override does the same: a rule
+        // judged on the method Envoy saw would not be the one the app runs.
+        if let Some(name) = METHOD_OVERRIDES
+            .iter()
+            .find(|name| req.headers.get(name).is_some())
+        {
+            return json_response(
+                400,
+                "bad_request",
+                &format!(
+                    "the {name} header is refused: the app could run another method than the one authorized"
+                ),
+                "method_override",
+            );
         }
 
         if self.skip_auth.iter().any(|p| p.matches(path)) {
@@ -180,10 +220,16 @@ impl Gate {
         }
 
         // An address over its per_client_ip limit costs nothing more: no store read, no review.
-        if let Some(wait) = self.rate_limits.client_ip_refused(req.client_ip) {
-            return too_many(wait, "rate_limited_client");
-        }
-        let identity = match self.authenticate(req).await {
+        // A credential already verified (a cached token) is still answered from memory, so
+        // machines behind the same address (a NAT) go on while a stranger there floods.
+        let authenticated = match self.rate_limits.client_ip_refused(req.client_ip) {
+            Some(wait) => match self.authenticate_from_memory(req).await {
+                Some(identity) => Ok(identity),
+                None => return too_many(wait, "rate_limited_client"),
+            },
+            None => self.authenticate(req).await,
+        };
+        let identity = match authenticated {
             Ok(identity) => identity,
             Err(deny) => {
                 // Requests that did not authenticate count against their address, so guessing
@@ -226,6 +272,12 @@ impl Gate {
                 &format!("request refused by rule {rule:?}: {why}"),
                 None,
                 "namespace_refused",
+            ),
+            Authorization::Invalid { rule, why } => json_response(
+                400,
+                "bad_request",
+                &format!("request refused by rule {rule:?}: {why}"),
+                "invalid_name",
             ),
             Authorization::Denied { rule, attributes } => {
                 let message = format!(
@@ -284,6 +336,21 @@ impl Gate {
             deny.identity = Some(identity.clone());
         }
         decision
+    }
+
+    /// The identity of a bearer token verified lately (TokenReview or OIDC cache), without any
+    /// call; `None` for anything else.
+    async fn authenticate_from_memory(&self, req: &Request) -> Option<Arc<Identity>> {
+        let Credential::Bearer(token) = credential(&req.headers) else {
+            return None;
+        };
+        let key = token_key(token);
+        if let Some(service_accounts) = &self.service_accounts
+            && let Some(Review::Authenticated(identity)) = service_accounts.cached(&key).await
+        {
+            return Some(identity);
+        }
+        self.oidc_bearer.as_ref()?.cached(&key)
     }
 
     async fn authenticate(&self, req: &Request) -> Result<Arc<Identity>, Decision> {
@@ -589,11 +656,10 @@ impl Gate {
             || req.headers.get("origin").is_some_and(|o| {
                 !url::Url::parse(o).is_ok_and(|o| o.origin() == self.public_origin.origin())
             });
-        let may_log_out = if req.method == "POST" {
-            !cross_site
-        } else {
-            same_origin && !cross_site
-        };
+        // POST or GET, a browser must show the request comes from this origin (the confirm
+        // form's POST carries `Origin`); a request that says nothing could be a cross-site form
+        // in a browser that sends neither header.
+        let may_log_out = same_origin && !cross_site;
         if !may_log_out {
             return own_page(
                 200,

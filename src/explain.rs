@@ -141,6 +141,10 @@ pub fn explain(config: &Config, question: &Question) -> Explanation {
             let _ = writeln!(out, "rule:            {:?} ({})", rule.name, rule.path);
             let _ = writeln!(out, "namespace:       {why} → 403 without a review");
         }
+        Verdict::Invalid(rule, why) => {
+            let _ = writeln!(out, "rule:            {:?} ({})", rule.name, rule.path);
+            let _ = writeln!(out, "name:            {why} → 400 without a review");
+        }
         Verdict::Review(rule, attributes) => {
             let _ = writeln!(out, "rule:            {:?} ({})", rule.name, rule.path);
             let ns = if attributes.namespace.is_empty() {

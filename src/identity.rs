@@ -80,8 +80,10 @@ impl Identity {
 }
 
 /// The hosts the signed identity JWT may be addressed to (`aud`): `public_url`'s and
-/// `identity.jwt.audiences`. The client chooses the `Host` header; any other host is mapped to
-/// the public one, so made-up hosts cannot make a token (and a cache entry) each.
+/// `identity.jwt.audiences`. The client chooses the `Host` header; any other host gets
+/// [`UNLISTED_AUDIENCE`], which no app accepts: made-up hosts cannot make a token (and a cache
+/// entry) each, and an app on a host nobody listed (a user's model server behind the same
+/// gateway) never receives a token another app would take.
 #[derive(Debug, Clone)]
 pub struct Audiences {
     /// Lower-cased `host` or `host:port`; the public one first.
@@ -102,7 +104,7 @@ impl Audiences {
         Audiences { hosts }
     }
 
-    /// The audience for a request to `host`: that host as configured, or the public one.
+    /// The audience for a request to `host`: that host as configured, or [`UNLISTED_AUDIENCE`].
     pub fn for_host(&self, host: &str) -> &str {
         let bare = host
             .strip_suffix(":443")
@@ -111,9 +113,12 @@ impl Audiences {
         self.hosts
             .iter()
             .find(|h| h.eq_ignore_ascii_case(host) || h.eq_ignore_ascii_case(bare))
-            .unwrap_or(&self.hosts[0])
+            .map_or(UNLISTED_AUDIENCE, String::as_str)
     }
 }
+
+/// The audience of identity JWTs for a host authgate was not told about: no app's host.
+pub const UNLISTED_AUDIENCE: &str = "authgate:unlisted-host";
 
 /// The Kubernetes API server's reserved prefix: names under it are its own (`system:masters`,
 /// `system:serviceaccount:…`), and a JWT authenticator may never produce one.
@@ -316,12 +321,12 @@ mod tests {
         );
         assert_eq!(
             audiences.for_host(&"x".repeat(16 * 1024)),
-            "kubeflow.example.com",
-            "a made-up host gets the public audience"
+            UNLISTED_AUDIENCE,
+            "a made-up host gets an audience no app accepts"
         );
         let local = Audiences::new(&url::Url::parse("http://127.0.0.1:8080").unwrap(), &[]);
         assert_eq!(local.for_host("127.0.0.1:8080"), "127.0.0.1:8080");
-        assert_eq!(local.for_host("127.0.0.1:9999"), "127.0.0.1:8080");
+        assert_eq!(local.for_host("127.0.0.1:9999"), UNLISTED_AUDIENCE);
     }
 
     #[test]

@@ -149,7 +149,7 @@ impl App {
                             .map_err(StartError::Store)?,
                     ),
                 };
-                let sealer = sealer(&config).map_err(StartError::Io)?;
+                let (sealer, login_sealer) = sealer(&config).map_err(StartError::Io)?;
                 let rules = authn::claims::ClaimRules::for_issuers(oidc);
                 let sessions = Arc::new(authn::session::Sessions::new(
                     store,
@@ -187,6 +187,7 @@ impl App {
                     rules[0].clone(),
                     sessions.clone(),
                     sealer,
+                    login_sealer,
                     public_origin.clone(),
                     clock.clone(),
                 );
@@ -258,7 +259,7 @@ impl App {
 /// The token-encryption keys: from `session.encryption_key_file`, else derived from the signing
 /// key file (replicas share both), else random (memory store only; validated); then the keys of
 /// `session.previous_encryption_key_files`, which still open what they sealed during a roll.
-fn sealer(config: &Config) -> std::io::Result<store::Sealer> {
+fn sealer(config: &Config) -> std::io::Result<(store::Sealer, store::Sealer)> {
     let file = config.session.encryption_key_file.as_ref().or(config
         .identity
         .jwt
@@ -274,7 +275,10 @@ fn sealer(config: &Config) -> std::io::Result<store::Sealer> {
         .iter()
         .map(std::fs::read)
         .collect::<std::io::Result<Vec<_>>>()?;
-    Ok(store::Sealer::with_previous(&current, &previous))
+    Ok((
+        store::Sealer::for_purpose(store::Purpose::SessionTokens, &current, &previous),
+        store::Sealer::for_purpose(store::Purpose::LoginCookies, &current, &previous),
+    ))
 }
 
 /// A started app.

@@ -140,6 +140,7 @@ impl RateLimits {
     /// not over): such a request is refused before anything is looked up for it, credentials
     /// or not, until the address's budget refills.
     pub fn client_ip_refused(&self, ip: Option<IpAddr>) -> Option<Duration> {
+        self.per_client_ip.as_ref()?;
         let until = self.refused_until.get(&ip?)?;
         let now = std::time::Instant::now();
         (until > now).then(|| until - now)

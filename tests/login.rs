@@ -256,6 +256,8 @@ async fn logout_ends_the_session_and_sends_the_browser_to_the_provider() {
         ("origin", "https://evil.example"),
         ("sec-fetch-site", "cross-site"),
         ("origin", "null"),
+        // A POST that says nothing of where it comes from (a browser without Sec-Fetch-*).
+        ("accept", "text/html"),
     ] {
         let csrf = browser
             .post(stack.url("/authgate/logout"))
@@ -274,6 +276,8 @@ async fn logout_ends_the_session_and_sends_the_browser_to_the_provider() {
 
     let logout = browser
         .post(stack.url("/authgate/logout"))
+        // As the confirm form's POST: a browser says it comes from this origin.
+        .header("origin", &stack.public_url)
         .send()
         .await
         .unwrap();

@@ -234,6 +234,7 @@ async fn replicas_share_sessions_through_redis_and_across_restarts() {
     // Log out through A: B refuses the session at once.
     let logout = browser
         .post(via_a("/authgate/logout"))
+        .header("origin", shared.public_url())
         .send()
         .await
         .unwrap();

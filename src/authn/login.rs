@@ -48,7 +48,10 @@ pub struct Login {
     /// How the login issuer's claims become a user and groups.
     rules: ClaimRules,
     sessions: Arc<Sessions>,
+    /// Seals the tokens kept in sessions.
     sealer: Sealer,
+    /// Seals logins in progress into the browser's login cookie (keys of their own).
+    login_sealer: Sealer,
     public_origin: Url,
     clock: SharedClock,
 }
@@ -139,6 +142,7 @@ impl Login {
         rules: ClaimRules,
         sessions: Arc<Sessions>,
         sealer: Sealer,
+        login_sealer: Sealer,
         public_origin: Url,
         clock: SharedClock,
     ) -> Self {
@@ -147,6 +151,7 @@ impl Login {
             rules,
             sessions,
             sealer,
+            login_sealer,
             public_origin,
             clock,
         }
@@ -192,7 +197,7 @@ impl Login {
         let login_cookie = self.sessions.config().login_cookie();
         let cookie = self
             .sessions
-            .cookie(&login_cookie, &logins.seal(&self.sealer), timeout);
+            .cookie(&login_cookie, &logins.seal(&self.login_sealer), timeout);
         redirect(url.as_str(), vec![cookie], "login_redirect")
     }
 
@@ -201,7 +206,7 @@ impl Login {
         let login_cookie = self.sessions.config().login_cookie();
         cookie_values(&req.headers, &login_cookie)
             .take(2)
-            .map(|value| PendingLogins::open(&self.sealer, Some(value), now))
+            .map(|value| PendingLogins::open(&self.login_sealer, Some(value), now))
             .find(|logins| !logins.is_empty())
             .unwrap_or_default()
     }
@@ -214,7 +219,7 @@ impl Login {
         } else {
             let timeout = self.provider.config().login_timeout;
             self.sessions
-                .cookie(&login_cookie, &logins.seal(&self.sealer), timeout)
+                .cookie(&login_cookie, &logins.seal(&self.login_sealer), timeout)
         }
     }
 
@@ -245,8 +250,15 @@ impl Login {
                 "login_incomplete",
             );
         };
-        let mut logins = self.pending_logins(req, self.clock.unix_now());
-        let Some(pending) = logins.take(&state) else {
+        // The login cookie that holds this state (of at most two: a copy planted under another
+        // path must not shadow the browser's own).
+        let login_cookie = self.sessions.config().login_cookie();
+        let now = self.clock.unix_now();
+        let found = cookie_values(&req.headers, &login_cookie)
+            .take(2)
+            .map(|value| PendingLogins::open(&self.login_sealer, Some(value), now))
+            .find_map(|mut logins| logins.take(&state).map(|p| (logins, p)));
+        let Some((logins, pending)) = found else {
             return page(
                 400,
                 "Login expired",

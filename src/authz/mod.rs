@@ -30,6 +30,13 @@ pub enum Authorization {
         /// Why, for the client.
         why: String,
     },
+    /// A placeholder that names an object holds no object name (400, no review).
+    Invalid {
+        /// The rule.
+        rule: String,
+        /// Why, for the client.
+        why: String,
+    },
     /// RBAC said no.
     Denied {
         /// The rule.
@@ -88,6 +95,10 @@ impl Authorizer {
                 forward_credentials: rule.forward_credentials,
             },
             Verdict::Refuse(rule, why) => Authorization::Refused {
+                rule: rule.name.clone(),
+                why,
+            },
+            Verdict::Invalid(rule, why) => Authorization::Invalid {
                 rule: rule.name.clone(),
                 why,
             },

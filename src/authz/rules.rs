@@ -116,6 +116,9 @@ pub enum Verdict<'a> {
     /// A rule matched but the namespace is missing, ambiguous or invalid, or the method has no
     /// verb: denied without asking anyone.
     Refuse(&'a Rule, String),
+    /// A rule matched but a placeholder that names an object holds no Kubernetes object name:
+    /// the request is malformed (400), asked of no one.
+    Invalid(&'a Rule, String),
 }
 
 /// The compiled rules, in order.
@@ -388,6 +391,9 @@ impl Rule {
             }
         };
         let name = fill(&template.name);
+        if template.name.starts_with('{') && !is_object_name(&name) {
+            return Verdict::Invalid(self, format!("{name:?} is not a Kubernetes object name"));
+        }
         let verb = if template.verb.is_empty() {
             match verb_for_method(&req.method, !name.is_empty()) {
                 Some(verb) => verb.to_string(),
@@ -472,8 +478,19 @@ pub fn verb_for_method(method: &str, has_name: bool) -> Option<&'static str> {
     })
 }
 
+/// An RFC 1123 subdomain (at most 253 characters of lower-case letters, digits, `-` and `.`,
+/// each dot-separated label starting and ending with a letter or digit): what Kubernetes
+/// requires of the names of most objects, and of every object the rules name.
+pub fn is_object_name(name: &str) -> bool {
+    name.len() <= 253 && name.split('.').all(is_label)
+}
+
 /// An RFC 1123 label, as Kubernetes requires of namespace names.
 pub fn is_namespace_name(name: &str) -> bool {
+    is_label(name)
+}
+
+fn is_label(name: &str) -> bool {
     let bytes = name.as_bytes();
     !bytes.is_empty()
         && bytes.len() <= 63

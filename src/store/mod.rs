@@ -16,7 +16,7 @@ use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-pub use seal::Sealer;
+pub use seal::{Purpose, Sealer};
 
 /// The hash under which a browser secret is stored.
 /// Held as the 32 raw bytes (the memory store keeps one per session and index entry).

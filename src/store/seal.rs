@@ -10,6 +10,15 @@ use chacha20poly1305::{ChaCha20Poly1305, Key, Nonce};
 use hkdf::Hkdf;
 use sha2::Sha256;
 
+/// What a sealer's keys are for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Purpose {
+    /// Tokens kept in stored sessions (refresh token, ID token).
+    SessionTokens,
+    /// Logins in progress, in the browser's login cookie.
+    LoginCookies,
+}
+
 /// Seals and opens token strings.
 #[derive(Clone)]
 pub struct Sealer {
@@ -31,9 +40,19 @@ impl Sealer {
 
     /// Seals with a key derived from `current`; opens with it or one from `previous`.
     pub fn with_previous(current: &[u8], previous: &[Vec<u8>]) -> Sealer {
+        Self::for_purpose(Purpose::SessionTokens, current, previous)
+    }
+
+    /// As [`Self::with_previous`], with keys of their own for `purpose`: what one purpose
+    /// sealed never opens as another's.
+    pub fn for_purpose(purpose: Purpose, current: &[u8], previous: &[Vec<u8>]) -> Sealer {
+        let salt: &[u8] = match purpose {
+            Purpose::SessionTokens => b"authgate session tokens v1",
+            Purpose::LoginCookies => b"authgate login cookies v1",
+        };
         let cipher = |material: &[u8]| {
             let mut key = [0u8; 32];
-            Hkdf::<Sha256>::new(Some(b"authgate session tokens v1"), material)
+            Hkdf::<Sha256>::new(Some(salt), material)
                 .expand(b"chacha20poly1305", &mut key)
                 .expect("32 bytes is a valid HKDF output length");
             ChaCha20Poly1305::new(&Key::from(key))

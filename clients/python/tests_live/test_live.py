@@ -193,11 +193,13 @@ def test_a_real_token_for_another_host_is_refused(live: Live) -> None:
     assert refused(make_verifier(live, audience=REQUEST_HOST), replayed) == "wrong_audience"
 
 
-def test_a_made_up_host_gets_the_gateways_own_audience(live: Live) -> None:
-    # The client chooses the Host header: a host authgate does not serve gets the public one.
+def test_a_made_up_host_gets_an_audience_no_app_accepts(live: Live) -> None:
+    # The client chooses the Host header: for a host authgate was not told about, the token is
+    # addressed to no app, so it is worth nothing anywhere.
     made_up = through_gateway(live, host="made-up.example.com").identity_headers
     claims = jwt.decode(made_up["x-authgate-identity"], options={"verify_signature": False})
-    assert claims["aud"] == live.host
+    assert claims["aud"] == "authgate:unlisted-host"
+    assert refused(make_verifier(live), made_up) == "wrong_audience"
 
 
 def test_a_token_from_a_key_not_in_the_jwks_is_refused(live: Live) -> None:

@@ -36,7 +36,22 @@ fn eval_h(
     match set.evaluate(&r, &path) {
         Verdict::NoRule | Verdict::Allow(_) => Ok(None),
         Verdict::Review(_, attrs) => Ok(Some(attrs)),
-        Verdict::Refuse(_, why) => Err(why),
+        Verdict::Refuse(_, why) | Verdict::Invalid(_, why) => Err(why),
+    }
+}
+
+#[test]
+fn a_name_placeholder_holds_only_a_kubernetes_object_name() {
+    let set = rules(NOTEBOOK);
+    assert!(eval(&set, "GET", "/notebook/team-a/nb-1.v2/lab").is_ok());
+    let long = "a".repeat(254);
+    for bad in ["Nb1", "nb_1", "nb%20x", "-nb", "nb..x", long.as_str()] {
+        let r = req("GET", &format!("/notebook/team-a/{bad}/lab"), &[]);
+        let path = r.path.clone().expect("valid path");
+        assert!(
+            matches!(set.evaluate(&r, &path), Verdict::Invalid(..)),
+            "{bad:?}"
+        );
     }
 }
 
