@@ -466,6 +466,10 @@ def check_mesh_config(where: str, obj: dict) -> None:
                             "(authgate rewrites it without its own session cookies)")
             if "cookie" not in (cfg.get("includeRequestHeadersInCheck") or []):
                 fail(where, f"provider {name}: includeRequestHeadersInCheck must include cookie (sessions)")
+            shipped = http_check_headers()
+            if shipped is not None and set(cfg.get("includeRequestHeadersInCheck") or []) != shipped:
+                fail(where, f"provider {name}: includeRequestHeadersInCheck must be exactly the headers "
+                            f"authgate decides on (HTTP_CHECK_HEADERS in src/config.rs): {sorted(shipped)}")
             if "set-cookie" not in (cfg.get("headersToDownstreamOnAllow") or []):
                 fail(where, f"provider {name}: headersToDownstreamOnAllow must include set-cookie")
             if not (cfg.get("headersToDownstreamOnDeny")):
@@ -549,6 +553,13 @@ def check_configs(where: str, objs: list[dict], authgate_bin: str | None) -> Non
         if proc.returncode != 0:
             fail(where, f"authgate check-config rejects the ConfigMap's config (exit {proc.returncode}):\n"
                         f"{proc.stderr.strip()}")
+
+
+def http_check_headers():
+    """HTTP_CHECK_HEADERS of src/config.rs: the headers the shipped HTTP provider must pass."""
+    text = (ROOT / "src/config.rs").read_text()
+    m = re.search(r"pub const HTTP_CHECK_HEADERS: &\[&str\] = &\[(.*?)\];", text, re.S)
+    return set(re.findall(r'"([^"]+)"', m.group(1))) if m else None
 
 
 # ---- the Kubeflow rule preset --------------------------------------------------------------

@@ -501,6 +501,24 @@ impl Default for SubjectAccessReviewConfig {
     }
 }
 
+/// The request headers the shipped Istio `envoyExtAuthzHttp` provider passes to the check
+/// (`includeRequestHeadersInCheck` in `istio/components/mesh-config`): in HTTP mode authgate
+/// sees no other. `scripts/validate-manifests.sh` keeps the manifest equal to this list.
+pub const HTTP_CHECK_HEADERS: &[&str] = &[
+    "authorization",
+    "cookie",
+    "accept",
+    "x-requested-with",
+    "sec-fetch-mode",
+    "sec-fetch-site",
+    "origin",
+    "referer",
+    "x-forwarded-for",
+    "x-http-method-override",
+    "x-http-method",
+    "x-method-override",
+];
+
 /// The audience service-account tokens need when `token_review.audiences` is not set: one
 /// dedicated to the gateway, so the API server's own default audience (every pod's automounted
 /// token) is never accepted from outside.
@@ -790,6 +808,18 @@ impl Config {
                  (only `email` needs email_verified), so a user may choose a name in an allowed domain",
                 oidc.user_claim
             ));
+        }
+        for rule in &self.authorization.rules {
+            if let Some(header) = rule.namespace.as_ref().and_then(|n| n.header.as_ref())
+                && !HTTP_CHECK_HEADERS.contains(&header.to_ascii_lowercase().as_str())
+            {
+                notes.push(format!(
+                    "warning: rule {:?} reads the namespace from header {header:?}, which the shipped \
+                     HTTP ext_authz provider does not pass to the check: add it to \
+                     includeRequestHeadersInCheck, or use the gRPC provider (it passes every header)",
+                    rule.name
+                ));
+            }
         }
         let tr = &self.kubernetes.token_review;
         if tr.enabled {
@@ -1334,6 +1364,12 @@ oidc: {issuer: https://a.example, client_id: c}",
         .unwrap();
         let notes = c.trust_notes().join("\n");
         assert!(notes.contains("require_verified_email: true"), "{notes}");
+        let with_header_rule = Config::from_yaml(
+            "public_url: https://kf.example.com\nauthorization:\n  rules:\n    - {name: r, path: /a/**, namespace: {header: x-ns}, resource: {resource: pods}}\n",
+        )
+        .unwrap();
+        let warned = with_header_rule.trust_notes().join("\n");
+        assert!(warned.contains("header \"x-ns\""), "{warned}");
         assert!(notes.contains("issuer https://a.example"), "{notes}");
         assert!(notes.contains("audiences: [authgate]"), "{notes}");
     }

@@ -854,3 +854,116 @@ async fn a_revocation_lands_on_a_replica_with_a_cached_session_in_steady_use() {
     );
     assert!(seen[first_refusal..].iter().all(|s| *s == 302), "{seen:?}");
 }
+
+/// A revocation never leaves a session unindexed: sessions created while `revoke --user` runs
+/// (logins on other replicas) are either ended by it or still in the index, so the next
+/// revocation ends them. (Dropping the whole index set after reading it lost them for good.)
+#[tokio::test]
+async fn a_revocation_racing_new_logins_leaves_no_session_beyond_reach() {
+    let redis = Redis::start().await;
+    let store = std::sync::Arc::new(RedisStore::connect(&session_config(&redis)).await.unwrap());
+    let user = "racing@example.com";
+    let session = authgate::store::contract::session(user, "sub-racing", None);
+    let ttl = Duration::from_secs(600);
+    for i in 0..200 {
+        let key = authgate::store::Key::of(&format!("before-{i}"));
+        store.create(&key, &session, ttl).await.unwrap();
+    }
+    let creator = {
+        let store = store.clone();
+        let session = session.clone();
+        tokio::spawn(async move {
+            let mut keys = Vec::new();
+            for i in 0..300 {
+                let key = authgate::store::Key::of(&format!("during-{i}"));
+                store.create(&key, &session, ttl).await.unwrap();
+                keys.push(key);
+                tokio::task::yield_now().await;
+            }
+            keys
+        })
+    };
+    let first = store.delete_user(user).await.unwrap();
+    let created = creator.await.unwrap();
+    let second = store.delete_user(user).await.unwrap();
+    assert!(first >= 200, "{first}");
+    for key in &created {
+        assert_eq!(
+            store.get(key).await.unwrap(),
+            None,
+            "a session created during the first revocation survived the second ({first} + {second} ended)"
+        );
+    }
+}
+
+/// A replica's touch of a session it holds in its local cache never writes that copy back over
+/// what another replica wrote meanwhile (a refresh with new groups): the store keeps the
+/// refresh, and the touching replica goes on with it.
+#[tokio::test]
+async fn a_touch_never_undoes_another_replicas_refresh() {
+    let shared = Shared::start().await;
+    let clock = authgate::clock::ManualClock::new();
+    let (_a, envoy) = shared
+        .replica_with_clock(
+            shared.public_port,
+            "session: {local_cache_ttl: 30s, idle_timeout: 1m}",
+            std::sync::Arc::new(clock.clone()),
+        )
+        .await;
+    let browser = oidc::browser();
+    assert_eq!(
+        oidc::browser_login(&browser, &envoy.url(), ALICE)
+            .await
+            .status,
+        200
+    );
+    assert_eq!(
+        status(&browser, format!("{}/cached", envoy.url())).await,
+        200
+    );
+    // Another replica refreshes the session: new groups in the store.
+    let (name, raw) = the_stored_session(&shared.redis).await;
+    let key = authgate::store::Key::from_hex(name.rsplit(':').next().unwrap()).unwrap();
+    let mut refreshed: authgate::store::Session = serde_json::from_str(&raw).unwrap();
+    refreshed.groups = vec!["refreshed-group".into()];
+    let store = RedisStore::connect(&session_config(&shared.redis))
+        .await
+        .unwrap();
+    assert!(
+        store
+            .update(&key, &refreshed, Duration::from_secs(3600))
+            .await
+            .unwrap()
+    );
+    // This replica's next request is due a touch.
+    clock.advance(Duration::from_secs(7));
+    let response = browser
+        .get(format!("{}/after-touch", envoy.url()))
+        .header(ACCEPT, NAVIGATION_ACCEPT)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let body: serde_json::Value = response.json().await.unwrap();
+    let groups = body["headers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p[0] == "kubeflow-groups")
+        .map(|p| p[1].as_str().unwrap().to_string());
+    assert_eq!(
+        groups.as_deref(),
+        Some("refreshed-group"),
+        "the store's copy, not the cached one"
+    );
+    let stored = store.get(&key).await.unwrap().unwrap();
+    assert_eq!(
+        stored.groups,
+        ["refreshed-group"],
+        "the refresh was not rolled back"
+    );
+    assert!(
+        stored.last_seen > refreshed.last_seen,
+        "and the touch landed"
+    );
+}
