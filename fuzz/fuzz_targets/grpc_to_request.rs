@@ -144,18 +144,26 @@ fuzz_target!(|input: Input| {
         identity: None,
         reason: "fuzz",
     }));
+    // An allow whose headers cannot all be written is a denied 500, never an allow without them.
+    let deliverable = headers
+        .iter()
+        .all(|(_, v)| authgate::decision::header_value_deliverable(v));
     match allow.http_response {
-        Some(HttpResponse::OkResponse(ok)) => {
+        Some(HttpResponse::OkResponse(ok)) if deliverable => {
             assert_eq!(ok.headers.len(), headers.len());
             #[allow(deprecated)]
             for h in &ok.headers {
                 assert_eq!(h.append.map(|b| b.value), Some(false));
             }
             assert_eq!(ok.response_headers_to_add.len(), headers.len());
+            assert_eq!(allow.status.map(|s| s.code), Some(0));
         }
-        other => panic!("allow became {other:?}"),
+        Some(HttpResponse::DeniedResponse(d)) if !deliverable => {
+            assert_eq!(d.status.map(|s| s.code), Some(500));
+            assert_ne!(allow.status.map(|s| s.code), Some(0));
+        }
+        other => panic!("allow (deliverable: {deliverable}) became {other:?}"),
     }
-    assert_eq!(allow.status.map(|s| s.code), Some(0));
     let deny = to_response(Decision::Deny(Deny {
         status: input.status,
         headers: headers.clone(),

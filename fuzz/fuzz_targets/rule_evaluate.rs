@@ -134,6 +134,7 @@ fn summary(v: &Verdict<'_>) -> String {
         Verdict::Allow(r) => format!("allow {}", r.name),
         Verdict::Review(r, a) => format!("review {} {a:?}", r.name),
         Verdict::Refuse(r, why) => format!("refuse {} {why}", r.name),
+        Verdict::Invalid(r, why) => format!("invalid {} {why}", r.name),
     }
 }
 
