@@ -29,7 +29,10 @@ fuzz_target!(|data: &[u8]| {
         let Ok(identity) = rule.identity(&claims) else {
             continue;
         };
-        assert_eq!(claims.get("email_verified"), Some(&serde_json::Value::Bool(true)));
+        assert_eq!(
+            claims.get("email_verified"),
+            Some(&serde_json::Value::Bool(true))
+        );
         assert!(carriable_user(&identity.user).is_ok(), "{identity:?}");
         assert!(!identity.user.starts_with("system:"), "{identity:?}");
         for group in &identity.groups {
@@ -38,10 +41,20 @@ fuzz_target!(|data: &[u8]| {
         }
         if i == 0 {
             assert!(!identity.user.starts_with("https://ci.example.com#"));
-            assert!(identity.groups.iter().all(|g| !g.starts_with("https://ci.example.com#")));
+            assert!(
+                identity
+                    .groups
+                    .iter()
+                    .all(|g| !g.starts_with("https://ci.example.com#"))
+            );
         } else {
             assert!(identity.user.starts_with("https://ci.example.com#"));
-            assert!(identity.groups.iter().all(|g| g.starts_with("https://ci.example.com#")));
+            assert!(
+                identity
+                    .groups
+                    .iter()
+                    .all(|g| g.starts_with("https://ci.example.com#"))
+            );
         }
     }
 });
