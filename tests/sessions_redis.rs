@@ -809,14 +809,18 @@ async fn many_copies_of_the_session_cookie_cost_two_store_reads_at_most() {
     );
 }
 
-/// With the local session cache on, a revocation lands on a replica whose copy is in steady
-/// use: a touch asks the store (and finds the session gone), it never writes the cached copy
-/// back nor restarts the cache clock.
-#[tokio::test]
-async fn a_revocation_lands_on_a_replica_with_a_cached_session_in_steady_use() {
-    let shared = Shared::start().await;
+/// One replica with the local session cache on (30 s, idle timeout 1 min: a touch every 6 s)
+/// and its own clock, and Alice logged in there with her session in its cache.
+async fn cached_session(
+    shared: &Shared,
+) -> (
+    authgate::clock::ManualClock,
+    Authgate,
+    Envoy,
+    reqwest::Client,
+) {
     let clock = authgate::clock::ManualClock::new();
-    let (_a, envoy) = shared
+    let (authgate, envoy) = shared
         .replica_with_clock(
             shared.public_port,
             "session: {local_cache_ttl: 30s, idle_timeout: 1m}",
@@ -834,6 +838,16 @@ async fn a_revocation_lands_on_a_replica_with_a_cached_session_in_steady_use() {
         status(&browser, format!("{}/cached", envoy.url())).await,
         200
     );
+    (clock, authgate, envoy, browser)
+}
+
+/// With the local session cache on, a revocation lands on a replica whose copy is in steady
+/// use: a touch asks the store (and finds the session gone), it never writes the cached copy
+/// back nor restarts the cache clock.
+#[tokio::test]
+async fn a_revocation_lands_on_a_replica_with_a_cached_session_in_steady_use() {
+    let shared = Shared::start().await;
+    let (clock, _a, envoy, browser) = cached_session(&shared).await;
     let store = RedisStore::connect(&session_config(&shared.redis))
         .await
         .unwrap();
@@ -902,25 +916,7 @@ async fn a_revocation_racing_new_logins_leaves_no_session_beyond_reach() {
 #[tokio::test]
 async fn a_touch_never_undoes_another_replicas_refresh() {
     let shared = Shared::start().await;
-    let clock = authgate::clock::ManualClock::new();
-    let (_a, envoy) = shared
-        .replica_with_clock(
-            shared.public_port,
-            "session: {local_cache_ttl: 30s, idle_timeout: 1m}",
-            std::sync::Arc::new(clock.clone()),
-        )
-        .await;
-    let browser = oidc::browser();
-    assert_eq!(
-        oidc::browser_login(&browser, &envoy.url(), ALICE)
-            .await
-            .status,
-        200
-    );
-    assert_eq!(
-        status(&browser, format!("{}/cached", envoy.url())).await,
-        200
-    );
+    let (clock, _a, envoy, browser) = cached_session(&shared).await;
     // Another replica refreshes the session: new groups in the store.
     let (name, raw) = the_stored_session(&shared.redis).await;
     let key = authgate::store::Key::from_hex(name.rsplit(':').next().unwrap()).unwrap();
