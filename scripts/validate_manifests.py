@@ -432,6 +432,10 @@ def check_authorization_policy(where: str, obj: dict) -> None:
 
 def check_mesh_config(where: str, obj: dict) -> None:
     mesh = yaml.safe_load((obj.get("data") or {}).get("mesh", "")) or {}
+    normalization = (mesh.get("pathNormalization") or {}).get("normalization")
+    if normalization not in ("BASE", "MERGE_SLASHES", "DECODE_AND_MERGE_SLASHES"):
+        fail(where, "pathNormalization.normalization must be stated and normalize (BASE, MERGE_SLASHES or "
+                    f"DECODE_AND_MERGE_SLASHES), not {normalization!r}: authgate judges paths in normal form only")
     providers = {p.get("name"): p for p in mesh.get("extensionProviders") or []}
     for name, kind in (("authgate", "envoyExtAuthzGrpc"), ("authgate-http", "envoyExtAuthzHttp")):
         p = providers.get(name)
@@ -702,6 +706,12 @@ def self_test(kustomize: list[str]) -> None:
         return next(r for r in find(objs, "NetworkPolicy", "authgate")["spec"]["ingress"]
                     if PROVIDER_PEER in r.get("from", []))
 
+    def mesh_path_normalization(objs, value):
+        cm = find(objs, "ConfigMap", "istio")
+        mesh = yaml.safe_load(cm["data"]["mesh"])
+        mesh["pathNormalization"] = {"normalization": value}
+        cm["data"]["mesh"] = yaml.safe_dump(mesh)
+
     def mesh_set(objs, provider, key, value):
         cm = find(objs, "ConfigMap", "istio")
         mesh = yaml.safe_load(cm["data"]["mesh"])
@@ -769,6 +779,7 @@ def self_test(kustomize: list[str]) -> None:
         "HTTP cookie not in check": lambda o: mesh_set(o, "authgate-http", "includeRequestHeadersInCheck",
                                                        ["authorization", "accept"]),
         "provider typo": lambda o: mesh_set(o, "authgate", "failopen", False),
+        "pathNormalization NONE": lambda o: mesh_path_normalization(o, "NONE"),
     }
     global problems
     saved = problems

@@ -12,7 +12,7 @@ use figment::providers::{Format, Yaml};
 use serde::{Deserialize, Serialize};
 use url::Url;
 
-use crate::path::{PathPrefix, normalize_path};
+use crate::path::PathPrefix;
 
 /// Exit code for a configuration error (`EX_CONFIG` from sysexits.h is 78; linkerd and the
 /// design use 64, `EX_USAGE`, for "you started me wrong").
@@ -517,6 +517,7 @@ pub const HTTP_CHECK_HEADERS: &[&str] = &[
     "x-http-method-override",
     "x-http-method",
     "x-method-override",
+    "content-type",
 ];
 
 /// The audience service-account tokens need when `token_review.audiences` is not set: one
@@ -577,7 +578,7 @@ impl Default for TokenReviewConfig {
 }
 
 /// Who may pass once authenticated.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct AuthorizationConfig {
     /// Empty: any authenticated identity; else the identity needs one of these groups.
@@ -588,6 +589,21 @@ pub struct AuthorizationConfig {
     pub default: DefaultAction,
     /// Route rules, first match wins.
     pub rules: Vec<RuleConfig>,
+    /// A rule that reads the query refuses (400) a query of more parameters: Express reads
+    /// only the first 1,000, so what lies beyond would be judged here and unseen by the app.
+    pub max_query_parameters: usize,
+}
+
+impl Default for AuthorizationConfig {
+    fn default() -> Self {
+        AuthorizationConfig {
+            allowed_groups: Vec::new(),
+            allowed_email_domains: Vec::new(),
+            default: DefaultAction::default(),
+            rules: Vec::new(),
+            max_query_parameters: crate::authz::query::DEFAULT_MAX_QUERY_PARAMETERS,
+        }
+    }
 }
 
 /// The fate of requests no rule matches.
@@ -614,7 +630,14 @@ pub struct RuleConfig {
     pub methods: Vec<String>,
     /// Query parameters that must have these values for the rule to apply.
     #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
-    pub query: std::collections::BTreeMap<String, String>,
+    pub query: std::collections::BTreeMap<String, QueryValueConfig>,
+    /// How the app parses its query string, so that every spelling of a parameter it accepts
+    /// is read as that parameter.
+    #[serde(default, skip_serializing_if = "QueryParser::is_plain")]
+    pub query_parser: QueryParser,
+    /// Whether the app reads `/a/b/` as `/a/b` or as `/a/b` and an empty segment.
+    #[serde(default, skip_serializing_if = "TrailingSlash::is_either")]
+    pub trailing_slash: TrailingSlash,
     /// Where the namespace comes from besides a `{namespace}` path segment.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub namespace: Option<NamespaceSourceConfig>,
@@ -641,6 +664,74 @@ pub struct NamespaceSourceConfig {
     /// A request header.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub header: Option<String>,
+    /// Absent, the request goes on to the app's own check; present, it is reviewed like any
+    /// other. For app routes where the namespace may be left out (a list that another
+    /// parameter scopes, shared objects).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub optional: bool,
+}
+
+/// The value a rule's query condition wants.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum QueryValueConfig {
+    /// Exactly this text.
+    Text(String),
+    /// A protobuf enum value, which grpc-gateway accepts by name or by number.
+    Enum {
+        /// The value's name.
+        name: String,
+        /// Its number.
+        number: i64,
+    },
+}
+
+impl std::fmt::Display for QueryValueConfig {
+    /// The spelling a client would normally send.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            QueryValueConfig::Text(text) => write!(f, "{text}"),
+            QueryValueConfig::Enum { name, .. } => write!(f, "{name}"),
+        }
+    }
+}
+
+/// How an app parses its query string.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum QueryParser {
+    /// One spelling per parameter (Express, Tornado, Flask).
+    #[default]
+    Plain,
+    /// grpc-gateway (the KFP API): a field by its proto or its JSON name, enums by name or
+    /// number.
+    GrpcGateway,
+}
+
+impl QueryParser {
+    fn is_plain(&self) -> bool {
+        *self == QueryParser::Plain
+    }
+}
+
+/// How the app behind a rule reads a trailing slash.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TrailingSlash {
+    /// Not known: `/a/b/` is matched both as `/a/b` and as `/a/b` with an empty last segment,
+    /// and a placeholder on that empty segment is refused (400).
+    #[default]
+    Either,
+    /// `/a/b/` is the route `/a/b` (Express without strict routing).
+    SameRoute,
+    /// `/a/b/` is `/a/b` with an empty last segment (grpc-gateway).
+    EmptySegment,
+}
+
+impl TrailingSlash {
+    fn is_either(&self) -> bool {
+        *self == TrailingSlash::Either
+    }
 }
 
 /// SubjectAccessReview resource attributes of a rule.
@@ -982,13 +1073,22 @@ impl Config {
             for (i, prefix) in list.iter().enumerate() {
                 if let Err(e) = PathPrefix::parse(prefix) {
                     bad(&format!("{key}[{i}]"), e);
-                } else if key == "skip_auth" && normalize_path(prefix).as_deref() == Ok("/") {
+                } else if key == "skip_auth" && prefix == "/" {
                     bad(
                         &format!("{key}[{i}]"),
                         "skipping authentication for every path is not allowed".into(),
                     );
                 }
             }
+        }
+
+        if !(1..1000).contains(&self.authorization.max_query_parameters) {
+            bad(
+                "authorization.max_query_parameters",
+                "must be between 1 and 999: Express reads only the first 1,000 parameters, so \
+                 a rule could judge a namespace the app never reads"
+                    .into(),
+            );
         }
 
         let sar = &self.kubernetes.subject_access_review;

@@ -174,7 +174,13 @@ impl Gate {
     pub async fn decide(&self, req: &Request) -> Decision {
         let path = match &req.path {
             Ok(path) => path.as_str(),
-            Err(e) => return json_response(400, "bad_request", &e.to_string(), "ambiguous_path"),
+            Err(e) => {
+                let reason = match e {
+                    crate::path::PathError::NotNormal { .. } => "path_not_normal",
+                    _ => "ambiguous_path",
+                };
+                return json_response(400, "bad_request", &e.to_string(), reason);
+            }
         };
 
         if let Some(own) = own_endpoint(path) {
@@ -277,7 +283,7 @@ impl Gate {
                 400,
                 "bad_request",
                 &format!("request refused by rule {rule:?}: {why}"),
-                "invalid_name",
+                "invalid_request",
             ),
             Authorization::Denied { rule, attributes } => {
                 let message = format!(

@@ -111,7 +111,7 @@ impl App {
         } else {
             None
         };
-        let rules = authz::rules::RuleSet::compile(&config.authorization.rules)
+        let rules = authz::rules::RuleSet::from_config(&config.authorization)
             .expect("validated config compiles");
         let reviewer = if rules.needs_reviews() {
             let client = match &kube_client {

@@ -48,7 +48,7 @@ enum Command {
         #[arg(long, env = "AUTHGATE_CONFIG")]
         config: Option<PathBuf>,
     },
-    /// Show what the policy makes of one request: normalized path, matching rule, namespace,
+    /// Show what the policy makes of one request: its path, the matching rule, the namespace,
     /// and the SubjectAccessReview that would be sent (with --kubeconfig: the live answer).
     Explain {
         /// YAML config file.

@@ -1,6 +1,15 @@
-//! Path normalization: the one place where a raw request target becomes the path every rule
-//! matches. Done once per request, so that `/a/./b`, `/a//b` and `/a/%62` cannot reach a rule
-//! that `/a/b` would not.
+//! The path a request is judged on. authgate judges the path exactly as the app behind receives
+//! it, so it only accepts a path that is already in the normal form a normalizing mesh sends
+//! (Envoy's `normalize_path`, Istio's default `pathNormalization: BASE`). A path in any other
+//! form means the mesh in front does not normalize, and the app could read it differently
+//! (resolve its dot-segments, decode its escapes): it is refused with 400, never normalized here
+//! and judged as a path the app will not see.
+//!
+//! The normal form, as Envoy 1.40 produces it (checked against a real Envoy in
+//! `tests/app_readings.rs`): percent-encoded unreserved characters decoded (`%61` → `a`, any hex
+//! case), other escapes kept as sent (hex case too), the characters `"<>^`{|}` and space
+//! escaped, and dot-segments removed by RFC 3986 §5.2.4 — which keeps empty segments:
+//! `/a/x///../../p/` is `/a/x/p/`, not `/p/`.
 
 use std::fmt;
 
@@ -14,15 +23,33 @@ pub enum PathError {
     /// `%2F`, `%5C` or `%00`: a separator or NUL hidden inside a segment.
     #[error("the path contains an encoded separator or NUL ({0})")]
     EncodedSeparator(&'static str),
-    /// A raw backslash or control character, which some servers treat as a separator.
-    #[error("the path contains a backslash or control character")]
+    /// A backslash, a control character or a non-ASCII byte, which servers read differently.
+    #[error("the path contains a backslash, a control character or a non-ASCII character")]
     ForbiddenCharacter,
     /// `%` not followed by two hex digits.
     #[error("the path contains a malformed percent-encoding")]
     BadPercentEncoding,
-    /// A dot-segment with path parameters (`..;x`), which servlet containers resolve as `..`.
+    /// A dot-segment with path parameters (`..;x`), which Envoy and servlet containers resolve
+    /// as `..` and other servers keep.
     #[error("the path contains a dot-segment with parameters")]
     DotSegmentWithParameters,
+    /// Dot-segments, encoded unreserved characters or characters a normalizing mesh escapes.
+    #[error(
+        "the path is not in normal form (a normalizing mesh would send {normal:?}): the gateway \
+         in front must normalize paths (Envoy normalize_path, Istio pathNormalization BASE or \
+         stricter)"
+    )]
+    NotNormal {
+        /// What a normalizing mesh would have sent instead.
+        normal: String,
+    },
+    /// An empty segment before the last one (`/a//b`).
+    #[error(
+        "the path contains an empty segment ('//'), which apps read differently (some merge it, \
+         some do not); to accept such paths, have the mesh merge slashes (Istio \
+         pathNormalization MERGE_SLASHES)"
+    )]
+    EmptySegment,
 }
 
 /// Splits a raw request target (`/a/b?x=1#f`) into path and query (without `?`); the fragment,
@@ -39,36 +66,68 @@ fn is_unreserved(b: u8) -> bool {
     b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~')
 }
 
-/// Normalizes a raw path (no query): decodes percent-encoded unreserved characters, upper-cases
-/// the hex of the encodings it keeps, collapses `//`, resolves `.` and `..` (never above `/`).
-/// Idempotent: normalizing a normalized path returns it unchanged.
+/// Printable ASCII that Envoy's path canonicalizer escapes rather than passes.
+fn is_escaped_by_the_mesh(b: u8) -> bool {
+    matches!(
+        b,
+        b' ' | b'"' | b'<' | b'>' | b'^' | b'`' | b'{' | b'|' | b'}'
+    )
+}
+
+/// The path a request carries, accepted only in normal form. Returns it unchanged, or why
+/// it is refused.
+pub fn checked_path(raw: &str) -> Result<&str, PathError> {
+    let normal = normalize_path(raw)?;
+    if normal != raw {
+        return Err(PathError::NotNormal { normal });
+    }
+    // Only the last segment may be empty (a trailing slash): `/a//b` names `/a/b` for an app
+    // that merges slashes (nginx, Go's ServeMux redirect) and another route for one that does
+    // not (Express, grpc-gateway).
+    if raw[1..].split('/').rev().skip(1).any(str::is_empty) {
+        return Err(PathError::EmptySegment);
+    }
+    Ok(raw)
+}
+
+/// The normal form of a raw path (no query), as a normalizing mesh would send it: unreserved
+/// escapes decoded, `"<>^`{|}` and space escaped, dot-segments removed (RFC 3986 §5.2.4, never
+/// above `/`, empty segments kept). Refuses what no normalization makes unambiguous.
+/// Idempotent: the normal form of a normal form is itself.
 pub fn normalize_path(raw: &str) -> Result<String, PathError> {
     if !raw.starts_with('/') {
         return Err(PathError::NotOriginForm);
     }
     let decoded = decode_unreserved(raw)?;
-    let mut segments: Vec<&str> = Vec::new();
-    for segment in decoded.split('/').skip(1) {
+    let mut output: Vec<&str> = Vec::new();
+    let mut segments = decoded.split('/').skip(1).peekable();
+    while let Some(segment) = segments.next() {
         let bare = segment.split(';').next().unwrap_or_default();
         if segment.contains(';') && (bare == "." || bare == "..") {
             return Err(PathError::DotSegmentWithParameters);
         }
+        let last = segments.peek().is_none();
         match segment {
-            "" | "." => {}
-            ".." => {
-                segments.pop();
+            "." => {
+                if last {
+                    output.push("");
+                }
             }
-            s => segments.push(s),
+            ".." => {
+                output.pop();
+                if last {
+                    output.push("");
+                }
+            }
+            s => output.push(s),
         }
     }
     let mut out = String::with_capacity(decoded.len());
-    for s in &segments {
+    for s in &output {
         out.push('/');
         out.push_str(s);
     }
-    // Keep a trailing slash: `/notebook/ns/` and `/notebook/ns` are different app routes.
-    let ends_dir = decoded.ends_with('/') || decoded.ends_with("/.") || decoded.ends_with("/..");
-    if out.is_empty() || (ends_dir && !segments.is_empty()) {
+    if out.is_empty() {
         out.push('/');
     }
     Ok(out)
@@ -84,33 +143,33 @@ fn decode_unreserved(raw: &str) -> Result<String, PathError> {
             let hex = bytes
                 .get(i + 1..i + 3)
                 .ok_or(PathError::BadPercentEncoding)?;
-            let hi = (hex[0] as char)
-                .to_digit(16)
-                .ok_or(PathError::BadPercentEncoding)?;
-            let lo = (hex[1] as char)
-                .to_digit(16)
-                .ok_or(PathError::BadPercentEncoding)?;
-            let value = (hi * 16 + lo) as u8;
+            let digit = |h: u8| {
+                (h as char)
+                    .to_digit(16)
+                    .ok_or(PathError::BadPercentEncoding)
+            };
+            let value = (digit(hex[0])? * 16 + digit(hex[1])?) as u8;
             match value {
                 b'/' => return Err(PathError::EncodedSeparator("%2F")),
                 b'\\' => return Err(PathError::EncodedSeparator("%5C")),
                 0 => return Err(PathError::EncodedSeparator("%00")),
                 v if is_unreserved(v) => out.push(v as char),
-                v => {
-                    out.push('%');
-                    out.push_str(&format!("{v:02X}"));
-                }
+                // Kept exactly as sent, hex case included: so does Envoy.
+                _ => out.push_str(&raw[i..i + 3]),
             }
             i += 3;
         } else {
-            if b == b'\\' || b.is_ascii_control() {
+            // Envoy turns `\` into `/` and rejects raw non-ASCII: neither reaches a normalized
+            // check, and no reading of them is safe.
+            if b == b'\\' || b.is_ascii_control() || !b.is_ascii() {
                 return Err(PathError::ForbiddenCharacter);
             }
-            // Non-ASCII bytes cannot occur here: the input is a &str and Envoy replaces invalid
-            // UTF-8; multi-byte characters are copied through unchanged.
-            let ch = raw[i..].chars().next().expect("in bounds");
-            out.push(ch);
-            i += ch.len_utf8();
+            if is_escaped_by_the_mesh(b) {
+                out.push_str(&format!("%{b:02X}"));
+            } else {
+                out.push(b as char);
+            }
+            i += 1;
         }
     }
     Ok(out)
@@ -125,15 +184,16 @@ pub struct PathPrefix {
 }
 
 impl PathPrefix {
-    /// Parses and normalizes a configured prefix.
+    /// Parses a configured prefix, which must be in normal form (a prefix no request in normal
+    /// form can start with would match nothing).
     pub fn parse(prefix: &str) -> Result<PathPrefix, String> {
-        let normalized = normalize_path(prefix).map_err(|e| format!("{prefix:?}: {e}"))?;
+        let normalized = checked_path(prefix).map_err(|e| format!("{prefix:?}: {e}"))?;
         Ok(PathPrefix {
             base: normalized.trim_end_matches('/').to_string(),
         })
     }
 
-    /// Whether a normalized path lies under this prefix.
+    /// Whether a path in normal form lies under this prefix.
     pub fn matches(&self, path: &str) -> bool {
         match path.strip_prefix(self.base.as_str()) {
             Some(rest) => rest.is_empty() || rest.starts_with('/'),
@@ -153,24 +213,29 @@ mod tests {
     use super::*;
 
     #[test]
-    fn normalizes_dots_slashes_and_unreserved_encodings() {
+    fn normal_form_removes_dot_segments_and_keeps_empty_ones() {
         let cases = [
             ("/", "/"),
-            ("//", "/"),
-            ("/a//b", "/a/b"),
+            ("//", "//"),
+            ("/a//b", "/a//b"),
             ("/a/./b", "/a/b"),
             ("/a/../b", "/b"),
             ("/../../etc", "/etc"),
+            ("/a/x///../../public/", "/a/x/public/"),
             ("/a/%2e%2e/b", "/b"),
             ("/a/%2E/b", "/a/b"),
             ("/%61%62c", "/abc"),
             ("/a%20b", "/a%20b"),
-            ("/a%3fb", "/a%3Fb"),
+            ("/a%3fb", "/a%3fb"),
+            ("/a b", "/a%20b"),
+            ("/a{b}|c", "/a%7Bb%7D%7Cc"),
             ("/notebook/ns/", "/notebook/ns/"),
             ("/a/b/..", "/a/"),
             ("/a/b/.", "/a/b/"),
+            ("/..", "/"),
+            ("/.", "/"),
             ("/a;b/c", "/a;b/c"),
-            ("/é", "/é"),
+            ("/a[0]", "/a[0]"),
         ];
         for (raw, want) in cases {
             assert_eq!(normalize_path(raw).as_deref(), Ok(want), "{raw}");
@@ -183,12 +248,40 @@ mod tests {
     }
 
     #[test]
+    fn only_paths_in_normal_form_are_accepted() {
+        for ok in [
+            "/", "/a/b", "/a/b/", "/a%20b", "/a%3fb", "/a;b/c", "/a[0]", "/~x",
+        ] {
+            assert_eq!(checked_path(ok), Ok(ok), "{ok}");
+        }
+        for (raw, normal) in [
+            ("/a/x///../../public/", "/a/x/public/"),
+            ("/a/./b", "/a/b"),
+            ("/%70ublic/", "/public/"),
+            ("/a b", "/a%20b"),
+            ("/a/..", "/"),
+        ] {
+            assert_eq!(
+                checked_path(raw),
+                Err(PathError::NotNormal {
+                    normal: normal.into()
+                }),
+                "{raw}"
+            );
+        }
+        for raw in ["//", "//a", "/a//b", "/a//"] {
+            assert_eq!(checked_path(raw), Err(PathError::EmptySegment), "{raw}");
+        }
+    }
+
+    #[test]
     fn refuses_ambiguous_paths() {
         for raw in [
             "/a%2Fb", "/a%2fb", "/a%5cb", "/a%00", "/a\\b", "/a%", "/a%zz", "/a%2", "/a/..;/b",
-            "/a/.;x/b", "a/b", "", "/a\u{0}b", "/a\tb",
+            "/a/.;x/b", "a/b", "", "/a\u{0}b", "/a\tb", "/é",
         ] {
             assert!(normalize_path(raw).is_err(), "{raw:?} must be refused");
+            assert!(checked_path(raw).is_err(), "{raw:?} must be refused");
         }
     }
 
@@ -212,5 +305,6 @@ mod tests {
         assert_eq!(bare, dex);
         assert!(PathPrefix::parse("/").unwrap().matches("/anything"));
         assert!(PathPrefix::parse("/a%2Fb").is_err());
+        assert!(PathPrefix::parse("/a/../b").is_err());
     }
 }

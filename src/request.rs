@@ -3,7 +3,7 @@
 
 use std::net::IpAddr;
 
-use crate::path::{PathError, normalize_path, split_target};
+use crate::path::{PathError, checked_path, split_target};
 
 /// Request headers as a list of (lower-cased name, value), repeated names kept as separate
 /// entries. Envoy's gRPC `headers` map arrives merged (`a,b`); its `header_map` and the HTTP
@@ -84,7 +84,8 @@ pub struct Request {
     pub host: String,
     /// The raw request target's path part, as sent.
     pub raw_path: String,
-    /// The normalized path every rule matches, or why it was refused.
+    /// The path every rule matches (the raw path, accepted only in normal form), or why it was
+    /// refused.
     pub path: Result<String, PathError>,
     /// The raw query string (without `?`).
     pub query: String,
@@ -134,7 +135,7 @@ impl Request {
             scheme,
             host,
             raw_path: raw_path.to_string(),
-            path: normalize_path(raw_path),
+            path: checked_path(raw_path).map(str::to_string),
             query: query.to_string(),
             headers,
             client_ip,
@@ -187,12 +188,12 @@ mod tests {
     use super::*;
 
     #[test]
-    fn splits_and_normalizes_target() {
+    fn splits_the_target_and_checks_its_path() {
         let r = Request::new(
             "get",
             "HTTPS",
             "Example.COM",
-            "/a//b/../c?namespace=x&namespace=y",
+            "/a/c?namespace=x&namespace=y",
             Headers::from_pairs([("Accept", "text/html")]),
             None,
         );
@@ -201,6 +202,8 @@ mod tests {
         assert_eq!(r.path.as_deref(), Ok("/a/c"));
         assert_eq!(r.query_values("namespace"), ["x", "y"]);
         assert_eq!(r.headers.get("accept"), Some("text/html"));
+        let raw = Request::new("GET", "https", "h", "/a//b/../c", Headers::default(), None);
+        assert!(raw.path.is_err());
     }
 
     #[test]

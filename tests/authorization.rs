@@ -467,3 +467,178 @@ async fn explain_shows_the_rule_the_review_and_the_live_answer() {
     });
     assert!(String::from_utf8_lossy(&out.stdout).contains("live answer:     denied"));
 }
+
+/// The KFP API behind the preset, read as grpc-gateway reads it (issue 14), in both modes and
+/// for the KFP releases of Kubeflow 1.9/1.10 (grpc-gateway v1: the first of two values wins,
+/// `key[value]` is a value, enums by name or number): each request below reaches the API
+/// server with a namespace Bob has no rights in, or none, unless the gateway stops it.
+#[tokio::test]
+async fn the_kfp_api_is_read_as_grpc_gateway_reads_it() {
+    let config = preset();
+    let runs_v1 = "/pipeline/apis/v1beta1/runs";
+    let junk = "filter=x&".repeat(120);
+    // (method, target, extra header lines, status for Bob)
+    let cases: Vec<(&str, String, Vec<String>, u16)> = vec![
+        // An empty last segment is an empty namespace to grpc-gateway: refused, unreviewed.
+        (
+            "POST",
+            "/pipeline/apis/v1beta1/visualizations/".into(),
+            vec![],
+            400,
+        ),
+        (
+            "POST",
+            "/pipeline/apis/v2beta1/visualizations/".into(),
+            vec![],
+            400,
+        ),
+        (
+            "POST",
+            "/pipeline/apis/v1beta1/visualizations/team-a".into(),
+            vec![],
+            403,
+        ),
+        // NAMESPACE by number, in the spellings strconv.Atoi accepts.
+        (
+            "GET",
+            format!("{runs_v1}?resource_reference_key.type=5&resource_reference_key.id=team-a"),
+            vec![],
+            403,
+        ),
+        (
+            "GET",
+            format!("{runs_v1}?resource_reference_key.type=05&resource_reference_key.id=team-a"),
+            vec![],
+            403,
+        ),
+        (
+            "GET",
+            format!("{runs_v1}?resourceReferenceKey.type=%2B5&resourceReferenceKey.id=team-a"),
+            vec![],
+            403,
+        ),
+        // Proto and JSON names are one parameter; two values are ambiguous.
+        (
+            "GET",
+            format!(
+                "{runs_v1}?resource_reference_key.type=NAMESPACE&resource_reference_key.id=team-b&resourceReferenceKey.id=team-a"
+            ),
+            vec![],
+            403,
+        ),
+        (
+            "GET",
+            format!(
+                "{runs_v1}?resourceReferenceKey.type=NAMESPACE&resource_reference_key.id=team-a"
+            ),
+            vec![],
+            403,
+        ),
+        // `id[team-a]=` is the value team-a to grpc-gateway v1.
+        (
+            "GET",
+            format!(
+                "{runs_v1}?resource_reference_key.type=NAMESPACE&resource_reference_key.id[team-a]="
+            ),
+            vec![],
+            400,
+        ),
+        (
+            "GET",
+            "/pipeline/apis/v2beta1/runs?namespace%5B%5D=team-a".into(),
+            vec![],
+            400,
+        ),
+        // Optional namespaces: named, reviewed; left out (or empty), the API server checks.
+        (
+            "GET",
+            "/pipeline/apis/v2beta1/runs?namespace=team-a".into(),
+            vec![],
+            403,
+        ),
+        (
+            "GET",
+            "/pipeline/apis/v2beta1/runs?namespace=team-b".into(),
+            vec![],
+            200,
+        ),
+        (
+            "GET",
+            "/pipeline/apis/v2beta1/runs?experiment_id=e1".into(),
+            vec![],
+            200,
+        ),
+        (
+            "GET",
+            "/pipeline/apis/v2beta1/recurringruns?namespace=team-a".into(),
+            vec![],
+            403,
+        ),
+        (
+            "GET",
+            "/pipeline/apis/v2beta1/pipelines?namespace=team-a".into(),
+            vec![],
+            403,
+        ),
+        (
+            "GET",
+            "/pipeline/apis/v2beta1/pipelines?namespace=".into(),
+            vec![],
+            200,
+        ),
+        (
+            "GET",
+            "/pipeline/apis/v2beta1/pipelines".into(),
+            vec![],
+            200,
+        ),
+        // A form-encoded POST runs another method's handler with the body's parameters.
+        (
+            "POST",
+            "/pipeline/apis/v2beta1/experiments".into(),
+            vec!["Content-Type: application/x-www-form-urlencoded".into()],
+            400,
+        ),
+        // Past a bound far below Express's 1,000 parameters, a rule that reads the query refuses.
+        (
+            "GET",
+            format!("/pipeline/artifacts/get?{junk}namespace=team-b"),
+            vec![],
+            400,
+        ),
+        (
+            "GET",
+            "/pipeline/artifacts/get?namespace=team-b".into(),
+            vec![],
+            200,
+        ),
+    ];
+    for mode in [ExtAuthz::Grpc, ExtAuthz::Http] {
+        let stack = Stack::start(mode, fixture(&config), &preset_yaml()).await;
+        for (method, target, headers, want) in &cases {
+            let before = stack.kube.access_reviews().len();
+            let response = send(&stack, method, target, BOB, headers).await;
+            assert_eq!(
+                response.status, *want,
+                "{mode:?} {method} {target}: {response:?}"
+            );
+            if *want == 400 {
+                assert_eq!(
+                    stack.kube.access_reviews().len(),
+                    before,
+                    "{target}: reviewed"
+                );
+            }
+        }
+        // Alice, whose namespace it is, passes with the number spelling too.
+        let alice = send(
+            &stack,
+            "GET",
+            &format!("{runs_v1}?resource_reference_key.type=5&resource_reference_key.id=team-a"),
+            ALICE,
+            &[],
+        )
+        .await;
+        assert_eq!(alice.status, 200, "{mode:?}: {alice:?}");
+    }
+}

@@ -1,6 +1,7 @@
 //! Property tests (proptest) for the security invariants of issue 5:
 //!
-//! - path normalization is idempotent, never climbs above `/`, and agrees with a reference model;
+//! - path normalization is idempotent, never climbs above `/`, and agrees with a reference model
+//!   of RFC 3986 (empty segments kept); a request path is accepted only in that normal form;
 //! - no client copy of an identity header survives, in any case or `_`/`-` spelling, repeated or
 //!   not — checked on the `HeaderPlan` for random identity configurations, and on real
 //!   `Gate::decide` decisions;
@@ -31,7 +32,7 @@ use authgate::config::{Config, IdentityConfig, TokenReviewConfig};
 use authgate::decision::{Decision, Gate};
 use authgate::identity::HeaderPlan;
 use authgate::k8s::KubeError;
-use authgate::path::{PathPrefix, normalize_path};
+use authgate::path::{PathError, PathPrefix, checked_path, normalize_path};
 use authgate::redirect::same_origin_target;
 use authgate::request::{Headers, Request};
 use authgate::signing::Signer;
@@ -55,7 +56,7 @@ fn config(cases: u32) -> ProptestConfig {
 // Path normalization
 // ---------------------------------------------------------------------------------------------
 
-/// Raw segments and what they decode to (`None`: refused).
+/// Raw segments and what they decode to.
 const SEGMENTS: &[(&str, &str)] = &[
     ("a", "a"),
     ("b", "b"),
@@ -70,44 +71,65 @@ const SEGMENTS: &[(&str, &str)] = &[
     ("%61", "a"),
     ("x;y", "x;y"),
     ("%20", "%20"),
-    ("%3f", "%3F"),
-    ("é", "é"),
+    ("%3f", "%3f"),
+    ("a b", "a%20b"),
+    ("{x}", "%7Bx%7D"),
     ("...", "..."),
     ("~%7E", "~~"),
 ];
 
-/// The reference resolution of RFC 3986 §5.2.4 on already-decoded segments, never above `/`,
-/// keeping a trailing slash (also for a final `.` / `..`).
+/// RFC 3986 §5.2.4 on already-decoded segments: `.` dropped, `..` drops the segment before it
+/// (never above `/`), empty segments kept like any other, a final `.` or `..` leaving a
+/// trailing slash.
 fn model(decoded: &[&str]) -> String {
     let mut stack: Vec<&str> = Vec::new();
-    for s in decoded {
+    for (i, s) in decoded.iter().enumerate() {
+        let last = i + 1 == decoded.len();
         match *s {
-            "" | "." => {}
+            "." => {}
             ".." => {
                 stack.pop();
             }
             s => stack.push(s),
         }
+        if last && matches!(*s, "." | "..") {
+            stack.push("");
+        }
     }
-    let mut out: String = stack.iter().map(|s| format!("/{s}")).collect();
-    let ends_dir = matches!(decoded.last(), Some(&"" | &"." | &".."));
-    if out.is_empty() || (ends_dir && !stack.is_empty()) {
-        out.push('/');
-    }
-    out
+    let out: String = stack.iter().map(|s| format!("/{s}")).collect();
+    if out.is_empty() { "/".into() } else { out }
 }
 
+/// What a path in normal form looks like: no dot-segment (not even with `;params`), no
+/// encoded separator or NUL, every `%` an escape of a byte that is not unreserved, nothing a
+/// normalizing mesh would escape.
 fn check_normalized(out: &str) -> Result<(), TestCaseError> {
     prop_assert!(out.starts_with('/'), "{out:?}");
-    prop_assert!(!out.contains("//"), "{out:?}");
     for segment in out.split('/') {
-        prop_assert!(segment != "." && segment != "..", "{out:?}");
+        let bare = segment.split(';').next().unwrap_or_default();
+        prop_assert!(bare != "." && bare != "..", "{out:?}");
     }
     let upper = out.to_ascii_uppercase();
     prop_assert!(
         !upper.contains("%2F") && !upper.contains("%5C") && !upper.contains("%00"),
         "{out:?}"
     );
+    prop_assert!(
+        out.bytes()
+            .all(|b| b.is_ascii_graphic() && !b"\\\"<>^`{|}".contains(&b)),
+        "{out:?}"
+    );
+    let bytes = out.as_bytes();
+    for (i, &b) in bytes.iter().enumerate() {
+        if b == b'%' {
+            let hex = std::str::from_utf8(&bytes[i + 1..i + 3]).unwrap();
+            let v = u8::from_str_radix(hex, 16).unwrap();
+            prop_assert!(
+                !(v.is_ascii_alphanumeric() || b"-._~".contains(&v)),
+                "{out:?}: unreserved byte left encoded"
+            );
+        }
+    }
     Ok(())
 }
 
@@ -129,13 +151,13 @@ proptest! {
         // Extra `..` at the root change nothing: there is nothing above `/`.
         let climbed = format!("{}{}", "/..".repeat(climbs), raw);
         prop_assert_eq!(normalize_path(&climbed).unwrap(), out.clone());
-        // Under a prefix, a path whose `..` never outnumber the segments before them stays under
-        // that prefix.
+        // Under a prefix, a path whose `..` never outnumber the segments (empty ones included)
+        // before them stays under that prefix.
         let mut depth = 0i32;
         let mut escapes = false;
         for s in &decoded {
             match *s {
-                "" | "." => {}
+                "." => {}
                 ".." => {
                     depth -= 1;
                     escapes |= depth < 0;
@@ -152,12 +174,30 @@ proptest! {
     }
 
     #[test]
-    fn normalization_is_idempotent_on_any_text(
-        raw in "/([a-z/.;%\\\\]|%[0-9a-fA-F]{2}|\\PC){0,30}",
+    fn a_request_path_is_accepted_only_in_normal_form(
+        raw in "/([a-z/.;%\\\\{|]|%[0-9a-fA-F]{2}|\\PC){0,30}",
     ) {
         if let Ok(out) = normalize_path(&raw) {
             check_normalized(&out)?;
             prop_assert_eq!(normalize_path(&out), Ok(out.clone()), "{:?}", raw);
+        }
+        match checked_path(&raw) {
+            Ok(path) => {
+                prop_assert_eq!(path, raw.as_str());
+                prop_assert_eq!(normalize_path(&raw), Ok(raw.clone()));
+                // Only the last segment may be empty.
+                let segments: Vec<&str> = raw[1..].split('/').collect();
+                prop_assert!(segments[..segments.len() - 1].iter().all(|s| !s.is_empty()), "{:?}", raw);
+            }
+            Err(PathError::NotNormal { normal }) => {
+                prop_assert_eq!(Ok(normal.clone()), normalize_path(&raw));
+                prop_assert_ne!(normal, raw);
+            }
+            Err(PathError::EmptySegment) => {
+                prop_assert_eq!(normalize_path(&raw), Ok(raw.clone()));
+                prop_assert!(raw.contains("//"));
+            }
+            Err(_) => prop_assert!(normalize_path(&raw).is_err()),
         }
     }
 }
@@ -740,6 +780,118 @@ proptest! {
         let headers = Headers::from_pairs(cookies.iter().map(|c| ("Cookie", c.clone())));
         for value in cookie_values(&headers, name) {
             prop_assert!(!value.contains(';') && !value.contains(','), "{value:?}");
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Queries as the apps parse them (issue 14)
+// ---------------------------------------------------------------------------------------------
+
+/// The preset's rules with its query bound.
+static PRESET_RULES: LazyLock<RuleSet> =
+    LazyLock::new(|| RuleSet::from_config(&PRESET.authorization).unwrap());
+
+fn judge(target: &str) -> String {
+    let req = Request::new(
+        "GET",
+        "https",
+        "kubeflow.example.com",
+        target,
+        Headers::default(),
+        None,
+    );
+    let path = req.path.clone().unwrap();
+    match PRESET_RULES.evaluate(&req, &path) {
+        Verdict::NoRule => "none".into(),
+        Verdict::Allow(r) => format!("allow {}", r.name),
+        Verdict::Review(r, a) => format!("review {} {}", r.name, a.namespace),
+        Verdict::Refuse(r, _) => format!("refuse {}", r.name),
+        Verdict::Invalid(r, _) => format!("invalid {}", r.name),
+    }
+}
+
+/// grpc-gateway's spelling of a dotted field name: each part by its proto or its JSON name.
+fn spell(parts: &[&str], json: &[bool]) -> String {
+    parts
+        .iter()
+        .zip(json)
+        .map(|(part, &j)| {
+            if !j {
+                return part.to_string();
+            }
+            let mut out = String::new();
+            let mut upper = false;
+            for c in part.chars() {
+                match c {
+                    '_' => upper = true,
+                    c if upper => {
+                        out.push(c.to_ascii_uppercase());
+                        upper = false;
+                    }
+                    c => out.push(c),
+                }
+            }
+            out
+        })
+        .collect::<Vec<_>>()
+        .join(".")
+}
+
+proptest! {
+    #![proptest_config(config(256))]
+
+    /// Wherever the namespace sits among junk parameters, a rule that reads the query reviews
+    /// it while the query is within the bound, and refuses the request past it: never judges a
+    /// namespace the app (Express: 1,000 parameters) might not read.
+    #[test]
+    fn a_namespace_is_reviewed_within_the_query_bound_and_refused_past_it(
+        junk in 0usize..140,
+        at in 0usize..140,
+        empty in prop::bool::ANY,
+    ) {
+        let mut pieces: Vec<String> = (0..junk).map(|i| if empty && i % 3 == 0 { String::new() } else { format!("k{i}=v") }).collect();
+        pieces.insert(at.min(junk), "namespace=team-a".into());
+        let verdict = judge(&format!("/pipeline/artifacts/get?{}", pieces.join("&")));
+        if pieces.len() > PRESET.authorization.max_query_parameters {
+            prop_assert_eq!(verdict, "invalid kfp-artifacts");
+        } else {
+            prop_assert_eq!(verdict, "review kfp-artifacts team-a");
+        }
+    }
+
+    /// Every spelling grpc-gateway accepts is the same parameter: the NAMESPACE rule applies to
+    /// any mix of proto and JSON names and any decimal spelling of the enum's number, and two
+    /// different namespaces under any two spellings are refused.
+    #[test]
+    fn every_grpc_gateway_spelling_is_one_parameter(
+        type_json in prop::collection::vec(prop::bool::ANY, 2),
+        id_json in prop::collection::vec(prop::bool::ANY, 2),
+        other_json in prop::collection::vec(prop::bool::ANY, 2),
+        zeros in 0usize..3,
+        plus in prop::bool::ANY,
+        by_name in prop::bool::ANY,
+        second in prop::option::of(prop::sample::select(vec!["team-a", "team-b"])),
+    ) {
+        let key = ["resource_reference_key", "type"];
+        let id = ["resource_reference_key", "id"];
+        let value = if by_name {
+            "NAMESPACE".to_string()
+        } else {
+            format!("{}{}5", if plus { "%2B" } else { "" }, "0".repeat(zeros))
+        };
+        let mut target = format!(
+            "/pipeline/apis/v1beta1/runs?{}={value}&{}=team-a",
+            spell(&key, &type_json),
+            spell(&id, &id_json)
+        );
+        if let Some(ns) = second {
+            target.push_str(&format!("&{}={ns}", spell(&id, &other_json)));
+        }
+        let verdict = judge(&target);
+        match second {
+            Some("team-b") => prop_assert_eq!(verdict, "refuse kfp-v1-runs-list-by-namespace", "{}", target),
+            _ => prop_assert_eq!(verdict, "review kfp-v1-runs-list-by-namespace team-a", "{}", target),
         }
     }
 }

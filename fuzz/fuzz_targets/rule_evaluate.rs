@@ -3,27 +3,31 @@
 //! `Request::new` exactly as the transports build them.
 //!
 //! Invariants: evaluation never panics; a `Review` verdict's namespace is a valid RFC 1123 label
-//! or empty; its verb is never empty; evaluation is deterministic and a trailing slash does not
-//! change it.
+//! or empty; its verb is never empty; evaluation is deterministic; a trailing slash never makes
+//! a request less checked (a request some rule applies to still meets a rule with the slash,
+//! the same verdict when it is the same rule).
 #![no_main]
 
 use std::sync::LazyLock;
 
 use authgate::authz::rules::{RuleSet, Verdict, is_namespace_name};
-use authgate::config::{Config, NamespaceSourceConfig, ResourceConfig, RuleConfig};
+use authgate::config::{
+    Config, NamespaceSourceConfig, QueryParser, QueryValueConfig, ResourceConfig, RuleConfig,
+};
 use authgate::request::{Headers, Request};
 use libfuzzer_sys::fuzz_target;
 
 static KUBEFLOW: LazyLock<RuleSet> = LazyLock::new(|| {
     let yaml = include_str!("../../examples/kubeflow.yaml");
     let config = Config::from_yaml(yaml).expect("examples/kubeflow.yaml is a valid config");
-    RuleSet::compile(&config.authorization.rules).expect("the preset compiles")
+    RuleSet::from_config(&config.authorization).expect("the preset compiles")
 });
 
 /// The text input: `METHOD target` on the first line; then header lines (`name: value`; a
 /// `host` header sets the host) and rule lines compiled into a second rule set:
-/// `rule <path template> [m=GET,POST] [q=key=value] [nsq=param] [nsh=header] [verb=v] [name=v]
-/// [allow]`.
+/// `rule <path template> [m=GET,POST] [q=key=value] [qe=key=NAME:number] [nsq=param]
+/// [nsh=header] [opt] [grpc] [verb=v] [name=v] [allow]` (`opt`: the namespace is optional;
+/// `grpc`: the query is read as grpc-gateway reads it).
 fn parse(text: &str) -> (Request, Vec<RuleConfig>) {
     let mut lines = text.split('\n');
     let first = lines.next().unwrap_or_default();
@@ -76,10 +80,24 @@ fn rule_config(i: usize, text: &str) -> RuleConfig {
     for word in words {
         match word.split_once('=') {
             None if word == "allow" => rule.allow = true,
+            None if word == "opt" => namespace.optional = true,
+            None if word == "grpc" => rule.query_parser = QueryParser::GrpcGateway,
             Some(("m", m)) => rule.methods = m.split(',').map(str::to_string).collect(),
             Some(("q", q)) => {
                 let (k, v) = q.split_once('=').unwrap_or((q, ""));
-                rule.query.insert(k.to_string(), v.to_string());
+                rule.query
+                    .insert(k.to_string(), QueryValueConfig::Text(v.to_string()));
+            }
+            Some(("qe", q)) => {
+                let (k, v) = q.split_once('=').unwrap_or((q, ""));
+                let (name, number) = v.split_once(':').unwrap_or((v, "0"));
+                rule.query.insert(
+                    k.to_string(),
+                    QueryValueConfig::Enum {
+                        name: name.to_string(),
+                        number: number.parse().unwrap_or(0),
+                    },
+                );
             }
             Some(("nsq", q)) => namespace.query = Some(q.to_string()),
             Some(("nsh", h)) => namespace.header = Some(h.to_string()),
@@ -113,19 +131,39 @@ fn check(rules: &RuleSet, req: &Request, path: &str) {
         );
         let _ = attributes.describe();
     }
-    // Deterministic, and a trailing slash does not change which rule applies.
+    // Deterministic.
     let again = rules.evaluate(req, path);
     assert_eq!(summary(&verdict), summary(&again));
-    let flipped = match path.strip_suffix('/') {
-        Some(p) if !p.is_empty() => p.to_string(),
-        Some(_) => return,
-        None => format!("{path}/"),
+    // Every rule that applies to `/p` applies to `/p/` (read as `/p`, or with an empty last
+    // segment), so the first rule for `/p/` comes no later; the same rule, the same verdict.
+    let (bare, slashed) = match path.strip_suffix('/') {
+        Some("") => return,
+        Some(p) => (p.to_string(), path.to_string()),
+        None => (path.to_string(), format!("{path}/")),
     };
-    assert_eq!(
-        summary(&verdict),
-        summary(&rules.evaluate(req, &flipped)),
-        "{path:?} vs {flipped:?}"
-    );
+    let (bare_verdict, slashed_verdict) =
+        (rules.evaluate(req, &bare), rules.evaluate(req, &slashed));
+    if let Some(rule) = rule_of(&bare_verdict) {
+        let with_slash = rule_of(&slashed_verdict)
+            .unwrap_or_else(|| panic!("{bare:?} meets rule {rule:?}, {slashed:?} none"));
+        if with_slash == rule {
+            assert_eq!(
+                summary(&bare_verdict),
+                summary(&slashed_verdict),
+                "{bare:?}"
+            );
+        }
+    }
+}
+
+fn rule_of<'a>(v: &Verdict<'a>) -> Option<&'a str> {
+    match v {
+        Verdict::NoRule => None,
+        Verdict::Allow(r)
+        | Verdict::Review(r, _)
+        | Verdict::Refuse(r, _)
+        | Verdict::Invalid(r, _) => Some(r.name.as_str()),
+    }
 }
 
 fn summary(v: &Verdict<'_>) -> String {

@@ -1,6 +1,7 @@
 //! Authorization: after authentication, may this identity go where the request goes?
 //! Route rules find the namespace and permission; a SubjectAccessReview answers.
 
+pub mod query;
 pub mod rules;
 pub mod sar;
 

@@ -1,15 +1,19 @@
 //! Route rules: which permission a request needs, and in which namespace.
 //!
-//! Templates match the normalized path segment by segment. Literal segments compare
-//! case-insensitively and ignore `;parameters`, so that `/NoteBook;x/…` cannot slip past the
-//! notebook rule to an app router that is case-insensitive or strips parameters: matching *more*
-//! requests to a rule is the safe direction.
-
-use std::collections::BTreeMap;
+//! Templates match the path (in normal form, see `crate::path`) segment by segment. Literal
+//! segments compare case-insensitively and ignore `;parameters`, so that `/NoteBook;x/…` cannot
+//! slip past the notebook rule to an app router that is case-insensitive or strips parameters:
+//! matching *more* requests to a rule is the safe direction. For the same reason a trailing
+//! slash is, unless a rule says how its app reads it, matched both as no segment and as an empty
+//! one, and a placeholder never accepts an empty segment: the request is refused (400).
+//! Query parameters are read as the app's parser reads them (`super::query`).
 
 use serde::Serialize;
 
-use crate::config::{Problem, RuleConfig};
+use super::query::{DEFAULT_MAX_QUERY_PARAMETERS, Expected, Parameter, Query};
+use crate::config::{
+    AuthorizationConfig, Problem, QueryParser, QueryValueConfig, RuleConfig, TrailingSlash,
+};
 use crate::request::Request;
 
 /// One segment of a path template.
@@ -54,9 +58,12 @@ pub struct Rule {
     pub path: String,
     segments: Vec<Segment>,
     methods: Vec<String>,
-    query: BTreeMap<String, String>,
-    namespace_query: Option<String>,
+    trailing_slash: TrailingSlash,
+    query_parser: QueryParser,
+    query: Vec<(Parameter, Expected)>,
+    namespace_query: Option<Parameter>,
     namespace_header: Option<String>,
+    namespace_optional: bool,
     has_namespace_segment: bool,
     target: Target,
     /// The app verifies the bearer token itself: it is not removed upstream.
@@ -109,26 +116,38 @@ impl ResourceAttributes {
 pub enum Verdict<'a> {
     /// No rule matched.
     NoRule,
-    /// A rule matched and lets any authenticated identity through.
+    /// A rule matched and lets any authenticated identity through (`allow: true`, or an
+    /// optional namespace the request leaves out: the app checks).
     Allow(&'a Rule),
     /// A rule matched and needs this permission.
     Review(&'a Rule, ResourceAttributes),
     /// A rule matched but the namespace is missing, ambiguous or invalid, or the method has no
     /// verb: denied without asking anyone.
     Refuse(&'a Rule, String),
-    /// A rule matched but a placeholder that names an object holds no Kubernetes object name:
-    /// the request is malformed (400), asked of no one.
+    /// A rule matched but the request is malformed (400), asked of no one: a placeholder that
+    /// names an object holds no Kubernetes object name or is empty, or the query is read
+    /// differently by different parsers.
     Invalid(&'a Rule, String),
 }
 
 /// The compiled rules, in order.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct RuleSet {
     rules: Vec<Rule>,
+    max_query_parameters: usize,
+}
+
+impl Default for RuleSet {
+    fn default() -> Self {
+        RuleSet {
+            rules: Vec::new(),
+            max_query_parameters: DEFAULT_MAX_QUERY_PARAMETERS,
+        }
+    }
 }
 
 impl RuleSet {
-    /// Compiles the configured rules, reporting every problem.
+    /// Compiles the configured rules with the default query bound, reporting every problem.
     pub fn compile(configs: &[RuleConfig]) -> Result<RuleSet, Vec<Problem>> {
         let mut problems = Vec::new();
         let mut rules = Vec::new();
@@ -157,10 +176,20 @@ impl RuleSet {
             }
         }
         if problems.is_empty() {
-            Ok(RuleSet { rules })
+            Ok(RuleSet {
+                rules,
+                ..RuleSet::default()
+            })
         } else {
             Err(problems)
         }
+    }
+
+    /// Compiles the `authorization` section: its rules and its query bound.
+    pub fn from_config(config: &AuthorizationConfig) -> Result<RuleSet, Vec<Problem>> {
+        let mut set = RuleSet::compile(&config.rules)?;
+        set.max_query_parameters = config.max_query_parameters;
+        Ok(set)
     }
 
     /// Whether any rule needs a SubjectAccessReview.
@@ -170,21 +199,79 @@ impl RuleSet {
             .any(|r| matches!(r.target, Target::Review(_)))
     }
 
-    /// The first rule that matches, and what it asks for.
+    /// The first rule that matches, and what it asks for. `path` is the request's path in
+    /// normal form.
     pub fn evaluate(&self, req: &Request, path: &str) -> Verdict<'_> {
-        let segments = path_segments(path);
+        let segments = request_segments(path);
+        let mut query: Option<Query> = None;
+        let form_post = is_form_post(req);
         for rule in &self.rules {
-            let Some(captures) = rule.matches(req, &segments) else {
+            // grpc-gateway serves a form-encoded POST with the handler of any method the path
+            // has (a GET, a DELETE), reading parameters from the body: the rule of no method
+            // can be trusted for it.
+            let any_method = form_post && rule.query_parser == QueryParser::GrpcGateway;
+            if !any_method && !rule.methods.is_empty() && !rule.methods.contains(&req.method) {
+                continue;
+            }
+            let Some(captures) = rule.match_path(&segments) else {
                 continue;
             };
-            return rule.verdict(req, &captures);
+            if any_method {
+                return Verdict::Invalid(
+                    rule,
+                    "a form-encoded POST to a grpc-gateway route is refused: the app may run \
+                     another method's handler for it, with parameters from the body"
+                        .into(),
+                );
+            }
+            if !rule.reads_query() {
+                return rule.verdict(req, None, &captures);
+            }
+            let query = query.get_or_insert_with(|| Query::parse(&req.query));
+            if query.pieces() > self.max_query_parameters {
+                return Verdict::Invalid(
+                    rule,
+                    format!(
+                        "the query has {} parameters, more than the {} a rule that reads it \
+                         accepts (authorization.max_query_parameters)",
+                        query.pieces(),
+                        self.max_query_parameters
+                    ),
+                );
+            }
+            match rule.conditions_hold(query) {
+                Ok(true) => return rule.verdict(req, Some(query), &captures),
+                Ok(false) => continue,
+                Err(why) => return Verdict::Invalid(rule, why),
+            }
         }
         Verdict::NoRule
     }
 }
 
-/// `/a/b/` → `["a", "b"]`: a trailing slash does not change which rule applies.
-fn path_segments(path: &str) -> Vec<&str> {
+/// A POST whose body grpc-gateway would parse as a form (`isPathLengthFallback`: it compares the
+/// content type exactly; any parameters or case are refused too).
+fn is_form_post(req: &Request) -> bool {
+    req.method == "POST"
+        && req.headers.get_all("content-type").any(|v| {
+            v.trim_start()
+                .get(..33)
+                .is_some_and(|t| t.eq_ignore_ascii_case("application/x-www-form-urlencoded"))
+        })
+}
+
+/// `/a/b` → `["a", "b"]`, `/a/b/` → `["a", "b", ""]`, `/` → `[]`.
+fn request_segments(path: &str) -> Vec<&str> {
+    let trimmed = path.strip_prefix('/').unwrap_or(path);
+    if trimmed.is_empty() {
+        Vec::new()
+    } else {
+        trimmed.split('/').collect()
+    }
+}
+
+/// A template's segments; its own trailing slash means nothing.
+fn template_segments(path: &str) -> Vec<&str> {
     let trimmed = path.strip_prefix('/').unwrap_or(path);
     let trimmed = trimmed.strip_suffix('/').unwrap_or(trimmed);
     if trimmed.is_empty() {
@@ -210,9 +297,12 @@ fn compile_rule(config: &RuleConfig) -> Result<Rule, Vec<(&'static str, String)>
     if !config.path.starts_with('/') {
         errors.push((".path", format!("{:?} must start with '/'", config.path)));
     }
-    let raw: Vec<&str> = path_segments(&config.path);
+    let raw: Vec<&str> = template_segments(&config.path);
     for (i, seg) in raw.iter().enumerate() {
-        let compiled = if *seg == "**" {
+        let compiled = if seg.is_empty() {
+            errors.push((".path", format!("{:?} has an empty segment", config.path)));
+            Segment::Any
+        } else if *seg == "**" {
             if i + 1 != raw.len() {
                 errors.push((".path", "`**` may only be the last segment".into()));
             }
@@ -251,8 +341,9 @@ fn compile_rule(config: &RuleConfig) -> Result<Rule, Vec<(&'static str, String)>
         methods.push(upper);
     }
 
-    let (namespace_query, namespace_header) = match &config.namespace {
-        None => (None, None),
+    let has_namespace_segment = captures.iter().any(|c| c == "namespace");
+    let (namespace_query, namespace_header, namespace_optional) = match &config.namespace {
+        None => (None, None, false),
         Some(ns) => {
             if ns.query.is_none() && ns.header.is_none() {
                 errors.push((".namespace", "name a `query` or a `header`".into()));
@@ -262,12 +353,42 @@ fn compile_rule(config: &RuleConfig) -> Result<Rule, Vec<(&'static str, String)>
             {
                 errors.push((".namespace.header", format!("{h:?} is not a header name")));
             }
+            if ns.optional && has_namespace_segment {
+                errors.push((
+                    ".namespace.optional",
+                    "a {namespace} path segment is never absent: drop `optional` or the segment"
+                        .into(),
+                ));
+            }
             (
-                ns.query.clone(),
+                ns.query
+                    .as_deref()
+                    .map(|q| Parameter::new(q, config.query_parser)),
                 ns.header.as_ref().map(|h| h.to_ascii_lowercase()),
+                ns.optional,
             )
         }
     };
+
+    let mut query = Vec::new();
+    for (key, value) in &config.query {
+        let expected = match value {
+            QueryValueConfig::Text(text) => Expected::Text(text.clone()),
+            QueryValueConfig::Enum { name, number } => {
+                if config.query_parser != QueryParser::GrpcGateway {
+                    errors.push((
+                        ".query",
+                        format!("{key}: an enum value needs `query_parser: grpc-gateway`"),
+                    ));
+                }
+                Expected::Enum {
+                    name: name.clone(),
+                    number: *number,
+                }
+            }
+        };
+        query.push((Parameter::new(key, config.query_parser), expected));
+    }
 
     let target = match (&config.resource, config.allow) {
         (Some(_), true) => {
@@ -316,23 +437,42 @@ fn compile_rule(config: &RuleConfig) -> Result<Rule, Vec<(&'static str, String)>
     Ok(Rule {
         name: config.name.clone(),
         path: config.path.clone(),
-        has_namespace_segment: captures.iter().any(|c| c == "namespace"),
+        has_namespace_segment,
         segments,
         methods,
-        query: config.query.clone(),
+        trailing_slash: config.trailing_slash,
+        query_parser: config.query_parser,
+        query,
         namespace_query,
         namespace_header,
+        namespace_optional,
         target,
         forward_credentials: config.forward_credentials,
     })
 }
 
 impl Rule {
-    /// The placeholders captured when the rule matches.
-    fn matches<'p>(&self, req: &Request, path: &[&'p str]) -> Option<Vec<(&str, &'p str)>> {
-        if !self.methods.is_empty() && !self.methods.contains(&req.method) {
-            return None;
+    /// Whether matching or judging a request needs its query.
+    fn reads_query(&self) -> bool {
+        !self.query.is_empty() || self.namespace_query.is_some()
+    }
+
+    /// The placeholders captured when the path matches, reading a trailing slash as the rule
+    /// says its app does.
+    fn match_path<'p>(&self, path: &[&'p str]) -> Option<Vec<(&str, &'p str)>> {
+        let Some((&"", without)) = path.split_last() else {
+            return self.match_segments(path);
+        };
+        match self.trailing_slash {
+            TrailingSlash::SameRoute => self.match_segments(without),
+            TrailingSlash::EmptySegment => self.match_segments(path),
+            TrailingSlash::Either => self
+                .match_segments(without)
+                .or_else(|| self.match_segments(path)),
         }
+    }
+
+    fn match_segments<'p>(&self, path: &[&'p str]) -> Option<Vec<(&str, &'p str)>> {
         let mut captures = Vec::new();
         let mut i = 0;
         for segment in &self.segments {
@@ -352,29 +492,56 @@ impl Rule {
             }
             i += 1;
         }
-        if i != path.len() {
-            return None;
-        }
-        for (key, want) in &self.query {
-            // A condition parameter given twice is ambiguous: match, so the rule's stricter
-            // checks apply rather than none.
-            let values = req.query_values(key);
-            if values.is_empty() || (values.len() == 1 && values[0] != *want) {
-                return None;
-            }
-        }
-        Some(captures)
+        (i == path.len()).then_some(captures)
     }
 
-    fn verdict<'r>(&'r self, req: &Request, captures: &[(&str, &str)]) -> Verdict<'r> {
-        for (key, want) in &self.query {
-            if req.query_values(key).iter().any(|v| v != want) {
-                return Verdict::Refuse(self, format!("query parameter {key:?} is ambiguous"));
+    /// Whether the query conditions hold. A condition parameter given several times (in any
+    /// spellings) is ambiguous: it holds, so that the rule's stricter checks apply rather than
+    /// none, and `verdict` refuses it.
+    fn conditions_hold(&self, query: &Query) -> Result<bool, String> {
+        for (parameter, want) in &self.query {
+            let values = parameter.values(query)?;
+            if values.is_empty() || (values.len() == 1 && !want.accepts(&values[0])) {
+                return Ok(false);
             }
         }
-        let namespace = match self.namespace(req, captures) {
-            Ok(ns) => ns,
-            Err(why) => return Verdict::Refuse(self, why),
+        Ok(true)
+    }
+
+    fn verdict<'r>(
+        &'r self,
+        req: &Request,
+        query: Option<&Query>,
+        captures: &[(&str, &str)],
+    ) -> Verdict<'r> {
+        if let Some((name, _)) = captures.iter().find(|(_, v)| v.is_empty()) {
+            return Verdict::Invalid(
+                self,
+                format!(
+                    "{{{name}}} is empty: the path ends in a slash where the app may read an \
+                     empty segment"
+                ),
+            );
+        }
+        if let Some(query) = query {
+            for (parameter, want) in &self.query {
+                let values = parameter.values(query).unwrap_or_default();
+                if values.iter().any(|v| !want.accepts(v)) {
+                    return Verdict::Refuse(
+                        self,
+                        format!(
+                            "query parameter {:?} is ambiguous (wanted {want})",
+                            parameter.name
+                        ),
+                    );
+                }
+            }
+        }
+        let namespace = match self.namespace(req, query, captures) {
+            Ok(Some(ns)) => ns,
+            Ok(None) => return Verdict::Allow(self),
+            Err(NamespaceError::Refused(why)) => return Verdict::Refuse(self, why),
+            Err(NamespaceError::Invalid(why)) => return Verdict::Invalid(self, why),
         };
         let template = match &self.target {
             Target::Allow => return Verdict::Allow(self),
@@ -421,47 +588,68 @@ impl Rule {
         )
     }
 
-    /// The one namespace all present sources agree on; required when the rule has any source.
-    fn namespace(&self, req: &Request, captures: &[(&str, &str)]) -> Result<String, String> {
-        let mut found: Vec<(String, &str)> = Vec::new();
+    /// The one namespace all present sources agree on: required when the rule has a source
+    /// (`Some("")` for a rule without one), `None` when an optional one is left out.
+    fn namespace(
+        &self,
+        req: &Request,
+        query: Option<&Query>,
+        captures: &[(&str, &str)],
+    ) -> Result<Option<String>, NamespaceError> {
+        let mut found: Vec<String> = Vec::new();
         if self.has_namespace_segment
             && let Some((_, v)) = captures.iter().find(|(n, _)| *n == "namespace")
         {
-            found.push((v.to_string(), "path"));
+            found.push(v.to_string());
         }
-        if let Some(param) = &self.namespace_query {
-            for v in req.query_values(param) {
-                found.push((v, "query"));
-            }
+        if let (Some(parameter), Some(query)) = (&self.namespace_query, query) {
+            found.extend(parameter.values(query).map_err(NamespaceError::Invalid)?);
         }
         if let Some(header) = &self.namespace_header {
             for value in req.headers.get_all(header) {
                 // Envoy merges repeated headers with commas; each part is a value.
                 for v in value.split(',') {
-                    found.push((v.trim().to_string(), "header"));
+                    found.push(v.trim().to_string());
                 }
             }
         }
         let has_source = self.has_namespace_segment
             || self.namespace_query.is_some()
             || self.namespace_header.is_some();
-        let Some((first, _)) = found.first() else {
+        // An optional namespace given empty is left out: to the app, an empty namespace is
+        // none (KFP: shared pipelines; its own check applies).
+        if self.namespace_optional && found.iter().all(String::is_empty) {
+            return Ok(None);
+        }
+        let Some(first) = found.first() else {
             return if has_source {
-                Err("the request names no namespace".into())
+                Err(NamespaceError::Refused(
+                    "the request names no namespace".into(),
+                ))
             } else {
-                Ok(String::new())
+                Ok(Some(String::new()))
             };
         };
-        if let Some((other, _)) = found.iter().find(|(v, _)| v != first) {
-            return Err(format!(
+        if let Some(other) = found.iter().find(|v| *v != first) {
+            return Err(NamespaceError::Refused(format!(
                 "the request names two namespaces ({first:?} and {other:?})"
-            ));
+            )));
         }
         if !is_namespace_name(first) {
-            return Err(format!("{first:?} is not a valid namespace name"));
+            return Err(NamespaceError::Refused(format!(
+                "{first:?} is not a valid namespace name"
+            )));
         }
-        Ok(first.clone())
+        Ok(Some(first.clone()))
     }
+}
+
+/// Why a rule found no namespace to review.
+enum NamespaceError {
+    /// Missing, ambiguous or not a namespace name: 403.
+    Refused(String),
+    /// Read differently by different parsers: 400.
+    Invalid(String),
 }
 
 /// GET → get (with a name) or list; the rest by the usual REST mapping. Unknown methods have no

@@ -331,7 +331,8 @@ pub fn bootstrap(filter: &Filter, upstream: SocketAddr, opts: &Options) -> Strin
                         .replace("{TIMEOUT}", &timeout)
                         .replace("{PATH_PREFIX}", &opts.http_path_prefix)
                         .replace("{STATUS_ON_ERROR}", &on_error)
-                        .replace("{AUTHZ}", &authz.to_string()),
+                        .replace("{AUTHZ}", &authz.to_string())
+                        .replace("{CHECK_HEADERS}", &check_headers()),
                     "",
                 ),
             };
@@ -447,6 +448,15 @@ const AUTHZ_CLUSTER: &str = r#"  - name: authz
       - lb_endpoints:
 {AUTHZ_ENDPOINTS}"#;
 
+/// `includeRequestHeadersInCheck` of the shipped Istio provider, as Envoy matchers.
+fn check_headers() -> String {
+    authgate::config::HTTP_CHECK_HEADERS
+        .iter()
+        .map(|h| format!("                - {{exact: {h}, ignore_case: true}}"))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
 fn authz_endpoints(first: SocketAddr, more: &[SocketAddr]) -> String {
     std::iter::once(&first)
         .chain(more)
@@ -477,7 +487,7 @@ const GRPC_AUTHZ: &str = r#"          - name: envoy.filters.http.ext_authz
                 envoy_grpc: {cluster_name: authz}
                 timeout: {TIMEOUT}"#;
 
-// Istio envoyExtAuthzHttp with includeRequestHeadersInCheck (here: every header),
+// Istio envoyExtAuthzHttp with includeRequestHeadersInCheck (the shipped list),
 // headersToUpstreamOnAllow, headersToDownstreamOnDeny and headersToDownstreamOnAllow.
 // The auth server may also answer `x-envoy-auth-headers-to-remove: a,b` on 200 to delete
 // request headers before they go upstream.
@@ -486,11 +496,13 @@ const HTTP_AUTHZ: &str = r#"          - name: envoy.filters.http.ext_authz
               "@type": type.googleapis.com/envoy.extensions.filters.http.ext_authz.v3.ExtAuthz
               transport_api_version: V3
               failure_mode_allow: false{STATUS_ON_ERROR}
-              # Every client header goes to the check (per Envoy docs HTTP mode otherwise sends few).
-              # Top-level `allowed_headers`: `authorization_request.allowed_headers` is
-              # deprecated in Envoy 1.40 (same effect, plus a warning).
+              # Exactly the shipped provider's includeRequestHeadersInCheck
+              # (authgate::config::HTTP_CHECK_HEADERS), as Istio renders it: no other client
+              # header reaches the check. Top-level `allowed_headers`:
+              # `authorization_request.allowed_headers` is deprecated in Envoy 1.40.
               allowed_headers:
-                patterns: [{safe_regex: {regex: ".*"}}]
+                patterns:
+{CHECK_HEADERS}
               http_service:
                 server_uri: {uri: "http://{AUTHZ}", cluster: authz, timeout: {TIMEOUT}}
                 path_prefix: "{PATH_PREFIX}"

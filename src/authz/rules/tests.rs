@@ -1,4 +1,5 @@
 use super::*;
+use crate::authz::query::DEFAULT_MAX_QUERY_PARAMETERS;
 use crate::config::Config;
 use crate::request::Headers;
 
@@ -248,9 +249,214 @@ fn impossible_rules_are_config_errors() {
             "  - {name: a, path: '/x', allow: true, nmespace: {query: q}}\n",
             "nmespace",
         ),
+        (
+            "  - {name: a, path: '/x//y', allow: true}\n",
+            "empty segment",
+        ),
+        (
+            "  - {name: a, path: '/x', allow: true, query: {t: {name: A, number: 1}}}\n",
+            "query_parser: grpc-gateway",
+        ),
+        (
+            "  - {name: a, path: '/x/{namespace}', allow: true, namespace: {query: q, optional: true}}\n",
+            "never absent",
+        ),
+        (
+            "  - {name: a, path: '/x', allow: true, trailing_slash: maybe}\n",
+            "trailing_slash",
+        ),
+        (
+            "  - {name: a, path: '/x', allow: true, query_parser: qs}\n",
+            "query_parser",
+        ),
     ];
     for (rules, want) in cases {
         let err = config(rules);
         assert!(err.contains(want), "{rules}: {err}");
     }
+}
+
+const VISUALIZATIONS: &str = "  - name: visualizations\n    path: /pipeline/apis/v1beta1/visualizations/{namespace}\n    methods: [POST]\n    resource: {group: pipelines.kubeflow.org, resource: visualizations, verb: create}\n";
+
+fn invalid(set: &RuleSet, method: &str, target: &str) -> bool {
+    let r = req(method, target, &[]);
+    let path = r.path.clone().expect("valid path");
+    matches!(set.evaluate(&r, &path), Verdict::Invalid(..))
+}
+
+#[test]
+fn a_placeholder_never_matches_the_empty_segment_of_a_trailing_slash() {
+    let set = rules(VISUALIZATIONS);
+    let path = "/pipeline/apis/v1beta1/visualizations";
+    assert_eq!(
+        eval(&set, "POST", &format!("{path}/team-a"))
+            .unwrap()
+            .unwrap()
+            .namespace,
+        "team-a"
+    );
+    // grpc-gateway reads `…/visualizations/` as an empty namespace: refused, not unruled.
+    assert!(invalid(&set, "POST", &format!("{path}/")));
+    assert!(eval(&set, "POST", path).unwrap().is_none());
+    // `/team-a/` is `/team-a` (or one segment too many): still the rule.
+    assert!(
+        eval(&set, "POST", &format!("{path}/team-a/"))
+            .unwrap()
+            .is_some()
+    );
+}
+
+#[test]
+fn a_rule_says_how_its_app_reads_a_trailing_slash() {
+    let with = |mode: &str| {
+        rules(&format!(
+            "  - name: r\n    path: /a/{{name}}\n    trailing_slash: {mode}\n    resource: {{resource: r, name: '{{name}}'}}\n  - name: list\n    path: /a\n    trailing_slash: {mode}\n    resource: {{resource: r}}\n"
+        ))
+    };
+    let rule_of = |set: &RuleSet, target: &str| {
+        let r = req("GET", target, &[]);
+        let path = r.path.clone().unwrap();
+        match set.evaluate(&r, &path) {
+            Verdict::Review(rule, _) => format!("review {}", rule.name),
+            Verdict::Invalid(rule, _) => format!("invalid {}", rule.name),
+            Verdict::NoRule => "none".into(),
+            other => format!("{other:?}"),
+        }
+    };
+    let either = with("either");
+    assert_eq!(rule_of(&either, "/a/"), "invalid r");
+    assert_eq!(rule_of(&either, "/a/x/"), "review r");
+    assert_eq!(rule_of(&either, "/a"), "review list");
+    let same = with("same_route");
+    assert_eq!(rule_of(&same, "/a/"), "review list");
+    assert_eq!(rule_of(&same, "/a/x/"), "review r");
+    let segment = with("empty_segment");
+    assert_eq!(rule_of(&segment, "/a/"), "invalid r");
+    assert_eq!(rule_of(&segment, "/a/x/"), "none");
+    assert_eq!(rule_of(&segment, "/a/x"), "review r");
+}
+
+const GRPC_RUNS: &str = "  - name: v1-runs\n    path: /pipeline/apis/v1beta1/runs\n    query_parser: grpc-gateway\n    query: {resource_reference_key.type: {name: NAMESPACE, number: 5}}\n    namespace: {query: resource_reference_key.id}\n    resource: {group: pipelines.kubeflow.org, resource: runs, verb: list}\n";
+
+#[test]
+fn grpc_gateway_spellings_are_one_parameter() {
+    let set = rules(GRPC_RUNS);
+    let runs = "/pipeline/apis/v1beta1/runs";
+    for query in [
+        "resource_reference_key.type=NAMESPACE&resource_reference_key.id=team-a",
+        "resourceReferenceKey.type=NAMESPACE&resourceReferenceKey.id=team-a",
+        "resource_reference_key.type=NAMESPACE&resourceReferenceKey.id=team-a",
+        "resource_reference_key.type=5&resource_reference_key.id=team-a",
+        "resourceReferenceKey.type=05&resource_reference_key.id=team-a",
+        "resource_reference_key.type=%2B5&resource_reference_key.id=team-a",
+        "resource_reference_key.type=0x5&resource_reference_key.id=team-a&resource_reference_key.id=team-a",
+    ] {
+        let attrs = eval(&set, "GET", &format!("{runs}?{query}"));
+        assert_eq!(attrs.unwrap().unwrap().namespace, "team-a", "{query}");
+    }
+    for refused in [
+        "resource_reference_key.type=NAMESPACE&resource_reference_key.id=team-a&resourceReferenceKey.id=team-b",
+        "resource_reference_key.type=NAMESPACE&resourceReferenceKey.type=EXPERIMENT&resource_reference_key.id=team-a",
+        "resource_reference_key.type=5",
+        "resource_reference_key.type=NAMESPACE&resource_reference_key.id[team-a]=",
+        "resource_reference_key.type[NAMESPACE]=&resource_reference_key.id=team-a",
+    ] {
+        assert!(
+            eval(&set, "GET", &format!("{runs}?{refused}")).is_err(),
+            "{refused}"
+        );
+    }
+    // Another resource type: the API server resolves it, no rule.
+    let experiment = format!("{runs}?resource_reference_key.type=1&resource_reference_key.id=e1");
+    assert!(eval(&set, "GET", &experiment).unwrap().is_none());
+}
+
+#[test]
+fn a_rule_that_reads_the_query_refuses_too_many_parameters() {
+    let set = rules(ARTIFACTS);
+    let junk = "x=1&".repeat(DEFAULT_MAX_QUERY_PARAMETERS);
+    assert!(invalid(
+        &set,
+        "GET",
+        &format!("/pipeline/artifacts/get?{junk}namespace=team-a")
+    ));
+    let fewer = "x=1&".repeat(DEFAULT_MAX_QUERY_PARAMETERS - 1);
+    assert!(
+        eval(
+            &set,
+            "GET",
+            &format!("/pipeline/artifacts/get?{fewer}namespace=team-a")
+        )
+        .is_ok()
+    );
+    // A rule that does not read the query does not count it.
+    let notebook = rules(NOTEBOOK);
+    assert!(eval(&notebook, "GET", &format!("/notebook/team-a/nb/lab?{junk}")).is_ok());
+}
+
+#[test]
+fn an_optional_namespace_is_reviewed_when_given_and_left_to_the_app_when_not() {
+    let set = rules(
+        "  - name: v2-runs\n    path: /pipeline/apis/v2beta1/runs\n    query_parser: grpc-gateway\n    namespace: {query: namespace, optional: true}\n    resource: {group: pipelines.kubeflow.org, resource: runs, verb: list}\n",
+    );
+    let runs = "/pipeline/apis/v2beta1/runs";
+    let allow = |target: &str| {
+        let r = req("GET", target, &[]);
+        let path = r.path.clone().unwrap();
+        matches!(set.evaluate(&r, &path), Verdict::Allow(_))
+    };
+    assert!(allow(runs));
+    assert!(allow(&format!("{runs}?experiment_id=e1")));
+    assert!(allow(&format!("{runs}?namespace=")));
+    assert_eq!(
+        eval(
+            &set,
+            "GET",
+            &format!("{runs}?namespace=team-b&experiment_id=e1")
+        )
+        .unwrap()
+        .unwrap()
+        .namespace,
+        "team-b"
+    );
+    for refused in [
+        "namespace=&namespace=team-b",
+        "namespace[]=team-b",
+        "namespace=Team-B",
+    ] {
+        assert!(
+            eval(&set, "GET", &format!("{runs}?{refused}")).is_err(),
+            "{refused}"
+        );
+    }
+}
+
+#[test]
+fn a_form_encoded_post_to_a_grpc_gateway_route_is_refused_whatever_the_rule_method() {
+    let set = rules(
+        GRPC_RUNS
+            .replace("    query_parser", "    methods: [GET]\n    query_parser")
+            .as_str(),
+    );
+    let runs = "/pipeline/apis/v1beta1/runs?resource_reference_key.type=EXPERIMENT";
+    let form = |ct: &str| {
+        let r = req("POST", runs, &[("content-type", ct)]);
+        let path = r.path.clone().unwrap();
+        matches!(set.evaluate(&r, &path), Verdict::Invalid(..))
+    };
+    assert!(form("application/x-www-form-urlencoded"));
+    assert!(form("Application/X-WWW-Form-Urlencoded; charset=utf-8"));
+    assert!(!form("application/json"));
+    assert!(!form("multipart/form-data; boundary=x"));
+    // Other methods and plain-parser rules are judged as usual.
+    assert!(
+        eval_h(
+            &set,
+            "PUT",
+            runs,
+            &[("content-type", "application/x-www-form-urlencoded")]
+        )
+        .unwrap()
+        .is_none()
+    );
 }
