@@ -647,6 +647,12 @@ pub struct RuleConfig {
     /// Instead of `resource`: any authenticated identity passes.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub allow: bool,
+    /// Instead of `resource` or `allow`: the request is refused (403), whoever sends it.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub deny: bool,
+    /// Request headers that must match for the rule to apply (any value of the header).
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub headers: std::collections::BTreeMap<String, HeaderConditionConfig>,
     /// Pass the bearer token that authenticated the request on to the app, for an app that
     /// verifies it itself. Default: removed, like authgate's cookies, so an app (a notebook
     /// runs its owner's code) never collects a visitor's token to replay it.
@@ -669,6 +675,19 @@ pub struct NamespaceSourceConfig {
     /// parameter scopes, shared objects).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub optional: bool,
+    /// Absent (or empty), the request is reviewed in this namespace instead: for routes where
+    /// the app reads "no namespace" as one of its own (KFP's shared pipelines live with the
+    /// API server, in `kubeflow`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub default: Option<String>,
+}
+
+/// What a rule's header condition wants of a header.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HeaderConditionConfig {
+    /// A value contains this text (ASCII case ignored).
+    pub contains: String,
 }
 
 /// The value a rule's query condition wants.
@@ -901,15 +920,22 @@ impl Config {
             ));
         }
         for rule in &self.authorization.rules {
-            if let Some(header) = rule.namespace.as_ref().and_then(|n| n.header.as_ref())
-                && !HTTP_CHECK_HEADERS.contains(&header.to_ascii_lowercase().as_str())
-            {
-                notes.push(format!(
-                    "warning: rule {:?} reads the namespace from header {header:?}, which the shipped \
-                     HTTP ext_authz provider does not pass to the check: add it to \
-                     includeRequestHeadersInCheck, or use the gRPC provider (it passes every header)",
-                    rule.name
-                ));
+            let read = rule
+                .namespace
+                .as_ref()
+                .and_then(|n| n.header.as_ref())
+                .into_iter()
+                .chain(rule.headers.keys());
+            for header in read {
+                if !HTTP_CHECK_HEADERS.contains(&header.to_ascii_lowercase().as_str()) {
+                    notes.push(format!(
+                        "warning: rule {:?} reads header {header:?}, which the shipped HTTP \
+                         ext_authz provider does not pass to the check: add it to \
+                         includeRequestHeadersInCheck, or use the gRPC provider (it passes every \
+                         header)",
+                        rule.name
+                    ));
+                }
             }
         }
         let tr = &self.kubernetes.token_review;

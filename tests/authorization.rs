@@ -11,6 +11,7 @@ use support::*;
 const ALICE: &str = "token-alice"; // team-a editor, bound per rule of the preset
 const BOB: &str = "token-bob"; // same permissions, but only in team-b
 const CAROL: &str = "token-carol"; // member of a group bound in team-a
+const ADMIN: &str = "token-admin"; // cluster-wide: profiles, pipelines in any namespace
 
 fn preset() -> Config {
     let text = std::fs::read_to_string(concat!(
@@ -39,23 +40,35 @@ struct Sample {
     verb: String,
 }
 
+/// `None` for rules that review no namespace (cluster-scoped: tested on their own) and rules
+/// that review nothing (`allow`, `deny`).
 fn sample(rule: &RuleConfig, namespace: &str) -> Option<Sample> {
     let resource = rule.resource.as_ref()?;
+    if !rule.path.contains("{namespace}") && rule.namespace.is_none() {
+        return None;
+    }
     let mut path = String::new();
     let mut has_name = false;
     for seg in rule.path.trim_start_matches('/').split('/') {
-        let filled = match seg {
-            "{namespace}" => namespace.to_string(),
+        let mut filled = match seg {
             "**" => "deeper/path".to_string(),
             "*" => "any".to_string(),
-            s if s.starts_with('{') => {
-                if resource.name == s {
-                    has_name = true;
-                }
-                format!("{}-obj", s.trim_matches(['{', '}']))
-            }
             s => s.to_string(),
         };
+        // Placeholders, whole segments or inside one (`viewer-{viewer}-service.{namespace}…`).
+        while let Some(start) = filled.find('{') {
+            let end = start + filled[start..].find('}').expect("closed placeholder");
+            let placeholder = filled[start..=end].to_string();
+            let value = if placeholder == "{namespace}" {
+                namespace.to_string()
+            } else {
+                if resource.name == placeholder {
+                    has_name = true;
+                }
+                format!("{}-obj", placeholder.trim_matches(['{', '}']))
+            };
+            filled.replace_range(start..=end, &value);
+        }
         path.push('/');
         path.push_str(&filled);
     }
@@ -138,10 +151,29 @@ fn fixture(config: &Config) -> Fixture {
         "authentication.kubernetes.io/pod-name".into(),
         vec!["carol-pod".into()],
     );
+    // A platform admin: cluster-wide rights for the preset's cluster-scoped rules and the
+    // `kubeflow` namespace (shared pipelines).
+    bindings.push(Binding {
+        namespace: "*".into(),
+        subject: Subject::User("system:serviceaccount:kubeflow:admin".into()),
+        rules: vec![
+            PolicyRule {
+                api_groups: vec!["kubeflow.org".into()],
+                resources: vec!["profiles".into()],
+                verbs: vec!["list".into(), "create".into()],
+            },
+            PolicyRule {
+                api_groups: vec!["pipelines.kubeflow.org".into()],
+                resources: vec!["pipelines".into()],
+                verbs: vec!["create".into()],
+            },
+        ],
+    });
     Fixture {
         tokens: vec![
             sa_token(ALICE, "team-a", "alice", &[KFP_AUDIENCE]),
             sa_token(BOB, "team-b", "bob", &[KFP_AUDIENCE]),
+            sa_token(ADMIN, "kubeflow", "admin", &[KFP_AUDIENCE]),
             carol,
         ],
         rbac: Rbac { bindings },
@@ -488,12 +520,6 @@ async fn the_kfp_api_is_read_as_grpc_gateway_reads_it() {
         ),
         (
             "POST",
-            "/pipeline/apis/v2beta1/visualizations/".into(),
-            vec![],
-            400,
-        ),
-        (
-            "POST",
             "/pipeline/apis/v1beta1/visualizations/team-a".into(),
             vec![],
             403,
@@ -640,5 +666,223 @@ async fn the_kfp_api_is_read_as_grpc_gateway_reads_it() {
         )
         .await;
         assert_eq!(alice.status, 200, "{mode:?}: {alice:?}");
+    }
+}
+
+/// What the Kubeflow apps leave open (issue 16), closed by the preset, in both modes: the KFP
+/// UI's open proxy (path and Referer forms), MLMD writes, the dashboard's unchecked KFAM routes,
+/// shared-pipeline uploads, and artifact links whose key names the namespace.
+#[tokio::test]
+async fn the_preset_closes_what_the_apps_leave_open() {
+    let config = preset();
+    let viewer = "/pipeline/apis/v1beta1/_proxy/viewer-0a1b-service.team-a.svc.cluster.local:80/tensorboard/viewer-0a1b/";
+    let referer = |r: &str| vec![format!("Referer: {r}")];
+    // (who, method, target, extra header lines, status)
+    let cases: Vec<(&str, &str, String, Vec<String>, u16)> = vec![
+        (ALICE, "GET", viewer.into(), vec![], 200),
+        (BOB, "GET", viewer.into(), vec![], 403),
+        (
+            ALICE,
+            "GET",
+            "/pipeline/apis/v1beta1/_proxy/169.254.169.254/latest/meta-data/".into(),
+            vec![],
+            403,
+        ),
+        (
+            ALICE,
+            "GET",
+            "/pipeline/apis/v1beta1/_proxy/http%3A%2F%2Fevil.example/".into(),
+            vec![],
+            400,
+        ),
+        (
+            ALICE,
+            "GET",
+            "/pipeline/apis/v2beta1/_proxy/viewer-0a1b-service.team-a.svc.cluster.local:80/".into(),
+            vec![],
+            403,
+        ),
+        (
+            ALICE,
+            "GET",
+            "/pipeline/apis/v1beta1/_proxy/viewer-0a1b-service.team-a.svc.cluster.local:8080/"
+                .into(),
+            vec![],
+            403,
+        ),
+        (
+            ALICE,
+            "GET",
+            "/pipeline/apis/v1beta1/healthz".into(),
+            referer("https://kubeflow.example.com/pipeline/apis/v1beta1/_proxy/169.254.169.254/"),
+            403,
+        ),
+        (
+            ALICE,
+            "GET",
+            "/pipeline/static/main.js".into(),
+            // Anywhere in the Referer (the UI tests `indexOf`); Envoy drops one with a fragment.
+            referer(
+                "https://kubeflow.example.com/pipeline/runs?x=/apis/v1beta1/_proxy/evil.example",
+            ),
+            403,
+        ),
+        (
+            ALICE,
+            "GET",
+            "/pipeline/apis/v1beta1/healthz".into(),
+            referer("https://kubeflow.example.com/pipeline/"),
+            200,
+        ),
+        // MLMD: reads open, writes closed.
+        (
+            ALICE,
+            "POST",
+            "/ml_metadata.MetadataStoreService/GetArtifacts".into(),
+            vec![],
+            200,
+        ),
+        (
+            ALICE,
+            "POST",
+            "/ml_metadata.MetadataStoreService/PutArtifacts".into(),
+            vec![],
+            403,
+        ),
+        (
+            ALICE,
+            "POST",
+            "/ml_metadata.MetadataStoreService/putExecution".into(),
+            vec![],
+            403,
+        ),
+        // The dashboard's routes KFAM answers without a check.
+        (
+            ALICE,
+            "GET",
+            "/api/workgroup/get-all-namespaces".into(),
+            vec![],
+            403,
+        ),
+        (
+            ADMIN,
+            "GET",
+            "/api/workgroup/get-all-namespaces".into(),
+            vec![],
+            200,
+        ),
+        (ALICE, "POST", "/api/workgroup/create".into(), vec![], 403),
+        (ADMIN, "POST", "/api/workgroup/create".into(), vec![], 200),
+        (
+            BOB,
+            "GET",
+            "/api/workgroup/get-contributors/team-a".into(),
+            vec![],
+            403,
+        ),
+        // Shared pipelines: an upload without a namespace needs the right in `kubeflow`.
+        (
+            ALICE,
+            "POST",
+            "/pipeline/apis/v1beta1/pipelines/upload?name=p".into(),
+            vec![],
+            403,
+        ),
+        (
+            ALICE,
+            "POST",
+            "/pipeline/apis/v1beta1/pipelines/upload?name=p&namespace=".into(),
+            vec![],
+            403,
+        ),
+        (
+            ADMIN,
+            "POST",
+            "/pipeline/apis/v1beta1/pipelines/upload?name=p".into(),
+            vec![],
+            200,
+        ),
+        (
+            ALICE,
+            "POST",
+            "/pipeline/apis/v1beta1/pipelines/upload?name=p&namespace=team-a".into(),
+            vec![],
+            200,
+        ),
+        // Artifact links: the key's namespace where it has one; none, none.
+        (
+            ALICE,
+            "GET",
+            "/pipeline/artifacts/minio/mlpipeline/private-artifacts/team-a/v2/artifacts/p/r/x"
+                .into(),
+            vec![],
+            200,
+        ),
+        (
+            BOB,
+            "GET",
+            "/pipeline/artifacts/minio/mlpipeline/private-artifacts/team-a/v2/artifacts/p/r/x"
+                .into(),
+            vec![],
+            403,
+        ),
+        (
+            BOB,
+            "GET",
+            "/pipeline/artifacts/minio/mlpipeline/private-artifacts/team-a/x?namespace=team-b"
+                .into(),
+            vec![],
+            403,
+        ),
+        (
+            ALICE,
+            "GET",
+            "/pipeline/artifacts/minio/mlpipeline/v2/artifacts/p/r/x".into(),
+            vec![],
+            403,
+        ),
+        (
+            ALICE,
+            "POST",
+            "/pipeline/apis/v1beta1/visualizations/".into(),
+            vec![],
+            400,
+        ),
+    ];
+    for mode in [ExtAuthz::Grpc, ExtAuthz::Http] {
+        let stack = Stack::start(mode, fixture(&config), &preset_yaml()).await;
+        for (who, method, target, headers, want) in &cases {
+            let response = send(&stack, method, target, who, headers).await;
+            assert_eq!(
+                response.status, *want,
+                "{mode:?} {who} {method} {target} {headers:?}: {response:?}"
+            );
+        }
+    }
+}
+
+/// gRPC-web calls to MLMD and the other API prefixes are API routes: never a login redirect.
+#[test]
+fn the_presets_api_routes_cover_the_grpc_web_paths() {
+    let config = preset();
+    let prefixes: Vec<_> = config
+        .api_routes
+        .iter()
+        .map(|p| authgate::path::PathPrefix::parse(p).unwrap())
+        .collect();
+    for path in [
+        "/ml_metadata.MetadataStoreService/GetArtifacts",
+        "/pipeline/apis/v1beta1/runs",
+        "/kserve-endpoints/api/namespaces/team-a/inferenceservices",
+    ] {
+        let req = authgate::request::Request::new(
+            "GET",
+            "https",
+            "kubeflow.example.com",
+            path,
+            authgate::request::Headers::from_pairs([("accept", "text/html")]),
+            None,
+        );
+        assert!(!req.is_browser_navigation(&prefixes), "{path}");
     }
 }

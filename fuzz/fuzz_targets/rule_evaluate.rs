@@ -12,7 +12,8 @@ use std::sync::LazyLock;
 
 use authgate::authz::rules::{RuleSet, Verdict, is_namespace_name};
 use authgate::config::{
-    Config, NamespaceSourceConfig, QueryParser, QueryValueConfig, ResourceConfig, RuleConfig,
+    Config, HeaderConditionConfig, NamespaceSourceConfig, QueryParser, QueryValueConfig,
+    ResourceConfig, RuleConfig,
 };
 use authgate::request::{Headers, Request};
 use libfuzzer_sys::fuzz_target;
@@ -25,9 +26,10 @@ static KUBEFLOW: LazyLock<RuleSet> = LazyLock::new(|| {
 
 /// The text input: `METHOD target` on the first line; then header lines (`name: value`; a
 /// `host` header sets the host) and rule lines compiled into a second rule set:
-/// `rule <path template> [m=GET,POST] [q=key=value] [qe=key=NAME:number] [nsq=param]
-/// [nsh=header] [opt] [grpc] [verb=v] [name=v] [allow]` (`opt`: the namespace is optional;
-/// `grpc`: the query is read as grpc-gateway reads it).
+/// `rule <path template> [m=GET,POST] [q=key=value] [qe=key=NAME:number] [h=header=text]
+/// [nsq=param] [nsh=header] [opt] [def=namespace] [grpc] [verb=v] [name=v] [allow] [deny]`
+/// (`opt`: the namespace is optional; `def`: its default; `grpc`: the query is read as
+/// grpc-gateway reads it; `h`: a header condition).
 fn parse(text: &str) -> (Request, Vec<RuleConfig>) {
     let mut lines = text.split('\n');
     let first = lines.next().unwrap_or_default();
@@ -81,6 +83,17 @@ fn rule_config(i: usize, text: &str) -> RuleConfig {
         match word.split_once('=') {
             None if word == "allow" => rule.allow = true,
             None if word == "opt" => namespace.optional = true,
+            None if word == "deny" => rule.deny = true,
+            Some(("def", d)) => namespace.default = Some(d.to_string()),
+            Some(("h", h)) => {
+                let (name, text) = h.split_once('=').unwrap_or((h, ""));
+                rule.headers.insert(
+                    name.to_string(),
+                    HeaderConditionConfig {
+                        contains: text.to_string(),
+                    },
+                );
+            }
             None if word == "grpc" => rule.query_parser = QueryParser::GrpcGateway,
             Some(("m", m)) => rule.methods = m.split(',').map(str::to_string).collect(),
             Some(("q", q)) => {
@@ -109,7 +122,7 @@ fn rule_config(i: usize, text: &str) -> RuleConfig {
     if namespace.query.is_some() || namespace.header.is_some() {
         rule.namespace = Some(namespace);
     }
-    if !rule.allow {
+    if !rule.allow && !rule.deny {
         rule.resource = Some(resource);
     }
     rule

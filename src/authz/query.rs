@@ -12,7 +12,8 @@
 //!   name, part by part (`resource_reference_key.id`, `resourceReferenceKey.id`), in Go map
 //!   order: every spelling is one parameter, and two different values are ambiguous.
 //! - **Enum numbers.** grpc-gateway takes an enum by name or by number (`type=5`, and through Go's
-//!   `strconv.ParseInt` also `05`, `+5`, `0x5`): a condition on an enum accepts every spelling.
+//!   `strconv.Atoi` also `05`, `+5`, and `4294967301`, which v1 truncates to 32 bits): a
+//!   condition on an enum accepts every spelling.
 
 use crate::config::QueryParser;
 
@@ -54,20 +55,58 @@ impl Query {
 pub struct Parameter {
     /// As configured.
     pub name: String,
-    spellings: Vec<String>,
+    /// Per dotted part, the names it may be given by (compared part by part, so a name of many
+    /// parts costs no more than its length).
+    parts: Vec<Vec<String>>,
 }
 
 impl Parameter {
     /// The parameter `name` as `parser` reads it.
     pub fn new(name: &str, parser: QueryParser) -> Parameter {
-        let spellings = match parser {
-            QueryParser::Plain => vec![name.to_string()],
-            QueryParser::GrpcGateway => grpc_gateway_spellings(name),
+        let parts = match parser {
+            QueryParser::Plain => vec![vec![name.to_string()]],
+            // grpc-gateway resolves each dotted part by the field's proto name, then its JSON
+            // name (protoc's lowerCamelCase): `a_b.c_d` is also `aB.c_d`, `a_b.cD` and `aB.cD`.
+            QueryParser::GrpcGateway => name
+                .split('.')
+                .map(|part| {
+                    let json = json_name(part);
+                    if json == part {
+                        vec![part.to_string()]
+                    } else {
+                        vec![part.to_string(), json]
+                    }
+                })
+                .collect(),
         };
         Parameter {
             name: name.to_string(),
-            spellings,
+            parts,
         }
+    }
+
+    /// Whether the app reads `key` as this parameter.
+    fn is_spelling(&self, key: &str) -> bool {
+        if self.parts.len() == 1 {
+            return self.parts[0].iter().any(|n| n == key);
+        }
+        let mut pieces = key.split('.');
+        self.parts
+            .iter()
+            .all(|names| pieces.next().is_some_and(|p| names.iter().any(|n| n == p)))
+            && pieces.next().is_none()
+    }
+
+    /// Whether `key` names this parameter in a bracket form: `name[…]` (Express's `qs`,
+    /// grpc-gateway's `key[value]`) or `[name]…` (`qs` reads a leading bracket as the key).
+    fn is_bracket_form(&self, key: &str) -> bool {
+        if let Some(inner) = key.strip_prefix('[')
+            && let Some((name, _)) = inner.split_once(']')
+            && self.is_spelling(name)
+        {
+            return true;
+        }
+        key.find('[').is_some_and(|i| self.is_spelling(&key[..i]))
     }
 
     /// Every value the app could read for this parameter, in every spelling; an error when a
@@ -75,45 +114,17 @@ impl Parameter {
     pub fn values(&self, query: &Query) -> Result<Vec<String>, String> {
         let mut values = Vec::new();
         for (key, value) in &query.pairs {
-            if self.spellings.iter().any(|s| s == key) {
+            if self.is_spelling(key) {
                 values.push(value.clone());
-            } else if let Some(spelling) = self.spellings.iter().find(|s| {
-                key.strip_prefix(s.as_str())
-                    .is_some_and(|r| r.starts_with('['))
-            }) {
+            } else if self.is_bracket_form(key) {
                 return Err(format!(
-                    "the query gives {spelling:?} as {key:?}, a bracket form apps read differently"
+                    "the query gives {:?} as {key:?}, a bracket form apps read differently",
+                    self.name
                 ));
             }
         }
         Ok(values)
     }
-}
-
-/// grpc-gateway resolves each dotted part of a key by the field's proto name, then its JSON
-/// name (protoc's lowerCamelCase): `a_b.c_d` is also `aB.c_d`, `a_b.cD` and `aB.cD`.
-fn grpc_gateway_spellings(name: &str) -> Vec<String> {
-    let mut spellings = vec![String::new()];
-    for (i, part) in name.split('.').enumerate() {
-        let mut choices = vec![part.to_string()];
-        let json = json_name(part);
-        if json != part {
-            choices.push(json);
-        }
-        spellings = spellings
-            .iter()
-            .flat_map(|prefix| {
-                choices.iter().map(move |c| {
-                    if i == 0 {
-                        c.clone()
-                    } else {
-                        format!("{prefix}.{c}")
-                    }
-                })
-            })
-            .collect();
-    }
-    spellings
 }
 
 /// protoc's `ToJsonName`: every `_` dropped and the character after it upper-cased.
@@ -139,7 +150,7 @@ pub enum Expected {
     /// Exactly this text.
     Text(String),
     /// A protobuf enum value: its name, or its number in any spelling Go's integer parsing
-    /// accepts (grpc-gateway v2 parses base 10, v1 base 0: `5`, `05`, `+5`, `0x5`, `0b101`).
+    /// accepts (`5`, `05`, `+5`, equal modulo 2^32; leniently also `0x5`, `0b101`).
     Enum {
         /// The value's name (`NAMESPACE`).
         name: String,
@@ -153,8 +164,12 @@ impl Expected {
     pub fn accepts(&self, value: &str) -> bool {
         match self {
             Expected::Text(text) => value == text,
+            // grpc-gateway v1 compares `int32(Atoi(value))`: 4294967301 is 5 too.
             Expected::Enum { name, number } => {
-                value == name || go_integer_readings(value).contains(number)
+                value == name
+                    || go_integer_readings(value)
+                        .iter()
+                        .any(|n| *n as i32 == *number as i32)
             }
         }
     }
@@ -169,22 +184,20 @@ impl std::fmt::Display for Expected {
     }
 }
 
-/// Every number Go's `strconv.ParseInt` reads `value` as, with base 10 or base 0 (prefixes
-/// `0x`, `0o`, `0b`, a leading `0` for octal, `_` between digits). Lenient on purpose: reading a
-/// malformed number as the enum only makes the rule apply, the safe direction.
+/// Every number Go could read `value` as: `strconv.Atoi` (grpc-gateway's enums: base 10,
+/// 64 bits, an optional sign, leading zeros), and leniently also base 0 (`0x`, `0o`, `0b`, a
+/// leading `0` for octal, `_` between digits). Reading a malformed number as the enum only
+/// makes the rule apply, the safe direction.
 fn go_integer_readings(value: &str) -> Vec<i64> {
+    let mut readings = Vec::new();
+    if let Ok(n) = value.parse::<i64>() {
+        readings.push(n);
+    }
     let (negative, body) = match value.as_bytes().first() {
         Some(b'+') => (false, &value[1..]),
         Some(b'-') => (true, &value[1..]),
         _ => (false, value),
     };
-    let signed = |n: i64| if negative { -n } else { n };
-    let mut readings = Vec::new();
-    if let Ok(n) = body.parse::<u32>()
-        && !body.starts_with('+')
-    {
-        readings.push(signed(i64::from(n)));
-    }
     let clean: String = body.chars().filter(|&c| c != '_').collect();
     let lower = clean.to_ascii_lowercase();
     let (digits, radix) = if let Some(rest) = lower.strip_prefix("0x") {
@@ -199,9 +212,9 @@ fn go_integer_readings(value: &str) -> Vec<i64> {
         (lower.as_str(), 10)
     };
     if !digits.starts_with(['+', '-'])
-        && let Ok(n) = u32::from_str_radix(digits, radix)
+        && let Ok(n) = i64::from_str_radix(digits, radix)
     {
-        readings.push(signed(i64::from(n)));
+        readings.push(if negative { n.wrapping_neg() } else { n });
     }
     readings
 }
@@ -213,14 +226,27 @@ mod tests {
     #[test]
     fn grpc_gateway_reads_proto_and_json_names_part_by_part() {
         let p = Parameter::new("resource_reference_key.id", QueryParser::GrpcGateway);
-        assert_eq!(
-            p.spellings,
-            ["resource_reference_key.id", "resourceReferenceKey.id"]
-        );
+        for yes in ["resource_reference_key.id", "resourceReferenceKey.id"] {
+            assert!(p.is_spelling(yes), "{yes}");
+        }
+        for no in [
+            "resourcereferencekey.id",
+            "resource_reference_key",
+            "resource_reference_key.id.x",
+            "id",
+        ] {
+            assert!(!p.is_spelling(no), "{no}");
+        }
         let two = Parameter::new("a_b.c_d", QueryParser::GrpcGateway);
-        assert_eq!(two.spellings, ["a_b.c_d", "a_b.cD", "aB.c_d", "aB.cD"]);
+        for yes in ["a_b.c_d", "a_b.cD", "aB.c_d", "aB.cD"] {
+            assert!(two.is_spelling(yes), "{yes}");
+        }
         let plain = Parameter::new("resource_reference_key.id", QueryParser::Plain);
-        assert_eq!(plain.spellings, ["resource_reference_key.id"]);
+        assert!(plain.is_spelling("resource_reference_key.id"));
+        assert!(!plain.is_spelling("resourceReferenceKey.id"));
+        // Many parts cost their length, not 2^parts.
+        let long = Parameter::new(&["a_b"; 64].join("."), QueryParser::GrpcGateway);
+        assert!(long.is_spelling(&["aB"; 64].join(".")));
     }
 
     #[test]
@@ -239,6 +265,11 @@ mod tests {
         }
         let ns = Parameter::new("namespace", QueryParser::Plain);
         assert!(ns.values(&Query::parse("namespace[]=a")).is_err());
+        assert!(
+            ns.values(&Query::parse("namespace=a&[namespace]=b"))
+                .is_err()
+        );
+        assert!(ns.values(&Query::parse("%5Bnamespace%5D=b")).is_err());
         assert!(ns.values(&Query::parse("namespace[0]=a")).is_err());
         assert_eq!(
             ns.values(&Query::parse("namespaces=a&Namespace=b"))
@@ -272,6 +303,8 @@ mod tests {
             "0b101",
             "0o5",
             "0_5",
+            "4294967301",
+            "-4294967291",
         ] {
             assert!(ns.accepts(yes), "{yes}");
         }

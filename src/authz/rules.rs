@@ -17,12 +17,16 @@ use crate::config::{
 use crate::request::Request;
 
 /// One segment of a path template.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 enum Segment {
     /// Matches this text (lower-cased).
     Literal(String),
     /// Matches one segment and captures it.
     Capture(String),
+    /// Literal text around placeholders inside one segment
+    /// (`viewer-{id}-service.{namespace}.svc.cluster.local:80`): literal parts compare
+    /// case-insensitively, each placeholder takes at least one character.
+    Pattern(regex::Regex, Vec<String>),
     /// `*`: any one segment.
     Any,
     /// `**`: the rest, zero or more segments.
@@ -36,6 +40,8 @@ pub enum Target {
     Review(ResourceTemplate),
     /// Any authenticated identity passes.
     Allow,
+    /// Nobody passes.
+    Deny,
 }
 
 /// Resource attributes as configured.
@@ -58,12 +64,15 @@ pub struct Rule {
     pub path: String,
     segments: Vec<Segment>,
     methods: Vec<String>,
+    /// (lower-case header name, lower-case text one of its values must contain)
+    header_conditions: Vec<(String, String)>,
     trailing_slash: TrailingSlash,
     query_parser: QueryParser,
     query: Vec<(Parameter, Expected)>,
     namespace_query: Option<Parameter>,
     namespace_header: Option<String>,
     namespace_optional: bool,
+    namespace_default: Option<String>,
     has_namespace_segment: bool,
     target: Target,
     /// The app verifies the bearer token itself: it is not removed upstream.
@@ -216,6 +225,9 @@ impl RuleSet {
             let Some(captures) = rule.match_path(&segments) else {
                 continue;
             };
+            if !rule.headers_match(req) {
+                continue;
+            }
             if any_method {
                 return Verdict::Invalid(
                     rule,
@@ -282,12 +294,29 @@ fn template_segments(path: &str) -> Vec<&str> {
 }
 
 /// The part of a segment that app routers compare: `;parameters` dropped, lower-cased.
+/// Read decoded too: Go's mux (grpc-gateway) routes on the decoded path, so `runs%3A` is
+/// `runs:` there.
 fn comparable(segment: &str) -> String {
-    segment
+    let decoded = percent_encoding::percent_decode_str(segment).decode_utf8_lossy();
+    decoded
         .split(';')
         .next()
         .unwrap_or_default()
         .to_ascii_lowercase()
+}
+
+/// grpc-gateway (KFP builds its routes with `AssumeColonVerbOpt`) reads the text after the last
+/// `:` of the last segment as a custom verb: `runs:` is the route `runs`. Matching the segment
+/// without it applies the rule to every verb, the safe direction.
+fn without_verb(segment: &str) -> &str {
+    let colon = segment.rfind(':').or_else(|| {
+        let upper = segment.to_ascii_uppercase();
+        upper.rfind("%3A")
+    });
+    match colon {
+        Some(i) => &segment[..i],
+        None => segment,
+    }
 }
 
 fn compile_rule(config: &RuleConfig) -> Result<Rule, Vec<(&'static str, String)>> {
@@ -317,10 +346,26 @@ fn compile_rule(config: &RuleConfig) -> Result<Rule, Vec<(&'static str, String)>
             }
             captures.push(name.to_string());
             Segment::Capture(name.to_string())
-        } else if seg.contains(['{', '}', '*', '%', '?']) {
+        } else if seg.contains(['{', '}']) {
+            match compile_pattern(seg) {
+                Ok((regex, names)) => {
+                    for name in &names {
+                        if captures.iter().any(|c| c == name) {
+                            errors.push((".path", format!("placeholder {{{name}}} appears twice")));
+                        }
+                        captures.push(name.clone());
+                    }
+                    Segment::Pattern(regex, names)
+                }
+                Err(why) => {
+                    errors.push((".path", format!("segment {seg:?}: {why}")));
+                    Segment::Any
+                }
+            }
+        } else if seg.contains(['*', '%', '?']) {
             errors.push((
                 ".path",
-                format!("segment {seg:?}: placeholders and wildcards must be whole segments"),
+                format!("segment {seg:?}: wildcards must be whole segments"),
             ));
             Segment::Any
         } else {
@@ -342,33 +387,56 @@ fn compile_rule(config: &RuleConfig) -> Result<Rule, Vec<(&'static str, String)>
     }
 
     let has_namespace_segment = captures.iter().any(|c| c == "namespace");
-    let (namespace_query, namespace_header, namespace_optional) = match &config.namespace {
-        None => (None, None, false),
-        Some(ns) => {
-            if ns.query.is_none() && ns.header.is_none() {
-                errors.push((".namespace", "name a `query` or a `header`".into()));
-            }
-            if let Some(h) = &ns.header
-                && http::HeaderName::from_bytes(h.as_bytes()).is_err()
-            {
-                errors.push((".namespace.header", format!("{h:?} is not a header name")));
-            }
-            if ns.optional && has_namespace_segment {
-                errors.push((
+    let (namespace_query, namespace_header, namespace_optional, namespace_default) =
+        match &config.namespace {
+            None => (None, None, false, None),
+            Some(ns) => {
+                if let Some(default) = &ns.default {
+                    if !is_namespace_name(default) {
+                        errors.push((
+                            ".namespace.default",
+                            format!("{default:?} is not a namespace name"),
+                        ));
+                    }
+                    if ns.optional {
+                        errors.push((
+                            ".namespace",
+                            "`optional` and `default` exclude each other".into(),
+                        ));
+                    }
+                    if has_namespace_segment {
+                        errors.push((
+                        ".namespace.default",
+                        "a {namespace} path segment is never absent: drop `default` or the segment"
+                            .into(),
+                    ));
+                    }
+                }
+                if ns.query.is_none() && ns.header.is_none() {
+                    errors.push((".namespace", "name a `query` or a `header`".into()));
+                }
+                if let Some(h) = &ns.header
+                    && http::HeaderName::from_bytes(h.as_bytes()).is_err()
+                {
+                    errors.push((".namespace.header", format!("{h:?} is not a header name")));
+                }
+                if ns.optional && has_namespace_segment {
+                    errors.push((
                     ".namespace.optional",
                     "a {namespace} path segment is never absent: drop `optional` or the segment"
                         .into(),
                 ));
+                }
+                (
+                    ns.query
+                        .as_deref()
+                        .map(|q| Parameter::new(q, config.query_parser)),
+                    ns.header.as_ref().map(|h| h.to_ascii_lowercase()),
+                    ns.optional,
+                    ns.default.clone(),
+                )
             }
-            (
-                ns.query
-                    .as_deref()
-                    .map(|q| Parameter::new(q, config.query_parser)),
-                ns.header.as_ref().map(|h| h.to_ascii_lowercase()),
-                ns.optional,
-            )
-        }
-    };
+        };
 
     let mut query = Vec::new();
     for (key, value) in &config.query {
@@ -390,23 +458,41 @@ fn compile_rule(config: &RuleConfig) -> Result<Rule, Vec<(&'static str, String)>
         query.push((Parameter::new(key, config.query_parser), expected));
     }
 
-    let target = match (&config.resource, config.allow) {
-        (Some(_), true) => {
+    let mut header_conditions = Vec::new();
+    for (name, condition) in &config.headers {
+        if http::HeaderName::from_bytes(name.as_bytes()).is_err() {
+            errors.push((".headers", format!("{name:?} is not a header name")));
+        }
+        if condition.contains.is_empty() {
+            errors.push((".headers", format!("{name}: `contains` must not be empty")));
+        }
+        header_conditions.push((
+            name.to_ascii_lowercase(),
+            condition.contains.to_ascii_lowercase(),
+        ));
+    }
+
+    let targets = usize::from(config.resource.is_some())
+        + usize::from(config.allow)
+        + usize::from(config.deny);
+    let target = match (&config.resource, config.allow, config.deny) {
+        _ if targets > 1 => {
             errors.push((
                 "",
-                "a rule has either `resource` or `allow: true`, not both".into(),
+                "a rule has one of `resource`, `allow: true` and `deny: true`, not several".into(),
             ));
-            Target::Allow
+            Target::Deny
         }
-        (None, false) => {
+        (None, false, false) => {
             errors.push((
                 "",
-                "a rule needs `resource` (what to check) or `allow: true`".into(),
+                "a rule needs `resource` (what to check), `allow: true` or `deny: true`".into(),
             ));
-            Target::Allow
+            Target::Deny
         }
-        (None, true) => Target::Allow,
-        (Some(r), false) => {
+        (None, true, _) => Target::Allow,
+        (None, _, true) => Target::Deny,
+        (Some(r), _, _) => {
             if r.resource.trim().is_empty() {
                 errors.push((".resource.resource", "must not be empty".into()));
             }
@@ -426,7 +512,12 @@ fn compile_rule(config: &RuleConfig) -> Result<Rule, Vec<(&'static str, String)>
                 resource: r.resource.clone(),
                 subresource: r.subresource.clone(),
                 name: r.name.clone(),
-                verb: r.verb.to_ascii_lowercase(),
+                // A `{placeholder}` keeps its case: it names a capture.
+                verb: if r.verb.starts_with('{') {
+                    r.verb.clone()
+                } else {
+                    r.verb.to_ascii_lowercase()
+                },
             })
         }
     };
@@ -440,18 +531,68 @@ fn compile_rule(config: &RuleConfig) -> Result<Rule, Vec<(&'static str, String)>
         has_namespace_segment,
         segments,
         methods,
+        header_conditions,
         trailing_slash: config.trailing_slash,
         query_parser: config.query_parser,
         query,
         namespace_query,
         namespace_header,
         namespace_optional,
+        namespace_default,
         target,
         forward_credentials: config.forward_credentials,
     })
 }
 
+/// `a{x}b.{y}` → an anchored regex with one group per placeholder. Two placeholders must be
+/// apart (`{a}{b}` has no single reading).
+fn compile_pattern(segment: &str) -> Result<(regex::Regex, Vec<String>), String> {
+    let mut pattern = String::from("^");
+    let mut names = Vec::new();
+    let mut rest = segment;
+    let mut last_was_capture = false;
+    while !rest.is_empty() {
+        if let Some(after) = rest.strip_prefix('{') {
+            let (name, tail) = after
+                .split_once('}')
+                .ok_or_else(|| "an unclosed '{'".to_string())?;
+            if name.is_empty() || !name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_') {
+                return Err(format!("bad placeholder {{{name}}}"));
+            }
+            if last_was_capture {
+                return Err("two placeholders must be apart".into());
+            }
+            pattern.push_str(&format!("(?P<{name}>[^/]+?)"));
+            names.push(name.to_string());
+            last_was_capture = true;
+            rest = tail;
+        } else {
+            let end = rest.find('{').unwrap_or(rest.len());
+            let literal = &rest[..end];
+            if literal.contains(['}', '*', '%', '?']) {
+                return Err("wildcards, '}' and escapes cannot be part of a segment".into());
+            }
+            pattern.push_str(&format!("(?i:{})", regex::escape(literal)));
+            last_was_capture = false;
+            rest = &rest[end..];
+        }
+    }
+    pattern.push('$');
+    regex::Regex::new(&pattern)
+        .map(|regex| (regex, names))
+        .map_err(|e| e.to_string())
+}
+
 impl Rule {
+    /// Whether the header conditions hold: some value of each named header contains its text.
+    fn headers_match(&self, req: &Request) -> bool {
+        self.header_conditions.iter().all(|(name, text)| {
+            req.headers
+                .get_all(name)
+                .any(|v| v.to_ascii_lowercase().contains(text.as_str()))
+        })
+    }
+
     /// Whether matching or judging a request needs its query.
     fn reads_query(&self) -> bool {
         !self.query.is_empty() || self.namespace_query.is_some()
@@ -476,18 +617,32 @@ impl Rule {
         let mut captures = Vec::new();
         let mut i = 0;
         for segment in &self.segments {
+            if matches!(segment, Segment::Rest) {
+                i = path.len();
+                break;
+            }
+            let mut text = *path.get(i)?;
+            if i + 1 == path.len() && self.query_parser == QueryParser::GrpcGateway {
+                text = without_verb(text);
+            }
             match segment {
-                Segment::Rest => {
-                    i = path.len();
-                    break;
-                }
-                _ if i >= path.len() => return None,
-                Segment::Literal(text) => {
-                    if comparable(path[i]) != *text {
+                Segment::Rest => unreachable!("handled above"),
+                Segment::Literal(literal) => {
+                    if comparable(text) != *literal {
                         return None;
                     }
                 }
-                Segment::Capture(name) => captures.push((name.as_str(), path[i])),
+                Segment::Capture(name) => captures.push((name.as_str(), text)),
+                Segment::Pattern(regex, names) => {
+                    let found = regex.captures(text)?;
+                    for name in names {
+                        let m = found.name(name).expect("a group per placeholder");
+                        captures.push((name.as_str(), &text[m.start()..m.end()]));
+                    }
+                }
+                // `*` on an empty segment is refused like a placeholder: a rule before it must
+                // not take `/a/` away from the `/a` rule an app that ignores the slash serves.
+                Segment::Any if text.is_empty() => captures.push(("*", text)),
                 Segment::Any => {}
             }
             i += 1;
@@ -514,13 +669,15 @@ impl Rule {
         query: Option<&Query>,
         captures: &[(&str, &str)],
     ) -> Verdict<'r> {
-        if let Some((name, _)) = captures.iter().find(|(_, v)| v.is_empty()) {
+        if self.target == Target::Deny {
+            return Verdict::Refuse(self, "this route is closed at the gateway".into());
+        }
+        if captures.iter().any(|(_, v)| v.is_empty()) {
             return Verdict::Invalid(
                 self,
-                format!(
-                    "{{{name}}} is empty: the path ends in a slash where the app may read an \
-                     empty segment"
-                ),
+                "the path ends in a slash where the app may read an empty segment, and a \
+                 placeholder or `*` of this rule would take it"
+                    .into(),
             );
         }
         if let Some(query) = query {
@@ -545,6 +702,9 @@ impl Rule {
         };
         let template = match &self.target {
             Target::Allow => return Verdict::Allow(self),
+            Target::Deny => {
+                return Verdict::Refuse(self, "this route is closed at the gateway".into());
+            }
             Target::Review(t) => t,
         };
         let fill = |value: &str| -> String {
@@ -618,8 +778,13 @@ impl Rule {
             || self.namespace_header.is_some();
         // An optional namespace given empty is left out: to the app, an empty namespace is
         // none (KFP: shared pipelines; its own check applies).
-        if self.namespace_optional && found.iter().all(String::is_empty) {
-            return Ok(None);
+        if found.iter().all(String::is_empty) {
+            if self.namespace_optional {
+                return Ok(None);
+            }
+            if let Some(default) = &self.namespace_default {
+                return Ok(Some(default.clone()));
+            }
         }
         let Some(first) = found.first() else {
             return if has_source {

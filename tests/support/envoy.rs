@@ -21,6 +21,7 @@
 //!   DROPPED (no www-authenticate, location…): there leave `append` unset and use
 //!   `append_action` only (APPEND_IF_EXISTS_OR_ADD keeps several Set-Cookie).
 //! - A header both set and removed is gone (removal runs last), in both modes.
+//! - A `Referer` with a fragment (`#`) is dropped: neither the check nor the upstream sees it.
 //! - Paths with a fragment (`#`) or `%00` are rejected with 400 before the check
 //!   (with normalize_path; `%00` reaches the check when normalization is off).
 #![allow(dead_code)]

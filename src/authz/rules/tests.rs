@@ -223,14 +223,24 @@ fn impossible_rules_are_config_errors() {
             "not a placeholder",
         ),
         ("  - {name: a, path: '/x/{a}/{a}', allow: true}\n", "twice"),
+        ("  - {name: a, path: '/x/z{a}{b}', allow: true}\n", "apart"),
+        ("  - {name: a, path: '/x/a{b', allow: true}\n", "unclosed"),
         (
-            "  - {name: a, path: '/x/a{b}', allow: true}\n",
+            "  - {name: a, path: '/x/a*', allow: true}\n",
             "whole segments",
+        ),
+        (
+            "  - {name: a, path: '/x', allow: true, deny: true}\n",
+            "not several",
+        ),
+        (
+            "  - {name: a, path: '/x', deny: true, headers: {referer: {contains: ''}}}\n",
+            "must not be empty",
         ),
         ("  - {name: a, path: '/x'}\n", "needs `resource`"),
         (
             "  - {name: a, path: '/x', allow: true, resource: {resource: r}}\n",
-            "not both",
+            "not several",
         ),
         (
             "  - {name: a, path: '/x', methods: [FETCH], allow: true}\n",
@@ -458,5 +468,127 @@ fn a_form_encoded_post_to_a_grpc_gateway_route_is_refused_whatever_the_rule_meth
         )
         .unwrap()
         .is_none()
+    );
+}
+
+#[test]
+fn placeholders_inside_a_segment_capture_their_part() {
+    let set = rules(
+        "  - name: viewer\n    path: /p/_proxy/viewer-{viewer}-service.{namespace}.svc.cluster.local:80/**\n    resource: {group: kubeflow.org, resource: viewers, verb: get}\n  - {name: closed, path: /p/_proxy/**, deny: true}\n",
+    );
+    let ok = "/p/_proxy/viewer-0a1b-service.team-a.svc.cluster.local:80/tensorboard/viewer-0a1b/";
+    assert_eq!(eval(&set, "GET", ok).unwrap().unwrap().namespace, "team-a");
+    for closed in [
+        "/p/_proxy/viewer-0a1b-service.team-a.svc.cluster.local:8080/",
+        "/p/_proxy/viewer-0a1b-service.team-a.svc.cluster.local%3A80/",
+        "/p/_proxy/169.254.169.254/latest/meta-data",
+        "/p/_proxy/viewer-x-service.team-a.svc.cluster.local:80@evil.example/",
+        "/p/_proxy/evil.example/viewer-x-service.team-a.svc.cluster.local:80/",
+    ] {
+        let r = req("GET", closed, &[]);
+        let path = r.path.clone().unwrap();
+        assert!(
+            matches!(set.evaluate(&r, &path), Verdict::Refuse(rule, _) if rule.name == "closed"),
+            "{closed}"
+        );
+    }
+    // A namespace part that is no namespace name is refused, not reviewed.
+    let dotted = "/p/_proxy/viewer-x-service.team-a.evil.svc.cluster.local:80/";
+    assert!(eval(&set, "GET", dotted).is_err());
+}
+
+#[test]
+fn header_conditions_select_rules_and_deny_closes_a_route() {
+    let set = rules(
+        "  - name: by-referer\n    path: /pipeline/**\n    headers: {referer: {contains: /_proxy/}}\n    deny: true\n  - {name: open, path: /pipeline/**, allow: true}\n",
+    );
+    let verdict = |headers: &[(&str, &str)]| {
+        let r = req("GET", "/pipeline/apis/v1beta1/runs", headers);
+        let path = r.path.clone().unwrap();
+        match set.evaluate(&r, &path) {
+            Verdict::Refuse(rule, _) | Verdict::Allow(rule) => rule.name.clone(),
+            other => format!("{other:?}"),
+        }
+    };
+    assert_eq!(verdict(&[]), "open");
+    assert_eq!(
+        verdict(&[("referer", "https://kf/pipeline/#/runs")]),
+        "open"
+    );
+    for referer in [
+        "https://kf/pipeline/apis/v1beta1/_proxy/169.254.169.254/",
+        "https://kf/x?y=/apis/v1beta1/_PROXY/evil",
+    ] {
+        assert_eq!(verdict(&[("referer", referer)]), "by-referer", "{referer}");
+    }
+    assert_eq!(
+        verdict(&[
+            ("referer", "https://kf/"),
+            ("referer", "https://kf/a/_proxy/b")
+        ]),
+        "by-referer"
+    );
+}
+
+#[test]
+fn grpc_gateway_routes_ignore_a_custom_verb_in_the_last_segment() {
+    let set = rules(GRPC_RUNS);
+    for runs in [
+        "/pipeline/apis/v1beta1/runs:",
+        "/pipeline/apis/v1beta1/runs%3A",
+        "/pipeline/apis/v1beta1/runs%3a",
+        "/pipeline/apis/v1beta1/runs:list",
+    ] {
+        let attrs = eval(
+            &set,
+            "GET",
+            &format!(
+                "{runs}?resource_reference_key.type=4294967301&resource_reference_key.id=team-a"
+            ),
+        );
+        assert_eq!(attrs.unwrap().unwrap().namespace, "team-a", "{runs}");
+    }
+    let v = rules(
+        VISUALIZATIONS
+            .replace("    methods", "    query_parser: grpc-gateway\n    methods")
+            .as_str(),
+    );
+    let attrs = eval(&v, "POST", "/pipeline/apis/v1beta1/visualizations/team-a:");
+    assert_eq!(attrs.unwrap().unwrap().namespace, "team-a");
+}
+
+#[test]
+fn a_wildcard_never_takes_the_empty_segment_of_a_trailing_slash() {
+    let set = rules(
+        "  - {name: any, path: '/a/*', allow: true}\n  - name: list\n    path: /a\n    resource: {resource: r}\n",
+    );
+    assert!(invalid(&set, "GET", "/a/"));
+    assert!(eval(&set, "GET", "/a").unwrap().is_some());
+    assert!(eval(&set, "GET", "/a/x").unwrap().is_none());
+}
+
+#[test]
+fn a_verb_placeholder_keeps_its_case() {
+    let set = rules("  - name: r\n    path: /{X}\n    resource: {resource: r, verb: '{X}'}\n");
+    assert_eq!(eval(&set, "GET", "/get").unwrap().unwrap().verb, "get");
+}
+
+#[test]
+fn a_default_namespace_is_reviewed_when_the_request_names_none() {
+    let set = rules(
+        "  - name: upload\n    path: /pipeline/apis/v1beta1/pipelines/upload\n    namespace: {query: namespace, default: kubeflow}\n    resource: {group: pipelines.kubeflow.org, resource: pipelines, verb: create}\n",
+    );
+    let upload = "/pipeline/apis/v1beta1/pipelines/upload";
+    let ns = |target: &str| eval(&set, "POST", target).unwrap().unwrap().namespace;
+    assert_eq!(ns(upload), "kubeflow");
+    assert_eq!(ns(&format!("{upload}?name=p&namespace=")), "kubeflow");
+    assert_eq!(ns(&format!("{upload}?namespace=team-a")), "team-a");
+    assert!(
+        eval(
+            &set,
+            "POST",
+            &format!("{upload}?namespace=&namespace=team-a")
+        )
+        .is_err()
     );
 }
