@@ -618,12 +618,34 @@ async fn the_kfp_api_is_read_as_grpc_gateway_reads_it() {
             vec![],
             200,
         ),
-        // A form-encoded POST runs another method's handler with the body's parameters.
+        // A form-encoded POST runs another method's handler with the body's parameters, and
+        // the method-override header runs the GET handler of a POST.
         (
             "POST",
             "/pipeline/apis/v2beta1/experiments".into(),
             vec!["Content-Type: application/x-www-form-urlencoded".into()],
             400,
+        ),
+        (
+            "POST",
+            "/pipeline/apis/v2beta1/experiments?namespace=team-a".into(),
+            vec!["X-HTTP-Method-Override: GET".into()],
+            400,
+        ),
+        // A custom verb after `:` is nothing to the list route; an enum number is 32 bits.
+        (
+            "GET",
+            "/pipeline/apis/v2beta1/experiments:?namespace=team-a".into(),
+            vec![],
+            403,
+        ),
+        (
+            "GET",
+            format!(
+                "{runs_v1}%3A?resource_reference_key.type=4294967301&resource_reference_key.id=team-a"
+            ),
+            vec![],
+            403,
         ),
         // Past a bound far below Express's 1,000 parameters, a rule that reads the query refuses.
         (
