@@ -190,6 +190,10 @@ pub struct OidcConfig {
     /// default: the public URL.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub post_logout_redirect_uri: Option<Url>,
+    /// The path of the redirect URI registered at the provider (`<public_url><callback_path>`).
+    /// `/authgate/callback` is always served; another path (oidc-authservice's `/login/oidc`)
+    /// is answered as the callback too, so a redirect URI already registered keeps working.
+    pub callback_path: String,
     /// When a session's ID token has expired, refresh it with the refresh token (needs the
     /// `offline_access` scope): group changes reach the gateway, and a person removed at the
     /// provider loses the session.
@@ -224,6 +228,7 @@ impl Default for OidcConfig {
             extra_issuers: Vec::new(),
             jwks_max_age: Duration::from_secs(300),
             post_logout_redirect_uri: None,
+            callback_path: DEFAULT_CALLBACK_PATH.into(),
             authorization_endpoint: None,
             refresh: true,
             login_timeout: Duration::from_secs(600),
@@ -519,6 +524,9 @@ pub const HTTP_CHECK_HEADERS: &[&str] = &[
     "x-method-override",
     "content-type",
 ];
+
+/// authgate's own callback path, always served.
+pub const DEFAULT_CALLBACK_PATH: &str = "/authgate/callback";
 
 /// The audience service-account tokens need when `token_review.audiences` is not set: one
 /// dedicated to the gateway, so the API server's own default audience (every pod's automounted
@@ -839,6 +847,9 @@ impl Config {
         if file.is_none()
             && let Some(migration) = crate::migration::from_authservice_env(&env)
         {
+            if !migration.problems.is_empty() {
+                return Err(ConfigError::Invalid(migration.problems));
+            }
             notes.push(
                 "no config file: settings mapped from oidc-authservice's environment variables"
                     .to_string(),
@@ -1140,6 +1151,32 @@ impl Config {
                     "oidc.issuer",
                     format!("{:?} is not an http(s) URL", oidc.issuer),
                 ),
+            }
+            if oidc.callback_path != DEFAULT_CALLBACK_PATH {
+                let path = &oidc.callback_path;
+                if crate::path::checked_path(path).is_err() || path == "/" || path.contains('?') {
+                    bad(
+                        "oidc.callback_path",
+                        format!("{path:?} must be a path in normal form, not `/`"),
+                    );
+                } else if path == "/authgate" || path.starts_with("/authgate/") {
+                    bad(
+                        "oidc.callback_path",
+                        format!(
+                            "{path:?}: authgate's own endpoints are under /authgate/; use \
+                             {DEFAULT_CALLBACK_PATH}"
+                        ),
+                    );
+                } else if let Some(prefix) = self
+                    .skip_auth
+                    .iter()
+                    .find(|p| PathPrefix::parse(p).is_ok_and(|p| p.matches(path)))
+                {
+                    bad(
+                        "oidc.callback_path",
+                        format!("{path:?} lies under skip_auth {prefix:?}"),
+                    );
+                }
             }
             if oidc.client_id.is_empty() {
                 bad("oidc.client_id", "required".into());

@@ -183,7 +183,15 @@ impl Gate {
             }
         };
 
-        if let Some(own) = own_endpoint(path) {
+        // The registered redirect URI may lie outside /authgate/ (oidc-authservice's
+        // /login/oidc): it is the callback, answered here like the others.
+        let own = own_endpoint(path).or_else(|| {
+            self.login
+                .as_ref()
+                .is_some_and(|l| l.is_other_callback(path))
+                .then_some("/callback")
+        });
+        if let Some(own) = own {
             // Endpoints that take credentials (login, callback, whoami, logout) count their
             // failures against the address, and an address over its limit gets nothing from
             // them: a replayed callback costs the provider a code exchange each time.

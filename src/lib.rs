@@ -159,7 +159,7 @@ impl App {
                 ));
                 let secret = oidc.read_client_secret().map_err(StartError::Io)?;
                 let redirect_uri = public_origin
-                    .join("/authgate/callback")
+                    .join(&oidc.callback_path)
                     .expect("origin joins a path");
                 let provider = Arc::new(
                     authn::oidc::Provider::new(oidc.clone(), secret, redirect_uri.as_str())
@@ -190,7 +190,8 @@ impl App {
                     login_sealer,
                     public_origin.clone(),
                     clock.clone(),
-                );
+                )
+                .with_callback_path(&oidc.callback_path);
                 (Some(sessions), Some(login), Some(bearer))
             }
         };

@@ -6,13 +6,17 @@
 use figment::value::Value;
 use url::Url;
 
+use crate::config::Problem;
+
 /// What the oidc-authservice variables became.
 #[derive(Debug, Default)]
 pub struct Migration {
     /// Config keys and their values, applied under the `AUTHGATE_*` overrides.
     pub overrides: Vec<(String, Value)>,
-    /// What the operator should know (renamed endpoints, ignored variables).
+    /// What the operator should know: each variable and the setting it became, ignored ones.
     pub notes: Vec<String>,
+    /// What cannot be mapped without more information, named by the variable to set.
+    pub problems: Vec<Problem>,
 }
 
 /// oidc-authservice's default `AUDIENCES`.
@@ -22,7 +26,12 @@ const AUTHSERVICE_AUDIENCE: &str = "istio-ingressgateway.istio-system.svc.cluste
 const IGNORED: &[(&str, &str)] = &[
     (
         "AUTHSERVICE_URL_PREFIX",
-        "authgate's own endpoints live under /authgate/ (callback: /authgate/callback)",
+        "authgate's own endpoints live under /authgate/ (the callback is also served at \
+         REDIRECT_URL's path)",
+    ),
+    (
+        "STORE_PATH",
+        "the file store is replaced by the memory or redis store",
     ),
     (
         "OIDC_STATE_STORE_PATH",
@@ -64,10 +73,17 @@ fn strings(items: Vec<String>) -> Value {
 
 /// Maps oidc-authservice's variables; `None` when none is set.
 pub fn from_authservice_env(env: &[(String, String)]) -> Option<Migration> {
+    // A kustomize env file may keep a value's quotes (`PORT="8080"`).
     let get = |name: &str| {
         env.iter()
             .find(|(k, _)| k == name)
-            .map(|(_, v)| v.trim().to_string())
+            .map(|(_, v)| {
+                let v = v.trim();
+                v.strip_prefix('"')
+                    .and_then(|v| v.strip_suffix('"'))
+                    .unwrap_or(v)
+                    .to_string()
+            })
             .filter(|v| !v.is_empty())
     };
     let known = [
@@ -81,14 +97,48 @@ pub fn from_authservice_env(env: &[(String, String)]) -> Option<Migration> {
         return None;
     }
     let mut m = Migration::default();
-    // oidc-authservice's OIDC_AUTH_URL is often a path (`/dex/auth`) on the public origin.
+    // Kubeflow's oidc-authservice takes REDIRECT_URL, OIDC_AUTH_URL and AFTER_LOGOUT_URL as
+    // paths (`/login/oidc`, `/dex/auth`) on whatever host a request came to. authgate needs
+    // that origin fixed (the identity JWT's issuer, the base of every redirect): from an
+    // absolute REDIRECT_URL, else from AUTHGATE_PUBLIC_URL.
+    let public_url = get("AUTHGATE_PUBLIC_URL");
     let origin = get("REDIRECT_URL")
         .and_then(|v| Url::parse(&v).ok())
+        .or_else(|| public_url.as_deref().and_then(|v| Url::parse(v).ok()))
+        .filter(|u| matches!(u.scheme(), "http" | "https") && u.host_str().is_some())
         .map(|u| u.origin().ascii_serialization());
+    let relative: Vec<String> = ["REDIRECT_URL", "OIDC_AUTH_URL", "AFTER_LOGOUT_URL"]
+        .iter()
+        .filter_map(|name| {
+            get(name)
+                .filter(|v| v.starts_with('/'))
+                .map(|v| format!("{name}={v}"))
+        })
+        .collect();
+    if origin.is_none() && !relative.is_empty() {
+        m.problems.push(Problem {
+            key: "AUTHGATE_PUBLIC_URL".into(),
+            message: format!(
+                "oidc-authservice took {} relative to each request's host; authgate needs the \
+                 gateway's origin fixed (it issues the identity JWT and builds every redirect \
+                 from it): set AUTHGATE_PUBLIC_URL to the URL users open, e.g. \
+                 https://kubeflow.example.com",
+                relative.join(", ")
+            ),
+        });
+    }
     let mut extra: Vec<String> = Vec::new();
     let mut set = |key: &str, value: Value, from: &str| {
+        let shown = if key.contains("secret") {
+            "(redacted)".to_string()
+        } else {
+            match &value {
+                Value::String(_, s) => s.clone(),
+                other => serde_json::to_string(&other).unwrap_or_default(),
+            }
+        };
+        m.notes.push(format!("{from} → {key}: {shown}"));
         m.overrides.push((key.to_string(), value));
-        m.notes.push(format!("{from} → {key}"));
     };
     if let Some(v) = get("OIDC_PROVIDER") {
         set("oidc.issuer", v.into(), "OIDC_PROVIDER");
@@ -174,16 +224,33 @@ pub fn from_authservice_env(env: &[(String, String)]) -> Option<Migration> {
         );
     }
     if let Some(v) = get("REDIRECT_URL") {
-        match Url::parse(&v) {
+        // Absolute, it also names the public origin; either way its path is the redirect URI
+        // registered at the provider, so authgate answers the callback there.
+        let path = match Url::parse(&v) {
             Ok(url) => {
-                let origin = url.origin().ascii_serialization();
-                set("public_url", origin.clone().into(), "REDIRECT_URL");
-                extra.push(format!(
-                    "REDIRECT_URL: register {origin}/authgate/callback as the redirect URI at the provider (authgate's callback path differs from oidc-authservice's {})",
-                    url.path()
-                ));
+                if public_url.is_none() {
+                    set(
+                        "public_url",
+                        url.origin().ascii_serialization().into(),
+                        "REDIRECT_URL",
+                    );
+                }
+                Some(url.path().to_string())
             }
-            Err(e) => extra.push(format!("REDIRECT_URL ignored: not a URL ({e})")),
+            Err(_) if v.starts_with('/') => {
+                Some(v.split(['?', '#']).next().unwrap_or("/").to_string())
+            }
+            Err(e) => {
+                extra.push(format!("REDIRECT_URL ignored: not a URL or a path ({e})"));
+                None
+            }
+        };
+        if let Some(path) = path {
+            set("oidc.callback_path", path.clone().into(), "REDIRECT_URL");
+            extra.push(format!(
+                "REDIRECT_URL: the callback is answered at {path} (the redirect URI registered at \
+                 the provider keeps working) and at /authgate/callback"
+            ));
         }
     }
     match get("SESSION_STORE_TYPE").as_deref() {
@@ -264,6 +331,7 @@ mod tests {
         let notes = m.notes.join("\n");
         assert!(notes.contains("AUTHSERVICE_URL_PREFIX ignored"), "{notes}");
         assert!(notes.contains("/authgate/callback"), "{notes}");
+        assert!(notes.contains("/authservice/oidc/callback"), "{notes}");
         assert!(notes.contains("PORT ignored"), "{notes}");
         // OIDC_AUTH_URL in Kubeflow is a path: relative to the public origin.
         let c = Config::load_with_env(None, kubeflow_authservice()).unwrap();
@@ -291,6 +359,71 @@ mod tests {
             !c.redacted_yaml().contains("pUBnBOY80"),
             "the secret is redacted"
         );
+    }
+
+    /// `tests/data/oidc-authservice-params.env` as kustomize hands it to the container, with
+    /// the client from oidc-authservice's Secret.
+    fn params_env(extra: &[(&str, &str)]) -> Vec<(String, String)> {
+        let mut vars: Vec<(String, String)> =
+            include_str!("../tests/data/oidc-authservice-params.env")
+                .lines()
+                .filter_map(|l| l.split_once('='))
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect();
+        vars.push(("CLIENT_ID".into(), "kubeflow-oidc-authservice".into()));
+        vars.push((
+            "CLIENT_SECRET".into(),
+            "pUBnBOY80SnXgjibTYM9ZWNzY2xreNGQok".into(),
+        ));
+        vars.extend(extra.iter().map(|(k, v)| (k.to_string(), v.to_string())));
+        vars
+    }
+
+    #[test]
+    fn kubeflows_params_env_needs_only_the_public_url() {
+        // Verbatim, it names no origin: one problem, saying what to set and why.
+        let err = Config::load_with_env(None, params_env(&[]))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("AUTHGATE_PUBLIC_URL"), "{err}");
+        assert!(
+            err.contains("REDIRECT_URL=/login/oidc") && err.contains("OIDC_AUTH_URL=/dex/auth"),
+            "{err}"
+        );
+        assert!(
+            !err.contains("figment") && !err.contains("alloc::"),
+            "{err}"
+        );
+
+        let c = Config::load_with_env(
+            None,
+            params_env(&[("AUTHGATE_PUBLIC_URL", "https://kubeflow.example.com")]),
+        )
+        .unwrap();
+        let oidc = c.oidc.as_ref().unwrap();
+        assert_eq!(oidc.issuer, "http://dex.auth.svc.cluster.local:5556/dex");
+        assert_eq!(
+            oidc.authorization_endpoint.as_ref().unwrap().as_str(),
+            "https://kubeflow.example.com/dex/auth"
+        );
+        assert_eq!(oidc.callback_path, "/login/oidc");
+        assert_eq!(oidc.scopes, ["openid", "profile", "email", "groups"]);
+        assert_eq!(
+            c.public_url.as_ref().unwrap().as_str(),
+            "https://kubeflow.example.com/"
+        );
+        assert_eq!(c.skip_auth, ["/dex"]);
+        let notes = c.notes.join("\n");
+        for mapped in [
+            "OIDC_AUTH_URL → oidc.authorization_endpoint: https://kubeflow.example.com/dex/auth",
+            "REDIRECT_URL → oidc.callback_path: /login/oidc",
+            "CLIENT_SECRET → oidc.client_secret: (redacted)",
+            "STORE_PATH ignored",
+            "PORT ignored",
+        ] {
+            assert!(notes.contains(mapped), "{mapped}: {notes}");
+        }
+        assert!(!notes.contains("pUBnBOY80"), "{notes}");
     }
 
     #[test]

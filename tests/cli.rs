@@ -280,3 +280,63 @@ fn oidc_authservice_variables_work_without_a_config_file() {
         "{notes}"
     );
 }
+
+/// oidc-authservice's `params.env` from Kubeflow's manifests, verbatim and with no config file:
+/// `check-config` names the one setting it needs, in plain words (exit 64); with it, it shows
+/// every variable and the setting it became (the secret redacted).
+#[test]
+fn check_config_maps_oidc_authservices_params_env() {
+    let params = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/data/oidc-authservice-params.env"
+    ))
+    .unwrap();
+    let vars: Vec<(String, String)> = params
+        .lines()
+        .filter_map(|l| l.split_once('='))
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .chain([
+            ("CLIENT_ID".into(), "kubeflow-oidc-authservice".into()),
+            (
+                "CLIENT_SECRET".into(),
+                "pUBnBOY80SnXgjibTYM9ZWNzY2xreNGQok".into(),
+            ),
+        ])
+        .collect();
+    let out = authgate()
+        .arg("check-config")
+        .envs(vars.clone())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(64), "{out:?}");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("AUTHGATE_PUBLIC_URL"), "{err}");
+    assert!(
+        !err.contains("figment") && !err.contains("alloc::"),
+        "{err}"
+    );
+
+    let out = authgate()
+        .arg("check-config")
+        .envs(vars)
+        .env("AUTHGATE_PUBLIC_URL", "https://kubeflow.example.com")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let all = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for mapped in [
+        "OIDC_PROVIDER → oidc.issuer: http://dex.auth.svc.cluster.local:5556/dex",
+        "OIDC_AUTH_URL → oidc.authorization_endpoint: https://kubeflow.example.com/dex/auth",
+        "REDIRECT_URL → oidc.callback_path: /login/oidc",
+        "SKIP_AUTH_URLS → skip_auth",
+        "USERID_CLAIM → oidc.user_claim: email",
+        "STORE_PATH ignored",
+    ] {
+        assert!(all.contains(mapped), "{mapped}: {all}");
+    }
+    assert!(!all.contains("pUBnBOY80"), "{all}");
+}

@@ -699,3 +699,94 @@ async fn provider_down_new_logins_get_a_503_page_and_sessions_keep_working() {
     let exchange = navigate(&bob, &to_callback.final_url).await;
     assert_login_unavailable(exchange, "code exchange").await;
 }
+
+/// oidc-authservice's own `params.env` from Kubeflow's manifests, verbatim, plus the one
+/// setting it derived per request (`AUTHGATE_PUBLIC_URL`) and, because the test's Dex is not
+/// `dex.auth.svc.cluster.local`, the provider's address for `OIDC_PROVIDER`. No config file.
+/// The provider is served under the gateway's `/dex` (skip_auth `/dex`) as Dex is in Kubeflow,
+/// the browser is sent to the relative `OIDC_AUTH_URL=/dex/auth`, and the provider redirects to
+/// the redirect URI registered for oidc-authservice, `REDIRECT_URL=/login/oidc`, where authgate
+/// answers the callback: both modes, through a real Envoy.
+#[tokio::test]
+async fn oidc_authservices_own_params_env_logs_in_at_its_redirect_url() {
+    let params = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/data/oidc-authservice-params.env"
+    ))
+    .unwrap();
+    for mode in [ExtAuthz::Grpc, ExtAuthz::Http] {
+        let (gateway_port, provider_port) = (free_port(), free_port());
+        let public_url = format!("http://127.0.0.1:{gateway_port}");
+        let issuer = format!("http://127.0.0.1:{provider_port}/dex");
+        let mut client = oidc::OidcClient::new(
+            "kubeflow-oidc-authservice",
+            "pUBnBOY80SnXgjibTYM9ZWNzY2xreNGQok",
+            &format!("{public_url}/login/oidc"),
+        );
+        client.post_logout_redirect_uris = vec![format!("{public_url}/")];
+        let provider =
+            oidc::OidcProvider::start_at(provider_port, vec![client], &[("ISSUER", &issuer)]).await;
+        assert_eq!(provider.issuer(), issuer);
+        let kube = KubeApi::start(Fixture::default()).await;
+
+        let mut env: Vec<(String, String)> = params
+            .lines()
+            .filter_map(|l| l.split_once('='))
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .filter(|(k, _)| k != "OIDC_PROVIDER")
+            .collect();
+        for (k, v) in [
+            ("OIDC_PROVIDER", issuer.as_str()),
+            ("CLIENT_ID", "kubeflow-oidc-authservice"),
+            ("CLIENT_SECRET", "pUBnBOY80SnXgjibTYM9ZWNzY2xreNGQok"),
+            ("AUTHGATE_PUBLIC_URL", public_url.as_str()),
+            ("AUTHGATE_SESSION__COOKIE_SECURE", "false"),
+            (
+                "AUTHGATE_KUBERNETES__KUBECONFIG",
+                kube.kubeconfig_path().to_str().unwrap(),
+            ),
+        ] {
+            env.push((k.to_string(), v.to_string()));
+        }
+        let binary = std::path::Path::new(env!("CARGO_BIN_EXE_authgate"));
+        let authgate = support::process::AuthgateProcess::start_with_env(binary, &env).await;
+        let authz = match mode {
+            ExtAuthz::Grpc => authgate.grpc,
+            ExtAuthz::Http => std::net::SocketAddr::from(([127, 0, 0, 1], authgate.http_port)),
+        };
+        let upstream =
+            echo::start_echo_with_dex(std::net::SocketAddr::from(([127, 0, 0, 1], provider_port)))
+                .await;
+        let options = envoy::Options {
+            status_on_error: Some(503),
+            listen_port: Some(gateway_port),
+            ..Default::default()
+        };
+        let _envoy = Envoy::start_with(mode, authz, upstream, options).await;
+
+        let browser = oidc::browser();
+        let start = format!("{public_url}/notebook/team-a/nb1/lab");
+        let journey = oidc::browser_login(&browser, &start, ALICE).await;
+        assert_eq!(
+            journey.status,
+            200,
+            "{mode:?}: {journey:#?}\n{}",
+            authgate.log()
+        );
+        assert_eq!(journey.final_url, start);
+        let hops = journey.urls();
+        assert!(
+            hops[0].starts_with(&format!("{public_url}/dex/auth?")),
+            "the browser goes to the gateway's /dex/auth: {hops:?}"
+        );
+        assert!(
+            hops.iter()
+                .any(|h| h.starts_with(&format!("{public_url}/login/oidc?"))),
+            "the provider returns to REDIRECT_URL: {hops:?}"
+        );
+        assert_eq!(
+            app_header(&journey.body, "kubeflow-userid").as_deref(),
+            Some("alice@example.com")
+        );
+    }
+}

@@ -54,6 +54,8 @@ pub struct Login {
     login_sealer: Sealer,
     public_origin: Url,
     clock: SharedClock,
+    /// The registered redirect URI's path when it is not `/authgate/callback`.
+    other_callback_path: Option<String>,
 }
 
 /// How old (by `iat`) a logout token may be; its `jti` is remembered this long, plus leeway.
@@ -154,7 +156,21 @@ impl Login {
             login_sealer,
             public_origin,
             clock,
+            other_callback_path: None,
         }
+    }
+
+    /// Also answers the callback at `path` (the registered redirect URI's path), besides
+    /// `/authgate/callback`.
+    pub fn with_callback_path(mut self, path: &str) -> Self {
+        self.other_callback_path =
+            (path != crate::config::DEFAULT_CALLBACK_PATH).then(|| path.to_string());
+        self
+    }
+
+    /// Whether `path` is the registered callback path outside `/authgate/`.
+    pub fn is_other_callback(&self, path: &str) -> bool {
+        self.other_callback_path.as_deref() == Some(path)
     }
 
     /// The provider.

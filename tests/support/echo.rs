@@ -71,6 +71,57 @@ async fn echo(req: Request) -> Json<Value> {
     }))
 }
 
+/// The echo app, with `/dex/…` passed on to `provider` (a provider whose issuer path is `/dex`):
+/// Kubeflow's layout, where the browser reaches Dex through the gateway (`skip_auth: /dex`).
+/// The request goes on as it came (method, path, query, headers, `Host` included, body); the
+/// answer comes back as it was, redirects not followed.
+pub async fn start_echo_with_dex(provider: SocketAddr) -> SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind echo");
+    let addr = listener.local_addr().expect("echo addr");
+    let client = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    let app = axum::Router::new().fallback(move |req: Request| {
+        let client = client.clone();
+        async move {
+            if !req.uri().path().starts_with("/dex/") {
+                return axum::response::IntoResponse::into_response(echo(req).await);
+            }
+            let target = format!(
+                "http://{provider}{}",
+                req.uri()
+                    .path_and_query()
+                    .map(|pq| pq.as_str())
+                    .unwrap_or("/")
+            );
+            let (parts, body) = req.into_parts();
+            let body = axum::body::to_bytes(body, 1 << 20).await.unwrap();
+            let mut forward = client.request(parts.method, target).body(body);
+            for (name, value) in &parts.headers {
+                if name != "content-length" && name != "connection" {
+                    forward = forward.header(name, value);
+                }
+            }
+            let answer = forward.send().await.expect("the provider answers");
+            let mut response = axum::response::Response::builder().status(answer.status());
+            for (name, value) in answer.headers() {
+                if name != "content-length" && name != "transfer-encoding" && name != "connection" {
+                    response = response.header(name, value);
+                }
+            }
+            let bytes = answer.bytes().await.unwrap();
+            response.body(axum::body::Body::from(bytes)).unwrap()
+        }
+    });
+    tokio::spawn(async move {
+        axum::serve(listener, app).await.expect("echo server");
+    });
+    addr
+}
+
 /// All values of header `name` (case-insensitive) in an echo body.
 pub fn header_values(body: &Value, name: &str) -> Vec<String> {
     body["headers"]

@@ -144,6 +144,15 @@ impl OidcProvider {
     /// `SESSION_TTL`, `REFRESH_TOKEN_TTL` (seconds), `USERINFO_ONLY_CLAIMS=1`,
     /// `TOKEN_ENDPOINT_AUTH_METHOD`, `ISSUER`, `EXTRA_USERS` (see [`extra_users`]).
     pub async fn start_with(clients: Vec<OidcClient>, env: &[(&str, &str)]) -> OidcProvider {
+        OidcProvider::start_at(0, clients, env).await
+    }
+
+    /// Like [`Self::start_with`] on `port` (0: any), for an `ISSUER` that names the port.
+    pub async fn start_at(
+        port: u16,
+        clients: Vec<OidcClient>,
+        env: &[(&str, &str)],
+    ) -> OidcProvider {
         let script = root().join("tests/oidc/provider.js");
         let module = root().join("tests/oidc/node_modules/oidc-provider/package.json");
         assert!(
@@ -171,7 +180,7 @@ impl OidcProvider {
             _dir: dir,
         };
         assert!(script.is_file(), "{} is missing", script.display());
-        provider.spawn(0).await;
+        provider.spawn(port).await;
         provider
     }
 

@@ -28,7 +28,7 @@ impl AuthgateProcess {
         let config = dir.path().join("authgate.yaml");
         std::fs::write(&config, yaml).unwrap();
         let log = std::fs::File::create(dir.path().join("authgate.log")).unwrap();
-        let mut child = std::process::Command::new(binary)
+        let child = std::process::Command::new(binary)
             .args(["serve", "--config"])
             .arg(&config)
             .env_remove("AUTHGATE_CONFIG")
@@ -36,6 +36,35 @@ impl AuthgateProcess {
             .stderr(log)
             .spawn()
             .unwrap_or_else(|e| panic!("cannot run {}: {e}", binary.display()));
+        Self::ready(child, dir, grpc_port, http_port).await
+    }
+
+    /// Starts `binary serve` with no config file, only this environment (as a Deployment
+    /// that sets variables and nothing else), on loopback ports it adds.
+    pub async fn start_with_env(binary: &Path, env: &[(String, String)]) -> AuthgateProcess {
+        let dir = tempfile::tempdir().unwrap();
+        let (grpc_port, http_port) = (free_port(), free_port());
+        let log = std::fs::File::create(dir.path().join("authgate.log")).unwrap();
+        let child = std::process::Command::new(binary)
+            .arg("serve")
+            .env_remove("AUTHGATE_CONFIG")
+            .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+            .env("AUTHGATE_LISTEN__GRPC", format!("127.0.0.1:{grpc_port}"))
+            .env("AUTHGATE_LISTEN__HTTP", format!("127.0.0.1:{http_port}"))
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot run {}: {e}", binary.display()));
+        Self::ready(child, dir, grpc_port, http_port).await
+    }
+
+    /// Waits for `/readyz`; panics with the log if it never answers.
+    async fn ready(
+        mut child: std::process::Child,
+        dir: tempfile::TempDir,
+        grpc_port: u16,
+        http_port: u16,
+    ) -> AuthgateProcess {
         let ready = format!("http://127.0.0.1:{http_port}/readyz");
         for _ in 0..100 {
             if reqwest::get(&ready)
