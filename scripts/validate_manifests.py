@@ -7,8 +7,11 @@ Called by scripts/validate-manifests.sh (which provides the tools); runs standal
 What is checked, for every rendered object:
   * Kubernetes kinds against the official OpenAPI schemas (PyPI kubernetes-validate, strict:
     unknown fields are errors) for the oldest and the newest Kubernetes version we support;
-  * Istio kinds (AuthorizationPolicy) against a structural schema written here (no unknown
-    fields, right types, enum values) — Istio's CRD schemas are not available offline;
+  * custom resources (Istio's AuthorizationPolicy, and whatever CRD scripts/schemas/ holds)
+    against the official CRD's openAPIV3Schema (copied unchanged into scripts/schemas/, sources
+    in its README), read strictly as the API server prunes: an unknown field is an error unless
+    the schema preserves unknown fields. The mesh config's extension providers are not a CRD
+    (MeshConfig has no published schema file here): they keep the structural schema written here;
   * the deployment invariants (DESIGN.md invariant 7 and issue 4): RBAC only `create` on
     tokenreviews/subjectaccessreviews and no wildcard anywhere; every container non-root with a
     fixed UID, no privilege escalation, read-only root filesystem, ALL capabilities dropped,
@@ -71,6 +74,8 @@ PRESET = ROOT / "examples/kubeflow.yaml"
 PRESET_COPY = ISTIO / "overlays/kubeflow/authgate.yaml"
 PRESET_MARKER = "# ---- BEGIN copy of examples/kubeflow.yaml"
 PRESET_SECTIONS = ("skip_auth", "api_routes", "authorization")
+
+SCHEMAS = ROOT / "scripts/schemas"
 
 problems: list[str] = []
 
@@ -147,50 +152,8 @@ def validate_k8s(where: str, obj: dict) -> None:
             fail(where, f"no Kubernetes {version} schema for {obj.get('apiVersion')} {obj.get('kind')}")
 
 
-STRINGS = {"type": "array", "items": {"type": "string", "minLength": 1}, "minItems": 1}
-SOURCE = {"type": "object", "additionalProperties": False, "properties": {
-    k: STRINGS for k in ["principals", "notPrincipals", "requestPrincipals", "notRequestPrincipals",
-                         "namespaces", "notNamespaces", "ipBlocks", "notIpBlocks",
-                         "remoteIpBlocks", "notRemoteIpBlocks", "serviceAccounts", "notServiceAccounts"]}}
-OPERATION = {"type": "object", "additionalProperties": False, "properties": {
-    k: STRINGS for k in ["hosts", "notHosts", "ports", "notPorts", "methods", "notMethods",
-                         "paths", "notPaths"]}}
-CONDITION = {"type": "object", "additionalProperties": False, "required": ["key"],
-             "properties": {"key": {"type": "string", "minLength": 1},
-                            "values": STRINGS, "notValues": STRINGS}}
-AUTHORIZATION_POLICY = {
-    "type": "object",
-    "required": ["apiVersion", "kind", "metadata", "spec"],
-    "properties": {
-        "apiVersion": {"enum": ["security.istio.io/v1", "security.istio.io/v1beta1"]},
-        "kind": {"const": "AuthorizationPolicy"},
-        "metadata": {"type": "object", "required": ["name", "namespace"]},
-        "spec": {
-            "type": "object", "additionalProperties": False,
-            "properties": {
-                "selector": {"type": "object", "additionalProperties": False,
-                             "required": ["matchLabels"],
-                             "properties": {"matchLabels": {"type": "object",
-                                                            "additionalProperties": {"type": "string"}}}},
-                "targetRefs": {"type": "array"},
-                "action": {"enum": ["ALLOW", "DENY", "AUDIT", "CUSTOM"]},
-                "provider": {"type": "object", "additionalProperties": False, "required": ["name"],
-                             "properties": {"name": {"type": "string", "minLength": 1}}},
-                "rules": {"type": "array", "items": {
-                    "type": "object", "additionalProperties": False,
-                    "properties": {
-                        "from": {"type": "array", "items": {
-                            "type": "object", "additionalProperties": False, "required": ["source"],
-                            "properties": {"source": SOURCE}}},
-                        "to": {"type": "array", "items": {
-                            "type": "object", "additionalProperties": False, "required": ["operation"],
-                            "properties": {"operation": OPERATION}}},
-                        "when": {"type": "array", "items": CONDITION}}}},
-            },
-        },
-    },
-}
-
+# The mesh config's extension providers: MeshConfig is no CRD and no schema file of it is here,
+# so this structural schema (no unknown fields, right types) stays hand-written.
 EXT_AUTHZ_COMMON = {"service": {"type": "string", "pattern": r"^[a-z0-9.-]+$"},
                     "port": {"type": "integer", "minimum": 1, "maximum": 65535},
                     "timeout": {"type": "string", "pattern": r"^[0-9]+(\.[0-9]+)?(ms|s)$"},
@@ -215,6 +178,56 @@ EXTENSION_PROVIDER = {
                               "required": ["service", "port"], "properties": EXT_AUTHZ_COMMON},
     },
 }
+
+
+def strict(schema):
+    """A CRD's openAPIV3Schema as the API server applies it: objects with `properties` admit no
+    other fields unless `x-kubernetes-preserve-unknown-fields` says so (plain JSON schema would
+    let a typo through)."""
+    if isinstance(schema, list):
+        return [strict(s) for s in schema]
+    if not isinstance(schema, dict):
+        return schema
+    out = {k: strict(v) for k, v in schema.items() if not k.startswith("x-kubernetes-")}
+    if "properties" in schema and "additionalProperties" not in schema \
+            and not schema.get("x-kubernetes-preserve-unknown-fields"):
+        out["additionalProperties"] = False
+    return out
+
+
+def load_crd_schemas() -> dict:
+    """(group, version, kind) → strict schema, from every CRD under scripts/schemas/."""
+    found = {}
+    for path in sorted(SCHEMAS.glob("*.yaml")):
+        for doc in yaml.safe_load_all(path.read_text()):
+            if not doc or doc.get("kind") != "CustomResourceDefinition":
+                continue
+            spec = doc["spec"]
+            for version in spec["versions"]:
+                if version.get("served", True):
+                    schema = strict(version["schema"]["openAPIV3Schema"])
+                    # apiVersion, kind and metadata are the API server's, not the CRD's to describe.
+                    props = schema.setdefault("properties", {})
+                    props["apiVersion"] = {"const": f"{spec['group']}/{version['name']}"}
+                    props["kind"] = {"const": spec["names"]["kind"]}
+                    props["metadata"] = {"type": "object", "required": ["name"]}
+                    found[(spec["group"], version["name"], spec["names"]["kind"])] = schema
+    return found
+
+
+CRD_SCHEMAS: dict = {}
+
+
+def validate_crd(where: str, obj: dict) -> bool:
+    """Validates a custom resource against its CRD; False when no CRD is known for it."""
+    api = obj.get("apiVersion", "")
+    group, _, version = api.rpartition("/")
+    schema = CRD_SCHEMAS.get((group, version, obj.get("kind")))
+    if schema is None:
+        return False
+    for e in sorted(jsonschema.Draft202012Validator(schema).iter_errors(obj), key=lambda e: list(e.path)):
+        fail(where, f"CRD schema: {'/'.join(str(p) for p in e.path) or '(root)'}: {e.message}")
+    return True
 
 
 def validate_structural(where: str, obj: dict, schema: dict) -> None:
@@ -639,15 +652,13 @@ def check_all(where: str, objs: list[dict], authgate_bin: str | None) -> None:
         seen.add(key)
         api = obj.get("apiVersion", "")
         kind = obj.get("kind")
-        if api.startswith("security.istio.io/"):
+        group = api.split("/")[0] if "/" in api else ""
+        if "." in group and not (group.endswith(".k8s.io") and group != "gateway.networking.k8s.io"):
+            if not validate_crd(w, obj):
+                fail(w, f"no CRD schema for {api} {kind}: copy its CRD into scripts/schemas/")
+                continue
             if kind == "AuthorizationPolicy":
-                validate_structural(w, obj, AUTHORIZATION_POLICY)
                 check_authorization_policy(w, obj)
-            else:
-                fail(w, f"no structural schema for Istio kind {kind}: add one here")
-            continue
-        if "." in api.split("/")[0] and not api.split("/")[0].endswith("k8s.io") and "/" in api:
-            fail(w, f"unknown API group {api}: add a schema here")
             continue
         validate_k8s(w, obj)
         if kind in {"ClusterRole", "Role"}:
@@ -746,6 +757,12 @@ def self_test(kustomize: list[str]) -> None:
         "CUSTOM with a when": lambda o: find(o, "AuthorizationPolicy", "authgate")["spec"]["rules"][0].__setitem__(
             "when", [{"key": "request.headers[authorization]", "notValues": ["*"]}]),
         "AuthorizationPolicy typo": lambda o: find(o, "AuthorizationPolicy", "authgate")["spec"].__setitem__("acton", "CUSTOM"),
+        "AuthorizationPolicy deep typo": lambda o: find(o, "AuthorizationPolicy", "authgate")["spec"]["rules"][0]["to"][0]
+            ["operation"].__setitem__("notPath", ["/x"]),
+        "AuthorizationPolicy bad action": lambda o: find(o, "AuthorizationPolicy", "authgate-identity-header-guard")["spec"]
+            .__setitem__("action", "REJECT"),
+        "AuthorizationPolicy wrong type": lambda o: find(o, "AuthorizationPolicy", "authgate")["spec"]["rules"][0]["to"][0]
+            ["operation"].__setitem__("notPaths", "/dex/*"),
         "guard trusts everyone": lambda o: find(o, "AuthorizationPolicy", "authgate-identity-header-guard")["spec"]
             ["rules"][0]["from"][0]["source"].__setitem__("notPrincipals", ["*"]),
         "guard drops a header": lambda o: find(o, "AuthorizationPolicy", "authgate-identity-header-guard")["spec"]["rules"].pop(),
@@ -815,6 +832,9 @@ def main() -> int:
     if args.sync_kubeflow_preset:
         sync_preset()
         return 0
+    CRD_SCHEMAS.update(load_crd_schemas())
+    if not CRD_SCHEMAS:
+        fail("scripts/schemas", "no CRD found")
     kustomize = shlex.split(args.kustomize)
     if shutil.which(kustomize[0]) is None:
         die_missing(kustomize[0], "the machine image's `kubectl` (it embeds kustomize), or set KUSTOMIZE")

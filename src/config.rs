@@ -661,6 +661,14 @@ pub struct RuleConfig {
     /// Request headers that must match for the rule to apply (any value of the header).
     #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
     pub headers: std::collections::BTreeMap<String, HeaderConditionConfig>,
+    /// Request headers removed before the app when the rule lets a request through: for an
+    /// app that reads a header authgate cannot judge (the KFP UI routes its proxy by `Referer`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub remove_headers: Vec<String>,
+    /// Literal text in the path compares exactly (default: ASCII case ignored): for an app that
+    /// matches a route case-insensitively but reads the path case-sensitively after.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub case_sensitive: bool,
     /// Pass the bearer token that authenticated the request on to the app, for an app that
     /// verifies it itself. Default: removed, like authgate's cookies, so an app (a notebook
     /// runs its owner's code) never collects a visitor's token to replay it.
@@ -1119,6 +1127,23 @@ impl Config {
             }
         }
 
+        let set_headers = [
+            &self.identity.user_header,
+            &self.identity.groups_header,
+            &self.identity.jwt.header,
+        ];
+        for (i, rule) in self.authorization.rules.iter().enumerate() {
+            for name in &rule.remove_headers {
+                if set_headers.iter().any(|h| h.eq_ignore_ascii_case(name)) {
+                    bad(
+                        &format!("authorization.rules[{i}].remove_headers"),
+                        format!(
+                            "{name:?} is an identity header authgate sets: removing it would leave the app without the identity"
+                        ),
+                    );
+                }
+            }
+        }
         if !(1..1000).contains(&self.authorization.max_query_parameters) {
             bad(
                 "authorization.max_query_parameters",

@@ -278,8 +278,9 @@ impl Gate {
         match self.authorizer.authorize(&identity, req, path).await {
             Authorization::Allowed {
                 forward_credentials,
+                remove_headers,
                 ..
-            } => self.allow(identity, req, forward_credentials),
+            } => self.allow(identity, req, forward_credentials, &remove_headers),
             Authorization::Refused { rule, why } => self.forbidden(
                 req,
                 &identity,
@@ -515,7 +516,13 @@ impl Gate {
         ))
     }
 
-    fn allow(&self, identity: Arc<Identity>, req: &Request, forward_credentials: bool) -> Decision {
+    fn allow(
+        &self,
+        identity: Arc<Identity>,
+        req: &Request,
+        forward_credentials: bool,
+        rule_removes: &[String],
+    ) -> Decision {
         let plan = &self.headers;
         let user_value = plan.user_value(&identity);
         let audience = self.audiences.for_host(&req.host);
@@ -551,6 +558,8 @@ impl Gate {
         if identity.method != AuthMethod::Session && !forward_credentials {
             remove.push("authorization".into());
         }
+        // What the rule keeps from its app (KFP's proxy routes by the Referer).
+        remove.extend(rule_removes.iter().cloned());
         Decision::Allow(Allow {
             set,
             remove,

@@ -802,6 +802,13 @@ async fn the_preset_closes_what_the_apps_leave_open() {
             vec![],
             403,
         ),
+        (
+            ALICE,
+            "GET",
+            "/kfam/v1/bindings?namespace=team-b".into(),
+            vec![],
+            403,
+        ),
         // Shared pipelines: an upload without a namespace needs the right in `kubeflow`.
         (
             ALICE,
@@ -871,8 +878,38 @@ async fn the_preset_closes_what_the_apps_leave_open() {
             400,
         ),
     ];
+    let hostile_referer =
+        referer("https://kubeflow.example.com/pipeline/apis/v1beta1/_proxy/169.254.169.254");
+    let cases: Vec<_> = cases
+        .into_iter()
+        .chain([
+            // Placeholders inside the viewer's host name hold DNS labels only.
+            (
+                ALICE,
+                "GET",
+                "/pipeline/apis/v1beta1/_proxy/viewer-a@169.254.169.254%3F-service.team-a.svc.cluster.local:80/".to_string(),
+                vec![],
+                400,
+            ),
+            // The middleware compares case-sensitively: another case is not the viewer route.
+            (
+                ALICE,
+                "GET",
+                "/pipeline/apis/V1BETA1/_proxy/viewer-0a1b-service.team-a.svc.cluster.local:80/".to_string(),
+                vec![],
+                403,
+            ),
+            // Istio's prefix `/pipeline` is a string prefix: /pipelinex reaches the UI too.
+            (ALICE, "GET", "/pipelinex".to_string(), hostile_referer.clone(), 403),
+        ])
+        .collect();
     for mode in [ExtAuthz::Grpc, ExtAuthz::Http] {
         let stack = Stack::start(mode, fixture(&config), &preset_yaml()).await;
+        // The viewer route goes on without its Referer: the proxy's router would take the
+        // origin from it first.
+        let viewed = send(&stack, "GET", viewer, ALICE, &hostile_referer).await;
+        assert_eq!(viewed.status, 200, "{mode:?}: {viewed:?}");
+        assert_eq!(viewed.upstream_header("referer"), None, "{mode:?}");
         for (who, method, target, headers, want) in &cases {
             let response = send(&stack, method, target, who, headers).await;
             assert_eq!(

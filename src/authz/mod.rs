@@ -23,6 +23,8 @@ pub enum Authorization {
         rule: Option<String>,
         /// The rule lets the bearer token through to the app.
         forward_credentials: bool,
+        /// Request headers the rule keeps from the app (lower-case).
+        remove_headers: Vec<String>,
     },
     /// Refused by a rule before any review (missing/ambiguous/invalid namespace …).
     Refused {
@@ -88,12 +90,14 @@ impl Authorizer {
                 DefaultAction::Allow => Authorization::Allowed {
                     rule: None,
                     forward_credentials: false,
+                    remove_headers: Vec::new(),
                 },
                 DefaultAction::Deny => Authorization::NoRule,
             },
             Verdict::Allow(rule) => Authorization::Allowed {
                 rule: Some(rule.name.clone()),
                 forward_credentials: rule.forward_credentials,
+                remove_headers: rule.remove_headers.clone(),
             },
             Verdict::Refuse(rule, why) => Authorization::Refused {
                 rule: rule.name.clone(),
@@ -110,6 +114,7 @@ impl Authorizer {
                     Ok(answer) if answer.allowed => Authorization::Allowed {
                         rule: Some(rule.name.clone()),
                         forward_credentials: rule.forward_credentials,
+                        remove_headers: rule.remove_headers.clone(),
                     },
                     Ok(answer) => {
                         tracing::debug!(rule = %rule.name, reason = %answer.reason, "access review denied");

@@ -77,6 +77,11 @@ pub struct Rule {
     target: Target,
     /// The app verifies the bearer token itself: it is not removed upstream.
     pub forward_credentials: bool,
+    /// Request headers removed before the app when this rule lets a request through.
+    pub remove_headers: Vec<String>,
+    case_sensitive: bool,
+    /// Placeholders inside a segment (each must hold a DNS label).
+    pattern_captures: Vec<String>,
 }
 
 /// The SubjectAccessReview resource attributes of one request.
@@ -323,6 +328,7 @@ fn compile_rule(config: &RuleConfig) -> Result<Rule, Vec<(&'static str, String)>
     let mut errors = Vec::new();
     let mut segments = Vec::new();
     let mut captures: Vec<String> = Vec::new();
+    let mut pattern_captures: Vec<String> = Vec::new();
     if !config.path.starts_with('/') {
         errors.push((".path", format!("{:?} must start with '/'", config.path)));
     }
@@ -347,13 +353,14 @@ fn compile_rule(config: &RuleConfig) -> Result<Rule, Vec<(&'static str, String)>
             captures.push(name.to_string());
             Segment::Capture(name.to_string())
         } else if seg.contains(['{', '}']) {
-            match compile_pattern(seg) {
+            match compile_pattern(seg, config.case_sensitive) {
                 Ok((regex, names)) => {
                     for name in &names {
                         if captures.iter().any(|c| c == name) {
                             errors.push((".path", format!("placeholder {{{name}}} appears twice")));
                         }
                         captures.push(name.clone());
+                        pattern_captures.push(name.clone());
                     }
                     Segment::Pattern(regex, names)
                 }
@@ -368,6 +375,8 @@ fn compile_rule(config: &RuleConfig) -> Result<Rule, Vec<(&'static str, String)>
                 format!("segment {seg:?}: wildcards must be whole segments"),
             ));
             Segment::Any
+        } else if config.case_sensitive {
+            Segment::Literal(seg.to_string())
         } else {
             Segment::Literal(comparable(seg))
         };
@@ -458,6 +467,13 @@ fn compile_rule(config: &RuleConfig) -> Result<Rule, Vec<(&'static str, String)>
         query.push((Parameter::new(key, config.query_parser), expected));
     }
 
+    let mut remove_headers = Vec::new();
+    for name in &config.remove_headers {
+        if http::HeaderName::from_bytes(name.as_bytes()).is_err() {
+            errors.push((".remove_headers", format!("{name:?} is not a header name")));
+        }
+        remove_headers.push(name.to_ascii_lowercase());
+    }
     let mut header_conditions = Vec::new();
     for (name, condition) in &config.headers {
         if http::HeaderName::from_bytes(name.as_bytes()).is_err() {
@@ -541,12 +557,18 @@ fn compile_rule(config: &RuleConfig) -> Result<Rule, Vec<(&'static str, String)>
         namespace_default,
         target,
         forward_credentials: config.forward_credentials,
+        remove_headers,
+        case_sensitive: config.case_sensitive,
+        pattern_captures,
     })
 }
 
 /// `a{x}b.{y}` → an anchored regex with one group per placeholder. Two placeholders must be
 /// apart (`{a}{b}` has no single reading).
-fn compile_pattern(segment: &str) -> Result<(regex::Regex, Vec<String>), String> {
+fn compile_pattern(
+    segment: &str,
+    case_sensitive: bool,
+) -> Result<(regex::Regex, Vec<String>), String> {
     let mut pattern = String::from("^");
     let mut names = Vec::new();
     let mut rest = segment;
@@ -572,7 +594,11 @@ fn compile_pattern(segment: &str) -> Result<(regex::Regex, Vec<String>), String>
             if literal.contains(['}', '*', '%', '?']) {
                 return Err("wildcards, '}' and escapes cannot be part of a segment".into());
             }
-            pattern.push_str(&format!("(?i:{})", regex::escape(literal)));
+            if case_sensitive {
+                pattern.push_str(&regex::escape(literal));
+            } else {
+                pattern.push_str(&format!("(?i:{})", regex::escape(literal)));
+            }
             last_was_capture = false;
             rest = &rest[end..];
         }
@@ -627,6 +653,11 @@ impl Rule {
             }
             match segment {
                 Segment::Rest => unreachable!("handled above"),
+                Segment::Literal(literal) if self.case_sensitive => {
+                    if percent_encoding::percent_decode_str(text).decode_utf8_lossy() != *literal {
+                        return None;
+                    }
+                }
                 Segment::Literal(literal) => {
                     if comparable(text) != *literal {
                         return None;
@@ -671,6 +702,19 @@ impl Rule {
     ) -> Verdict<'r> {
         if self.target == Target::Deny {
             return Verdict::Refuse(self, "this route is closed at the gateway".into());
+        }
+        // A placeholder inside a segment is typically part of a host name the app will call
+        // (`viewer-{id}-service.{namespace}.svc…`): only a DNS label, so no `@`, `?`, `.` or
+        // escape can move the host elsewhere.
+        if let Some((name, value)) = captures.iter().find(|(name, value)| {
+            self.pattern_captures.iter().any(|p| p == name) && !is_label(value)
+        }) {
+            return Verdict::Invalid(
+                self,
+                format!(
+                    "{{{name}}} holds {value:?}: a placeholder inside a segment takes only a DNS label"
+                ),
+            );
         }
         if captures.iter().any(|(_, v)| v.is_empty()) {
             return Verdict::Invalid(

@@ -264,6 +264,10 @@ fn impossible_rules_are_config_errors() {
             "empty segment",
         ),
         (
+            "  - {name: a, path: '/x', allow: true, remove_headers: [Kubeflow-Userid]}\n",
+            "identity header",
+        ),
+        (
             "  - {name: a, path: '/x', allow: true, query: {t: {name: A, number: 1}}}\n",
             "query_parser: grpc-gateway",
         ),
@@ -591,4 +595,65 @@ fn a_default_namespace_is_reviewed_when_the_request_names_none() {
         )
         .is_err()
     );
+}
+
+#[test]
+fn a_placeholder_inside_a_segment_holds_only_a_dns_label() {
+    let set = rules(
+        "  - name: viewer\n    path: /p/_proxy/viewer-{viewer}-service.{namespace}.svc.cluster.local:80/**\n    resource: {group: kubeflow.org, resource: viewers, verb: get}\n",
+    );
+    for hostile in [
+        "/p/_proxy/viewer-a@169.254.169.254%3F-service.team-a.svc.cluster.local:80/",
+        "/p/_proxy/viewer-a%40evil.example%23-service.team-a.svc.cluster.local:80/",
+        "/p/_proxy/viewer-x.evil.example%3F-service.team-a.svc.cluster.local:80/",
+        "/p/_proxy/viewer-a@[::1]:8888%3F-service.team-a.svc.cluster.local:80/",
+        "/p/_proxy/viewer-a%E3%80%82b-service.team-a.svc.cluster.local:80/",
+    ] {
+        assert!(invalid(&set, "GET", hostile), "{hostile}");
+    }
+    assert!(
+        eval(
+            &set,
+            "GET",
+            "/p/_proxy/viewer-0a1b-service.team-a.svc.cluster.local:80/"
+        )
+        .is_ok()
+    );
+}
+
+#[test]
+fn a_case_sensitive_rule_matches_only_its_exact_spelling() {
+    let set = rules(
+        "  - name: exact\n    path: /pipeline/apis/v1beta1/_proxy/viewer-{v}-service.{namespace}.svc.cluster.local:80/**\n    case_sensitive: true\n    remove_headers: [Referer]\n    resource: {group: kubeflow.org, resource: viewers, verb: get}\n  - {name: closed, path: /pipeline/apis/*/_proxy/**, deny: true}\n",
+    );
+    let name = |target: &str| {
+        let r = req("GET", target, &[]);
+        let path = r.path.clone().unwrap();
+        match set.evaluate(&r, &path) {
+            Verdict::Review(rule, _) | Verdict::Refuse(rule, _) => rule.name.clone(),
+            other => format!("{other:?}"),
+        }
+    };
+    assert_eq!(
+        name("/pipeline/apis/v1beta1/_proxy/viewer-a-service.team-a.svc.cluster.local:80/x"),
+        "exact"
+    );
+    for other in [
+        "/pipeline/apis/V1BETA1/_proxy/viewer-a-service.team-a.svc.cluster.local:80/x",
+        "/Pipeline/apis/v1beta1/_proxy/viewer-a-service.team-a.svc.cluster.local:80/x",
+        "/pipeline/apis/v1beta1/_proxy/VIEWER-a-service.team-a.svc.cluster.local:80/x",
+        "/pipeline;x/apis/v1beta1/_proxy/viewer-a-service.team-a.svc.cluster.local:80/x",
+    ] {
+        assert_eq!(name(other), "closed", "{other}");
+    }
+    let r = req(
+        "GET",
+        "/pipeline/apis/v1beta1/_proxy/viewer-a-service.team-a.svc.cluster.local:80/",
+        &[],
+    );
+    let path = r.path.clone().unwrap();
+    let Verdict::Review(rule, _) = set.evaluate(&r, &path) else {
+        panic!()
+    };
+    assert_eq!(rule.remove_headers, ["referer"]);
 }
