@@ -17,7 +17,9 @@ What is checked, for every rendered object:
     fixed UID, no privilege escalation, read-only root filesystem, ALL capabilities dropped,
     seccomp RuntimeDefault; probes on the HTTP port; ext_authz providers with an explicit timeout
     and failOpen false; the CUSTOM gateway policy excludes only the OIDC provider's /dex/ paths;
-    identity-header guards trust only named principals; the HTTP provider passes `cookie`
+    identity-header guards trust only named principals (and attach only to the namespace or its
+    waypoint); Envoy Gateway's SecurityPolicy calls authgate over gRPC, fails closed, has a
+    timeout, and targets the named Gateway; the HTTP provider passes `cookie`
     upstream (authgate removes its own cookies from it); the gRPC port admits only the gateway;
     the OIDC provider's pods (Dex) may reach only the HTTP port, for back-channel logout;
   * every authgate config in a ConfigMap is accepted by `authgate check-config` (the real
@@ -49,7 +51,8 @@ K8S_VERSIONS = ["1.30.0", "1.37.0"]
 
 # What gets rendered. The mesh-config component patches Istio's own ConfigMap, so it is
 # rendered on top of a stand-in for that ConfigMap (see render_component_on_stub).
-KUSTOMIZATIONS = ["base", "overlays/kubeflow", "overlays/redis"]
+KUSTOMIZATIONS = ["base", "overlays/kubeflow", "overlays/redis", "overlays/gateway-api",
+                  "overlays/ambient", "overlays/envoy-gateway"]
 MESH_COMPONENT = "components/mesh-config"
 
 GATEWAY_PRINCIPAL = "cluster.local/ns/istio-system/sa/istio-ingressgateway-service-account"
@@ -366,10 +369,21 @@ def check_network_policy(where: str, obj: dict) -> None:
             fail(where, f"ingress[{i}] admits every port")
 
 
+# The gateways that may ask authgate: Istio's classic ingress gateway, a Gateway API `Gateway` of
+# class istio (its pods carry the Gateway's name), Envoy Gateway's proxy of that Gateway.
+GATEWAY_PEERS = [
+    ({"kubernetes.io/metadata.name": "istio-system"}, {"istio": "ingressgateway"}),
+    ({"kubernetes.io/metadata.name": "istio-system"},
+     {"gateway.networking.k8s.io/gateway-name": "kubeflow-gateway"}),
+    ({"kubernetes.io/metadata.name": "envoy-gateway-system"},
+     {"app.kubernetes.io/name": "envoy", "gateway.envoyproxy.io/owning-gateway-name": "kubeflow-gateway"}),
+]
+GATEWAY_REF = {"group": "gateway.networking.k8s.io", "kind": "Gateway", "name": "kubeflow-gateway"}
+
+
 def is_gateway_peer(p: dict) -> bool:
-    return (p.get("namespaceSelector", {}).get("matchLabels") == {"kubernetes.io/metadata.name": "istio-system"}
-            and p.get("podSelector", {}).get("matchLabels") == {"istio": "ingressgateway"}
-            and set(p) == {"namespaceSelector", "podSelector"})
+    return (set(p) == {"namespaceSelector", "podSelector"}
+            and (p["namespaceSelector"].get("matchLabels"), p["podSelector"].get("matchLabels")) in GATEWAY_PEERS)
 
 
 def check_gateway_ingress(where: str, obj: dict) -> None:
@@ -391,7 +405,7 @@ def check_gateway_ingress(where: str, obj: dict) -> None:
                 fail(where, f"ingress[{i}]: the OIDC provider rule admits exactly {PROVIDER_PEER} on 8000")
             provider = True
     if not gateway:
-        fail(where, "must admit istio-system pods labelled istio=ingressgateway on 9000 and 8000")
+        fail(where, "must admit the ingress gateway's pods (one of GATEWAY_PEERS) on 9000 and 8000")
     if not provider:
         fail(where, "must admit the OIDC provider's pods (auth, app=dex) on 8000: "
                     "/authgate/backchannel-logout is called on the HTTP service directly")
@@ -403,9 +417,12 @@ def check_authorization_policy(where: str, obj: dict) -> None:
     if action == "CUSTOM":
         if (spec.get("provider") or {}).get("name") not in {"authgate", "authgate-http"}:
             fail(where, f"CUSTOM provider must be authgate or authgate-http, is {spec.get('provider')}")
-        if obj["metadata"].get("namespace") != "istio-system" or \
-                (spec.get("selector") or {}).get("matchLabels") != {"istio": "ingressgateway"}:
-            fail(where, "the CUSTOM policy belongs on the ingress gateway (istio-system, istio=ingressgateway)")
+        on_classic = (spec.get("selector") or {}).get("matchLabels") == {"istio": "ingressgateway"} \
+            and "targetRefs" not in spec
+        on_gateway = spec.get("targetRefs") == [GATEWAY_REF] and "selector" not in spec
+        if obj["metadata"].get("namespace") != "istio-system" or not (on_classic or on_gateway):
+            fail(where, "the CUSTOM policy belongs on the ingress gateway (istio-system: selector "
+                        "istio=ingressgateway, or targetRefs the Gateway kubeflow-gateway)")
         rules = spec.get("rules") or []
         if len(rules) != 1:
             fail(where, f"exactly one rule expected, found {len(rules)}")
@@ -421,6 +438,9 @@ def check_authorization_policy(where: str, obj: dict) -> None:
     elif action == "DENY" and obj["metadata"]["name"] == "authgate-identity-header-guard":
         if spec.get("selector"):
             fail(where, "the guard must cover the whole namespace (no selector)")
+        waypoint = [{"group": "gateway.networking.k8s.io", "kind": "Gateway", "name": "waypoint"}]
+        if "targetRefs" in spec and spec["targetRefs"] != waypoint:
+            fail(where, f"the guard attaches to the namespace's waypoint only (ambient), not {spec['targetRefs']}")
         guarded = set()
         for i, rule in enumerate(spec.get("rules") or []):
             sources = [f["source"] for f in rule.get("from", [])]
@@ -441,6 +461,23 @@ def check_authorization_policy(where: str, obj: dict) -> None:
         for i, rule in enumerate(spec.get("rules") or [{}]):
             if not rule.get("from"):
                 fail(where, f"rules[{i}]: an ALLOW rule without `from` admits every caller")
+
+
+def check_security_policy(where: str, obj: dict) -> None:
+    """Envoy Gateway: ext_authz over gRPC to authgate, failing closed, with a deadline."""
+    spec = obj.get("spec") or {}
+    ext = spec.get("extAuth")
+    if ext is None:
+        return
+    if spec.get("targetRefs") != [GATEWAY_REF]:
+        fail(where, f"extAuth belongs on the Gateway {GATEWAY_REF['name']}, targets {spec.get('targetRefs')}")
+    if ext.get("failOpen") is not False:
+        fail(where, "extAuth.failOpen must be explicitly false")
+    if "timeout" not in ext:
+        fail(where, "extAuth.timeout required (Envoy Gateway's default is 10 s)")
+    refs = (ext.get("grpc") or {}).get("backendRefs") or []
+    if refs != [{"name": "authgate", "namespace": "auth", "port": 9000}]:
+        fail(where, f"extAuth.grpc must call authgate.auth:9000 only, calls {refs}")
 
 
 def check_mesh_config(where: str, obj: dict) -> None:
@@ -659,6 +696,8 @@ def check_all(where: str, objs: list[dict], authgate_bin: str | None) -> None:
                 continue
             if kind == "AuthorizationPolicy":
                 check_authorization_policy(w, obj)
+            if kind == "SecurityPolicy":
+                check_security_policy(w, obj)
             continue
         validate_k8s(w, obj)
         if kind in {"ClusterRole", "Role"}:
@@ -694,6 +733,11 @@ def self_test(kustomize: list[str]) -> None:
 
     base_objs = render(kustomize, ISTIO / "overlays/kubeflow")
     mesh_objs = render_component_on_stub(kustomize, ISTIO / MESH_COMPONENT)
+    # The gateway-side objects of the other overlays (the rest is the Kubeflow overlay's).
+    gateway_objs = [o for o in render(kustomize, ISTIO / "overlays/gateway-api") if o["kind"] == "AuthorizationPolicy"] \
+        + [o for o in render(kustomize, ISTIO / "overlays/ambient")
+           if o["kind"] == "Gateway" or o["metadata"]["name"] == "authgate-identity-header-guard"] \
+        + [o for o in render(kustomize, ISTIO / "overlays/envoy-gateway") if o["kind"] in {"SecurityPolicy", "ReferenceGrant"}]
 
     def find(objs, kind, name=None):
         return next(o for o in objs if o["kind"] == kind and (name is None or o["metadata"]["name"] == name))
@@ -798,12 +842,32 @@ def self_test(kustomize: list[str]) -> None:
         "provider typo": lambda o: mesh_set(o, "authgate", "failopen", False),
         "pathNormalization NONE": lambda o: mesh_path_normalization(o, "NONE"),
     }
+    def first(objs, kind, name):
+        return next(o for o in objs if o["kind"] == kind and o["metadata"]["name"] == name)
+
+    gateway_mutations = {
+        "SecurityPolicy failOpen true": lambda o: first(o, "SecurityPolicy", "authgate")["spec"]["extAuth"]
+            .__setitem__("failOpen", True),
+        "SecurityPolicy no timeout": lambda o: first(o, "SecurityPolicy", "authgate")["spec"]["extAuth"].pop("timeout"),
+        "SecurityPolicy typo": lambda o: first(o, "SecurityPolicy", "authgate")["spec"]["extAuth"]
+            .__setitem__("failopen", False),
+        "SecurityPolicy other backend": lambda o: first(o, "SecurityPolicy", "authgate")["spec"]["extAuth"]["grpc"]
+            ["backendRefs"][0].__setitem__("port", 8000),
+        "ReferenceGrant typo": lambda o: first(o, "ReferenceGrant", "authgate-from-envoy-gateway")["spec"]
+            .__setitem__("too", []),
+        "waypoint typo": lambda o: first(o, "Gateway", "waypoint")["spec"].__setitem__("gatewayClass", "istio-waypoint"),
+        "CUSTOM on another Gateway": lambda o: first(o, "AuthorizationPolicy", "authgate")["spec"]["targetRefs"][0]
+            .__setitem__("name", "other"),
+        "guard on another waypoint": lambda o: first(o, "AuthorizationPolicy", "authgate-identity-header-guard")["spec"]
+            ["targetRefs"][0].__setitem__("name", "other"),
+    }
     global problems
     saved = problems
     if not base_objs or not mesh_objs:
         return
     for label, (objs, muts, where) in {"kubeflow": (base_objs, mutations, "self-test/kubeflow"),
-                                        "mesh": (mesh_objs, mesh_mutations, "self-test/mesh")}.items():
+                                        "mesh": (mesh_objs, mesh_mutations, "self-test/mesh"),
+                                        "gateways": (gateway_objs, gateway_mutations, "self-test/gateways")}.items():
         problems = []
         check_all(where, copy.deepcopy(objs), None)
         clean = problems
