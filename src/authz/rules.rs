@@ -25,7 +25,7 @@ enum Segment {
     Capture(String),
     /// Literal text around placeholders inside one segment
     /// (`viewer-{id}-service.{namespace}.svc.cluster.local:80`): literal parts compare
-    /// case-insensitively, each placeholder takes at least one character.
+    /// ASCII-case-insensitively, each placeholder takes at least one character.
     Pattern(regex::Regex, Vec<String>),
     /// `*`: any one segment.
     Any,
@@ -310,6 +310,16 @@ fn comparable(segment: &str) -> String {
         .to_ascii_lowercase()
 }
 
+/// Whether a path segment is the literal (lower-case) as app routers compare it; no allocation
+/// for the usual segment without escapes or `;parameters`.
+fn literal_matches(segment: &str, literal: &str) -> bool {
+    if segment.contains(['%', ';']) {
+        comparable(segment) == literal
+    } else {
+        segment.eq_ignore_ascii_case(literal)
+    }
+}
+
 /// grpc-gateway (KFP builds its routes with `AssumeColonVerbOpt`) reads the text after the last
 /// `:` of the last segment as a custom verb: `runs:` is the route `runs`. Matching the segment
 /// without it applies the rule to every verb, the safe direction.
@@ -584,7 +594,9 @@ fn compile_pattern(
             if last_was_capture {
                 return Err("two placeholders must be apart".into());
             }
-            pattern.push_str(&format!("(?P<{name}>[^/]+?)"));
+            // A segment in normal form is printable ASCII without `/`: a small class, so a
+            // template compiles fast (no Unicode tables).
+            pattern.push_str(&format!("(?P<{name}>[!-.0-~]+?)"));
             names.push(name.to_string());
             last_was_capture = true;
             rest = tail;
@@ -594,10 +606,14 @@ fn compile_pattern(
             if literal.contains(['}', '*', '%', '?']) {
                 return Err("wildcards, '}' and escapes cannot be part of a segment".into());
             }
+            if !literal.bytes().all(|b| b.is_ascii_graphic()) {
+                return Err("a segment's literal text is printable ASCII".into());
+            }
             if case_sensitive {
                 pattern.push_str(&regex::escape(literal));
             } else {
-                pattern.push_str(&format!("(?i:{})", regex::escape(literal)));
+                // ASCII case only, as literal segments compare.
+                pattern.push_str(&format!("(?i-u:{})", regex::escape(literal)));
             }
             last_was_capture = false;
             rest = &rest[end..];
@@ -659,7 +675,7 @@ impl Rule {
                     }
                 }
                 Segment::Literal(literal) => {
-                    if comparable(text) != *literal {
+                    if !literal_matches(text, literal) {
                         return None;
                     }
                 }
