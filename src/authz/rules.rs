@@ -324,11 +324,13 @@ fn literal_matches(segment: &str, literal: &str) -> bool {
 /// `:` of the last segment as a custom verb: `runs:` is the route `runs`. Matching the segment
 /// without it applies the rule to every verb, the safe direction.
 fn without_verb(segment: &str) -> &str {
-    let colon = segment.rfind(':').or_else(|| {
-        let upper = segment.to_ascii_uppercase();
-        upper.rfind("%3A")
+    // The last colon as Go sees it after decoding: raw, or `%3A` in either case (no allocation:
+    // this runs for every grpc-gateway rule a request's path reaches).
+    let bytes = segment.as_bytes();
+    let encoded = (0..bytes.len().saturating_sub(2)).rev().find(|&i| {
+        bytes[i] == b'%' && bytes[i + 1] == b'3' && bytes[i + 2].eq_ignore_ascii_case(&b'a')
     });
-    match colon {
+    match segment.rfind(':').max(encoded) {
         Some(i) => &segment[..i],
         None => segment,
     }

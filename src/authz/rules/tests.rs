@@ -562,6 +562,16 @@ fn grpc_gateway_routes_ignore_a_custom_verb_in_the_last_segment() {
 }
 
 #[test]
+fn the_custom_verb_starts_at_the_last_colon_raw_or_encoded() {
+    assert_eq!(without_verb("runs"), "runs");
+    assert_eq!(without_verb("runs:"), "runs");
+    assert_eq!(without_verb("runs%3a"), "runs");
+    assert_eq!(without_verb("a:b%3Ac"), "a:b");
+    assert_eq!(without_verb("a%3Ab:c"), "a%3Ab");
+    assert_eq!(without_verb("%3"), "%3");
+}
+
+#[test]
 fn a_wildcard_never_takes_the_empty_segment_of_a_trailing_slash() {
     let set = rules(
         "  - {name: any, path: '/a/*', allow: true}\n  - name: list\n    path: /a\n    resource: {resource: r}\n",
