@@ -694,9 +694,9 @@ impl Server {
     async fn authgate(&self, yaml: String) -> authgate::Running {
         self.rt
             .spawn(async move {
-                let config = authgate::config::Config::from_yaml(&yaml)
+                let settings = authgate::settings::Settings::from_yaml(&yaml)
                     .unwrap_or_else(|e| panic!("bench config invalid: {e}\n{yaml}"));
-                authgate::App::build(config)
+                authgate::App::build(settings)
                     .await
                     .expect("authgate builds")
                     .start()
@@ -1496,8 +1496,9 @@ async fn run(timing: Timing, command: &str, only: Option<&str>) -> String {
         extra: "",
     }
     .render();
-    let cookie_name = authgate::config::Config::from_yaml(&yaml)
+    let cookie_name = authgate::settings::Settings::from_yaml(&yaml)
         .unwrap()
+        .config()
         .session
         .cookie();
     let main = server.authgate(yaml.clone()).await;
@@ -1559,7 +1560,8 @@ async fn run(timing: Timing, command: &str, only: Option<&str>) -> String {
         }
         .render()
     };
-    let redis_config = authgate::config::Config::from_yaml(&redis_yaml("")).unwrap();
+    let redis_settings = authgate::settings::Settings::from_yaml(&redis_yaml("")).unwrap();
+    let redis_config = redis_settings.config();
     let redis_cookie = {
         use authgate::store::SessionStore;
         let store = authgate::store::redis::RedisStore::connect(&redis_config.session)
@@ -1672,8 +1674,8 @@ async fn run(timing: Timing, command: &str, only: Option<&str>) -> String {
     eprintln!("[bench] in-process stage costs");
     let stage_rows = {
         let build = |yaml: String| async move {
-            let config = authgate::config::Config::from_yaml(&yaml).expect("bench config");
-            authgate::App::build(config)
+            let settings = authgate::settings::Settings::from_yaml(&yaml).expect("bench config");
+            authgate::App::build(settings)
                 .await
                 .expect("authgate builds")
                 .checker()

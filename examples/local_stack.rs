@@ -418,8 +418,8 @@ async fn start_authgate(
     let yaml = authgate_yaml(ports, &kubeconfig, &key_file, oidc);
     std::fs::write(dir.join("authgate.yaml"), &yaml).context("write authgate.yaml")?;
 
-    let config = authgate::config::Config::from_yaml(&yaml)?;
-    let app = authgate::App::build(config).await?;
+    let settings = authgate::settings::Settings::from_yaml(&yaml)?;
+    let app = authgate::App::build(settings).await?;
     Ok(app.start().await?)
 }
 

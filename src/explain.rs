@@ -4,12 +4,12 @@
 
 use std::fmt::Write;
 
-use crate::authz::rules::{RuleSet, Verdict};
+use crate::authz::rules::Verdict;
 use crate::authz::sar::AccessRequest;
-use crate::config::{Config, DefaultAction};
+use crate::config::DefaultAction;
 use crate::identity::{AuthMethod, Identity};
-use crate::path::PathPrefix;
 use crate::request::{Headers, Request};
+use crate::settings::Settings;
 
 /// What to explain.
 #[derive(Debug, Clone)]
@@ -46,10 +46,10 @@ fn split_url<'a>(url: &'a str, default_host: &'a str) -> (&'a str, &'a str) {
     }
 }
 
-/// Explains a request against the configuration.
-pub fn explain(config: &Config, question: &Question) -> Explanation {
+/// Explains a request against the settings.
+pub fn explain(settings: &Settings, question: &Question) -> Explanation {
     let mut out = String::new();
-    let default_host = config.public_origin().host_str().unwrap_or_default();
+    let default_host = settings.public_origin().host_str().unwrap_or_default();
     let (host, target) = split_url(&question.url, default_host);
     let req = Request::new(
         &question.method,
@@ -77,14 +77,10 @@ pub fn explain(config: &Config, question: &Question) -> Explanation {
         &req.query
     };
     let _ = writeln!(out, "query:           {query}");
-    if let Some(p) = config
-        .skip_auth
-        .iter()
-        .find(|p| PathPrefix::parse(p).is_ok_and(|p| p.matches(&path)))
-    {
+    if let Some(p) = settings.skip_auth().iter().find(|p| p.matches(&path)) {
         let _ = writeln!(
             out,
-            "skip_auth:       matches {p:?} → allowed without authentication (identity headers removed)"
+            "skip_auth:       matches \"{p}\" → allowed without authentication (identity headers removed)"
         );
         return Explanation {
             report: out,
@@ -109,22 +105,21 @@ pub fn explain(config: &Config, question: &Question) -> Explanation {
             identity.groups.join(", ")
         }
     );
-    let allowed = &config.authorization.allowed_groups;
-    if !allowed.is_empty() && !identity.groups.iter().any(|g| allowed.contains(g)) {
+    if let Err(refused) = settings.admission().admit(&identity) {
         let _ = writeln!(
             out,
-            "allowed_groups:  none of {allowed:?} → 403 before any rule"
+            "admission:       {refused} ({}) → 403 before any rule",
+            refused.reason()
         );
         return Explanation {
             report: out,
             review: None,
         };
     }
-    let rules = RuleSet::from_config(&config.authorization).expect("validated config");
     let mut review = None;
-    match rules.evaluate(&req, &path) {
+    match settings.rules().evaluate(&req, &path) {
         Verdict::NoRule => {
-            let fate = match config.authorization.default {
+            let fate = match settings.config().authorization.default {
                 DefaultAction::Allow => "allowed (default: allow)",
                 DefaultAction::Deny => "403 (default: deny)",
             };
@@ -169,8 +164,8 @@ pub fn explain(config: &Config, question: &Question) -> Explanation {
 mod tests {
     use super::*;
 
-    fn config() -> Config {
-        Config::from_yaml(
+    fn config() -> Settings {
+        Settings::from_yaml(
             "public_url: https://kf.example.com\nskip_auth: [/dex/]\nauthorization:\n  rules:\n  - name: artifacts\n    path: /pipeline/artifacts/**\n    namespace: {query: namespace}\n    resource: {group: pipelines.kubeflow.org, resource: viewers, verb: get}\n",
         )
         .unwrap()
@@ -225,5 +220,28 @@ mod tests {
             "{dots}"
         );
         assert!(ask("/central").report.contains("none matched → allowed"));
+    }
+
+    #[test]
+    fn admission_is_the_gates() {
+        let config = Settings::from_yaml(
+            "public_url: https://kf.example.com\nauthorization:\n  allowed_email_domains: [corp.example]\n",
+        )
+        .unwrap();
+        let report = explain(
+            &config,
+            &Question {
+                user: "alice@example.com".into(),
+                groups: vec![],
+                method: "GET".into(),
+                url: "/central".into(),
+            },
+        )
+        .report;
+        assert!(
+            report.contains("not in an e-mail domain allowed")
+                && report.contains("domain_not_allowed"),
+            "{report}"
+        );
     }
 }

@@ -1,15 +1,17 @@
 //! The Kubernetes API client authgate uses for TokenReview (and SubjectAccessReview): built once,
-//! with a deadline on every call, and one error type that the decision maps to 503.
+//! with a deadline on every call; [`KubeError`] (503) and [`ReviewError`], which adds authgate's
+//! own review budgets (429).
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use kube::config::{KubeConfigOptions, Kubeconfig};
 
 use crate::config::KubernetesConfig;
 
-/// A failed call to the Kubernetes API. Every variant but [`KubeError::Throttled`] is answered
-/// with 503: authgate cannot know the answer, so it must not guess one.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+/// A failed call to the Kubernetes API: answered with 503, because authgate cannot know the
+/// answer and must not guess one.
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum KubeError {
     /// No answer within `kubernetes.timeout`.
     #[error("the Kubernetes API did not answer within {0:?}")]
@@ -24,13 +26,17 @@ pub enum KubeError {
         /// `Status.message`.
         message: String,
     },
-    /// Connection, TLS or decoding trouble.
-    #[error("cannot reach the Kubernetes API: {0}")]
-    Transport(String),
-    /// authgate's own budget of reviews for unknown tokens is spent, so no call was made
-    /// (answered with 429 and `Retry-After`).
-    #[error("the budget of TokenReviews for unknown tokens is spent; retry in {0:?}")]
-    Throttled(Duration),
+    /// Connection, TLS or decoding trouble (shared: review caches hand one error to every
+    /// request that waited for the call).
+    #[error("cannot reach the Kubernetes API")]
+    Transport(#[source] Arc<dyn std::error::Error + Send + Sync>),
+}
+
+impl KubeError {
+    /// A transport failure with its cause.
+    pub fn transport(source: impl Into<Box<dyn std::error::Error + Send + Sync>>) -> Self {
+        KubeError::Transport(Arc::from(source.into()))
+    }
 }
 
 impl From<kube::Error> for KubeError {
@@ -41,21 +47,34 @@ impl From<kube::Error> for KubeError {
                 reason: status.reason.clone(),
                 message: status.message.clone(),
             },
-            other => KubeError::Transport(other.to_string()),
+            other => KubeError::transport(other),
         }
     }
+}
+
+/// Why a review (TokenReview or SubjectAccessReview) has no answer.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum ReviewError {
+    /// authgate's own budget of reviews is spent, so no call was made (answered with 429 and
+    /// `Retry-After`): a limit of authgate's, not a failure of the API server.
+    #[error("the review budget is spent; retry in {0:?}")]
+    BudgetSpent(Duration),
+    /// The call failed.
+    #[error(transparent)]
+    Kube(#[from] KubeError),
 }
 
 /// Why no client could be built at start.
 #[derive(Debug, thiserror::Error)]
 pub enum SetupError {
     /// The configured kubeconfig is unusable.
-    #[error("kubernetes.kubeconfig {path}: {message}")]
+    #[error("kubernetes.kubeconfig {path}")]
     Kubeconfig {
         /// The file.
         path: String,
         /// What went wrong.
-        message: String,
+        #[source]
+        source: kube::config::KubeconfigError,
     },
     /// Neither in-cluster config nor a default kubeconfig was found; both causes kept.
     #[error(
@@ -63,35 +82,35 @@ pub enum SetupError {
     )]
     NotFound {
         /// Why in-cluster config failed.
-        in_cluster: String,
+        in_cluster: kube::config::InClusterError,
         /// Why the default kubeconfig failed.
-        kubeconfig: String,
+        kubeconfig: kube::config::KubeconfigError,
     },
     /// The client could not be constructed.
-    #[error("cannot build the Kubernetes client: {0}")]
-    Client(String),
+    #[error("cannot build the Kubernetes client")]
+    Client(#[source] kube::Error),
 }
 
 /// Builds the client: the configured kubeconfig, else in-cluster, else the default kubeconfig.
 pub async fn client(config: &KubernetesConfig) -> Result<kube::Client, SetupError> {
     let mut kube_config = match &config.kubeconfig {
         Some(path) => {
-            let setup = |message: String| SetupError::Kubeconfig {
+            let setup = |source| SetupError::Kubeconfig {
                 path: path.display().to_string(),
-                message,
+                source,
             };
-            let file = Kubeconfig::read_from(path).map_err(|e| setup(e.to_string()))?;
+            let file = Kubeconfig::read_from(path).map_err(setup)?;
             kube::Config::from_custom_kubeconfig(file, &KubeConfigOptions::default())
                 .await
-                .map_err(|e| setup(e.to_string()))?
+                .map_err(setup)?
         }
         None => match kube::Config::incluster() {
             Ok(c) => c,
             Err(in_cluster) => kube::Config::from_kubeconfig(&KubeConfigOptions::default())
                 .await
                 .map_err(|kubeconfig| SetupError::NotFound {
-                    in_cluster: in_cluster.to_string(),
-                    kubeconfig: kubeconfig.to_string(),
+                    in_cluster,
+                    kubeconfig,
                 })?,
         },
     };
@@ -103,8 +122,7 @@ pub async fn client(config: &KubernetesConfig) -> Result<kube::Client, SetupErro
     // kube retries 429/503/504 with backoff for minutes by default; authgate answers 503 at once
     // instead, and must never multiply its load on a struggling API server.
     kube_config.default_retry = false;
-    let builder = kube::client::ClientBuilder::try_from(kube_config)
-        .map_err(|e| SetupError::Client(e.to_string()))?;
+    let builder = kube::client::ClientBuilder::try_from(kube_config).map_err(SetupError::Client)?;
     // One limit for every call of this client (TokenReview and SubjectAccessReview share it);
     // a call waiting for its turn is still under `with_deadline`.
     Ok(builder

@@ -10,6 +10,7 @@ pub mod clock;
 pub mod config;
 pub mod decision;
 pub mod explain;
+pub mod gate;
 pub mod identity;
 pub mod k8s;
 pub mod logline;
@@ -19,6 +20,7 @@ pub mod path;
 pub mod ratelimit;
 pub mod redirect;
 pub mod request;
+pub mod settings;
 pub mod signing;
 pub mod store;
 pub mod telemetry;
@@ -35,9 +37,8 @@ use tokio::task::JoinHandle;
 use crate::authn::service_account::{KubeTokenReview, ServiceAccountAuthenticator};
 use crate::clock::{SharedClock, SystemClock};
 use crate::config::Config;
-use crate::decision::Gate;
-use crate::identity::HeaderPlan;
-use crate::path::PathPrefix;
+use crate::gate::{Browser, Gate, GateParts};
+use crate::settings::Settings;
 use crate::signing::Signer;
 use crate::telemetry::Checker;
 
@@ -70,7 +71,7 @@ pub enum StartError {
     },
 }
 
-/// Everything built from the configuration, before any port is bound.
+/// Everything built from the settings, before any port is bound.
 pub struct App {
     config: Config,
     checker: Arc<Checker>,
@@ -78,17 +79,22 @@ pub struct App {
 
 impl App {
     /// Builds the app with the system clock.
-    pub async fn build(config: Config) -> Result<App, StartError> {
-        Self::build_with_clock(config, Arc::new(SystemClock)).await
+    pub async fn build(settings: Settings) -> Result<App, StartError> {
+        Self::build_with_clock(settings, Arc::new(SystemClock)).await
     }
 
     /// Builds the app with an injected clock (tests).
-    pub async fn build_with_clock(config: Config, clock: SharedClock) -> Result<App, StartError> {
+    pub async fn build_with_clock(
+        settings: Settings,
+        clock: SharedClock,
+    ) -> Result<App, StartError> {
+        let config = settings.config();
         let identity = &config.identity;
+        let public_origin = settings.public_origin().clone();
         let signer = Arc::new(Signer::load(
             identity.jwt.key_file.as_deref(),
             &identity.jwt.extra_public_key_files,
-            config.public_origin().as_str(),
+            public_origin.as_str(),
             identity.jwt.ttl,
             clock.clone(),
         )?);
@@ -111,8 +117,7 @@ impl App {
         } else {
             None
         };
-        let rules = authz::rules::RuleSet::from_config(&config.authorization)
-            .expect("validated config compiles");
+        let rules = settings.rules().clone();
         let reviewer = if rules.needs_reviews() {
             let client = match &kube_client {
                 Some(c) => c.clone(),
@@ -130,14 +135,8 @@ impl App {
             None
         };
         let authorizer = authz::Authorizer::new(rules, config.authorization.default, reviewer);
-        let prefixes = |list: &[String]| -> Vec<PathPrefix> {
-            list.iter()
-                .map(|p| PathPrefix::parse(p).expect("validated"))
-                .collect()
-        };
-        let public_origin = config.public_origin().clone();
-        let (sessions, login, oidc_bearer) = match &config.oidc {
-            None => (None, None, None),
+        let (browser, oidc_bearer) = match &config.oidc {
+            None => (None, None),
             Some(oidc) => {
                 let store: Arc<dyn store::SessionStore> = match config.session.store {
                     config::StoreKind::Memory => {
@@ -149,7 +148,7 @@ impl App {
                             .map_err(StartError::Store)?,
                     ),
                 };
-                let (sealer, login_sealer) = sealer(&config).map_err(StartError::Io)?;
+                let (sealer, login_sealer) = sealer(config).map_err(StartError::Io)?;
                 let rules = authn::claims::ClaimRules::for_issuers(oidc);
                 let sessions = Arc::new(authn::session::Sessions::new(
                     store,
@@ -182,38 +181,38 @@ impl App {
                     oidc.jwks_max_age,
                     provider.http().clone(),
                 );
-                let login = authn::login::Login::new(
-                    provider,
-                    rules[0].clone(),
-                    sessions.clone(),
-                    sealer,
-                    login_sealer,
-                    public_origin.clone(),
-                    clock.clone(),
-                )
-                .with_callback_path(&oidc.callback_path);
-                (Some(sessions), Some(login), Some(bearer))
+                let login = Arc::new(
+                    authn::login::Login::new(
+                        provider,
+                        rules[0].clone(),
+                        sessions.clone(),
+                        sealer,
+                        login_sealer,
+                        public_origin.clone(),
+                        clock.clone(),
+                    )
+                    .with_callback_path(&oidc.callback_path),
+                );
+                (Some(Browser { sessions, login }), Some(bearer))
             }
         };
-        let gate = Gate {
-            headers: HeaderPlan::new(identity),
+        let gate = Gate::new(GateParts {
+            headers: settings.headers().clone(),
             signer,
             service_accounts,
-            skip_auth: prefixes(&config.skip_auth),
-            allowed_groups: config.authorization.allowed_groups.clone(),
-            authorizer,
-            api_routes: prefixes(&config.api_routes),
-            allowed_email_domains: config.authorization.allowed_email_domains.clone(),
-            sessions,
-            login,
             oidc_bearer,
-            audiences: identity::Audiences::new(&public_origin, &config.identity.jwt.audiences),
+            browser,
+            admission: settings.admission().clone(),
+            authorizer,
+            skip_auth: settings.skip_auth().to_vec(),
+            api_routes: settings.api_routes().to_vec(),
+            audiences: settings.audiences().clone(),
             public_origin,
             rate_limits: ratelimit::RateLimits::new(&config.rate_limit),
-        };
+        });
         Ok(App {
             checker: Arc::new(Checker::new(Arc::new(gate))),
-            config,
+            config: config.clone(),
         })
     }
 

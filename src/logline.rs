@@ -95,10 +95,17 @@ impl Visit for Fields<'_> {
         }
     }
 
+    /// An error with its causes, outermost first: `cannot reach the Kubernetes API: tcp
+    /// connect error: Connection refused`.
     fn record_error(&mut self, field: &Field, value: &(dyn std::error::Error + 'static)) {
         self.key(field);
         self.0.push('"');
         let _ = write!(Escaped(self.0), "{value}");
+        let mut source = value.source();
+        while let Some(cause) = source {
+            let _ = write!(Escaped(self.0), ": {cause}");
+            source = cause.source();
+        }
         self.0.push('"');
     }
 }

@@ -7,6 +7,7 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 
 use authgate::config::{Config, EXIT_CONFIG};
+use authgate::settings::Settings;
 
 #[derive(Parser)]
 #[command(
@@ -107,8 +108,8 @@ fn main() -> ExitCode {
             }
         }
         Command::CheckConfig { config } => match load(config.as_deref()) {
-            Ok(c) => {
-                print!("{}", c.redacted_yaml());
+            Ok(settings) => {
+                print!("{}", settings.config().redacted_yaml());
                 ExitCode::SUCCESS
             }
             Err(code) => code,
@@ -132,11 +133,12 @@ fn main() -> ExitCode {
                 url,
             };
             let explanation = authgate::explain::explain(&config, &question);
+            let config = config.config();
             print!("{}", explanation.report);
             match (kubeconfig, explanation.review) {
                 (Some(kubeconfig), Some(review)) => {
                     let runtime = tokio::runtime::Runtime::new().expect("tokio runtime");
-                    match runtime.block_on(live_answer(&config, kubeconfig, &review)) {
+                    match runtime.block_on(live_answer(config, kubeconfig, &review)) {
                         Ok(answer) => {
                             println!("live answer:     {answer}");
                             ExitCode::SUCCESS
@@ -156,7 +158,7 @@ fn main() -> ExitCode {
                 Err(code) => return code,
             };
             let runtime = tokio::runtime::Runtime::new().expect("tokio runtime");
-            match runtime.block_on(sessions(&config, action)) {
+            match runtime.block_on(sessions(config.config(), action)) {
                 Ok(message) => {
                     println!("{message}");
                     ExitCode::SUCCESS
@@ -179,19 +181,21 @@ fn main() -> ExitCode {
 
 /// Loads the config, printing every problem and returning exit code 64 on failure. Notes (such
 /// as mapped oidc-authservice variables) go to stderr.
-fn load(file: Option<&Path>) -> Result<Config, ExitCode> {
-    let config = Config::load(file).map_err(|e| {
+fn load(file: Option<&Path>) -> Result<Settings, ExitCode> {
+    let settings = Settings::load(file).map_err(|e| {
         eprintln!("authgate: {e}");
         ExitCode::from(EXIT_CONFIG as u8)
     })?;
-    for note in &config.notes {
+    for note in settings.notes() {
         eprintln!("authgate: note: {note}");
     }
-    Ok(config)
+    Ok(settings)
 }
 
-async fn serve(config: Config) -> anyhow::Result<()> {
-    let app = authgate::App::build(config).await.context("cannot start")?;
+async fn serve(settings: Settings) -> anyhow::Result<()> {
+    let app = authgate::App::build(settings)
+        .await
+        .context("cannot start")?;
     let running = app.start().await.context("cannot start")?;
     shutdown_signal().await;
     tracing::info!("shutting down: draining in-flight checks");

@@ -288,7 +288,7 @@ pub fn from_authservice_env(env: &[(String, String)]) -> Option<Migration> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::Config;
+    use crate::settings::Settings;
 
     fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
         pairs
@@ -334,7 +334,8 @@ mod tests {
         assert!(notes.contains("/authservice/oidc/callback"), "{notes}");
         assert!(notes.contains("PORT ignored"), "{notes}");
         // OIDC_AUTH_URL in Kubeflow is a path: relative to the public origin.
-        let c = Config::load_with_env(None, kubeflow_authservice()).unwrap();
+        let settings = Settings::load_with_env(None, kubeflow_authservice()).unwrap();
+        let c = settings.config();
         let oidc = c.oidc.as_ref().unwrap();
         assert_eq!(oidc.issuer, "http://dex.auth.svc.cluster.local:5556/dex");
         assert_eq!(
@@ -382,7 +383,7 @@ mod tests {
     #[test]
     fn kubeflows_params_env_needs_only_the_public_url() {
         // Verbatim, it names no origin: one problem, saying what to set and why.
-        let err = Config::load_with_env(None, params_env(&[]))
+        let err = Settings::load_with_env(None, params_env(&[]))
             .unwrap_err()
             .to_string();
         assert!(err.contains("AUTHGATE_PUBLIC_URL"), "{err}");
@@ -395,11 +396,12 @@ mod tests {
             "{err}"
         );
 
-        let c = Config::load_with_env(
+        let settings = Settings::load_with_env(
             None,
             params_env(&[("AUTHGATE_PUBLIC_URL", "https://kubeflow.example.com")]),
         )
         .unwrap();
+        let c = settings.config();
         let oidc = c.oidc.as_ref().unwrap();
         assert_eq!(oidc.issuer, "http://dex.auth.svc.cluster.local:5556/dex");
         assert_eq!(
@@ -413,7 +415,7 @@ mod tests {
             "https://kubeflow.example.com/"
         );
         assert_eq!(c.skip_auth, ["/dex"]);
-        let notes = c.notes.join("\n");
+        let notes = settings.notes().join("\n");
         for mapped in [
             "OIDC_AUTH_URL → oidc.authorization_endpoint: https://kubeflow.example.com/dex/auth",
             "REDIRECT_URL → oidc.callback_path: /login/oidc",
@@ -430,8 +432,9 @@ mod tests {
     fn authgate_variables_win_and_nothing_happens_without_authservice_variables() {
         let mut vars = kubeflow_authservice();
         vars.push(("AUTHGATE_OIDC__CLIENT_ID".into(), "other".into()));
-        let c = Config::load_with_env(None, vars).unwrap();
-        assert_eq!(c.oidc.unwrap().client_id, "other");
+        let settings = Settings::load_with_env(None, vars).unwrap();
+        let c = settings.config();
+        assert_eq!(c.oidc.as_ref().unwrap().client_id, "other");
         assert!(from_authservice_env(&env(&[("PATH", "/bin")])).is_none());
     }
 

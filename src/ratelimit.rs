@@ -11,40 +11,14 @@ use std::time::Duration;
 
 use governor::clock::Clock;
 use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
-use serde::{Deserialize, Serialize};
 
-/// One bucket's settings.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Rate {
-    /// Sustained requests per second.
-    pub rps: u32,
-    /// Requests allowed in a burst.
-    pub burst: u32,
-}
-
-/// `rate_limit:` in the config; each part absent means no limit of that kind.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct RateLimitConfig {
-    /// Per user or service account.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub per_identity: Option<Rate>,
-    /// Per client address, for requests that did not authenticate.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub per_client_ip: Option<Rate>,
-}
+pub use crate::config::{Rate, RateLimitConfig};
 
 impl Rate {
     fn quota(self) -> Option<Quota> {
         Some(
             Quota::per_second(NonZeroU32::new(self.rps)?).allow_burst(NonZeroU32::new(self.burst)?),
         )
-    }
-
-    /// Whether the numbers make sense.
-    pub fn is_valid(self) -> bool {
-        self.rps > 0 && self.burst > 0
     }
 }
 

@@ -4,7 +4,8 @@
 use std::sync::Arc;
 use std::time::Instant;
 
-use crate::decision::{Decision, Gate};
+use crate::decision::Decision;
+use crate::gate::Gate;
 use crate::request::Request;
 
 /// Runs `decide` and logs the outcome. Both transports call this, so they log alike.
@@ -39,22 +40,22 @@ impl Checker {
             .unwrap_or("-");
         let outcome = match &decision {
             Decision::Allow(_) => "allow",
-            Decision::Deny(_) => "deny",
+            Decision::Respond(_) => "deny",
         };
         metrics
             .decisions
             .get_or_create(&crate::metrics::DecisionLabels {
                 transport,
                 outcome,
-                reason: decision.reason(),
+                reason: decision.reason().as_str(),
             })
             .inc();
         tracing::info!(
             target: "authgate::decision",
             transport,
             outcome,
-            status = decision.status(),
-            reason = decision.reason(),
+            status = decision.status().as_u16(),
+            reason = decision.reason().as_str(),
             user,
             auth_method = method,
             http_method = %req.method,

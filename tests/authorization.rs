@@ -19,7 +19,10 @@ fn preset() -> Config {
         "/examples/kubeflow.yaml"
     ))
     .expect("examples/kubeflow.yaml");
-    Config::from_yaml(&text).expect("the preset is a valid config")
+    authgate::settings::Settings::from_yaml(&text)
+        .expect("the preset is a valid config")
+        .config()
+        .clone()
 }
 
 /// The preset's rules as extra YAML for the test config (everything but listen/kube settings).

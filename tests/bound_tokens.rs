@@ -160,6 +160,7 @@ async fn only_bound_expiring_tokens_for_our_audience_are_reviewed() {
 
 #[test]
 fn the_policy_is_on_by_default() {
-    let config = authgate::config::Config::from_yaml("public_url: https://kf.example.com").unwrap();
-    assert!(config.kubernetes.token_review.require_bound);
+    let settings =
+        authgate::settings::Settings::from_yaml("public_url: https://kf.example.com").unwrap();
+    assert!(settings.config().kubernetes.token_review.require_bound);
 }

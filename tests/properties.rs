@@ -29,7 +29,8 @@ use authgate::authz::rules::{RuleSet, Verdict};
 use authgate::authz::sar::{AccessAnswer, AccessRequest, AccessReviewApi, AccessReviewer};
 use authgate::clock::{SharedClock, SystemClock};
 use authgate::config::{Config, IdentityConfig, TokenReviewConfig};
-use authgate::decision::{Decision, Gate};
+use authgate::decision::Decision;
+use authgate::gate::{Gate, GateParts};
 use authgate::identity::HeaderPlan;
 use authgate::k8s::KubeError;
 use authgate::path::{PathError, PathPrefix, checked_path, normalize_path};
@@ -353,7 +354,10 @@ static PRESET: LazyLock<Config> = LazyLock::new(|| {
         "/examples/kubeflow.yaml"
     ))
     .expect("examples/kubeflow.yaml");
-    Config::from_yaml(&text).expect("the preset is a valid config")
+    authgate::settings::Settings::from_yaml(&text)
+        .expect("the preset is a valid config")
+        .config()
+        .clone()
 });
 
 static RUNTIME: LazyLock<tokio::runtime::Runtime> = LazyLock::new(|| {
@@ -407,7 +411,7 @@ struct FakeAccessReview(Api);
 impl AccessReviewApi for FakeAccessReview {
     async fn review(&self, _request: &AccessRequest) -> Result<AccessAnswer, KubeError> {
         match self.0 {
-            Api::Down => Err(KubeError::Transport("connection refused".into())),
+            Api::Down => Err(KubeError::transport("connection refused")),
             answer => Ok(AccessAnswer {
                 allowed: answer == Api::Yes,
                 reason: String::new(),
@@ -424,7 +428,7 @@ fn gate(token_review: Api, access_review: Api, strip_headers: &[String]) -> Gate
     let signer = Signer::load(
         None,
         &[],
-        preset.public_origin().as_str(),
+        preset.public_url.as_ref().unwrap().as_str(),
         Duration::from_secs(300),
         clock.clone(),
     )
@@ -440,7 +444,7 @@ fn gate(token_review: Api, access_review: Api, strip_headers: &[String]) -> Gate
             .map(|p| PathPrefix::parse(p).unwrap())
             .collect::<Vec<_>>()
     };
-    Gate {
+    Gate::new(GateParts {
         headers: HeaderPlan::new(&identity),
         signer: Arc::new(signer),
         service_accounts: Some(ServiceAccountAuthenticator::new(
@@ -448,22 +452,20 @@ fn gate(token_review: Api, access_review: Api, strip_headers: &[String]) -> Gate
             preset.kubernetes.token_review.clone(),
             clock,
         )),
-        skip_auth: prefixes(&preset.skip_auth),
-        allowed_groups: Vec::new(),
+        oidc_bearer: None,
+        browser: None,
+        admission: Default::default(),
         authorizer: Authorizer::new(
             rules,
             preset.authorization.default,
             Some(Arc::new(reviewer)),
         ),
+        skip_auth: prefixes(&preset.skip_auth),
         api_routes: prefixes(&preset.api_routes),
-        allowed_email_domains: Vec::new(),
-        sessions: None,
-        login: None,
-        oidc_bearer: None,
-        audiences: authgate::identity::Audiences::new(preset.public_origin(), &[]),
-        public_origin: preset.public_origin().clone(),
+        audiences: authgate::identity::Audiences::new(preset.public_url.as_ref().unwrap(), &[]),
+        public_origin: preset.public_url.clone().unwrap(),
         rate_limits: authgate::ratelimit::RateLimits::new(&Default::default()),
-    }
+    })
 }
 
 /// A token the bound-token policy accepts for the preset (so the TokenReview is asked).
@@ -567,7 +569,11 @@ proptest! {
         raw_headers in client_headers(5),
     ) {
         let gate = gate(token_review, access_review, &strip);
-        let plan = &gate.headers;
+        // What the gate was built with, built again to predict its answers.
+        let plan = &HeaderPlan::new(&IdentityConfig {
+            strip_headers: strip.clone(),
+            ..PRESET.identity.clone()
+        });
         let mut names = vec![plan.user.clone(), plan.groups.clone(), plan.jwt.clone()];
         names.extend(strip.iter().cloned());
         let mut sent = resolve_headers(&raw_headers, &{
@@ -617,20 +623,20 @@ proptest! {
         let path = match &req.path {
             Ok(path) => path.clone(),
             Err(_) => {
-                prop_assert_eq!(decision.status(), 400, "refused path {:?}", target);
+                prop_assert_eq!(decision.status().as_u16(), 400, "refused path {:?}", target);
                 return Ok(());
             }
         };
         let skip = PathPrefix::parse("/dex").unwrap().matches(&path);
         let own = PathPrefix::parse("/authgate").unwrap().matches(&path);
-        let verdict = gate.authorizer.rules().evaluate(&req, &path);
+        let verdict = PRESET_RULES.evaluate(&req, &path);
         let needs_review = matches!(verdict, Verdict::Review(..));
 
         // No allow on error: a failing TokenReview is a 503 for every request it was asked about.
         if token_review == Api::Down && matches!(credential, Credential::Bound) && !skip {
             prop_assert!(!is_allow(&decision), "allowed while TokenReview is down: {target:?}");
             if !own || path == "/authgate/whoami" {
-                prop_assert_eq!(decision.status(), 503, "{:?}: {:?}", target, decision.reason());
+                prop_assert_eq!(decision.status().as_u16(), 503, "{:?}: {:?}", target, decision.reason());
             }
         }
         // A failing SubjectAccessReview is a 503 for every request whose rule needs one.
@@ -640,7 +646,7 @@ proptest! {
         if token_review == Api::Yes && access_review == Api::Down && needs_review
             && matches!(credential, Credential::Bound) && !skip && !own
         {
-            prop_assert_eq!(decision.status(), 503, "{:?}: {:?}", target, decision.reason());
+            prop_assert_eq!(decision.status().as_u16(), 503, "{:?}: {:?}", target, decision.reason());
         }
 
         match &decision {
@@ -658,14 +664,14 @@ proptest! {
                 let set: Vec<&str> = allow.set.iter().map(|(n, _)| n.as_str()).collect();
                 assert_no_spoof_survives(&sent, &names, &set, &allow.remove)?;
             }
-            Decision::Deny(_) => {}
+            Decision::Respond(_) => {}
         }
         // Without a usable credential: 401, whatever the APIs do (nothing was asked).
         if !matches!(credential, Credential::Bound) && !skip && !own {
-            prop_assert_eq!(decision.status(), 401, "{:?}: {:?}", target, decision.reason());
+            prop_assert_eq!(decision.status().as_u16(), 401, "{:?}: {:?}", target, decision.reason());
         }
         if matches!(credential, Credential::Bound) && token_review == Api::No && !skip && !own {
-            prop_assert_eq!(decision.status(), 401, "{:?}: {:?}", target, decision.reason());
+            prop_assert_eq!(decision.status().as_u16(), 401, "{:?}: {:?}", target, decision.reason());
         }
     }
 }

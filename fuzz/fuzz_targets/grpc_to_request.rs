@@ -11,7 +11,7 @@
 use std::collections::HashMap;
 
 use arbitrary::Arbitrary;
-use authgate::decision::{Allow, Decision, Deny};
+use authgate::decision::{Allow, Decision, Reason, Response, StatusCode};
 use authgate::transport::grpc::{to_request, to_response};
 use envoy_types::pb::envoy::config::core::v3::{
     Address, HeaderMap, HeaderValue, SocketAddress, address,
@@ -142,7 +142,7 @@ fuzz_target!(|input: Input| {
         remove: headers.iter().map(|(n, _)| format!("{n}-x")).collect(),
         response_headers: headers.clone(),
         identity: None,
-        reason: "fuzz",
+        reason: Reason::Authenticated,
     }));
     // An allow whose headers cannot all be written is a denied 500, never an allow without them.
     let deliverable = headers
@@ -164,12 +164,13 @@ fuzz_target!(|input: Input| {
         }
         other => panic!("allow (deliverable: {deliverable}) became {other:?}"),
     }
-    let deny = to_response(Decision::Deny(Deny {
-        status: input.status,
+    let status = StatusCode::from_u16(input.status).unwrap_or(StatusCode::FORBIDDEN);
+    let deny = to_response(Decision::Respond(Response {
+        status,
         headers: headers.clone(),
         body: String::new(),
         identity: None,
-        reason: "fuzz",
+        reason: Reason::NoRule,
     }));
     assert_ne!(
         deny.status.as_ref().map(|s| s.code),
@@ -178,7 +179,7 @@ fuzz_target!(|input: Input| {
     );
     match deny.http_response {
         Some(HttpResponse::DeniedResponse(d)) => {
-            assert_eq!(d.status.map(|s| s.code), Some(i32::from(input.status)));
+            assert_eq!(d.status.map(|s| s.code), Some(i32::from(status.as_u16())));
             #[allow(deprecated)]
             for h in &d.headers {
                 assert!(h.append.is_none(), "denied headers must not set `append`");

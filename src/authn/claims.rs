@@ -17,6 +17,7 @@ use std::sync::Arc;
 use serde_json::{Map, Value};
 
 use crate::config::{IssuerNames, OidcConfig};
+use crate::decision::Reason;
 use crate::identity::{RESERVED_PREFIX, Uncarriable, carriable_group, carriable_user};
 
 /// The claim that carries the user name when e-mail verification applies.
@@ -98,13 +99,13 @@ pub enum ClaimError {
 
 impl ClaimError {
     /// Why, for logs and metrics.
-    pub fn reason(&self) -> &'static str {
+    pub fn reason(&self) -> Reason {
         match self {
-            ClaimError::NoUser(_) => "no_user_claim",
-            ClaimError::EmailNotVerified { .. } => "email_not_verified",
-            ClaimError::GroupsMalformed(_) => "groups_malformed",
-            ClaimError::Reserved { .. } | ClaimError::Foreign { .. } => "reserved_name",
-            ClaimError::Uncarriable(_) => "identity_not_carriable",
+            ClaimError::NoUser(_) => Reason::NoUserClaim,
+            ClaimError::EmailNotVerified { .. } => Reason::EmailNotVerified,
+            ClaimError::GroupsMalformed(_) => Reason::GroupsMalformed,
+            ClaimError::Reserved { .. } | ClaimError::Foreign { .. } => Reason::ReservedName,
+            ClaimError::Uncarriable(_) => Reason::IdentityNotCarriable,
         }
     }
 }
@@ -300,7 +301,7 @@ mod tests {
             let mut c = json!({"email": "owner@corp.example"});
             c["email_verified"] = verified.clone();
             let err = login(&config(), c).unwrap_err();
-            assert_eq!(err.reason(), "email_not_verified", "{verified}");
+            assert_eq!(err.reason(), Reason::EmailNotVerified, "{verified}");
         }
         let err = login(&config(), json!({"email": "owner@corp.example"})).unwrap_err();
         assert!(err.to_string().contains("absent"), "{err}");
@@ -330,7 +331,7 @@ mod tests {
         let c = json!({"email": "a@x.io", "email_verified": true, "groups": ["system:masters"]});
         assert_eq!(
             login(&config(), c.clone()).unwrap_err().reason(),
-            "reserved_name"
+            Reason::ReservedName
         );
         let prefixed = OidcConfig {
             username_prefix: "oidc:".into(),
@@ -345,7 +346,7 @@ mod tests {
             ..config()
         };
         let err = login(&by_name, json!({"name": "system:admin"})).unwrap_err();
-        assert_eq!(err.reason(), "reserved_name");
+        assert_eq!(err.reason(), Reason::ReservedName);
     }
 
     #[test]
@@ -382,7 +383,7 @@ mod tests {
         let c = json!({"email": "jos\u{e9}@x.io", "email_verified": true});
         assert_eq!(
             login(&config(), c).unwrap_err().reason(),
-            "identity_not_carriable"
+            Reason::IdentityNotCarriable
         );
     }
 }

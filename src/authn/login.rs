@@ -24,7 +24,7 @@ use super::oidc::{Discovered, Provider, ProviderError};
 use super::pending::{Pending, PendingLogins};
 use super::session::{Found, Sessions, cookie_values};
 use crate::clock::SharedClock;
-use crate::decision::{Decision, Deny};
+use crate::decision::{Reason, Response, StatusCode, pages};
 use crate::request::Request;
 use crate::store::{Key, Sealer, Session, StoreError};
 
@@ -64,76 +64,43 @@ const LOGOUT_TOKEN_WINDOW: Duration = Duration::from_secs(600);
 /// Longest `jti` accepted.
 const MAX_JTI_LEN: usize = 256;
 
-/// An HTML page answer (never reaches the app).
-pub fn page(status: u16, title: &str, message: &str, reason: &'static str) -> Decision {
-    let body = format!(
-        "<!doctype html><html><head><meta charset=\"utf-8\"><title>{t}</title></head>\
-         <body style=\"font-family:sans-serif;max-width:40em;margin:4em auto\">\
-         <h1>{t}</h1><p>{m}</p><p><a href=\"/\">Start again</a></p></body></html>",
-        t = html_escape(title),
-        m = html_escape(message)
+/// The login page for `reason`, saying `message`.
+fn page(status: StatusCode, title: &str, message: &str, reason: Reason) -> Response {
+    pages::login_page(status, title, message, reason)
+}
+
+fn redirect(location: &str, set_cookies: Vec<String>, reason: Reason) -> Response {
+    set_cookies
+        .iter()
+        .fold(Response::redirect(location, reason), |r, cookie| {
+            r.with_header("set-cookie", cookie)
+        })
+}
+
+fn provider_down(e: &ProviderError) -> Response {
+    tracing::warn!(
+        error = e as &dyn std::error::Error,
+        "OIDC provider unavailable"
     );
-    Decision::Deny(Deny {
-        status,
-        headers: vec![
-            ("content-type".into(), "text/html; charset=utf-8".into()),
-            ("cache-control".into(), "no-store".into()),
-        ],
-        body,
-        identity: None,
-        reason,
-    })
-}
-
-/// Escapes text for HTML.
-pub fn html_escape(text: &str) -> String {
-    text.replace('&', "&amp;")
-        .replace('<', "&lt;")
-        .replace('>', "&gt;")
-        .replace('"', "&quot;")
-        .replace('\'', "&#39;")
-}
-
-fn redirect(location: &str, set_cookies: Vec<String>, reason: &'static str) -> Decision {
-    let mut headers = vec![
-        ("location".to_string(), location.to_string()),
-        ("cache-control".to_string(), "no-store".to_string()),
-    ];
-    headers.extend(
-        set_cookies
-            .into_iter()
-            .map(|c| ("set-cookie".to_string(), c)),
-    );
-    Decision::Deny(Deny {
-        status: 302,
-        headers,
-        body: String::new(),
-        identity: None,
-        reason,
-    })
-}
-
-fn provider_down(e: &ProviderError) -> Decision {
-    tracing::warn!(error = %e, "OIDC provider unavailable");
-    let mut d = page(
-        503,
+    page(
+        StatusCode::SERVICE_UNAVAILABLE,
         "Login is unavailable",
         "The identity provider cannot be reached right now. Please try again in a minute.",
-        "provider_unavailable",
-    );
-    if let Decision::Deny(deny) = &mut d {
-        deny.headers.push(("retry-after".into(), "10".into()));
-    }
-    d
+        Reason::ProviderUnavailable,
+    )
+    .with_header("retry-after", "10")
 }
 
-fn store_down(e: &crate::store::StoreError) -> Decision {
-    tracing::warn!(error = %e, "session store unavailable during login");
+fn store_down(e: &crate::store::StoreError) -> Response {
+    tracing::warn!(
+        error = e as &dyn std::error::Error,
+        "session store unavailable during login"
+    );
     page(
-        503,
+        StatusCode::SERVICE_UNAVAILABLE,
         "Login is unavailable",
         "Sessions cannot be stored right now. Please try again in a minute.",
-        "store_unavailable",
+        Reason::StoreUnavailable,
     )
 }
 
@@ -185,7 +152,7 @@ impl Login {
 
     /// Sends the browser to the provider; afterwards it returns to `return_to` (already checked
     /// to be on our origin).
-    pub async fn start(&self, req: &Request, return_to: &str) -> Decision {
+    pub async fn start(&self, req: &Request, return_to: &str) -> Response {
         let discovered = match self.provider.get().await {
             Ok(d) => d,
             Err(e) => return provider_down(&e),
@@ -214,7 +181,7 @@ impl Login {
         let cookie = self
             .sessions
             .cookie(&login_cookie, &logins.seal(&self.login_sealer), timeout);
-        redirect(url.as_str(), vec![cookie], "login_redirect")
+        redirect(url.as_str(), vec![cookie], Reason::LoginRedirect)
     }
 
     /// The logins this browser has in progress (its login cookie; at most two copies read).
@@ -241,7 +208,7 @@ impl Login {
 
     /// The provider sent the browser back: check state, exchange the code, verify the ID token,
     /// create the session, return to where the browser wanted to go.
-    pub async fn callback(&self, req: &Request) -> Decision {
+    pub async fn callback(&self, req: &Request) -> Response {
         if let Some(error) = req.query_values("error").first() {
             let description = req
                 .query_values("error_description")
@@ -249,10 +216,10 @@ impl Login {
                 .cloned()
                 .unwrap_or_default();
             return page(
-                401,
+                StatusCode::UNAUTHORIZED,
                 "Login failed",
                 &format!("The identity provider said: {error} {description}"),
-                "login_error",
+                Reason::LoginError,
             );
         }
         let (Some(code), Some(state)) = (
@@ -260,10 +227,10 @@ impl Login {
             req.query_values("state").into_iter().next(),
         ) else {
             return page(
-                400,
+                StatusCode::BAD_REQUEST,
                 "Login failed",
                 "The login response is incomplete.",
-                "login_incomplete",
+                Reason::LoginIncomplete,
             );
         };
         // The login cookie that holds this state (of at most two: a copy planted under another
@@ -276,44 +243,44 @@ impl Login {
             .find_map(|mut logins| logins.take(&state).map(|p| (logins, p)));
         let Some((logins, pending)) = found else {
             return page(
-                400,
+                StatusCode::BAD_REQUEST,
                 "Login expired",
                 "This login link was already used, has expired, or was started in another \
                  browser (or its cookie was lost). Please start again.",
-                "login_state_unknown",
+                Reason::LoginStateUnknown,
             );
         };
         // The state is spent whatever happens next.
         let remaining = self.remaining_logins_cookie(&logins);
-        let with_cookie = |mut decision: Decision| {
-            if let Decision::Deny(deny) = &mut decision {
-                deny.headers.push(("set-cookie".into(), remaining.clone()));
-            }
-            decision
-        };
+        let with_cookie = |response: Response| response.with_header("set-cookie", &remaining);
         let session = match self.complete(&code, &pending).await {
             Ok(s) => s,
             Err(LoginError::Provider(e)) => return with_cookie(provider_down(&e)),
             Err(LoginError::Refused(why)) => {
-                tracing::warn!(target: "authgate::audit", event = "login_refused", reason = why.reason(), why = %why, "login refused: not an identity authgate can vouch for");
-                return with_cookie(page(403, "Login refused", &why.to_string(), why.reason()));
+                tracing::warn!(target: "authgate::audit", event = "login_refused", reason = why.reason().as_str(), why = %why, "login refused: not an identity authgate can vouch for");
+                return with_cookie(page(
+                    StatusCode::FORBIDDEN,
+                    "Login refused",
+                    &why.to_string(),
+                    why.reason(),
+                ));
             }
             Err(LoginError::Unreadable) => {
                 tracing::warn!("login rejected: a sealed token could not be read");
                 return with_cookie(page(
-                    401,
+                    StatusCode::UNAUTHORIZED,
                     "Login failed",
-                    "The identity provider's answer could not be verified.",
-                    "login_rejected",
+                    Reason::LoginRejected.public_message(),
+                    Reason::LoginRejected,
                 ));
             }
             Err(LoginError::Rejected(why)) => {
                 tracing::warn!(reason = %why, "login rejected");
                 return with_cookie(page(
-                    401,
+                    StatusCode::UNAUTHORIZED,
                     "Login failed",
-                    "The identity provider's answer could not be verified.",
-                    "login_rejected",
+                    Reason::LoginRejected.public_message(),
+                    Reason::LoginRejected,
                 ));
             }
         };
@@ -321,15 +288,11 @@ impl Login {
         match self.sessions.create(session).await {
             Ok(cookie) => {
                 tracing::info!(target: "authgate::audit", event = "login", user = %user, "login");
-                let mut d = redirect(
+                redirect(
                     &pending.return_to,
                     vec![cookie, remaining.clone()],
-                    "login_complete",
-                );
-                if let Decision::Deny(deny) = &mut d {
-                    deny.identity = None;
-                }
-                d
+                    Reason::LoginComplete,
+                )
             }
             Err(e) => with_cookie(store_down(&e)),
         }
@@ -351,7 +314,7 @@ impl Login {
                     LoginError::Rejected(format!("code exchange refused: {}", r.error()))
                 }
                 // The provider could not be reached or answered garbage: try again later.
-                other => LoginError::Provider(ProviderError(format!("code exchange: {other}"))),
+                other => LoginError::Provider(ProviderError::caused_by("code exchange", other)),
             })?;
         drop(turn);
         let id_token = token
@@ -486,7 +449,7 @@ impl Login {
             Err(LoginError::Refused(why)) => {
                 store.delete(&found.key).await?;
                 self.sessions.forget(&found.key);
-                tracing::warn!(target: "authgate::audit", event = "refresh_refused", user = %found.session.user, reason = why.reason(), why = %why, "session ended: the refreshed identity is not one authgate can vouch for");
+                tracing::warn!(target: "authgate::audit", event = "refresh_refused", user = %found.session.user, reason = why.reason().as_str(), why = %why, "session ended: the refreshed identity is not one authgate can vouch for");
                 Ok(None)
             }
             Err(LoginError::Unreadable)
@@ -508,7 +471,10 @@ impl Login {
             }
             Err(LoginError::Provider(e)) => {
                 // The provider being down must not log everybody out; retry after the lock.
-                tracing::warn!(error = %e, "refresh failed; the session goes on");
+                tracing::warn!(
+                    error = &e as &dyn std::error::Error,
+                    "refresh failed; the session goes on"
+                );
                 Ok(Some(found))
             }
         }
@@ -532,7 +498,7 @@ impl Login {
                 RequestTokenError::ServerResponse(r) => {
                     LoginError::Rejected(format!("refresh refused: {}", r.error()))
                 }
-                other => LoginError::Provider(ProviderError(format!("refresh: {other}"))),
+                other => LoginError::Provider(ProviderError::caused_by("refresh", other)),
             })?;
         drop(turn);
         let id_token = token
@@ -569,7 +535,7 @@ impl Login {
 
     /// Ends the session (if any), clears the cookie and sends the browser to the provider's
     /// logout, or to the configured page.
-    pub async fn logout(&self, req: &Request, found: Option<Found>) -> Decision {
+    pub async fn logout(&self, req: &Request, found: Option<Found>) -> Response {
         let cleared = self.sessions.clear_cookie(self.sessions.cookie_name());
         let mut id_token_hint = None;
         if let Some(found) = &found {
@@ -608,33 +574,28 @@ impl Login {
             }
             _ => local_after.unwrap_or_else(|| after.to_string()),
         };
-        redirect(&location, vec![cleared], "logout")
+        redirect(&location, vec![cleared], Reason::Logout)
     }
 
     /// OIDC back-channel logout: verify the provider's signed `logout_token` and end the
     /// sessions of that `sid` (or `sub`) on every replica (they share the store).
-    pub async fn backchannel(&self, body: &[u8]) -> Decision {
+    pub async fn backchannel(&self, body: &[u8]) -> Response {
         let token = url::form_urlencoded::parse(body)
             .find(|(k, _)| k == "logout_token")
             .map(|(_, v)| v.into_owned());
         let Some(token) = token else {
-            return crate::decision::json_response(
-                400,
+            return Response::json(
+                StatusCode::BAD_REQUEST,
                 "invalid_request",
                 "logout_token missing",
-                "backchannel_bad",
+                Reason::BackchannelBad,
             );
         };
         let claims = match self.verify_logout_token(&token).await {
             Ok(c) => c,
             Err(why) => {
                 tracing::warn!(reason = %why, "back-channel logout token refused");
-                return crate::decision::json_response(
-                    400,
-                    "invalid_request",
-                    "logout_token refused",
-                    "backchannel_bad",
-                );
+                return logout_token_refused();
             }
         };
         let (target, jti) = claims;
@@ -650,21 +611,14 @@ impl Login {
             Ok(true) => {}
             Ok(false) => {
                 tracing::warn!("back-channel logout token refused: its jti was used before");
-                return crate::decision::json_response(
-                    400,
-                    "invalid_request",
-                    "logout_token refused",
-                    "backchannel_bad",
-                );
+                return logout_token_refused();
             }
             Err(e) => {
-                tracing::warn!(error = %e, "back-channel logout could not reach the store");
-                return crate::decision::json_response(
-                    503,
-                    "unavailable",
-                    "try again",
-                    "store_unavailable",
+                tracing::warn!(
+                    error = &e as &dyn std::error::Error,
+                    "back-channel logout could not reach the store"
                 );
+                return backchannel_store_down();
             }
         }
         let result = match &target {
@@ -675,17 +629,14 @@ impl Login {
         match result {
             Ok(n) => {
                 tracing::info!(target: "authgate::audit", event = "backchannel_logout", sessions = n, target = ?target, "back-channel logout");
-                Decision::Deny(Deny {
-                    status: 200,
-                    headers: vec![("cache-control".into(), "no-store".into())],
-                    body: String::new(),
-                    identity: None,
-                    reason: "backchannel_logout",
-                })
+                Response::empty(StatusCode::OK, Reason::BackchannelLogout)
             }
             Err(e) => {
-                tracing::warn!(error = %e, "back-channel logout could not reach the store");
-                crate::decision::json_response(503, "unavailable", "try again", "store_unavailable")
+                tracing::warn!(
+                    error = &e as &dyn std::error::Error,
+                    "back-channel logout could not reach the store"
+                );
+                backchannel_store_down()
             }
         }
     }
@@ -733,6 +684,26 @@ enum LogoutTarget {
 
 /// The checks of OIDC Back-Channel Logout 1.0 §2.6 on a verified token's claims, and its
 /// target and `jti`. Claims of the wrong type are refused, never guessed at.
+/// A logout token refused (the provider learns no more: it signed the token, or did not).
+fn logout_token_refused() -> Response {
+    Response::json(
+        StatusCode::BAD_REQUEST,
+        "invalid_request",
+        Reason::BackchannelBad.public_message(),
+        Reason::BackchannelBad,
+    )
+}
+
+/// The provider retries a back-channel logout that did not reach the store.
+fn backchannel_store_down() -> Response {
+    Response::json(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "unavailable",
+        "try again",
+        Reason::StoreUnavailable,
+    )
+}
+
 fn logout_claims(claims: &Map<String, Value>, now: u64) -> Result<(LogoutTarget, String), String> {
     let has_event = claims
         .get("events")

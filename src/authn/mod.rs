@@ -1,6 +1,7 @@
-//! Authentication: turning the credentials a request carries into an [`Identity`].
-//!
-//! [`Identity`]: crate::identity::Identity
+//! Authentication: turning the credentials a request carries into an [`Identity`]. One door,
+//! [`Authenticator::authenticate`], over the three ways in — service-account tokens
+//! (TokenReview), OIDC bearer JWTs, browser sessions — answering with the identity or a typed
+//! [`AuthnError`]; what the client then reads is decided by the gate, in one place.
 
 pub mod bearer;
 pub mod claims;
@@ -11,7 +12,19 @@ pub mod pending;
 pub mod service_account;
 pub mod session;
 
-use crate::request::Headers;
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::decision::Reason;
+use crate::identity::Identity;
+use crate::k8s::{KubeError, ReviewError};
+use crate::request::{Headers, Request};
+use crate::store::StoreError;
+use bearer::{BearerError, OidcBearer};
+use claims::ClaimError;
+use login::Login;
+use service_account::{Rejection, Review, ServiceAccountAuthenticator, token_key};
+use session::Sessions;
 
 /// Longest bearer token accepted; projected service-account tokens are around 1 KiB.
 pub const MAX_TOKEN_LEN: usize = 16 * 1024;
@@ -55,6 +68,179 @@ pub fn credential(headers: &Headers) -> Credential<'_> {
         return Credential::Malformed("bearer token has characters outside token68");
     }
     Credential::Bearer(token)
+}
+
+/// Why a request did not authenticate. Each error keeps what went wrong in full for the log;
+/// [`AuthnError::reason`] names the outcome.
+#[derive(Debug, thiserror::Error)]
+pub enum AuthnError {
+    /// No credential at all (a browser may be sent to log in).
+    #[error("no credential")]
+    Missing,
+    /// An `Authorization` header that cannot be read unambiguously.
+    #[error("{0}")]
+    Malformed(&'static str),
+    /// A bearer token, but no verifier for it (TokenReview off, not an OIDC issuer's).
+    #[error("bearer tokens are not accepted by this gateway")]
+    BearerNotAccepted,
+    /// A service-account token refused by the policy or by the API server.
+    #[error("bearer token refused: {0}")]
+    Rejected(Rejection),
+    /// An OIDC bearer token that does not verify.
+    #[error("OIDC bearer token refused: {0}")]
+    InvalidJwt(String),
+    /// A genuine credential for someone authgate cannot vouch for.
+    #[error(transparent)]
+    Refused(ClaimError),
+    /// The budget of TokenReviews for unknown tokens is spent; no review was made.
+    #[error("the budget of TokenReviews for unknown tokens is spent; retry in {0:?}")]
+    BudgetSpent(Duration),
+    /// The TokenReview failed.
+    #[error("token review failed")]
+    Kube(#[source] KubeError),
+    /// An OIDC issuer's keys cannot be had.
+    #[error("OIDC issuer keys unavailable: {0}")]
+    IssuerUnavailable(String),
+    /// The session store failed.
+    #[error("session store unavailable")]
+    Store(#[source] StoreError),
+}
+
+impl AuthnError {
+    /// The outcome, for logs and metrics.
+    pub fn reason(&self) -> Reason {
+        match self {
+            AuthnError::Missing => Reason::NoCredential,
+            AuthnError::Malformed(_) => Reason::MalformedCredential,
+            AuthnError::BearerNotAccepted => Reason::BearerNotAccepted,
+            AuthnError::Rejected(Rejection::Policy(_)) => Reason::TokenPolicy,
+            AuthnError::Rejected(Rejection::ApiServer(_)) | AuthnError::InvalidJwt(_) => {
+                Reason::InvalidToken
+            }
+            AuthnError::Refused(why) => why.reason(),
+            AuthnError::BudgetSpent(_) => Reason::ReviewBudget,
+            AuthnError::Kube(_) => Reason::KubernetesUnavailable,
+            AuthnError::IssuerUnavailable(_) => Reason::ProviderUnavailable,
+            AuthnError::Store(_) => Reason::StoreUnavailable,
+        }
+    }
+}
+
+impl From<ReviewError> for AuthnError {
+    fn from(e: ReviewError) -> Self {
+        match e {
+            ReviewError::BudgetSpent(wait) => AuthnError::BudgetSpent(wait),
+            ReviewError::Kube(e) => AuthnError::Kube(e),
+        }
+    }
+}
+
+impl From<BearerError> for AuthnError {
+    fn from(e: BearerError) -> Self {
+        match e {
+            BearerError::Invalid(why) => AuthnError::InvalidJwt(why),
+            BearerError::Unavailable(why) => AuthnError::IssuerUnavailable(why),
+            BearerError::Refused(why) => AuthnError::Refused(why),
+        }
+    }
+}
+
+/// The verifiers a gateway has; each is `None` when not configured.
+pub struct Authenticator {
+    /// Service-account tokens; `None` when TokenReview is disabled.
+    service_accounts: Option<ServiceAccountAuthenticator>,
+    /// Bearer JWTs from the OIDC issuers; `None` without OIDC.
+    oidc_bearer: Option<OidcBearer>,
+    /// Browser sessions and the login that refreshes them; `None` without OIDC.
+    browser: Option<(Arc<Sessions>, Arc<Login>)>,
+}
+
+impl Authenticator {
+    /// Builds the door from the verifiers configured.
+    pub fn new(
+        service_accounts: Option<ServiceAccountAuthenticator>,
+        oidc_bearer: Option<OidcBearer>,
+        browser: Option<(Arc<Sessions>, Arc<Login>)>,
+    ) -> Self {
+        Self {
+            service_accounts,
+            oidc_bearer,
+            browser,
+        }
+    }
+
+    /// Who the request comes from: its bearer token, else its browser session.
+    pub async fn authenticate(&self, req: &Request) -> Result<Arc<Identity>, AuthnError> {
+        match credential(&req.headers) {
+            Credential::Bearer(token) => self.bearer(token).await,
+            Credential::Malformed(why) => Err(AuthnError::Malformed(why)),
+            Credential::None => self.session(&req.headers).await,
+        }
+    }
+
+    /// The identity of a bearer token verified lately (TokenReview or OIDC cache), without any
+    /// call; `None` for anything else. For a client over its rate limit: machines behind its
+    /// address (a NAT) go on while a stranger there floods.
+    pub async fn from_memory(&self, req: &Request) -> Option<Arc<Identity>> {
+        let Credential::Bearer(token) = credential(&req.headers) else {
+            return None;
+        };
+        let key = token_key(token);
+        if let Some(service_accounts) = &self.service_accounts
+            && let Some(Review::Authenticated(identity)) = service_accounts.cached(&key).await
+        {
+            return Some(identity);
+        }
+        self.oidc_bearer.as_ref()?.cached(&key)
+    }
+
+    async fn bearer(&self, token: &str) -> Result<Arc<Identity>, AuthnError> {
+        let key = token_key(token);
+        // A token the TokenReview cache knows needs nothing more, not even a look at its issuer:
+        // the issuers are fixed at start, so an OIDC issuer's token never reaches that cache.
+        if let Some(service_accounts) = &self.service_accounts
+            && let Some(review) = service_accounts.cached(&key).await
+        {
+            return review_identity(review);
+        }
+        if let Some(oidc) = &self.oidc_bearer {
+            if let Some(identity) = oidc.cached(&key) {
+                return Ok(identity);
+            }
+            if oidc.claims_our_issuer(token) {
+                return Ok(oidc.authenticate(token, &key).await?);
+            }
+        }
+        // Not an OIDC issuer's token: a TokenReview decides.
+        let Some(service_accounts) = &self.service_accounts else {
+            return Err(AuthnError::BearerNotAccepted);
+        };
+        review_identity(service_accounts.review_missed(token, &key).await?)
+    }
+
+    async fn session(&self, headers: &Headers) -> Result<Arc<Identity>, AuthnError> {
+        let Some((sessions, login)) = &self.browser else {
+            return Err(AuthnError::Missing);
+        };
+        let found = match sessions.find(headers).await.map_err(AuthnError::Store)? {
+            Some(found) => login
+                .refresh_if_due(found)
+                .await
+                .map_err(AuthnError::Store)?,
+            None => None,
+        };
+        match found {
+            Some(found) => Ok(Arc::new(found.identity(Some(login.issuer().clone())))),
+            None => Err(AuthnError::Missing),
+        }
+    }
+}
+
+fn review_identity(review: Review) -> Result<Arc<Identity>, AuthnError> {
+    match review {
+        Review::Authenticated(identity) => Ok(identity),
+        Review::Rejected(why) => Err(AuthnError::Rejected(why)),
+    }
 }
 
 /// RFC 7235 `token68`: what a bearer token may consist of.

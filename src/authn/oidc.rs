@@ -30,12 +30,35 @@ pub type Client = CoreClient<
 >;
 
 /// Talking to the provider failed: new logins get a 503 page; existing sessions are unaffected.
+/// Says what was being done; the cause, when there is one, is its source (shared: a discovery
+/// answers every login that waited for it).
 #[derive(Debug, Clone, thiserror::Error)]
-#[error("OIDC provider: {0}")]
-pub struct ProviderError(pub String);
+#[error("OIDC provider: {what}")]
+pub struct ProviderError {
+    what: String,
+    #[source]
+    source: Option<Arc<dyn std::error::Error + Send + Sync>>,
+}
 
-fn perr(e: impl std::fmt::Display) -> ProviderError {
-    ProviderError(e.to_string())
+impl ProviderError {
+    /// A failure without a further cause.
+    pub fn new(what: impl Into<String>) -> Self {
+        Self {
+            what: what.into(),
+            source: None,
+        }
+    }
+
+    /// `what` failed because of `source`.
+    pub fn caused_by(
+        what: impl Into<String>,
+        source: impl Into<Box<dyn std::error::Error + Send + Sync>>,
+    ) -> Self {
+        Self {
+            what: what.into(),
+            source: Some(Arc::from(source.into())),
+        }
+    }
 }
 
 /// What discovery found.
@@ -83,10 +106,11 @@ impl Provider {
             .redirect(openidconnect::reqwest::redirect::Policy::none())
             .timeout(config.timeout)
             .build()
-            .map_err(perr)?;
+            .map_err(|e| ProviderError::caused_by("HTTP client", e))?;
         let turns = config.max_concurrent_calls;
         Ok(Provider {
-            redirect_uri: RedirectUrl::new(redirect_uri.to_string()).map_err(perr)?,
+            redirect_uri: RedirectUrl::new(redirect_uri.to_string())
+                .map_err(|e| ProviderError::caused_by("redirect URI", e))?,
             config,
             client_secret,
             http,
@@ -117,8 +141,8 @@ impl Provider {
     pub async fn turn(&self) -> Result<SemaphorePermit<'_>, ProviderError> {
         match tokio::time::timeout(self.config.timeout, self.turns.acquire()).await {
             Ok(Ok(permit)) => Ok(permit),
-            Ok(Err(_closed)) => Err(ProviderError("provider calls are shut down".into())),
-            Err(_) => Err(ProviderError(format!(
+            Ok(Err(_closed)) => Err(ProviderError::new("provider calls are shut down")),
+            Err(_) => Err(ProviderError::new(format!(
                 "no turn to call the provider within {:?}: {} calls in flight",
                 self.config.timeout, self.config.max_concurrent_calls
             ))),
@@ -160,7 +184,7 @@ impl Provider {
                 (Some(d), false, _) => return Ok(d.clone()),
                 (Some(d), true, true) if usable => return Ok(d.clone()),
                 (_, _, true) => {
-                    return Err(ProviderError(format!(
+                    return Err(ProviderError::new(format!(
                         "discovery failed recently; retrying within {wait:?}"
                     )));
                 }
@@ -180,7 +204,7 @@ impl Provider {
             }
             Err(e) => {
                 state.failures = state.failures.saturating_add(1);
-                tracing::warn!(error = %e, issuer = %self.config.issuer, "OIDC discovery failed");
+                tracing::warn!(error = &e as &dyn std::error::Error, issuer = %self.config.issuer, "OIDC discovery failed");
                 // Keep serving with what we had: the provider being down must not end logins
                 // that could still be verified; but not past twice `oidc.jwks_max_age`, so keys
                 // the provider withdrew stop counting in bounded time.
@@ -196,14 +220,15 @@ impl Provider {
     }
 
     async fn discover(&self) -> Result<Discovered, ProviderError> {
-        let issuer = IssuerUrl::new(self.config.issuer.clone()).map_err(perr)?;
+        let issuer = IssuerUrl::new(self.config.issuer.clone())
+            .map_err(|e| ProviderError::caused_by("issuer URL", e))?;
         let turn = self.turn().await?;
         let metadata = crate::metrics::timed(
             "provider",
             ProviderMetadataWithLogout::discover_async(issuer, &self.http),
         )
         .await
-        .map_err(|e| ProviderError(format!("discovery: {e}")))?;
+        .map_err(|e| ProviderError::caused_by("discovery", e))?;
         drop(turn);
         let end_session_endpoint = metadata
             .additional_metadata()
@@ -213,7 +238,7 @@ impl Provider {
         let userinfo_endpoint = metadata.userinfo_endpoint().map(|u| u.url().clone());
         let jwks_uri = metadata.jwks_uri().url().clone();
         let jwks: JwkSet = serde_json::from_slice(&self.get_bytes(jwks_uri.as_str(), None).await?)
-            .map_err(|e| ProviderError(format!("JWKS: {e}")))?;
+            .map_err(|e| ProviderError::caused_by("JWKS", e))?;
         let mut client = CoreClient::from_provider_metadata(
             metadata,
             ClientId::new(self.config.client_id.clone()),
@@ -248,11 +273,11 @@ impl Provider {
             request.send().await.and_then(|r| r.error_for_status())
         })
         .await
-        .map_err(|e| ProviderError(format!("{url}: {e}")))?;
+        .map_err(|e| ProviderError::caused_by(format!("GET {url}"), e))?;
         let body = response
             .bytes()
             .await
-            .map_err(|e| ProviderError(format!("{url}: {e}")))?;
+            .map_err(|e| ProviderError::caused_by(format!("GET {url}"), e))?;
         Ok(body.to_vec())
     }
 }

@@ -17,7 +17,7 @@ use crate::cache::ReviewCache;
 use crate::clock::SharedClock;
 use crate::config::TokenReviewConfig;
 use crate::identity::{AuthMethod, Identity};
-use crate::k8s::{KubeError, with_deadline};
+use crate::k8s::{KubeError, ReviewError, with_deadline};
 use crate::ratelimit::CallBudget;
 
 /// What the API server said about a token.
@@ -25,8 +25,26 @@ use crate::ratelimit::CallBudget;
 pub enum Review {
     /// The token is valid for one of our audiences.
     Authenticated(Arc<Identity>),
-    /// The token is not valid; the reason is the API server's (it never contains the token).
-    Rejected(Arc<str>),
+    /// The token is not valid.
+    Rejected(Rejection),
+}
+
+/// Who refused a token, and why (the words never contain the token).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Rejection {
+    /// authgate's bound-token policy, before any review: its own words, which help the caller
+    /// fix the token, so the client may read them.
+    Policy(Arc<str>),
+    /// The API server (or its answer failed authgate's checks): logged, not shown.
+    ApiServer(Arc<str>),
+}
+
+impl std::fmt::Display for Rejection {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Rejection::Policy(why) | Rejection::ApiServer(why) => f.write_str(why),
+        }
+    }
 }
 
 /// The TokenReview call, behind a trait so the cache can be tested without a server.
@@ -121,7 +139,7 @@ impl ServiceAccountAuthenticator {
     /// Reviews a token, from the cache when possible. The cache key is the token's SHA-256.
     /// Tokens the bound-token policy refuses are rejected before any review: they cost the
     /// API server nothing.
-    pub async fn authenticate(&self, token: &str) -> Result<Review, KubeError> {
+    pub async fn authenticate(&self, token: &str) -> Result<Review, ReviewError> {
         self.authenticate_keyed(token, &token_key(token)).await
     }
 
@@ -135,14 +153,20 @@ impl ServiceAccountAuthenticator {
         &self,
         token: &str,
         key: &[u8; 32],
-    ) -> Result<Review, KubeError> {
+    ) -> Result<Review, ReviewError> {
         // A cached answer was given to a token that passed the policy (an accepted one is never
         // kept past the token's own `exp`): no need to decode the token again.
         if let Some(answer) = self.cache.peek(key).await {
             return Ok(answer);
         }
+        self.review_missed(token, key).await
+    }
+
+    /// As [`Self::authenticate_keyed`], for a caller that has just found no cached answer
+    /// ([`Self::cached`]): the policy, then one review for all concurrent requests with it.
+    pub async fn review_missed(&self, token: &str, key: &[u8; 32]) -> Result<Review, ReviewError> {
         if let Err(why) = bound_token_policy(token, &self.config, self.clock.unix_now()) {
-            return Ok(Review::Rejected(why.into()));
+            return Ok(Review::Rejected(Rejection::Policy(why.into())));
         }
         self.cache
             .get_or_review(key, || self.review_uncached(key, token))
@@ -155,11 +179,11 @@ impl ServiceAccountAuthenticator {
         &self,
         key: &[u8; 32],
         token: &str,
-    ) -> Result<(Review, SystemTime), KubeError> {
+    ) -> Result<(Review, SystemTime), ReviewError> {
         if let Some(budget) = &self.budget
             && !self.known_good.contains_key(key)
         {
-            budget.spend().map_err(KubeError::Throttled)?;
+            budget.spend().map_err(ReviewError::BudgetSpent)?;
         }
         let status = self.api.review(token, &self.config.audiences).await?;
         let now = self.clock.now();
@@ -175,7 +199,7 @@ impl ServiceAccountAuthenticator {
             Err(reason) => {
                 self.known_good.invalidate(key);
                 (
-                    Review::Rejected(reason.into()),
+                    Review::Rejected(Rejection::ApiServer(reason.into())),
                     now + self.config.failure_cache_ttl,
                 )
             }
@@ -345,7 +369,7 @@ mod tests {
             self.calls.fetch_add(1, Ordering::SeqCst);
             tokio::time::sleep(Duration::from_millis(20)).await;
             if self.fail {
-                return Err(KubeError::Transport("down".into()));
+                return Err(KubeError::transport("down"));
             }
             Ok(if token == "good" {
                 TokenReviewStatus {
@@ -437,7 +461,7 @@ mod tests {
         // Spent: another unknown token is throttled without a call.
         assert!(matches!(
             auth.authenticate("made-up-2").await,
-            Err(KubeError::Throttled(_))
+            Err(ReviewError::BudgetSpent(_))
         ));
         assert_eq!(api.calls.load(Ordering::SeqCst), 2);
         // The good token's cached answer runs out: its re-review is made regardless.

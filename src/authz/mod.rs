@@ -1,6 +1,7 @@
 //! Authorization: after authentication, may this identity go where the request goes?
 //! Route rules find the namespace and permission; a SubjectAccessReview answers.
 
+pub mod admission;
 pub mod query;
 pub mod rules;
 pub mod sar;
@@ -9,7 +10,7 @@ use std::sync::Arc;
 
 use crate::config::DefaultAction;
 use crate::identity::Identity;
-use crate::k8s::KubeError;
+use crate::k8s::{KubeError, ReviewError};
 use crate::request::Request;
 use rules::{ResourceAttributes, RuleSet, Verdict};
 use sar::{AccessRequest, AccessReviewer};
@@ -49,6 +50,8 @@ pub enum Authorization {
     },
     /// No rule matched and the default is deny.
     NoRule,
+    /// The identity's budget of SubjectAccessReviews is spent: no review was asked.
+    BudgetSpent(std::time::Duration),
     /// The Kubernetes API could not answer.
     Unavailable(KubeError),
 }
@@ -123,7 +126,8 @@ impl Authorizer {
                             attributes: request.attributes,
                         }
                     }
-                    Err(e) => Authorization::Unavailable(e),
+                    Err(ReviewError::BudgetSpent(wait)) => Authorization::BudgetSpent(wait),
+                    Err(ReviewError::Kube(e)) => Authorization::Unavailable(e),
                 }
             }
         }

@@ -17,9 +17,7 @@
 
 use crate::config::QueryParser;
 
-/// The default of `authorization.max_query_parameters`: far below Express's 1,000, far above
-/// what any Kubeflow client sends.
-pub const DEFAULT_MAX_QUERY_PARAMETERS: usize = 100;
+pub use crate::config::DEFAULT_MAX_QUERY_PARAMETERS;
 
 /// The query of one request, decoded once (keys and values, `+` and `%XX` decoded).
 #[derive(Debug, Clone)]

@@ -18,7 +18,7 @@ use crate::cache::ReviewCache;
 use crate::clock::SharedClock;
 use crate::config::SubjectAccessReviewConfig;
 use crate::identity::Identity;
-use crate::k8s::{KubeError, with_deadline};
+use crate::k8s::{KubeError, ReviewError, with_deadline};
 use crate::ratelimit::KeyedBudget;
 
 /// Everything a review is about; also the cache key.
@@ -185,11 +185,13 @@ impl AccessReviewer {
     }
 
     /// Whether the identity may do it; from the cache when possible.
-    pub async fn check(&self, request: &AccessRequest) -> Result<AccessAnswer, KubeError> {
+    pub async fn check(&self, request: &AccessRequest) -> Result<AccessAnswer, ReviewError> {
         self.cache
             .get_or_review(request, || async {
                 if let Some(budget) = &self.budget {
-                    budget.spend(&request.user).map_err(KubeError::Throttled)?;
+                    budget
+                        .spend(&request.user)
+                        .map_err(ReviewError::BudgetSpent)?;
                 }
                 let answer = self.api.review(request).await?;
                 let ttl = if answer.allowed {
@@ -197,7 +199,7 @@ impl AccessReviewer {
                 } else {
                     self.config.deny_ttl
                 };
-                Ok::<_, KubeError>((answer, self.clock.now() + ttl))
+                Ok::<_, ReviewError>((answer, self.clock.now() + ttl))
             })
             .await
     }

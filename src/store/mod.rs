@@ -10,6 +10,7 @@ pub mod memory;
 pub mod redis;
 mod seal;
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -83,10 +84,24 @@ pub struct Session {
 /// enough that a busy session costs one store read per request, not a write.
 pub const TOUCH_INTERVAL: Duration = Duration::from_secs(60);
 
-/// A store failure: the request gets a 503.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("session store: {0}")]
-pub struct StoreError(pub String);
+/// A store failure: the request gets a 503. The cause is its source (shared: a session cache
+/// hands one failure to every request that waited for it).
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum StoreError {
+    /// The store could not be reached, or refused the command.
+    #[error("session store")]
+    Unavailable(#[source] Arc<dyn std::error::Error + Send + Sync>),
+    /// A stored session cannot be read (written by another version?).
+    #[error("unreadable session")]
+    Unreadable(#[source] Arc<serde_json::Error>),
+}
+
+impl StoreError {
+    /// A store failure caused by `source` (a Redis error, or words saying what went wrong).
+    pub fn new(source: impl Into<Box<dyn std::error::Error + Send + Sync>>) -> Self {
+        Self::Unavailable(Arc::from(source.into()))
+    }
+}
 
 /// The session store.
 #[async_trait]

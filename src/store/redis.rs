@@ -8,6 +8,7 @@
 //! Every command is a single-key command, so the same code runs on standalone Redis, behind
 //! Sentinel, and on Cluster. One `GET` per request in the steady state.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -47,8 +48,8 @@ pub struct RedisStore {
     index_ttl: Duration,
 }
 
-fn err(e: impl std::fmt::Display) -> StoreError {
-    StoreError(e.to_string())
+fn err(e: impl Into<Box<dyn std::error::Error + Send + Sync>>) -> StoreError {
+    StoreError::new(e)
 }
 
 impl RedisStore {
@@ -288,7 +289,7 @@ impl SessionStore for RedisStore {
             None => Ok(None),
             Some(json) => serde_json::from_str(&json)
                 .map(Some)
-                .map_err(|e| err(format!("unreadable session: {e}"))),
+                .map_err(|e| StoreError::Unreadable(Arc::new(e))),
         }
     }
 
@@ -338,7 +339,7 @@ impl SessionStore for RedisStore {
             return Ok(None);
         };
         let mut session: Session =
-            serde_json::from_str(&raw).map_err(|e| err(format!("unreadable session: {e}")))?;
+            serde_json::from_str(&raw).map_err(|e| StoreError::Unreadable(Arc::new(e)))?;
         if session.last_seen >= now {
             return Ok(Some(session));
         }
@@ -370,7 +371,7 @@ impl SessionStore for RedisStore {
             Ok(None) => return Ok(false),
             // Unreadable (written by another version?): it goes all the same, or revoking its
             // owner would fail every time. Its index entries go with the revocation's SREM.
-            Err(e) if e.0.starts_with("unreadable session") => {
+            Err(StoreError::Unreadable(_)) => {
                 let deleted: u64 = self
                     .query(redis::cmd("DEL").arg(self.key("s", &key.hex())).clone())
                     .await?;

@@ -11,7 +11,7 @@ use envoy_types::ext_authz::v3::pb::{
 use envoy_types::pb::google::protobuf::BoolValue;
 use envoy_types::pb::google::rpc;
 
-use crate::decision::Decision;
+use crate::decision::{Decision, StatusCode};
 use crate::request::{Headers, Request};
 use crate::telemetry::Checker;
 
@@ -138,10 +138,10 @@ pub fn to_response(decision: Decision) -> CheckResponse {
             })),
             ..Default::default()
         },
-        Decision::Deny(deny) => {
+        Decision::Respond(deny) => {
             let code = match deny.status {
-                401 => tonic::Code::Unauthenticated,
-                503 => tonic::Code::Unavailable,
+                StatusCode::UNAUTHORIZED => tonic::Code::Unauthenticated,
+                StatusCode::SERVICE_UNAVAILABLE => tonic::Code::Unavailable,
                 _ => tonic::Code::PermissionDenied,
             };
             CheckResponse {
@@ -152,7 +152,7 @@ pub fn to_response(decision: Decision) -> CheckResponse {
                 }),
                 http_response: Some(HttpResponse::DeniedResponse(DeniedHttpResponse {
                     status: Some(HttpStatus {
-                        code: i32::from(deny.status),
+                        code: i32::from(deny.status.as_u16()),
                     }),
                     headers: deny.headers.into_iter().map(add).collect(),
                     body: deny.body,
@@ -166,7 +166,7 @@ pub fn to_response(decision: Decision) -> CheckResponse {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::decision::Allow;
+    use crate::decision::{Allow, Reason};
 
     fn allow(groups: &str) -> Decision {
         Decision::Allow(Allow {
@@ -177,7 +177,7 @@ mod tests {
             remove: vec!["kubeflow_userid".into()],
             response_headers: Vec::new(),
             identity: None,
-            reason: "authenticated",
+            reason: Reason::Authenticated,
         })
     }
 

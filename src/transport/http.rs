@@ -70,18 +70,14 @@ async fn readyz(State(state): State<HttpState>) -> Response {
 
 async fn metrics(State(state): State<HttpState>) -> Response {
     let metrics = crate::metrics::global();
-    if let Some(sessions) = &state.checker.gate().sessions {
+    if let Some(store) = state.checker.gate().session_store() {
         // Counting is cheap in memory and a SCAN in Redis: bounded, and skipped on failure.
-        let count =
-            tokio::time::timeout(std::time::Duration::from_secs(1), sessions.store().count()).await;
+        let count = tokio::time::timeout(std::time::Duration::from_secs(1), store.count()).await;
         if let Ok(Ok(n)) = count {
             metrics.sessions.set(n as i64);
         }
-        let evicted = tokio::time::timeout(
-            std::time::Duration::from_secs(1),
-            sessions.store().evicted(),
-        )
-        .await;
+        let evicted =
+            tokio::time::timeout(std::time::Duration::from_secs(1), store.evicted()).await;
         if let Ok(Ok(Some(n))) = evicted {
             metrics.store_evictions.set(n as i64);
         }
@@ -102,7 +98,7 @@ async fn jwks(State(state): State<HttpState>) -> Response {
             ("content-type", "application/json"),
             ("cache-control", "public, max-age=300"),
         ],
-        state.checker.gate().signer.jwks().to_string(),
+        state.checker.gate().signer().jwks().to_string(),
     )
         .into_response()
 }
@@ -132,10 +128,9 @@ async fn own(State(state): State<HttpState>, request: AxumRequest) -> Response {
     let request = AxumRequest::from_parts(parts, Body::empty());
     let req = to_request(&request, "", peer).with_body(body.to_vec());
     match state.checker.check(&req, "http-direct").await {
-        Decision::Deny(deny) => {
+        Decision::Respond(deny) => {
             let mut response = Response::new(Body::from(deny.body));
-            *response.status_mut() =
-                StatusCode::from_u16(deny.status).unwrap_or(StatusCode::FORBIDDEN);
+            *response.status_mut() = deny.status;
             for (name, value) in &deny.headers {
                 append(response.headers_mut(), name, value);
             }
@@ -204,10 +199,9 @@ pub fn to_response(decision: Decision) -> Response {
             }
             response
         }
-        Decision::Deny(deny) => {
+        Decision::Respond(deny) => {
             let mut response = Response::new(Body::from(deny.body));
-            *response.status_mut() =
-                StatusCode::from_u16(deny.status).unwrap_or(StatusCode::FORBIDDEN);
+            *response.status_mut() = deny.status;
             // A 200 answer would mean "allow" to Envoy: authgate's own pages (whoami, JWKS)
             // answered through an HTTP check must therefore not come back as 200.
             if response.status() == StatusCode::OK {
@@ -244,7 +238,7 @@ fn append(headers: &mut HeaderMap, name: &str, value: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::decision::Allow;
+    use crate::decision::{Allow, Reason};
 
     fn allow(set: Vec<(&str, &str)>) -> Decision {
         Decision::Allow(Allow {
@@ -255,7 +249,7 @@ mod tests {
             remove: vec!["kubeflow_userid".into()],
             response_headers: Vec::new(),
             identity: None,
-            reason: "authenticated",
+            reason: Reason::Authenticated,
         })
     }
 
@@ -284,7 +278,7 @@ mod tests {
     #[test]
     fn the_core_refuses_the_same_allow_before_any_adapter() {
         let decision = allow(vec![("kubeflow-groups", "a\r\nx-evil: 1")]).deliverable();
-        assert_eq!(decision.status(), 500);
-        assert_eq!(decision.reason(), "undeliverable");
+        assert_eq!(decision.status(), StatusCode::INTERNAL_SERVER_ERROR);
+        assert_eq!(decision.reason(), Reason::Undeliverable);
     }
 }

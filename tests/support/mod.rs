@@ -99,8 +99,8 @@ impl Authgate {
                 std::env::var("AUTHGATE_LOG").unwrap_or_else(|_| "authgate=info".into()),
             )
             .try_init();
-        let config = authgate::config::Config::from_yaml(yaml).expect("test config is valid");
-        let app = authgate::App::build_with_clock(config, clock)
+        let settings = authgate::settings::Settings::from_yaml(yaml).expect("test config is valid");
+        let app = authgate::App::build_with_clock(settings, clock)
             .await
             .expect("authgate builds");
         Authgate {

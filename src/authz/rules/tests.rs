@@ -207,7 +207,7 @@ fn namespace_names_follow_rfc_1123() {
 #[test]
 fn impossible_rules_are_config_errors() {
     let config = |rules: &str| {
-        Config::from_yaml(&format!(
+        crate::settings::Settings::from_yaml(&format!(
             "public_url: https://kf.example.com\nauthorization:\n  rules:\n{rules}"
         ))
         .unwrap_err()
