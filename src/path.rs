@@ -6,8 +6,8 @@
 //! and judged as a path the app will not see.
 //!
 //! The normal form, as Envoy 1.40 produces it (checked against a real Envoy in
-//! `tests/app_readings.rs`): percent-encoded unreserved characters decoded (`%61` → `a`, any hex
-//! case), other escapes kept as sent (hex case too), the characters `"<>^`{|}` and space
+//! `tests/suite/app_readings.rs`): percent-encoded unreserved characters decoded (`%61` → `a`,
+//! any hex case), other escapes kept as sent (hex case too), the characters `"<>^`{|}` and space
 //! escaped, and dot-segments removed by RFC 3986 §5.2.4 — which keeps empty segments:
 //! `/a/x///../../p/` is `/a/x/p/`, not `/p/`.
 

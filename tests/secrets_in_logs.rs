@@ -1,6 +1,12 @@
 //! Invariant 2: never log a token. Every log line of every library, at TRACE level, is captured
 //! while tokens (valid, invalid, malformed) pass through the real stack; none may appear.
+//!
+//! Its own test binary, not a module of `tests/suite`: it installs a process-wide TRACE
+//! subscriber, which must be the first and only one, and captures every module's log lines.
 
+// The suite's harness; this binary uses only part of it.
+#[path = "suite/support/mod.rs"]
+#[allow(dead_code, unused_imports)]
 mod support;
 
 use std::io::Write;

@@ -142,6 +142,6 @@ pub trait SessionStore: Send + Sync {
 }
 
 /// The behaviour every store must have; run against the memory store here and against a real
-/// Redis by `tests/sessions_redis.rs`.
+/// Redis by `tests/suite/sessions_redis.rs`.
 #[doc(hidden)]
 pub mod contract;

@@ -1,5 +1,5 @@
 // A REAL OpenID Provider (npm oidc-provider 9) for authgate's integration tests and the local
-// demo stack. Started by tests/support/oidc.rs and scripts/run-local.sh:
+// demo stack. Started by tests/suite/support/oidc.rs and scripts/run-local.sh:
 //
 //   PORT=0 CLIENTS='[{"client_id":"authgate","client_secret":"s3cret",
 //                     "redirect_uris":["http://127.0.0.1:8080/authgate/callback"],
@@ -200,7 +200,8 @@ function buildProvider() {
         // NO_RP_LOGOUT=1: no end_session_endpoint, like Dex (Kubeflow's default provider).
         enabled: process.env.NO_RP_LOGOUT !== '1',
         // No "do you want to sign out?" click: the page submits itself (logout=yes ends the
-        // whole OP session). tests/support/oidc.rs submits forms marked data-autosubmit the same way.
+        // whole OP session). tests/suite/support/oidc.rs submits forms marked data-autosubmit the
+        // same way.
         logoutSource: async (ctx, form) => {
           const withLogout = form.replace('</form>', '<input type="hidden" name="logout" value="yes"/></form>')
             .replace('<form ', '<form data-autosubmit ');

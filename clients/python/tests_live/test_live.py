@@ -1,7 +1,8 @@
 """Live tests against a REAL running authgate behind a real Envoy (not a copied key).
 
-Run only by ``cargo test --test python_client`` (tests/python_client.rs), which starts the stack
-and sets the environment below. Without it every test here FAILS: these tests never skip.
+Run only by ``cargo test --test suite python_client`` (tests/suite/python_client.rs), which
+starts the stack and sets the environment below. Without it every test here FAILS: these tests
+never skip.
 
     AUTHGATE_JWKS_URL       authgate's HTTP listener, .../authgate/jwks.json
     AUTHGATE_ISSUER         authgate's public_url
@@ -66,7 +67,7 @@ def live() -> Live:
     if missing:
         pytest.fail(
             f"live tests need a running authgate stack; missing {', '.join(missing)}. "
-            "They are run by `cargo test --test python_client`, which starts one.",
+            "They are run by `cargo test --test suite python_client`, which starts one.",
             pytrace=False,
         )
     env = os.environ

@@ -33,7 +33,6 @@
 //! - Cookies are not `Secure` on plain http; the provider's cookies (`_session`,
 //!   `_interaction*`) share the host `127.0.0.1` with a gateway on another port, as cookies
 //!   ignore ports. Their names differ from authgate's, so nothing collides.
-#![allow(dead_code)]
 
 use std::fs::File;
 use std::io::{BufRead, BufReader};

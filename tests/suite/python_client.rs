@@ -8,15 +8,14 @@
 //! This test is the only runner of `clients/python/tests_live` (they fail without the
 //! environment it sets). The Python side needs `.venv` from `scripts/setup-test-peers.sh`.
 
-mod support;
-
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use ed25519_dalek::SigningKey;
 use ed25519_dalek::pkcs8::spki::der::pem::LineEnding;
 use ed25519_dalek::pkcs8::{DecodePrivateKey, EncodePublicKey};
-use support::*;
+
+use crate::support::*;
 
 const TOKEN: &str = "sa-token-python-client";
 const HOST: &str = "kubeflow.example.com";

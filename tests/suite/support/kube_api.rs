@@ -4,7 +4,6 @@
 //! production `kube` client via a kubeconfig, so the wire format is the real one: request
 //! and response bodies are parsed and rendered with the k8s-openapi types, errors are
 //! `metav1.Status` objects.
-#![allow(dead_code)]
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;

@@ -1,3 +1,6 @@
+//! The Kubernetes API test server itself, driven through the production kube client: the
+//! TokenReview and SubjectAccessReview answers the other tests rely on.
+
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
@@ -10,7 +13,7 @@ use kube::api::{Api, PostParams};
 use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::{Client, Config};
 
-use super::kube_api::*;
+use crate::support::kube_api::*;
 
 fn fixture() -> Fixture {
     Fixture {

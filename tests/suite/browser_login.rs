@@ -1,10 +1,8 @@
 //! One real browser: headless Chromium (Debian's) logs in through Envoy and authgate at the
 //! OpenID Provider, and the page it lands on shows the identity the app received.
 
-mod support;
-
-use support::oidc::{self, ALICE};
-use support::*;
+use crate::support::oidc::{self, ALICE};
+use crate::support::*;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn chromium_logs_in_and_sees_its_identity() {

@@ -2,8 +2,6 @@
 //! store contract, a Sentinel failover that keeps sessions and is followed by the store on its
 //! own, and a Cluster whose keys spread over every master.
 
-mod support;
-
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
@@ -11,7 +9,9 @@ use authgate::config::{SentinelConfig, SessionConfig, StoreKind};
 use authgate::store::contract::{self, session};
 use authgate::store::redis::RedisStore;
 use authgate::store::{Key, SessionStore};
-use support::redis::{RedisCluster, RedisSentinel, SentinelOptions, command};
+
+use crate::support;
+use crate::support::redis::{RedisCluster, RedisSentinel, SentinelOptions, command};
 
 const TTL: Duration = Duration::from_secs(3600);
 

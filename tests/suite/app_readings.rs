@@ -2,14 +2,13 @@
 //! accepted only in the normal form a normalizing mesh sends (and that form is checked against
 //! Envoy itself), and the HTTP provider passes exactly the shipped header list, which is all
 //! authgate decides on there. (The Kubeflow preset's readings of trailing slashes and queries:
-//! `tests/authorization.rs`; the rule language itself: `src/authz/rules/tests.rs`.)
-
-mod support;
+//! `tests/suite/authorization.rs`; the rule language itself: `src/authz/rules/tests.rs`.)
 
 use std::sync::atomic::Ordering;
 
 use authgate::path::{PathError, checked_path, normalize_path};
-use support::*;
+
+use crate::support::*;
 
 const MODES: [ExtAuthz; 2] = [ExtAuthz::Grpc, ExtAuthz::Http];
 

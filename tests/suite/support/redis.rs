@@ -1,6 +1,5 @@
 //! A real Redis (`redis-server` from Debian, installed by `scripts/setup-test-peers.sh`) on a
 //! free loopback port, with append-only persistence in a temp dir so a restart keeps its data.
-#![allow(dead_code)]
 
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};

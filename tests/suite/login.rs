@@ -1,14 +1,14 @@
 //! Browser login through a real Envoy against a real OpenID Provider (npm `oidc-provider`):
 //! the whole journey, state handling, sessions, logout, back-channel logout, bearer JWTs.
 
-mod support;
-
 use std::sync::Arc;
 use std::time::Duration;
 
 use reqwest::header::{ACCEPT, LOCATION, SET_COOKIE};
-use support::oidc::{self, ALICE, ALICE_SUB, BOB, MALLORY, NAVIGATION_ACCEPT};
-use support::*;
+
+use crate::support;
+use crate::support::oidc::{self, ALICE, ALICE_SUB, BOB, MALLORY, NAVIGATION_ACCEPT};
+use crate::support::*;
 
 /// The headers the app received, from the echo upstream's JSON body.
 fn app_header(body: &str, name: &str) -> Option<String> {

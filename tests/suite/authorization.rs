@@ -1,12 +1,12 @@
 //! Namespace authorization through a real Envoy: every rule of the Kubeflow preset, RBAC answers
 //! from the Kubernetes API test server, the bypass corpus, caching, and failing closed.
 
-mod support;
-
 use authgate::authz::rules::verb_for_method;
 use authgate::config::{Config, RuleConfig};
 use futures::StreamExt;
-use support::*;
+
+use crate::support;
+use crate::support::*;
 
 const ALICE: &str = "token-alice"; // team-a editor, bound per rule of the preset
 const BOB: &str = "token-bob"; // same permissions, but only in team-b

@@ -1,9 +1,8 @@
 //! The gateway core through a real Envoy, in both ext_authz modes (gRPC and HTTP): machine
 //! identities by TokenReview, trusted identity headers, failing closed.
 
-mod support;
-
-use support::*;
+use crate::support;
+use crate::support::*;
 
 const MODES: [ExtAuthz; 2] = [ExtAuthz::Grpc, ExtAuthz::Http];
 const TOKEN: &str = "sa-token-notebook";

@@ -3,14 +3,14 @@
 //! provider and the API server truly vouch for, carried to the app exactly, and credentials that
 //! stop at the gateway.
 
-mod support;
-
 use std::time::Duration;
 
 use reqwest::header::ACCEPT;
 use serde_json::json;
-use support::oidc::{self, ALICE, HostileUser};
-use support::*;
+
+use crate::support;
+use crate::support::oidc::{self, ALICE, HostileUser};
+use crate::support::*;
 
 /// Registered `alice@example.com` at the provider without verifying it (self sign-up).
 const SQUATTER: HostileUser = HostileUser {

@@ -1,6 +1,5 @@
 //! Test harness: real peers (Envoy, the Kubernetes API test server, an echo upstream) around an
 //! in-process authgate built from a real config, reached only over sockets.
-#![allow(dead_code, unused_imports)] // each test binary uses a different part of the harness
 
 pub mod echo;
 pub mod envoy;
@@ -41,7 +40,7 @@ pub fn sa_token(token: &str, namespace: &str, name: &str, audiences: &[&str]) ->
 /// A config for authgate against the given kube API, listening on loopback ports chosen by the
 /// OS, with `extra` YAML merged in (mappings deep-merged, so `extra` may also tune keys under
 /// `kubernetes:`). The fixtures' tokens are short opaque strings, so the bound-token policy is
-/// off here; `tests/bound_tokens.rs` tests it with realistic projected tokens.
+/// off here; `tests/suite/bound_tokens.rs` tests it with realistic projected tokens.
 pub fn config_yaml(kubeconfig: &Path, extra: &str) -> String {
     let base = format!(
         "listen: {{grpc: 127.0.0.1:0, http: 127.0.0.1:0, shutdown_grace: 2s}}\n\

@@ -1,18 +1,18 @@
 //! Sessions in a real Redis: the store contract (the same one the memory store passes), tokens
 //! sealed at rest, several replicas sharing sessions, restarts, and revocation from the CLI.
 
-mod support;
-
 use std::time::Duration;
 
 use authgate::config::{SessionConfig, StoreKind};
 use authgate::store::SessionStore;
 use authgate::store::redis::RedisStore;
 use reqwest::header::{ACCEPT, LOCATION};
-use support::oidc::{self, ALICE, BOB, NAVIGATION_ACCEPT};
-use support::process::AuthgateProcess;
-use support::redis::Redis;
-use support::*;
+
+use crate::support;
+use crate::support::oidc::{self, ALICE, BOB, NAVIGATION_ACCEPT};
+use crate::support::process::AuthgateProcess;
+use crate::support::redis::Redis;
+use crate::support::*;
 
 fn session_config(redis: &Redis) -> SessionConfig {
     SessionConfig {
@@ -756,6 +756,8 @@ async fn strangers_write_nothing_to_the_session_store() {
         302,
         "the revocation landed"
     );
+    // The gauge is process-wide (shared by every module of the suite) and set on a scrape of an
+    // authgate with a Redis store; only this test scrapes one, so the value is this Redis's.
     let evictions = "authgate_session_store_evicted_keys";
     assert_eq!(metric_value(&replica.metrics().await, evictions), Some(0.0));
 

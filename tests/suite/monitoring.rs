@@ -1,10 +1,8 @@
 //! The alert rules and the dashboard only use metrics a running authgate really exports.
 
-mod support;
-
 use std::collections::BTreeSet;
 
-use support::*;
+use crate::support::*;
 
 /// Metric family names (`authgate_…`) mentioned in a text, with histogram/counter suffixes of
 /// the exposition (`_bucket`, `_count`, `_sum`) kept as written.

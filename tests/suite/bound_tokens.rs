@@ -2,14 +2,14 @@
 //! realistic projected-token JWTs: refusals happen before any TokenReview, a legitimate
 //! projected token still works, and its pod binding reaches the signed identity and the review.
 
-mod support;
-
 use std::collections::BTreeMap;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use support::*;
+
+use crate::support;
+use crate::support::*;
 
 fn now() -> u64 {
     SystemTime::now()

@@ -1,12 +1,11 @@
 //! Strangers cost nothing, through a real Envoy and the Kubernetes API test server: memory
 //! bounded by bytes whatever `Host` a client sends, an address over its limit refused before
 //! any review, and a per-identity budget of SubjectAccessReviews. (Sessions and the store:
-//! `tests/sessions_redis.rs`.)
+//! `tests/suite/sessions_redis.rs`.)
 
-mod support;
-
-use support::process::AuthgateProcess;
-use support::*;
+use crate::support;
+use crate::support::process::AuthgateProcess;
+use crate::support::*;
 
 fn tokens() -> Fixture {
     Fixture {

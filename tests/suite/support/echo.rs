@@ -1,6 +1,5 @@
 //! The test upstream ("the app behind the gateway"): answers every method and path with 200 and
 //! a JSON description of what it received, so tests can prove which identity headers arrived.
-#![allow(dead_code)]
 
 use std::net::SocketAddr;
 use std::sync::Arc;
