@@ -26,6 +26,7 @@ mod cli;
 mod gateway;
 mod identity_trust;
 mod kube_api_server;
+mod layers;
 mod login;
 mod monitoring;
 mod open_redirects;
