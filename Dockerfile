@@ -11,7 +11,7 @@ ARG CARGO_AUDITABLE_VERSION=0.7.7
 FROM docker.io/library/rust:${RUST_VERSION}-bookworm AS build
 ARG CARGO_AUDITABLE_VERSION
 WORKDIR /src
-# aws-lc-sys (the TLS crypto of the Kubernetes client) builds with the image's gcc; no cmake.
+# aws-lc-sys (authgate's one crypto stack: TLS, JWTs, the signing key) builds with the image's gcc; no cmake.
 RUN --mount=type=cache,target=/usr/local/cargo/registry \
     cargo install --locked --version "${CARGO_AUDITABLE_VERSION}" cargo-auditable
 COPY Cargo.toml Cargo.lock ./

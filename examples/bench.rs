@@ -842,8 +842,15 @@ fn rs256_key_and_token(dir: &Path) -> (String, String, String) {
     let jwks = format!(
         r#"{{"keys":[{{"kty":"RSA","alg":"RS256","use":"sig","kid":"bench-1","n":"{n}","e":"AQAB"}}]}}"#
     );
-    let pem = std::fs::read(&key_path).unwrap();
-    let key = jsonwebtoken::EncodingKey::from_rsa_pem(&pem).expect("RSA key");
+    // jsonwebtoken signs with a PKCS#1 DER key.
+    let der = Command::new("openssl")
+        .args(["rsa", "-traditional", "-outform", "DER", "-in"])
+        .arg(&key_path)
+        .stderr(Stdio::null())
+        .output()
+        .expect("openssl rsa");
+    assert!(der.status.success(), "openssl rsa -outform DER failed");
+    let key = jsonwebtoken::EncodingKey::from_rsa_der(&der.stdout);
     let mut header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::RS256);
     header.kid = Some("bench-1".into());
     let iat = now_unix() - 60;

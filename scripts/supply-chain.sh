@@ -133,6 +133,15 @@ else
   cargo deny --offline --config "$DENY_CONFIG" check bans licenses sources
 fi
 
+# One crypto stack: aws-lc-rs (kube, rustls, reqwest, jsonwebtoken, the signing key). A second
+# TLS provider compiled in makes rustls refuse to choose one at run time (a panic on the first
+# TLS connection nobody installed a provider for), and doubles the C build.
+log "one TLS crypto provider (no ring in any build)"
+if ring_users="$(cargo tree --locked --offline -e normal,build,dev --target all -i ring 2>/dev/null)" && [[ -n "$ring_users" ]]; then
+  printf '%s\n' "$ring_users" >&2
+  die "ring is compiled in besides aws-lc-rs (above: who pulls it)"
+fi
+
 # ---- helpers: versions from Cargo.lock ------------------------------------------------------
 lock_versions() { # crate -> every version of it in Cargo.lock, one a line
   awk -v n="$1" '$0=="[[package]]"{name=""} /^name = /{gsub(/"/,"",$3); name=$3} /^version = /{gsub(/"/,"",$3); if (name==n) print $3}' "$ROOT/Cargo.lock"

@@ -179,7 +179,7 @@ impl App {
                     rules.clone(),
                     audiences,
                     oidc.jwks_max_age,
-                    provider.http().clone(),
+                    provider.http().client().clone(),
                 );
                 let login = Arc::new(
                     authn::login::Login::new(

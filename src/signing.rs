@@ -9,11 +9,10 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
+use aws_lc_rs::encoding::AsDer;
+use aws_lc_rs::signature::{ED25519, Ed25519KeyPair, KeyPair, ParsedPublicKey};
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use ed25519_dalek::pkcs8::spki::der::pem::LineEnding;
-use ed25519_dalek::pkcs8::{DecodePrivateKey, DecodePublicKey, EncodePrivateKey};
-use ed25519_dalek::{SigningKey, VerifyingKey};
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use serde::Serialize;
 use sha2::{Digest, Sha256};
@@ -46,33 +45,70 @@ pub enum SigningError {
     Sign(#[from] jsonwebtoken::errors::Error),
 }
 
+/// An Ed25519 public key, its 32 bytes.
+type PublicKey = [u8; 32];
+
+/// The DER of an Ed25519 SubjectPublicKeyInfo before its 32 key bytes (RFC 8410 §4): the one
+/// encoding such a key has.
+const SPKI_PREFIX: [u8; 12] = [
+    0x30, 0x2a, 0x30, 0x05, 0x06, 0x03, 0x2b, 0x65, 0x70, 0x03, 0x21, 0x00,
+];
+
 /// Generates a new Ed25519 private key as PKCS#8 v1 PEM (without the embedded public key,
 /// which OpenSSL 3.0 and Python's `cryptography` cannot read).
 pub fn generate_key_pem() -> String {
-    let key = SigningKey::generate(&mut rand::rngs::OsRng);
-    ed25519_dalek::pkcs8::KeypairBytes {
-        secret_key: key.to_bytes(),
-        public_key: None,
-    }
-    .to_pkcs8_pem(LineEnding::LF)
-    .expect("encoding a fresh key cannot fail")
-    .to_string()
+    let key = Ed25519KeyPair::generate()
+        .and_then(|k| k.to_pkcs8v1())
+        .expect("generating and encoding a fresh key cannot fail");
+    pem_text("PRIVATE KEY", key.as_ref())
 }
 
 /// The public half of a PKCS#8 private key, as SPKI PEM (for `extra_public_key_files` during a
 /// key roll, or for apps that pin the key).
 pub fn public_key_pem(private_pem: &str) -> Result<String, SigningError> {
-    use ed25519_dalek::pkcs8::EncodePublicKey;
-    let key = SigningKey::from_pkcs8_pem(private_pem).map_err(|e| SigningError::BadKey {
+    let bad = |reason: String| SigningError::BadKey {
         path: "<key>".into(),
-        reason: e.to_string(),
-    })?;
-    key.verifying_key()
-        .to_public_key_pem(LineEnding::LF)
-        .map_err(|e| SigningError::BadKey {
-            path: "<key>".into(),
-            reason: e.to_string(),
-        })
+        reason,
+    };
+    let (key, _) = private_key(private_pem).map_err(bad)?;
+    let spki = key.public_key().as_der().map_err(|e| bad(e.to_string()))?;
+    Ok(pem_text("PUBLIC KEY", spki.as_ref()))
+}
+
+fn pem_text(tag: &str, der: &[u8]) -> String {
+    let config = pem::EncodeConfig::new().set_line_ending(pem::LineEnding::LF);
+    pem::encode_config(&pem::Pem::new(tag, der), config)
+}
+
+/// An Ed25519 private key from PKCS#8 PEM (v1 or v2), and its DER.
+fn private_key(text: &str) -> Result<(Ed25519KeyPair, Vec<u8>), String> {
+    let block = pem::parse(text).map_err(|e| e.to_string())?;
+    if block.tag() != "PRIVATE KEY" {
+        return Err(format!("a {:?} block, not a PRIVATE KEY", block.tag()));
+    }
+    let key = Ed25519KeyPair::from_pkcs8(block.contents()).map_err(|e| e.to_string())?;
+    Ok((key, block.into_contents()))
+}
+
+/// The public key of a PEM file: an SPKI public key, or the public half of a private key.
+fn public_key(text: &str) -> Result<PublicKey, String> {
+    let block = pem::parse(text).map_err(|e| e.to_string())?;
+    match block.tag() {
+        "PUBLIC KEY" => {
+            let raw = block
+                .contents()
+                .strip_prefix(SPKI_PREFIX.as_slice())
+                .and_then(|raw| PublicKey::try_from(raw).ok())
+                .ok_or("not an Ed25519 public key")?;
+            ParsedPublicKey::new(&ED25519, raw).map_err(|e| e.to_string())?;
+            Ok(raw)
+        }
+        _ => private_key(text).map(|(key, _)| raw_public_key(&key)),
+    }
+}
+
+fn raw_public_key(key: &Ed25519KeyPair) -> PublicKey {
+    PublicKey::try_from(key.public_key().as_ref()).expect("an Ed25519 public key is 32 bytes")
 }
 
 /// The claims of the identity JWT.
@@ -171,28 +207,23 @@ impl Signer {
             }
         };
         let path_name = key_file.map_or("<generated>".into(), |p| p.display().to_string());
-        let signing = SigningKey::from_pkcs8_pem(&pem).map_err(|e| SigningError::BadKey {
+        let (signing, der) = private_key(&pem).map_err(|reason| SigningError::BadKey {
             path: path_name.clone(),
-            reason: e.to_string(),
+            reason,
         })?;
-        let mut public = vec![signing.verifying_key()];
+        let mut public = vec![raw_public_key(&signing)];
         for file in extra_public_keys {
             let text = std::fs::read_to_string(file).map_err(|source| SigningError::Read {
                 path: file.display().to_string(),
                 source,
             })?;
-            let key = VerifyingKey::from_public_key_pem(&text)
-                .or_else(|_| SigningKey::from_pkcs8_pem(&text).map(|k| k.verifying_key()))
-                .map_err(|e| SigningError::BadKey {
-                    path: file.display().to_string(),
-                    reason: e.to_string(),
-                })?;
+            let key = public_key(&text).map_err(|reason| SigningError::BadKey {
+                path: file.display().to_string(),
+                reason,
+            })?;
             public.push(key);
         }
-        let key = EncodingKey::from_ed_pem(pem.as_bytes()).map_err(|e| SigningError::BadKey {
-            path: path_name,
-            reason: e.to_string(),
-        })?;
+        let key = EncodingKey::from_ed_der(&der);
         Ok(Signer {
             issuer: issuer.trim_end_matches('/').to_string(),
             ttl,
@@ -271,13 +302,13 @@ impl Signer {
 }
 
 /// RFC 7638-style thumbprint of an OKP key, used as `kid`.
-fn key_id(key: &VerifyingKey) -> String {
-    let x = URL_SAFE_NO_PAD.encode(key.to_bytes());
+fn key_id(key: &PublicKey) -> String {
+    let x = URL_SAFE_NO_PAD.encode(key);
     let canonical = format!(r#"{{"crv":"Ed25519","kty":"OKP","x":"{x}"}}"#);
     URL_SAFE_NO_PAD.encode(Sha256::digest(canonical.as_bytes()))
 }
 
-fn jwks_json(keys: &[VerifyingKey]) -> String {
+fn jwks_json(keys: &[PublicKey]) -> String {
     let keys: Vec<serde_json::Value> = keys
         .iter()
         .map(|k| {
@@ -287,7 +318,7 @@ fn jwks_json(keys: &[VerifyingKey]) -> String {
                 "alg": "EdDSA",
                 "use": "sig",
                 "kid": key_id(k),
-                "x": URL_SAFE_NO_PAD.encode(k.to_bytes()),
+                "x": URL_SAFE_NO_PAD.encode(k),
             })
         })
         .collect();
@@ -368,6 +399,50 @@ mod tests {
             signer.token(&id, &id.user, "a.example.com").unwrap(),
             signer.token(&id, &id.user, "b.example.com").unwrap()
         );
+    }
+
+    #[test]
+    fn key_files_of_other_tools_load_with_the_key_they_hold() {
+        // RFC 8032 §7.1, test 1: the secret key and the public key it makes.
+        let secret = "9d61b19deffd5a60ba844af492ec2cc44449c5697b326919703bac031cae7f60";
+        let public = "d75a980182b10ab7d54bfed3c964073a0ee172f3daa62325af021a68f707511a";
+        let pem_of = |tag: &str, der_hex: &str| pem_text(tag, &hex::decode(der_hex).unwrap());
+        // PKCS#8 v1 (what `openssl genpkey -algorithm ed25519` and `authgate keygen` write) and
+        // v2 (with the public key, RFC 5958), and the SPKI public key (`openssl pkey -pubout`).
+        let v1 = pem_of(
+            "PRIVATE KEY",
+            &format!("302e020100300506032b657004220420{secret}"),
+        );
+        let v2 = pem_of(
+            "PRIVATE KEY",
+            &format!("3051020101300506032b657004220420{secret}812100{public}"),
+        );
+        let spki = pem_of("PUBLIC KEY", &format!("302a300506032b6570032100{public}"));
+        let x = URL_SAFE_NO_PAD.encode(hex::decode(public).unwrap());
+        let dir = tempfile::tempdir().unwrap();
+        for (name, key) in [("v1.pem", &v1), ("v2.pem", &v2)] {
+            let path = dir.path().join(name);
+            std::fs::write(&path, key).unwrap();
+            let extra = dir.path().join("extra.pem");
+            std::fs::write(&extra, &spki).unwrap();
+            let signer = Signer::load(
+                Some(&path),
+                &[extra],
+                "https://x",
+                Duration::from_secs(60),
+                Arc::new(ManualClock::new()),
+            )
+            .unwrap_or_else(|e| panic!("{name}: {e}"));
+            let jwks: serde_json::Value = serde_json::from_str(&signer.jwks()).unwrap();
+            assert_eq!(jwks["keys"][0]["x"], x, "{name}");
+            assert_eq!(jwks["keys"][1]["x"], x, "{name}: the SPKI file");
+            assert_eq!(
+                jwks["keys"][0]["kid"],
+                key_id(&hex::decode(public).unwrap().try_into().unwrap())
+            );
+        }
+        assert_eq!(public_key_pem(&v1).unwrap(), spki);
+        assert!(public_key(&pem_of("PUBLIC KEY", "3059301306072a8648ce3d0201")).is_err());
     }
 
     #[test]

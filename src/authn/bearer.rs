@@ -79,7 +79,7 @@ pub struct OidcBearer {
     audiences: Vec<String>,
     /// `oidc.jwks_max_age`.
     jwks_max_age: Duration,
-    http: openidconnect::reqwest::Client,
+    http: reqwest::Client,
     /// Tokens that passed verification, by SHA-256, with when they stop counting: a CLI or a
     /// script sends one ID token on every request, and checking its signature each time costs
     /// more than the rest of the check. Kept until the token's `exp`, at most [`VERIFIED_FOR`],
@@ -122,7 +122,7 @@ impl OidcBearer {
         issuers: Vec<ClaimRules>,
         audiences: Vec<String>,
         jwks_max_age: Duration,
-        http: openidconnect::reqwest::Client,
+        http: reqwest::Client,
     ) -> Self {
         Self {
             issuers: issuers

@@ -101,7 +101,7 @@ mod tests {
         let jwks: JwkSet = serde_json::from_str(&signer.jwks()).unwrap();
         let mut header = Header::new(Algorithm::EdDSA);
         header.kid = jwks.keys[0].common.key_id.clone();
-        let key = EncodingKey::from_ed_pem(pem.as_bytes()).unwrap();
+        let key = EncodingKey::from_ed_der(pem::parse(&pem).unwrap().contents());
         let sign =
             |claims: serde_json::Value| jsonwebtoken::encode(&header, &claims, &key).unwrap();
         let now = std::time::SystemTime::now()

@@ -82,12 +82,61 @@ struct State {
     failures: u32,
 }
 
+/// The HTTP client of provider calls, as openidconnect's calls (discovery, code exchange,
+/// refresh) take it: reqwest, on the TLS stack the rest of authgate uses (openidconnect's own
+/// reqwest brings a second one).
+#[derive(Debug, Clone)]
+pub struct ProviderHttp(reqwest::Client);
+
+/// Why a provider call through [`ProviderHttp`] failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ProviderHttpError {
+    /// Connecting, sending or reading.
+    #[error(transparent)]
+    Reqwest(#[from] reqwest::Error),
+    /// The answer could not be put into an `http::Response`.
+    #[error(transparent)]
+    Http(#[from] http::Error),
+}
+
+impl ProviderHttp {
+    /// The client itself, for calls authgate makes on its own (JWKS, userinfo).
+    pub fn client(&self) -> &reqwest::Client {
+        &self.0
+    }
+}
+
+impl<'c> openidconnect::AsyncHttpClient<'c> for ProviderHttp {
+    type Error = ProviderHttpError;
+    type Future = std::pin::Pin<
+        Box<
+            dyn std::future::Future<Output = Result<openidconnect::HttpResponse, Self::Error>>
+                + Send
+                + Sync
+                + 'c,
+        >,
+    >;
+
+    fn call(&'c self, request: openidconnect::HttpRequest) -> Self::Future {
+        Box::pin(async move {
+            let response = self.0.execute(request.try_into()?).await?;
+            let mut builder = http::Response::builder()
+                .status(response.status())
+                .version(response.version());
+            for (name, value) in response.headers() {
+                builder = builder.header(name, value);
+            }
+            Ok(builder.body(response.bytes().await?.to_vec())?)
+        })
+    }
+}
+
 /// One provider, discovered lazily and refreshed on demand.
 pub struct Provider {
     config: OidcConfig,
     client_secret: Option<String>,
     redirect_uri: RedirectUrl,
-    http: openidconnect::reqwest::Client,
+    http: ProviderHttp,
     state: RwLock<State>,
     refresh: Mutex<()>,
     /// Turns for calls to the provider (`oidc.max_concurrent_calls`).
@@ -101,9 +150,9 @@ impl Provider {
         client_secret: Option<String>,
         redirect_uri: &str,
     ) -> Result<Provider, ProviderError> {
-        let http = openidconnect::reqwest::ClientBuilder::new()
+        let http = reqwest::ClientBuilder::new()
             // Following redirects here would open SSRF paths; the spec needs none.
-            .redirect(openidconnect::reqwest::redirect::Policy::none())
+            .redirect(reqwest::redirect::Policy::none())
             .timeout(config.timeout)
             .build()
             .map_err(|e| ProviderError::caused_by("HTTP client", e))?;
@@ -113,7 +162,7 @@ impl Provider {
                 .map_err(|e| ProviderError::caused_by("redirect URI", e))?,
             config,
             client_secret,
-            http,
+            http: ProviderHttp(http),
             state: RwLock::new(State {
                 discovered: None,
                 discovered_at: None,
@@ -131,7 +180,7 @@ impl Provider {
     }
 
     /// The HTTP client for provider calls; take a [`Provider::turn`] before each call.
-    pub fn http(&self) -> &openidconnect::reqwest::Client {
+    pub fn http(&self) -> &ProviderHttp {
         &self.http
     }
 
@@ -264,7 +313,7 @@ impl Provider {
         url: &str,
         bearer: Option<&str>,
     ) -> Result<Vec<u8>, ProviderError> {
-        let mut request = self.http.get(url);
+        let mut request = self.http.client().get(url);
         if let Some(token) = bearer {
             request = request.bearer_auth(token);
         }

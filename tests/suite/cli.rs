@@ -81,6 +81,41 @@ fn invalid_config_reports_every_problem_and_exits_64() {
 }
 
 #[test]
+fn values_of_the_wrong_type_are_all_named_at_once_in_the_configurations_words() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = write(
+        &dir,
+        "typed.yaml",
+        "public_url: https://kf.example.com\n\
+         kubernetes: {token_review: {cache_ttl: 5, enabled: sometimes}}\n\
+         session: {idle_timeout: soon}\n\
+         identity: {jwt: {ttl: 1s}}\n",
+    );
+    let out = authgate()
+        .arg("check-config")
+        .arg("--config")
+        .arg(&config)
+        .env("AUTHGATE_LISTEN__GRPC", "not-an-address")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(64), "{out:?}");
+    let err = String::from_utf8(out.stderr).unwrap();
+    for said in [
+        "kubernetes.token_review.cache_ttl: expected a duration such as 30s, 5m or 1h, found 5",
+        "kubernetes.token_review.enabled: expected true or false, found \"sometimes\"",
+        "session.idle_timeout: expected a duration",
+        "listen.grpc: invalid socket address syntax",
+        // Judged alongside the unreadable values, not after they are mended.
+        "identity.jwt.ttl: must be between 10s and 1h",
+    ] {
+        assert!(err.contains(said), "{said:?} not in:\n{err}");
+    }
+    for foreign in ["default.", "YAML file", "Duration", "invalid type", "u64"] {
+        assert!(!err.contains(foreign), "{foreign:?} in:\n{err}");
+    }
+}
+
+#[test]
 fn serve_refuses_a_bad_config_before_binding_any_port() {
     let dir = tempfile::tempdir().unwrap();
     // Hold a port; a serve that bound before validating would fail differently (bind error).

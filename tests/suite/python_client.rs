@@ -11,10 +11,6 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use ed25519_dalek::SigningKey;
-use ed25519_dalek::pkcs8::spki::der::pem::LineEnding;
-use ed25519_dalek::pkcs8::{DecodePrivateKey, EncodePublicKey};
-
 use crate::support::*;
 
 const TOKEN: &str = "sa-token-python-client";
@@ -104,11 +100,7 @@ fn key_roll(dir: &Path) -> String {
     std::fs::write(&current, authgate::signing::generate_key_pem()).unwrap();
     let old = authgate::signing::generate_key_pem();
     std::fs::write(&old_private, &old).unwrap();
-    let public = SigningKey::from_pkcs8_pem(&old)
-        .unwrap()
-        .verifying_key()
-        .to_public_key_pem(LineEnding::LF)
-        .unwrap();
+    let public = authgate::signing::public_key_pem(&old).unwrap();
     std::fs::write(&old_public, public).unwrap();
     format!(
         "identity:\n  jwt:\n    key_file: {}\n    extra_public_key_files: [{}]\n    audiences: [other-app.example.com]\n",

@@ -1,3 +1,6 @@
+//! Unit tests of the rule language: templates, trailing slashes, namespace sources, query
+//! readings and verbs, each through `RuleSet::evaluate` as the gate calls it.
+
 use super::*;
 use crate::authz::query::DEFAULT_MAX_QUERY_PARAMETERS;
 use crate::config::Config;
