@@ -261,7 +261,10 @@ impl Gate {
                 Response::unavailable(reason)
             }
             AuthnError::IssuerUnavailable(why) => {
-                tracing::warn!(reason = %why, "OIDC issuer keys unavailable");
+                tracing::warn!(
+                    error = why as &dyn std::error::Error,
+                    "OIDC issuer keys unavailable"
+                );
                 Response::unavailable(reason)
             }
             AuthnError::Store(source) => {

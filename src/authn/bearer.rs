@@ -13,7 +13,7 @@ use tokio::sync::RwLock;
 
 use super::claims::{ClaimError, ClaimRules};
 use super::jwt::{VerifyError, jwks_max_age, verify_with};
-use super::oidc::REFETCH_INTERVAL;
+use super::oidc::{ProviderError, REFETCH_INTERVAL};
 use crate::identity::{AuthMethod, Identity};
 
 /// One issuer: how its claims are read, and its keys.
@@ -63,12 +63,12 @@ impl KeyState {
                 let until = (Instant::now() + interval).min(*fetched + *max_age + grace);
                 Ok((keys.clone(), until))
             }
-            Some(_) => Err(BearerError::Unavailable(
-                "the issuer's keys are too old to use and cannot be fetched".into(),
-            )),
-            None => Err(BearerError::Unavailable(
-                "the issuer's keys could not be fetched lately".into(),
-            )),
+            Some(_) => Err(BearerError::Unavailable(ProviderError::new(
+                "the issuer's keys are too old to use and cannot be fetched",
+            ))),
+            None => Err(BearerError::Unavailable(ProviderError::new(
+                "the issuer's keys could not be fetched lately",
+            ))),
         }
     }
 }
@@ -108,8 +108,8 @@ pub enum BearerError {
     #[error("invalid token: {0}")]
     Invalid(String),
     /// The issuer's keys could not be fetched (503).
-    #[error("issuer unavailable: {0}")]
-    Unavailable(String),
+    #[error("issuer unavailable")]
+    Unavailable(#[source] ProviderError),
     /// The token is genuine, but what it vouches for is not an identity authgate accepts
     /// (403, and the caller is told why).
     #[error(transparent)]
@@ -301,7 +301,7 @@ impl OidcBearer {
                 Ok((jwks, now + max_age))
             }
             Err(e) => {
-                tracing::warn!(error = %e, issuer = %issuer.rules.issuer(), "JWKS fetch failed");
+                tracing::warn!(error = &e as &dyn std::error::Error, issuer = %issuer.rules.issuer(), "JWKS fetch failed");
                 state
                     .usable(interval, grace)
                     .map_err(|_| BearerError::Unavailable(e))
@@ -310,7 +310,7 @@ impl OidcBearer {
     }
 
     /// The issuer's JWKS and its `Cache-Control` header.
-    async fn fetch(&self, issuer: &str) -> Result<(JwkSet, Option<String>), String> {
+    async fn fetch(&self, issuer: &str) -> Result<(JwkSet, Option<String>), ProviderError> {
         let get = |url: String| async move {
             let response = self
                 .http
@@ -319,23 +319,28 @@ impl OidcBearer {
                 .send()
                 .await
                 .and_then(|r| r.error_for_status())
-                .map_err(|e| format!("{url}: {e}"))?;
+                .map_err(|e| ProviderError::caused_by(format!("GET {url}"), e))?;
             let cache_control = response
                 .headers()
                 .get("cache-control")
                 .and_then(|v| v.to_str().ok())
                 .map(String::from);
-            let body = response.bytes().await.map_err(|e| format!("{url}: {e}"))?;
-            Ok::<_, String>((body, cache_control))
+            let body = response
+                .bytes()
+                .await
+                .map_err(|e| ProviderError::caused_by(format!("GET {url}"), e))?;
+            Ok::<_, ProviderError>((body, cache_control))
         };
         let (discovery, _) = get(format!("{issuer}/.well-known/openid-configuration")).await?;
-        let discovery: Value = serde_json::from_slice(&discovery).map_err(|e| e.to_string())?;
+        let discovery: Value = serde_json::from_slice(&discovery)
+            .map_err(|e| ProviderError::caused_by("discovery document", e))?;
         let jwks_uri = discovery
             .get("jwks_uri")
             .and_then(Value::as_str)
-            .ok_or("discovery has no jwks_uri")?;
+            .ok_or_else(|| ProviderError::new("the discovery document has no jwks_uri"))?;
         let (body, cache_control) = get(jwks_uri.to_string()).await?;
-        let jwks = serde_json::from_slice(&body).map_err(|e| e.to_string())?;
+        let jwks =
+            serde_json::from_slice(&body).map_err(|e| ProviderError::caused_by("JWKS", e))?;
         Ok((jwks, cache_control))
     }
 }

@@ -23,6 +23,7 @@ use crate::store::StoreError;
 use bearer::{BearerError, OidcBearer};
 use claims::ClaimError;
 use login::Login;
+use oidc::ProviderError;
 use service_account::{Rejection, Review, ServiceAccountAuthenticator, token_key};
 use session::Sessions;
 
@@ -99,8 +100,8 @@ pub enum AuthnError {
     #[error("token review failed")]
     Kube(#[source] KubeError),
     /// An OIDC issuer's keys cannot be had.
-    #[error("OIDC issuer keys unavailable: {0}")]
-    IssuerUnavailable(String),
+    #[error("OIDC issuer keys unavailable")]
+    IssuerUnavailable(#[source] ProviderError),
     /// The session store failed.
     #[error("session store unavailable")]
     Store(#[source] StoreError),
