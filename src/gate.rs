@@ -440,13 +440,12 @@ impl Gate {
     /// lie outside /authgate/ (oidc-authservice's /login/oidc): it is the callback, answered
     /// here like the others.
     fn own_endpoint<'a>(&self, path: &'a str) -> Option<&'a str> {
-        if let Some(rest) = path.strip_prefix(OWN_PREFIX) {
-            return (rest.is_empty() || rest.starts_with('/')).then_some(rest);
-        }
-        self.browser
-            .as_ref()
-            .is_some_and(|b| b.login.is_other_callback(path))
-            .then_some("/callback")
+        under_own_prefix(path).or_else(|| {
+            self.browser
+                .as_ref()
+                .is_some_and(|b| b.login.is_other_callback(path))
+                .then_some("/callback")
+        })
     }
 
     /// Endpoints that take credentials (login, callback, whoami, logout) count their failures
@@ -571,6 +570,13 @@ impl Gate {
     }
 }
 
+/// `/authgate/x` → `Some("/x")`; `/authgate` → `Some("")`; `/authgateway/x` → `None` (a
+/// registered callback path may start so).
+fn under_own_prefix(path: &str) -> Option<&str> {
+    let rest = path.strip_prefix(OWN_PREFIX)?;
+    (rest.is_empty() || rest.starts_with('/')).then_some(rest)
+}
+
 /// grpc-gateway (the KFP API) runs the GET handler of a POST that says
 /// `X-HTTP-Method-Override: GET`, and Express's method-override does the same: a rule judged on
 /// the method Envoy saw would not be the one the app runs.
@@ -584,4 +590,18 @@ fn method_override(req: &Request) -> Option<Response> {
         ),
         Reason::MethodOverride,
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn own_endpoints_are_whole_segments_under_the_prefix() {
+        assert_eq!(under_own_prefix("/authgate"), Some(""));
+        assert_eq!(under_own_prefix("/authgate/whoami"), Some("/whoami"));
+        // Not authgate's: a registered callback path may start so, and the gate asks about it.
+        assert_eq!(under_own_prefix("/authgateway/callback"), None);
+        assert_eq!(under_own_prefix("/api/authgate"), None);
+    }
 }

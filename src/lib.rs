@@ -52,14 +52,14 @@ pub enum StartError {
     #[error(transparent)]
     Kube(#[from] k8s::SetupError),
     /// The session store.
-    #[error("cannot connect to the session store: {0}")]
-    Store(store::StoreError),
+    #[error("cannot connect to the session store")]
+    Store(#[source] store::StoreError),
     /// A file could not be read.
     #[error("cannot read a configured file: {0}")]
     Io(std::io::Error),
     /// The OIDC provider settings.
-    #[error("OIDC provider: {0}")]
-    Provider(String),
+    #[error(transparent)]
+    Provider(authn::oidc::ProviderError),
     /// A listener could not be bound.
     #[error("cannot listen on {addr}: {source}")]
     Bind {
@@ -162,7 +162,7 @@ impl App {
                     .expect("origin joins a path");
                 let provider = Arc::new(
                     authn::oidc::Provider::new(oidc.clone(), secret, redirect_uri.as_str())
-                        .map_err(|e| StartError::Provider(e.to_string()))?,
+                        .map_err(StartError::Provider)?,
                 );
                 // Discover in the background: a provider that is down must not stop the gateway
                 // from serving machines and existing sessions.

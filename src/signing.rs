@@ -80,9 +80,21 @@ fn pem_text(tag: &str, der: &[u8]) -> String {
     pem::encode_config(&pem::Pem::new(tag, der), config)
 }
 
+/// The one PEM block of a key file: a file with several keys is refused, not read in part (an
+/// `extra_public_key_files` entry with two keys would publish only one, and tokens signed with
+/// the other would fail at the apps during a roll).
+fn one_block(text: &str) -> Result<pem::Pem, String> {
+    let mut blocks = pem::parse_many(text).map_err(|e| e.to_string())?;
+    match blocks.len() {
+        1 => Ok(blocks.remove(0)),
+        0 => Err("no PEM block".into()),
+        n => Err(format!("{n} PEM blocks: one key per file")),
+    }
+}
+
 /// An Ed25519 private key from PKCS#8 PEM (v1 or v2), and its DER.
 fn private_key(text: &str) -> Result<(Ed25519KeyPair, Vec<u8>), String> {
-    let block = pem::parse(text).map_err(|e| e.to_string())?;
+    let block = one_block(text)?;
     if block.tag() != "PRIVATE KEY" {
         return Err(format!("a {:?} block, not a PRIVATE KEY", block.tag()));
     }
@@ -92,7 +104,7 @@ fn private_key(text: &str) -> Result<(Ed25519KeyPair, Vec<u8>), String> {
 
 /// The public key of a PEM file: an SPKI public key, or the public half of a private key.
 fn public_key(text: &str) -> Result<PublicKey, String> {
-    let block = pem::parse(text).map_err(|e| e.to_string())?;
+    let block = one_block(text)?;
     match block.tag() {
         "PUBLIC KEY" => {
             let raw = block
@@ -442,6 +454,8 @@ mod tests {
             );
         }
         assert_eq!(public_key_pem(&v1).unwrap(), spki);
+        let two = format!("{spki}{}", public_key_pem(&generate_key_pem()).unwrap());
+        assert!(public_key(&two).unwrap_err().contains("2 PEM blocks"));
         assert!(public_key(&pem_of("PUBLIC KEY", "3059301306072a8648ce3d0201")).is_err());
     }
 

@@ -594,7 +594,10 @@ impl Login {
         let claims = match self.verify_logout_token(&token).await {
             Ok(c) => c,
             Err(why) => {
-                tracing::warn!(reason = %why, "back-channel logout token refused");
+                tracing::warn!(
+                    error = &why as &dyn std::error::Error,
+                    "back-channel logout token refused"
+                );
                 return logout_token_refused();
             }
         };
@@ -641,9 +644,13 @@ impl Login {
         }
     }
 
-    async fn verify_logout_token(&self, token: &str) -> Result<(LogoutTarget, String), String> {
-        let discovered = self.provider.get().await.map_err(|e| e.to_string())?;
-        let header = jsonwebtoken::decode_header(token).map_err(|e| e.to_string())?;
+    async fn verify_logout_token(
+        &self,
+        token: &str,
+    ) -> Result<(LogoutTarget, String), LogoutTokenError> {
+        let discovered = self.provider.get().await?;
+        let header = jsonwebtoken::decode_header(token)
+            .map_err(|e| LogoutTokenError::Refused(e.to_string()))?;
         let config = self.provider.config();
         let claims = match verify_with(
             &discovered.jwks,
@@ -653,11 +660,7 @@ impl Login {
             &[&config.client_id],
         ) {
             Err(VerifyError::UnknownKey) => {
-                let fresh = self
-                    .provider
-                    .rediscover()
-                    .await
-                    .map_err(|e| e.to_string())?;
+                let fresh = self.provider.rediscover().await?;
                 verify_with(
                     &fresh.jwks,
                     token,
@@ -668,9 +671,20 @@ impl Login {
             }
             other => other,
         }
-        .map_err(|e| format!("{e:?}"))?;
-        logout_claims(&claims, self.clock.unix_now())
+        .map_err(|e| LogoutTokenError::Refused(format!("{e:?}")))?;
+        logout_claims(&claims, self.clock.unix_now()).map_err(LogoutTokenError::Refused)
     }
+}
+
+/// Why a back-channel logout token was not taken.
+#[derive(Debug, thiserror::Error)]
+enum LogoutTokenError {
+    /// The provider's keys could not be had.
+    #[error(transparent)]
+    Provider(#[from] ProviderError),
+    /// The token does not verify, or its claims are not a logout's.
+    #[error("{0}")]
+    Refused(String),
 }
 
 /// Whose sessions a logout token ends.
@@ -682,8 +696,6 @@ enum LogoutTarget {
     Sub(String),
 }
 
-/// The checks of OIDC Back-Channel Logout 1.0 §2.6 on a verified token's claims, and its
-/// target and `jti`. Claims of the wrong type are refused, never guessed at.
 /// A logout token refused (the provider learns no more: it signed the token, or did not).
 fn logout_token_refused() -> Response {
     Response::json(
@@ -704,6 +716,8 @@ fn backchannel_store_down() -> Response {
     )
 }
 
+/// The checks of OIDC Back-Channel Logout 1.0 §2.6 on a verified token's claims, and its
+/// target and `jti`. Claims of the wrong type are refused, never guessed at.
 fn logout_claims(claims: &Map<String, Value>, now: u64) -> Result<(LogoutTarget, String), String> {
     let has_event = claims
         .get("events")
