@@ -1006,9 +1006,15 @@ pub fn extract(figment: &Figment) -> (Option<Config>, Vec<Problem>) {
         };
         let mut taken_out = false;
         for e in errors {
-            let (key, message) = in_plain_words(&e.path, &e.kind);
-            problems.push(Problem { key, message });
-            taken_out |= take_out(&mut data, &e.path, &e.kind);
+            let key = key_path(&e.path, &e.kind);
+            problems.push(Problem {
+                key: match key.is_empty() {
+                    true => "configuration".to_string(),
+                    false => key.join("."),
+                },
+                message: in_plain_words(&e.kind),
+            });
+            taken_out |= take_out(&mut data, &key, &e.kind);
         }
         if !taken_out {
             break;
@@ -1026,24 +1032,36 @@ fn source_name(e: &figment::Error) -> String {
     }
 }
 
-/// Takes the offending value out of `data`; false when there is nothing to take out (a
-/// required key is missing, or the problem is with the whole document).
-fn take_out(data: &mut Dict, path: &[String], kind: &Kind) -> bool {
-    let mut path: Vec<&str> = path.iter().map(String::as_str).collect();
-    if let Kind::UnknownField(field, _) = kind
-        && path.last() != Some(&field.as_str())
+/// The dotted key a reading problem is about: figment's path, and the field an unknown, missing
+/// or repeated key names when the path stops short of it.
+fn key_path<'a>(path: &'a [String], kind: &'a Kind) -> Vec<&'a str> {
+    let mut key: Vec<&str> = path.iter().map(String::as_str).collect();
+    let field = match kind {
+        Kind::UnknownField(field, _) => Some(field.as_str()),
+        Kind::MissingField(field) => Some(field.as_ref()),
+        Kind::DuplicateField(field) => Some(*field),
+        _ => None,
+    };
+    if let Some(field) = field
+        && key.last() != Some(&field)
     {
-        path.push(field);
+        key.push(field);
     }
+    key
+}
+
+/// Takes the offending value at `key` out of `data`; false when there is nothing to take out (a
+/// required key is missing, or the problem is with the whole document).
+fn take_out(data: &mut Dict, key: &[&str], kind: &Kind) -> bool {
     if matches!(kind, Kind::MissingField(_)) {
         return false;
     }
-    let Some((last, parents)) = path.split_last() else {
+    let Some((last, parents)) = key.split_last() else {
         return false;
     };
     let mut dict = data;
-    for key in parents {
-        match dict.get_mut(*key) {
+    for parent in parents {
+        match dict.get_mut(*parent) {
             Some(Value::Dict(_, inner)) => dict = inner,
             _ => return false,
         }
@@ -1051,19 +1069,10 @@ fn take_out(data: &mut Dict, path: &[String], kind: &Kind) -> bool {
     dict.remove(*last).is_some()
 }
 
-/// A reading problem as the operator wrote it: the dotted key, and what is wrong, with no
-/// library's or Rust's words in it.
-fn in_plain_words(path: &[String], kind: &Kind) -> (String, String) {
-    let mut key = path.join(".");
-    let mut under = |name: &str| {
-        if !key.is_empty() && !key.ends_with(name) {
-            key.push('.');
-        }
-        if !key.ends_with(name) {
-            key.push_str(name);
-        }
-    };
-    let message = match kind {
+/// What is wrong with the value at `key`, as the operator wrote it: no library's or Rust's
+/// words in it.
+fn in_plain_words(kind: &Kind) -> String {
+    match kind {
         Kind::InvalidType(actual, expected) | Kind::InvalidValue(actual, expected) => format!(
             "expected {}, found {}",
             expected_words(expected),
@@ -1075,29 +1084,15 @@ fn in_plain_words(path: &[String], kind: &Kind) -> (String, String) {
         Kind::UnknownVariant(value, expected) => {
             format!("{value:?} is not one of {}", one_of(expected))
         }
-        Kind::UnknownField(field, expected) => {
-            under(field);
-            if expected.is_empty() {
-                "unknown key".to_string()
-            } else {
-                format!("unknown key; the keys here are {}", one_of(expected))
-            }
+        Kind::UnknownField(_, []) => "unknown key".to_string(),
+        Kind::UnknownField(_, expected) => {
+            format!("unknown key; the keys here are {}", one_of(expected))
         }
-        Kind::MissingField(field) => {
-            under(field);
-            "required".to_string()
-        }
-        Kind::DuplicateField(field) => {
-            under(field);
-            "given twice".to_string()
-        }
+        Kind::MissingField(_) => "required".to_string(),
+        Kind::DuplicateField(_) => "given twice".to_string(),
         Kind::Message(message) => message.clone(),
         other => other.to_string(),
-    };
-    if key.is_empty() {
-        key = "configuration".into();
     }
-    (key, message)
 }
 
 fn one_of(names: &[&str]) -> String {

@@ -12,6 +12,7 @@ use crate::authn::session::Sessions;
 use crate::authn::{Authenticator, AuthnError};
 use crate::authz::admission::{Admission, NotAdmitted};
 use crate::authz::rules::ResourceAttributes;
+use crate::authz::sar::AccessReviewer;
 use crate::authz::{Authorization, Authorizer};
 use crate::decision::{Allow, Decision, Reason, Response, StatusCode, pages};
 use crate::identity::{Audiences, AuthMethod, HeaderPlan, Identity};
@@ -19,6 +20,7 @@ use crate::path::{PathError, PathPrefix};
 use crate::ratelimit::RateLimits;
 use crate::redirect;
 use crate::request::Request;
+use crate::settings::Settings;
 use crate::signing::Signer;
 
 /// Headers with which a client asks an app to run another method than the request's.
@@ -58,10 +60,9 @@ pub struct Gate {
     rate_limits: RateLimits,
 }
 
-/// The parts of a [`Gate`], as [`crate::App`] (or a test with fake peers) assembled them.
-pub struct GateParts {
-    /// Header names to set and remove.
-    pub headers: HeaderPlan,
+/// What a [`Gate`] is given besides its settings: the parts that hold keys or talk to a peer,
+/// as [`crate::App`] (or a test, with fake peers) made them.
+pub struct Peers {
     /// Signs the identity JWT.
     pub signer: Arc<Signer>,
     /// Service-account tokens; `None` when TokenReview is disabled.
@@ -70,45 +71,38 @@ pub struct GateParts {
     pub oidc_bearer: Option<crate::authn::bearer::OidcBearer>,
     /// The browser login; `None` without OIDC.
     pub browser: Option<Browser>,
-    /// Groups and e-mail domains.
-    pub admission: Admission,
-    /// Route rules and SubjectAccessReviews.
-    pub authorizer: Authorizer,
-    /// Paths that need no authentication.
-    pub skip_auth: Vec<PathPrefix>,
-    /// API routes: never treated as browser navigations.
-    pub api_routes: Vec<PathPrefix>,
-    /// The gateway's origin.
-    pub public_origin: url::Url,
-    /// The hosts the identity JWT may be addressed to.
-    pub audiences: Audiences,
-    /// Per-identity and per-address request limits.
-    pub rate_limits: RateLimits,
+    /// SubjectAccessReviews; required when a rule needs them.
+    pub reviewer: Option<Arc<AccessReviewer>>,
 }
 
 impl Gate {
-    /// Assembles the gate.
-    pub fn new(parts: GateParts) -> Self {
+    /// Assembles the gate from the compiled settings and the peers.
+    pub fn new(settings: &Settings, peers: Peers) -> Self {
+        let config = settings.config();
         let authenticator = Authenticator::new(
-            parts.service_accounts,
-            parts.oidc_bearer,
-            parts
+            peers.service_accounts,
+            peers.oidc_bearer,
+            peers
                 .browser
                 .as_ref()
                 .map(|b| (b.sessions.clone(), b.login.clone())),
         );
         Self {
-            headers: parts.headers,
-            signer: parts.signer,
+            headers: settings.headers().clone(),
+            signer: peers.signer,
             authenticator,
-            admission: parts.admission,
-            authorizer: parts.authorizer,
-            skip_auth: parts.skip_auth,
-            api_routes: parts.api_routes,
-            browser: parts.browser,
-            public_origin: parts.public_origin,
-            audiences: parts.audiences,
-            rate_limits: parts.rate_limits,
+            admission: settings.admission().clone(),
+            authorizer: Authorizer::new(
+                settings.rules().clone(),
+                config.authorization.default,
+                peers.reviewer,
+            ),
+            skip_auth: settings.skip_auth().to_vec(),
+            api_routes: settings.api_routes().to_vec(),
+            browser: peers.browser,
+            public_origin: settings.public_origin().clone(),
+            audiences: settings.audiences().clone(),
+            rate_limits: RateLimits::new(&config.rate_limit),
         }
     }
 

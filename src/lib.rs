@@ -37,7 +37,7 @@ use tokio::task::JoinHandle;
 use crate::authn::service_account::{KubeTokenReview, ServiceAccountAuthenticator};
 use crate::clock::{SharedClock, SystemClock};
 use crate::config::Config;
-use crate::gate::{Browser, Gate, GateParts};
+use crate::gate::{Browser, Gate, Peers};
 use crate::settings::Settings;
 use crate::signing::Signer;
 use crate::telemetry::Checker;
@@ -117,8 +117,7 @@ impl App {
         } else {
             None
         };
-        let rules = settings.rules().clone();
-        let reviewer = if rules.needs_reviews() {
+        let reviewer = if settings.rules().needs_reviews() {
             let client = match &kube_client {
                 Some(c) => c.clone(),
                 None => k8s::client(&config.kubernetes).await?,
@@ -134,7 +133,6 @@ impl App {
         } else {
             None
         };
-        let authorizer = authz::Authorizer::new(rules, config.authorization.default, reviewer);
         let (browser, oidc_bearer) = match &config.oidc {
             None => (None, None),
             Some(oidc) => {
@@ -196,20 +194,16 @@ impl App {
                 (Some(Browser { sessions, login }), Some(bearer))
             }
         };
-        let gate = Gate::new(GateParts {
-            headers: settings.headers().clone(),
-            signer,
-            service_accounts,
-            oidc_bearer,
-            browser,
-            admission: settings.admission().clone(),
-            authorizer,
-            skip_auth: settings.skip_auth().to_vec(),
-            api_routes: settings.api_routes().to_vec(),
-            audiences: settings.audiences().clone(),
-            public_origin,
-            rate_limits: ratelimit::RateLimits::new(&config.rate_limit),
-        });
+        let gate = Gate::new(
+            &settings,
+            Peers {
+                signer,
+                service_accounts,
+                oidc_bearer,
+                browser,
+                reviewer,
+            },
+        );
         Ok(App {
             checker: Arc::new(Checker::new(Arc::new(gate))),
             config: config.clone(),

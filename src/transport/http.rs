@@ -128,14 +128,7 @@ async fn own(State(state): State<HttpState>, request: AxumRequest) -> Response {
     let request = AxumRequest::from_parts(parts, Body::empty());
     let req = to_request(&request, "", peer).with_body(body.to_vec());
     match state.checker.check(&req, "http-direct").await {
-        Decision::Respond(deny) => {
-            let mut response = Response::new(Body::from(deny.body));
-            *response.status_mut() = deny.status;
-            for (name, value) in &deny.headers {
-                append(response.headers_mut(), name, value);
-            }
-            response
-        }
+        Decision::Respond(answer) => to_http(answer),
         // Not an authgate endpoint answer (cannot happen for /authgate/ paths): refuse.
         Decision::Allow(_) => (StatusCode::NOT_FOUND, "not found").into_response(),
     }
@@ -199,20 +192,26 @@ pub fn to_response(decision: Decision) -> Response {
             }
             response
         }
-        Decision::Respond(deny) => {
-            let mut response = Response::new(Body::from(deny.body));
-            *response.status_mut() = deny.status;
+        Decision::Respond(answer) => {
+            let mut response = to_http(answer);
             // A 200 answer would mean "allow" to Envoy: authgate's own pages (whoami, JWKS)
             // answered through an HTTP check must therefore not come back as 200.
             if response.status() == StatusCode::OK {
                 *response.status_mut() = StatusCode::NON_AUTHORITATIVE_INFORMATION;
             }
-            for (name, value) in &deny.headers {
-                append(response.headers_mut(), name, value);
-            }
             response
         }
     }
+}
+
+/// authgate's answer as an HTTP response, status, headers and body as they are.
+fn to_http(answer: crate::decision::Response) -> Response {
+    let mut response = Response::new(Body::from(answer.body));
+    *response.status_mut() = answer.status;
+    for (name, value) in &answer.headers {
+        append(response.headers_mut(), name, value);
+    }
+    response
 }
 
 /// Appends a header; false (and an error logged) when it is not valid HTTP.

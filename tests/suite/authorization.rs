@@ -14,15 +14,7 @@ const CAROL: &str = "token-carol"; // member of a group bound in team-a
 const ADMIN: &str = "token-admin"; // cluster-wide: profiles, pipelines in any namespace
 
 fn preset() -> Config {
-    let text = std::fs::read_to_string(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/examples/kubeflow.yaml"
-    ))
-    .expect("examples/kubeflow.yaml");
-    authgate::settings::Settings::from_yaml(&text)
-        .expect("the preset is a valid config")
-        .config()
-        .clone()
+    kubeflow_preset().config().clone()
 }
 
 /// The preset's rules as extra YAML for the test config (everything but listen/kube settings).

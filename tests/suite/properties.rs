@@ -24,18 +24,18 @@ use authgate::authn::service_account::{
     ServiceAccountAuthenticator, TokenReviewApi, bound_token_policy,
 };
 use authgate::authn::session::cookie_values;
-use authgate::authz::Authorizer;
 use authgate::authz::rules::{RuleSet, Verdict};
 use authgate::authz::sar::{AccessAnswer, AccessRequest, AccessReviewApi, AccessReviewer};
 use authgate::clock::{SharedClock, SystemClock};
 use authgate::config::{Config, IdentityConfig, TokenReviewConfig};
 use authgate::decision::Decision;
-use authgate::gate::{Gate, GateParts};
+use authgate::gate::{Gate, Peers};
 use authgate::identity::HeaderPlan;
 use authgate::k8s::KubeError;
 use authgate::path::{PathError, PathPrefix, checked_path, normalize_path};
 use authgate::redirect::same_origin_target;
 use authgate::request::{Headers, Request};
+use authgate::settings::Settings;
 use authgate::signing::Signer;
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
@@ -348,17 +348,8 @@ proptest! {
 // The real decision, with failing and answering Kubernetes APIs
 // ---------------------------------------------------------------------------------------------
 
-static PRESET: LazyLock<Config> = LazyLock::new(|| {
-    let text = std::fs::read_to_string(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/examples/kubeflow.yaml"
-    ))
-    .expect("examples/kubeflow.yaml");
-    authgate::settings::Settings::from_yaml(&text)
-        .expect("the preset is a valid config")
-        .config()
-        .clone()
-});
+static PRESET: LazyLock<Config> =
+    LazyLock::new(|| crate::support::kubeflow_preset().config().clone());
 
 static RUNTIME: LazyLock<tokio::runtime::Runtime> = LazyLock::new(|| {
     tokio::runtime::Builder::new_current_thread()
@@ -421,51 +412,38 @@ impl AccessReviewApi for FakeAccessReview {
 }
 
 fn gate(token_review: Api, access_review: Api, strip_headers: &[String]) -> Gate {
-    let preset = &*PRESET;
+    let mut config = PRESET.clone();
+    config.identity.strip_headers = strip_headers.to_vec();
+    let settings = Settings::new(config).unwrap();
     let clock: SharedClock = Arc::new(SystemClock);
-    let mut identity = preset.identity.clone();
-    identity.strip_headers = strip_headers.to_vec();
     let signer = Signer::load(
         None,
         &[],
-        preset.public_url.as_ref().unwrap().as_str(),
+        settings.public_origin().as_str(),
         Duration::from_secs(300),
         clock.clone(),
     )
     .unwrap();
     let reviewer = AccessReviewer::new(
         Arc::new(FakeAccessReview(access_review)),
-        preset.kubernetes.subject_access_review.clone(),
+        settings.config().kubernetes.subject_access_review.clone(),
         clock.clone(),
     );
-    let rules = RuleSet::compile(&preset.authorization.rules).unwrap();
-    let prefixes = |list: &[String]| {
-        list.iter()
-            .map(|p| PathPrefix::parse(p).unwrap())
-            .collect::<Vec<_>>()
-    };
-    Gate::new(GateParts {
-        headers: HeaderPlan::new(&identity),
-        signer: Arc::new(signer),
-        service_accounts: Some(ServiceAccountAuthenticator::new(
-            Arc::new(FakeTokenReview(token_review)),
-            preset.kubernetes.token_review.clone(),
-            clock,
-        )),
-        oidc_bearer: None,
-        browser: None,
-        admission: Default::default(),
-        authorizer: Authorizer::new(
-            rules,
-            preset.authorization.default,
-            Some(Arc::new(reviewer)),
-        ),
-        skip_auth: prefixes(&preset.skip_auth),
-        api_routes: prefixes(&preset.api_routes),
-        audiences: authgate::identity::Audiences::new(preset.public_url.as_ref().unwrap(), &[]),
-        public_origin: preset.public_url.clone().unwrap(),
-        rate_limits: authgate::ratelimit::RateLimits::new(&Default::default()),
-    })
+    let service_accounts = ServiceAccountAuthenticator::new(
+        Arc::new(FakeTokenReview(token_review)),
+        settings.config().kubernetes.token_review.clone(),
+        clock,
+    );
+    Gate::new(
+        &settings,
+        Peers {
+            signer: Arc::new(signer),
+            service_accounts: Some(service_accounts),
+            oidc_bearer: None,
+            browser: None,
+            reviewer: Some(Arc::new(reviewer)),
+        },
+    )
 }
 
 /// A token the bound-token policy accepts for the preset (so the TokenReview is asked).

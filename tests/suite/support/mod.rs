@@ -325,6 +325,16 @@ impl LoginStack {
     }
 }
 
+/// The shipped Kubeflow preset (`examples/kubeflow.yaml`), read and judged as `serve` does.
+pub fn kubeflow_preset() -> authgate::settings::Settings {
+    let text = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/examples/kubeflow.yaml"
+    ))
+    .expect("examples/kubeflow.yaml");
+    authgate::settings::Settings::from_yaml(&text).expect("the preset is a valid config")
+}
+
 /// Config for a login stack; `extra` may add top-level keys (not `oidc`/`session` themselves;
 /// use `session_extra` lines inside `extra` under `session:` only when no `session:` is here).
 pub fn login_config_yaml(
