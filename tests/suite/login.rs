@@ -790,3 +790,100 @@ async fn oidc_authservices_own_params_env_logs_in_at_its_redirect_url() {
         );
     }
 }
+
+/// A provider (or whatever answers at its address) that redirects: authgate's calls to it —
+/// discovery here, through openidconnect's HTTP adapter — never follow a redirect (that would
+/// open SSRF paths), so a discovery document moved elsewhere is no discovery. The same server
+/// serving the document in place is discovered, and the login starts: the refusal is the
+/// redirect's, not the server's.
+#[tokio::test]
+async fn the_provider_calls_never_follow_a_redirect() {
+    use axum::extract::State;
+    use axum::http::{StatusCode, Uri};
+    use axum::response::{IntoResponse, Redirect};
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    #[derive(Clone)]
+    struct Served {
+        base: String,
+        moved_document_fetched: Arc<AtomicUsize>,
+    }
+    async fn answer(State(served): State<Served>, uri: Uri) -> axum::response::Response {
+        let document = |issuer: String| {
+            axum::Json(serde_json::json!({
+                "issuer": issuer,
+                "authorization_endpoint": format!("{issuer}/auth"),
+                "token_endpoint": format!("{issuer}/token"),
+                "jwks_uri": format!("{}/jwks", served.base),
+                "response_types_supported": ["code"],
+                "subject_types_supported": ["public"],
+                "id_token_signing_alg_values_supported": ["RS256"],
+            }))
+            .into_response()
+        };
+        match uri.path() {
+            "/direct/.well-known/openid-configuration" => {
+                document(format!("{}/direct", served.base))
+            }
+            "/moved/.well-known/openid-configuration" => {
+                Redirect::temporary("/moved/real-configuration").into_response()
+            }
+            "/moved/real-configuration" => {
+                served.moved_document_fetched.fetch_add(1, Ordering::SeqCst);
+                document(format!("{}/moved", served.base))
+            }
+            "/jwks" => axum::Json(serde_json::json!({"keys": []})).into_response(),
+            _ => StatusCode::NOT_FOUND.into_response(),
+        }
+    }
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let served = Served {
+        base: format!("http://{}", listener.local_addr().unwrap()),
+        moved_document_fetched: Arc::new(AtomicUsize::new(0)),
+    };
+    let app = axum::Router::new()
+        .fallback(answer)
+        .with_state(served.clone());
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+
+    let kube = KubeApi::start(Fixture::default()).await;
+    let client = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    for (issuer, follows) in [("direct", true), ("moved", false)] {
+        let port = free_port();
+        let yaml = login_config_yaml(
+            kube.kubeconfig_path(),
+            &format!("http://127.0.0.1:{port}"),
+            &format!("{}/{issuer}", served.base),
+            port,
+            "",
+        );
+        let authgate = Authgate::start(&yaml).await;
+        let response = client
+            .get(format!("{}/authgate/login?rd=/x", authgate.http_url()))
+            .send()
+            .await
+            .unwrap();
+        if follows {
+            assert_eq!(
+                response.status(),
+                302,
+                "{issuer}: the control is discovered"
+            );
+            let location = response.headers()[LOCATION].to_str().unwrap();
+            assert!(
+                location.starts_with(&format!("{}/direct/auth?", served.base)),
+                "{location}"
+            );
+        } else {
+            assert_login_unavailable(response, issuer).await;
+        }
+    }
+    assert_eq!(
+        served.moved_document_fetched.load(Ordering::SeqCst),
+        0,
+        "the redirect was followed"
+    );
+}
