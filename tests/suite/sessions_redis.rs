@@ -4,8 +4,8 @@
 use std::time::Duration;
 
 use authgate::config::{SessionConfig, StoreKind};
-use authgate::store::SessionStore;
 use authgate::store::redis::RedisStore;
+use authgate::store::{SessionStore, StoreError};
 use reqwest::header::{ACCEPT, LOCATION};
 
 use crate::support;
@@ -27,6 +27,50 @@ async fn redis_store_meets_the_contract() {
     let redis = Redis::start().await;
     let store = RedisStore::connect(&session_config(&redis)).await.unwrap();
     authgate::store::contract::run(&store).await;
+}
+
+/// What Redis holds under a session key is input too: a value no version of authgate can read
+/// (another writer, a downgrade) is an error, never a session nor "no session", and deleting it
+/// (a logout, a revocation) still works, or its owner could never be logged out.
+#[tokio::test]
+async fn an_unreadable_stored_session_is_refused_and_can_still_be_deleted() {
+    let redis = Redis::start().await;
+    let store = RedisStore::connect(&session_config(&redis)).await.unwrap();
+    let key = authgate::store::Key::of("s");
+    let session = authgate::store::contract::session("alice", "sub", None);
+    store
+        .create(&key, &session, Duration::from_secs(60))
+        .await
+        .unwrap();
+    let (stored_key, _) = the_stored_session(&redis).await;
+    let mut conn = connect(&redis).await;
+    for garbage in [r#"{"user": 7}"#, "not json", r#"{"user":"mallory"}"#] {
+        let () = ::redis::cmd("SET")
+            .arg(&stored_key)
+            .arg(garbage)
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        assert!(
+            matches!(store.get(&key).await, Err(StoreError::Unreadable(_))),
+            "{garbage}"
+        );
+        assert!(
+            matches!(store.touch(&key, 1).await, Err(StoreError::Unreadable(_))),
+            "{garbage}"
+        );
+    }
+    assert!(
+        store.delete(&key).await.unwrap(),
+        "an unreadable session is deleted"
+    );
+    let left: i64 = ::redis::cmd("EXISTS")
+        .arg(&stored_key)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(left, 0);
+    assert!(store.get(&key).await.unwrap().is_none());
 }
 
 #[tokio::test]
