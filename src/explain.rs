@@ -59,7 +59,11 @@ pub fn explain(settings: &Settings, question: &Question) -> Explanation {
         Headers::default(),
         None,
     );
-    let _ = writeln!(out, "request:         {} {host}{target}", req.method);
+    let _ = writeln!(
+        out,
+        "request:         {} {host}{target}",
+        req.method_for_log()
+    );
     let path = match &req.path {
         Ok(path) => path.clone(),
         Err(e) => {
@@ -71,6 +75,13 @@ pub fn explain(settings: &Settings, question: &Question) -> Explanation {
         }
     };
     let _ = writeln!(out, "path:            {path}");
+    if let Err(e) = &req.method {
+        let _ = writeln!(out, "method:          refused ({e}) → 400");
+        return Explanation {
+            report: out,
+            review: None,
+        };
+    }
     let query = if req.query.is_empty() {
         "-"
     } else {

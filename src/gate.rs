@@ -19,7 +19,7 @@ use crate::identity::{Audiences, AuthMethod, HeaderPlan, Identity};
 use crate::path::{PathError, PathPrefix};
 use crate::ratelimit::RateLimits;
 use crate::redirect;
-use crate::request::Request;
+use crate::request::{Method, Request};
 use crate::settings::Settings;
 use crate::signing::Signer;
 
@@ -128,6 +128,9 @@ impl Gate {
                 return Response::bad_request(&e.to_string(), reason).into();
             }
         };
+        if let Err(e) = &req.method {
+            return Response::bad_request(&e.to_string(), Reason::BadMethod).into();
+        }
         if let Some(endpoint) = self.own_endpoint(path) {
             return self.metered_own_endpoint(endpoint, req).await.into();
         }
@@ -505,7 +508,7 @@ impl Gate {
                     }
                     "/callback" => login.callback(req).await,
                     "/logout" => self.logout(browser, req).await,
-                    _ if req.method == "POST" => login.backchannel(&req.body).await,
+                    _ if req.method == Ok(Method::POST) => login.backchannel(&req.body).await,
                     _ => Response::json(
                         StatusCode::METHOD_NOT_ALLOWED,
                         "method_not_allowed",

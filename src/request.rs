@@ -3,6 +3,8 @@
 
 use std::net::IpAddr;
 
+pub use http::Method;
+
 use crate::path::{PathError, checked_path, split_target};
 
 /// Request headers as a list of (lower-cased name, value), repeated names kept as separate
@@ -73,11 +75,17 @@ impl Headers {
 #[error("header repeated")]
 pub struct Repeated;
 
+/// A method that is not an HTTP token (empty, or with a space or a control character): Envoy
+/// never forwards one, so it is refused like an ambiguous path.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("the request method is not an HTTP method token")]
+pub struct BadMethod;
+
 /// One request to judge.
 #[derive(Debug, Clone)]
 pub struct Request {
-    /// HTTP method, upper-case.
-    pub method: String,
+    /// The HTTP method, upper-cased as sent (`get` is judged as `GET`), or why it was refused.
+    pub method: Result<Method, BadMethod>,
     /// `http` or `https`, as the client used it.
     pub scheme: String,
     /// Host (`:authority`), lower-cased, port kept.
@@ -127,6 +135,9 @@ impl Request {
         client_ip: Option<IpAddr>,
     ) -> Request {
         method.make_ascii_uppercase();
+        // `Method::from_bytes` keeps the standard methods as constants (no allocation) and takes
+        // any other token as an extension method, which no rule names.
+        let method = Method::from_bytes(method.as_bytes()).map_err(|_| BadMethod);
         scheme.make_ascii_lowercase();
         host.make_ascii_lowercase();
         let (raw_path, query) = split_target(target);
@@ -149,6 +160,11 @@ impl Request {
         self
     }
 
+    /// The method, or `"-"` for a refused one (for logs).
+    pub fn method_for_log(&self) -> &str {
+        self.method.as_ref().map_or("-", Method::as_str)
+    }
+
     /// The normalized path, or `"-"` for a refused one (for logs).
     pub fn path_for_log(&self) -> &str {
         self.path.as_deref().unwrap_or("-")
@@ -167,7 +183,7 @@ impl Request {
             .any(|v| v.eq_ignore_ascii_case("xmlhttprequest"));
         let fetch_mode = self.headers.get("sec-fetch-mode");
         let path = self.path.as_deref().unwrap_or("/");
-        matches!(self.method.as_str(), "GET" | "HEAD")
+        matches!(self.method, Ok(Method::GET | Method::HEAD))
             && wants_html
             && !xhr
             && fetch_mode.is_none_or(|m| m.eq_ignore_ascii_case("navigate"))
@@ -197,13 +213,26 @@ mod tests {
             Headers::from_pairs([("Accept", "text/html")]),
             None,
         );
-        assert_eq!(r.method, "GET");
+        assert_eq!(r.method, Ok(Method::GET));
         assert_eq!(r.host, "example.com");
         assert_eq!(r.path.as_deref(), Ok("/a/c"));
         assert_eq!(r.query_values("namespace"), ["x", "y"]);
         assert_eq!(r.headers.get("accept"), Some("text/html"));
         let raw = Request::new("GET", "https", "h", "/a//b/../c", Headers::default(), None);
         assert!(raw.path.is_err());
+    }
+
+    #[test]
+    fn a_method_is_a_token() {
+        let method = |m: &str| Request::new(m, "https", "h", "/", Headers::default(), None).method;
+        assert_eq!(method("patch"), Ok(Method::PATCH));
+        assert_eq!(
+            method("PROPFIND").map(|m| m.to_string()),
+            Ok("PROPFIND".into())
+        );
+        for bad in ["", "GET /", "G\tET", "GE\u{0}T", "GÉT"] {
+            assert_eq!(method(bad), Err(BadMethod), "{bad:?}");
+        }
     }
 
     #[test]

@@ -58,7 +58,7 @@ impl Checker {
             reason = decision.reason().as_str(),
             user,
             auth_method = method,
-            http_method = %req.method,
+            http_method = %req.method_for_log(),
             host = %req.host,
             path = %req.path_for_log(),
             client_ip = ?req.client_ip,

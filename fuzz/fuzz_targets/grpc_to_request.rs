@@ -2,7 +2,7 @@
 //! fills, raw and merged header shapes, any source address), then `to_response` on decisions
 //! built from the fuzzed values.
 //!
-//! Invariants: no HTTP attributes → a refused path (fails closed); method upper-case, host and
+//! Invariants: no HTTP attributes → a refused path (fails closed); method a token, upper-cased, host and
 //! scheme lower-case, header names lower-case, one header per `header_map` entry (raw bytes win
 //! over `value`); the path and query are split as Envoy sent them; an allow sets identity
 //! headers with `append: false` + overwrite, a denial never sets the deprecated `append`.
@@ -98,7 +98,19 @@ fuzz_target!(|input: Input| {
             assert!(req.path.is_err(), "no HTTP attributes must fail closed");
         }
         Some(http) => {
-            assert_eq!(req.method, http.method.to_ascii_uppercase());
+            // A method is a token, upper-cased as sent; anything else is refused.
+            match &req.method {
+                Ok(method) => assert_eq!(method.as_str(), http.method.to_ascii_uppercase()),
+                Err(_) => assert!(
+                    http.method.is_empty()
+                        || !http
+                            .method
+                            .bytes()
+                            .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)),
+                    "a token method refused: {:?}",
+                    http.method
+                ),
+            }
             assert_eq!(req.host, http.host.to_ascii_lowercase());
             assert_eq!(req.scheme, http.scheme.to_ascii_lowercase());
             for (name, _) in req.headers.iter() {

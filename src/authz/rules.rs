@@ -14,7 +14,7 @@ use super::query::{DEFAULT_MAX_QUERY_PARAMETERS, Expected, Parameter, Query};
 use crate::config::{
     AuthorizationConfig, Problem, QueryParser, QueryValueConfig, RuleConfig, TrailingSlash,
 };
-use crate::request::Request;
+use crate::request::{Method, Request};
 
 /// One segment of a path template.
 #[derive(Debug, Clone)]
@@ -63,7 +63,7 @@ pub struct Rule {
     /// The template as configured (for explain).
     pub path: String,
     segments: Vec<Segment>,
-    methods: Vec<String>,
+    methods: Vec<Method>,
     /// (lower-case header name, lower-case text one of its values must contain)
     header_conditions: Vec<(String, String)>,
     trailing_slash: TrailingSlash,
@@ -224,7 +224,10 @@ impl RuleSet {
             // has (a GET, a DELETE), reading parameters from the body: the rule of no method
             // can be trusted for it.
             let any_method = form_post && rule.query_parser == QueryParser::GrpcGateway;
-            if !any_method && !rule.methods.is_empty() && !rule.methods.contains(&req.method) {
+            if !any_method
+                && !rule.methods.is_empty()
+                && !req.method.as_ref().is_ok_and(|m| rule.methods.contains(m))
+            {
                 continue;
             }
             let Some(captures) = rule.match_path(&segments) else {
@@ -269,7 +272,7 @@ impl RuleSet {
 /// A POST whose body grpc-gateway would parse as a form (`isPathLengthFallback`: it compares the
 /// content type exactly; any parameters or case are refused too).
 fn is_form_post(req: &Request) -> bool {
-    req.method == "POST"
+    req.method == Ok(Method::POST)
         && req.headers.get_all("content-type").any(|v| {
             v.trim_start()
                 .get(..33)
@@ -397,14 +400,10 @@ fn compile_rule(config: &RuleConfig) -> Result<Rule, Vec<(&'static str, String)>
 
     let mut methods = Vec::new();
     for m in &config.methods {
-        let upper = m.to_ascii_uppercase();
-        if !matches!(
-            upper.as_str(),
-            "GET" | "HEAD" | "POST" | "PUT" | "PATCH" | "DELETE" | "OPTIONS"
-        ) {
-            errors.push((".methods", format!("unknown method {m:?}")));
+        match Method::from_bytes(m.to_ascii_uppercase().as_bytes()) {
+            Ok(method) if KNOWN_METHODS.contains(&method) => methods.push(method),
+            _ => errors.push((".methods", format!("unknown method {m:?}"))),
         }
-        methods.push(upper);
     }
 
     let has_namespace_segment = captures.iter().any(|c| c == "namespace");
@@ -784,12 +783,17 @@ impl Rule {
             return Verdict::Invalid(self, format!("{name:?} is not a Kubernetes object name"));
         }
         let verb = if template.verb.is_empty() {
-            match verb_for_method(&req.method, !name.is_empty()) {
+            match req
+                .method
+                .as_ref()
+                .ok()
+                .and_then(|m| verb_for_method(m, !name.is_empty()))
+            {
                 Some(verb) => verb.to_string(),
                 None => {
                     return Verdict::Refuse(
                         self,
-                        format!("method {} has no Kubernetes verb", req.method),
+                        format!("method {} has no Kubernetes verb", req.method_for_log()),
                     );
                 }
             }
@@ -881,17 +885,28 @@ enum NamespaceError {
 
 /// GET → get (with a name) or list; the rest by the usual REST mapping. Unknown methods have no
 /// verb and are refused.
-pub fn verb_for_method(method: &str, has_name: bool) -> Option<&'static str> {
-    Some(match method {
-        "GET" | "HEAD" | "OPTIONS" if has_name => "get",
-        "GET" | "HEAD" | "OPTIONS" => "list",
-        "POST" => "create",
-        "PUT" => "update",
-        "PATCH" => "patch",
-        "DELETE" => "delete",
+pub fn verb_for_method(method: &Method, has_name: bool) -> Option<&'static str> {
+    Some(match *method {
+        Method::GET | Method::HEAD | Method::OPTIONS if has_name => "get",
+        Method::GET | Method::HEAD | Method::OPTIONS => "list",
+        Method::POST => "create",
+        Method::PUT => "update",
+        Method::PATCH => "patch",
+        Method::DELETE => "delete",
         _ => return None,
     })
 }
+
+/// The methods a rule may name.
+const KNOWN_METHODS: [Method; 7] = [
+    Method::GET,
+    Method::HEAD,
+    Method::POST,
+    Method::PUT,
+    Method::PATCH,
+    Method::DELETE,
+    Method::OPTIONS,
+];
 
 /// An RFC 1123 subdomain (at most 253 characters of lower-case letters, digits, `-` and `.`,
 /// each dot-separated label starting and ending with a letter or digit): what Kubernetes

@@ -16,6 +16,8 @@ pub enum Reason {
     PathNotNormal,
     /// The path can be read in more than one way.
     AmbiguousPath,
+    /// A method that is not an HTTP token (no Envoy forwards one).
+    BadMethod,
     /// A method-override header.
     MethodOverride,
     /// A rule found the request malformed (e.g. a placeholder that holds no object name).
@@ -122,6 +124,7 @@ impl Reason {
             SkipAuth => "skip_auth",
             PathNotNormal => "path_not_normal",
             AmbiguousPath => "ambiguous_path",
+            BadMethod => "bad_method",
             MethodOverride => "method_override",
             InvalidRequest => "invalid_request",
             NoCredential => "no_credential",

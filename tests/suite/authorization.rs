@@ -89,7 +89,9 @@ fn sample(rule: &RuleConfig, namespace: &str) -> Option<Sample> {
         path = format!("{path}?{}", query.join("&"));
     }
     let verb = if resource.verb.is_empty() {
-        verb_for_method(&method, has_name)?.to_string()
+        let parsed = authgate::request::Method::from_bytes(method.to_ascii_uppercase().as_bytes())
+            .expect("the preset names methods");
+        verb_for_method(&parsed, has_name)?.to_string()
     } else {
         resource.verb.clone()
     };

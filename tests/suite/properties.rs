@@ -28,7 +28,7 @@ use authgate::authz::rules::{RuleSet, Verdict};
 use authgate::authz::sar::{AccessAnswer, AccessRequest, AccessReviewApi, AccessReviewer};
 use authgate::clock::{SharedClock, SystemClock};
 use authgate::config::{Config, IdentityConfig, TokenReviewConfig};
-use authgate::decision::Decision;
+use authgate::decision::{Decision, Reason};
 use authgate::gate::{Gate, Peers};
 use authgate::identity::HeaderPlan;
 use authgate::k8s::KubeError;
@@ -535,7 +535,9 @@ proptest! {
     fn a_decision_never_allows_on_error_and_never_lets_a_spoof_through(
         token_review in prop_oneof![1 => Just(Api::Down), 2 => Just(Api::Yes), 1 => Just(Api::No)],
         access_review in api(),
-        method in prop::sample::select(&["GET", "HEAD", "POST", "PATCH", "DELETE", "PUT"][..]),
+        method in prop::sample::select(
+            &["GET", "HEAD", "POST", "PATCH", "DELETE", "PUT", "get", "PROPFIND", "G T", ""][..],
+        ),
         template in any::<prop::sample::Index>(),
         fills in prop::collection::vec(prop::sample::select(FILLS), 8),
         words in prop::collection::vec(prop::sample::select(PATH_WORDS), 0..7),
@@ -605,6 +607,12 @@ proptest! {
                 return Ok(());
             }
         };
+        // A method that is not a token is refused before anything else is asked.
+        if req.method.is_err() {
+            prop_assert_eq!(decision.reason(), Reason::BadMethod, "{:?} {:?}", method, target);
+            prop_assert_eq!(decision.status().as_u16(), 400);
+            return Ok(());
+        }
         let skip = PathPrefix::parse("/dex").unwrap().matches(&path);
         let own = PathPrefix::parse("/authgate").unwrap().matches(&path);
         let verdict = PRESET_RULES.evaluate(&req, &path);
