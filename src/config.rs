@@ -38,6 +38,8 @@ pub struct Config {
     pub oidc: Option<OidcConfig>,
     /// Server-side sessions of logged-in browsers.
     pub session: SessionConfig,
+    /// Personal access tokens people make for the command line; off unless enabled.
+    pub personal_tokens: PersonalTokensConfig,
     /// Kubernetes API access: TokenReview and SubjectAccessReview.
     pub kubernetes: KubernetesConfig,
     /// Path prefixes that need no authentication (matched by whole segments).
@@ -391,6 +393,30 @@ pub struct SessionConfig {
     /// a logout on another replica (or `authgate sessions revoke`) reaches this one within it.
     #[serde(with = "humantime_serde")]
     pub local_cache_ttl: Duration,
+}
+
+/// Personal access tokens: a logged-in person makes one at `/authgate/tokens` and sends it as
+/// `Authorization: Bearer agt_…` from scripts, the kfp SDK or curl. Kept in the session store.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PersonalTokensConfig {
+    /// Let people who logged in make tokens (needs `oidc`).
+    pub enabled: bool,
+    /// The longest lifetime a token may ask for (each must ask for one).
+    #[serde(with = "humantime_serde")]
+    pub max_lifetime: Duration,
+    /// The most live tokens one person may hold.
+    pub max_per_user: u32,
+}
+
+impl Default for PersonalTokensConfig {
+    fn default() -> Self {
+        Self {
+            enabled: false,
+            max_lifetime: Duration::from_secs(90 * 24 * 3600),
+            max_per_user: 20,
+        }
+    }
 }
 
 /// Redis Sentinel settings.
@@ -858,6 +884,7 @@ impl Default for Config {
             identity: IdentityConfig::default(),
             oidc: None,
             session: SessionConfig::default(),
+            personal_tokens: PersonalTokensConfig::default(),
             kubernetes: KubernetesConfig::default(),
             skip_auth: Vec::new(),
             api_routes: ["/api/", "/apis/", "/pipeline/apis/", "/ml_metadata"]

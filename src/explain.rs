@@ -99,6 +99,7 @@ pub fn explain(settings: &Settings, question: &Question) -> Explanation {
         };
     }
     let identity = Identity {
+        namespaces: Vec::new(),
         user: question.user.clone(),
         groups: question.groups.clone(),
         uid: None,

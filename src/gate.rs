@@ -7,7 +7,10 @@ use std::sync::Arc;
 
 use serde_json::json;
 
+mod tokens;
+
 use crate::authn::login::Login;
+use crate::authn::personal::{PersonalTokens, TokenError};
 use crate::authn::session::Sessions;
 use crate::authn::{Authenticator, AuthnError};
 use crate::authz::admission::{Admission, NotAdmitted};
@@ -39,6 +42,8 @@ pub struct Browser {
     pub sessions: Arc<Sessions>,
     /// The login flows.
     pub login: Arc<Login>,
+    /// Personal access tokens; `None` unless `personal_tokens.enabled`.
+    pub tokens: Option<Arc<PersonalTokens>>,
 }
 
 /// Everything `decide` needs, prepared once at start.
@@ -86,6 +91,7 @@ impl Gate {
                 .browser
                 .as_ref()
                 .map(|b| (b.sessions.clone(), b.login.clone())),
+            peers.browser.as_ref().and_then(|b| b.tokens.clone()),
         );
         Self {
             headers: settings.headers().clone(),
@@ -238,6 +244,16 @@ impl Gate {
                 };
                 Response::unauthenticated(&message, true, reason)
             }
+            AuthnError::PersonalToken(TokenError::Store(source)) => {
+                tracing::warn!(
+                    error = source as &dyn std::error::Error,
+                    "session store unavailable"
+                );
+                Response::unavailable(reason)
+            }
+            AuthnError::PersonalToken(why) => {
+                Response::unauthenticated(&why.to_string(), true, reason)
+            }
             AuthnError::InvalidJwt(why) => {
                 tracing::debug!(reason = %why, "OIDC bearer token refused");
                 Response::unauthenticated(reason.public_message(), true, reason)
@@ -318,6 +334,21 @@ impl Gate {
                 None,
                 Reason::NoRule,
             ),
+            Authorization::OutOfScope { rule, namespace } => {
+                let scope = identity.namespaces.join(", ");
+                let message = match (namespace.is_empty(), rule) {
+                    (false, _) => format!(
+                        "this personal access token acts only in {scope}, not in namespace {namespace:?}"
+                    ),
+                    (true, Some(rule)) => format!(
+                        "this personal access token acts only in {scope}; rule {rule:?} names no namespace"
+                    ),
+                    (true, None) => format!(
+                        "this personal access token acts only in {scope}; no rule names a namespace for this path"
+                    ),
+                };
+                self.forbidden(req, &identity, &message, None, Reason::TokenScope)
+            }
             Authorization::BudgetSpent(wait) => {
                 tracing::debug!(user = %identity.user, "review budget of this identity spent");
                 Response::too_many(wait, Reason::ReviewBudgetIdentity).about(identity)
@@ -397,7 +428,11 @@ impl Gate {
         }
         // The bearer token that authenticated the request stops here, as authgate's cookies do,
         // unless the rule says the app verifies it itself.
-        if identity.method != AuthMethod::Session && !forward_credentials {
+        // A personal access token never reaches an app: no app can verify one, and a notebook
+        // server (user code) would collect it.
+        if identity.method == AuthMethod::PersonalToken
+            || (identity.method != AuthMethod::Session && !forward_credentials)
+        {
             remove.push("authorization".into());
         }
         // What the rule keeps from its app (KFP's proxy routes by the Referer).
@@ -517,6 +552,9 @@ impl Gate {
                     ),
                 }
             }
+            tokens if tokens == "/tokens" || tokens.starts_with("/tokens/") => {
+                self.personal_tokens(req, &tokens["/tokens".len()..]).await
+            }
             _ => Response::json(
                 StatusCode::NOT_FOUND,
                 "not_found",
@@ -529,28 +567,7 @@ impl Gate {
     /// Logout ends a session, so a cross-site page must not be able to trigger it: POST, or a
     /// GET that the browser marks as same-origin.
     async fn logout(&self, browser: &Browser, req: &Request) -> Response {
-        let ours = |value: &str| {
-            url::Url::parse(value).is_ok_and(|u| u.origin() == self.public_origin.origin())
-        };
-        let same_origin = req
-            .headers
-            .get("sec-fetch-site")
-            .is_some_and(|s| s == "same-origin" || s == "none")
-            || req.headers.get("origin").is_some_and(ours)
-            || req.headers.get("referer").is_some_and(ours);
-        // A browser says where a request comes from: `Sec-Fetch-Site`, and `Origin` on every
-        // POST (`null` when it will not say). A cross-site POST (a form on another site) must
-        // not end the session any more than a cross-site GET; a POST with neither header is
-        // not from a browser, and no other site can make one.
-        let cross_site = req
-            .headers
-            .get("sec-fetch-site")
-            .is_some_and(|s| s != "same-origin" && s != "none")
-            || req.headers.get("origin").is_some_and(|o| !ours(o));
-        // POST or GET, a browser must show the request comes from this origin (the confirm
-        // form's POST carries `Origin`); a request that says nothing could be a cross-site form
-        // in a browser that sends neither header.
-        if !same_origin || cross_site {
+        if !same_origin(req, &self.public_origin) {
             return pages::logout_confirm_page();
         }
         let found = match browser.sessions.find(&req.headers).await {
@@ -565,6 +582,27 @@ impl Gate {
         };
         browser.login.logout(req, found).await
     }
+}
+
+/// Whether a request shows it comes from a page of this origin, and nothing says otherwise: what
+/// a request that ends or makes something (logout, a personal access token) must show (CSRF).
+/// A browser says where a request comes from: `Sec-Fetch-Site`, and `Origin` on every POST
+/// (`null` when it will not say). A request that says nothing could be a cross-site form in a
+/// browser that sends neither header, so it does not count as same-origin.
+fn same_origin(req: &Request, origin: &url::Url) -> bool {
+    let ours = |value: &str| url::Url::parse(value).is_ok_and(|u| u.origin() == origin.origin());
+    let said_same = req
+        .headers
+        .get("sec-fetch-site")
+        .is_some_and(|s| s == "same-origin" || s == "none")
+        || req.headers.get("origin").is_some_and(ours)
+        || req.headers.get("referer").is_some_and(ours);
+    let said_cross = req
+        .headers
+        .get("sec-fetch-site")
+        .is_some_and(|s| s != "same-origin" && s != "none")
+        || req.headers.get("origin").is_some_and(|o| !ours(o));
+    said_same && !said_cross
 }
 
 /// `/authgate/x` → `Some("/x")`; `/authgate` → `Some("")`; `/authgateway/x` → `None` (a

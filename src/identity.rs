@@ -18,6 +18,8 @@ pub enum AuthMethod {
     OidcJwt,
     /// A browser session created by the OIDC login.
     Session,
+    /// A personal access token a person made at `/authgate/tokens` (`agt_…`).
+    PersonalToken,
     /// A token the Kubernetes API server vouched for (TokenReview) that is not a service
     /// account's: the API server also authenticates OIDC and webhook users. Treated as a person
     /// (the group and e-mail-domain allowlists apply), never labelled a service account.
@@ -31,6 +33,7 @@ impl AuthMethod {
             AuthMethod::ServiceAccount => "service_account",
             AuthMethod::OidcJwt => "oidc_jwt",
             AuthMethod::Session => "session",
+            AuthMethod::PersonalToken => "personal_token",
             AuthMethod::KubernetesUser => "kubernetes_user",
         }
     }
@@ -62,6 +65,10 @@ pub struct Identity {
     /// user and group prefixes; this says which one it was.
     #[serde(skip_serializing_if = "Option::is_none", serialize_with = "as_str")]
     pub issuer: Option<Arc<str>>,
+    /// The namespaces a personal access token is limited to; empty: no limit (every other way
+    /// in, and an unscoped token).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub namespaces: Vec<String>,
 }
 
 fn as_str<S: serde::Serializer>(value: &Option<Arc<str>>, s: S) -> Result<S::Ok, S::Error> {

@@ -136,7 +136,7 @@ impl App {
         let (browser, oidc_bearer) = match &config.oidc {
             None => (None, None),
             Some(oidc) => {
-                let store: Arc<dyn store::SessionStore> = match config.session.store {
+                let store: Arc<dyn store::Store> = match config.session.store {
                     config::StoreKind::Memory => {
                         Arc::new(store::memory::MemoryStore::new(clock.clone()))
                     }
@@ -148,6 +148,15 @@ impl App {
                 };
                 let (sealer, login_sealer) = sealer(config).map_err(StartError::Io)?;
                 let rules = authn::claims::ClaimRules::for_issuers(oidc);
+                let tokens = config.personal_tokens.enabled.then(|| {
+                    Arc::new(authn::personal::PersonalTokens::new(
+                        store.clone(),
+                        config.personal_tokens.clone(),
+                        clock.clone(),
+                        rules[0].fingerprint(),
+                        rules[0].issuer().clone(),
+                    ))
+                });
                 let sessions = Arc::new(authn::session::Sessions::new(
                     store,
                     config.session.clone(),
@@ -191,7 +200,14 @@ impl App {
                     )
                     .with_callback_path(&oidc.callback_path),
                 );
-                (Some(Browser { sessions, login }), Some(bearer))
+                (
+                    Some(Browser {
+                        sessions,
+                        login,
+                        tokens,
+                    }),
+                    Some(bearer),
+                )
             }
         };
         let gate = Gate::new(

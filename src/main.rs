@@ -4,6 +4,7 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::Context;
+use authgate::store::redis::RedisStore;
 use clap::{Parser, Subcommand};
 
 use authgate::config::{Config, EXIT_CONFIG};
@@ -32,6 +33,21 @@ enum SessionsAction {
         all: bool,
     },
     /// How many sessions exist.
+    Count,
+}
+
+#[derive(Subcommand)]
+enum TokensAction {
+    /// Revoke personal access tokens everywhere at once (sessions stay).
+    Revoke {
+        /// Every token of this user (as the user header shows it, without prefix).
+        #[arg(long, conflicts_with = "id", required_unless_present = "id")]
+        user: Option<String>,
+        /// The token with this id.
+        #[arg(long)]
+        id: Option<String>,
+    },
+    /// How many personal access tokens exist.
     Count,
 }
 
@@ -76,6 +92,14 @@ enum Command {
         config: Option<PathBuf>,
         #[command(subcommand)]
         action: SessionsAction,
+    },
+    /// Manage personal access tokens in the shared (Redis) store.
+    Tokens {
+        /// YAML config file.
+        #[arg(long, env = "AUTHGATE_CONFIG", global = true)]
+        config: Option<PathBuf>,
+        #[command(subcommand)]
+        action: TokensAction,
     },
     /// Write a new Ed25519 signing key (PKCS#8 PEM) for the identity JWT.
     Keygen {
@@ -169,6 +193,23 @@ fn main() -> ExitCode {
                 }
             }
         }
+        Command::Tokens { config, action } => {
+            let config = match load(config.as_deref()) {
+                Ok(c) => c,
+                Err(code) => return code,
+            };
+            let runtime = tokio::runtime::Runtime::new().expect("tokio runtime");
+            match runtime.block_on(tokens(config.config(), action)) {
+                Ok(message) => {
+                    println!("{message}");
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("authgate tokens: {e:#}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
         Command::Keygen { out, public_out } => match keygen(&out, public_out.as_deref()) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
@@ -222,22 +263,29 @@ async fn live_answer(
     })
 }
 
-async fn sessions(config: &Config, action: SessionsAction) -> anyhow::Result<String> {
-    use authgate::store::SessionStore;
+/// The shared store, for commands that manage what every replica reads.
+async fn shared_store(config: &Config, what: &str) -> anyhow::Result<RedisStore> {
     if config.session.store != authgate::config::StoreKind::Redis {
         anyhow::bail!(
-            "session.store is memory: sessions live inside each running authgate and end when it \
+            "session.store is memory: {what} live inside each running authgate and end when it \
              restarts; use the redis store to manage them from outside"
         );
     }
-    let store = authgate::store::redis::RedisStore::connect(&config.session).await?;
+    Ok(RedisStore::connect(&config.session).await?)
+}
+
+async fn sessions(config: &Config, action: SessionsAction) -> anyhow::Result<String> {
+    use authgate::store::{SessionStore, TokenStore};
+    let store = shared_store(config, "sessions").await?;
     Ok(match action {
         SessionsAction::Revoke {
             user: Some(user), ..
         } => {
+            // The departed collaborator: their command-line tokens end with their sessions.
             let n = store.delete_user(&user).await?;
-            tracing::info!(target: "authgate::audit", event = "revoke", user = %user, sessions = n, "sessions revoked");
-            format!("revoked {n} session(s) of {user}")
+            let tokens = store.revoke_tokens_of(&user).await?;
+            tracing::info!(target: "authgate::audit", event = "revoke", user = %user, sessions = n, tokens, "sessions and personal access tokens revoked");
+            format!("revoked {n} session(s) and {tokens} personal access token(s) of {user}")
         }
         SessionsAction::Revoke { all: true, .. } => {
             let n = store.delete_all().await?;
@@ -246,6 +294,29 @@ async fn sessions(config: &Config, action: SessionsAction) -> anyhow::Result<Str
         }
         SessionsAction::Revoke { .. } => anyhow::bail!("name --user or --all"),
         SessionsAction::Count => format!("{} session(s)", store.count().await?),
+    })
+}
+
+async fn tokens(config: &Config, action: TokensAction) -> anyhow::Result<String> {
+    use authgate::store::TokenStore;
+    let store = shared_store(config, "personal access tokens").await?;
+    Ok(match action {
+        TokensAction::Revoke {
+            user: Some(user), ..
+        } => {
+            let n = store.revoke_tokens_of(&user).await?;
+            tracing::info!(target: "authgate::audit", event = "token_revoked", user = %user, tokens = n, by = "cli", "personal access tokens revoked");
+            format!("revoked {n} personal access token(s) of {user}")
+        }
+        TokensAction::Revoke { id: Some(id), .. } => match store.revoke_token_id(&id).await? {
+            Some(user) => {
+                tracing::info!(target: "authgate::audit", event = "token_revoked", user = %user, id = %id, by = "cli", "personal access token revoked");
+                format!("revoked personal access token {id} of {user}")
+            }
+            None => anyhow::bail!("no personal access token has id {id}"),
+        },
+        TokensAction::Revoke { .. } => anyhow::bail!("name --user or --id"),
+        TokensAction::Count => format!("{} personal access token(s)", store.count_tokens().await?),
     })
 }
 

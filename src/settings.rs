@@ -456,6 +456,24 @@ fn judge(config: &Config) -> Vec<Problem> {
         }
         check_issuer_prefixes(&oidc.issuer_names(), &mut bad);
     }
+    let tokens = &config.personal_tokens;
+    if tokens.enabled && config.oidc.is_none() {
+        bad(
+            "personal_tokens.enabled",
+            "needs oidc: a token is made by a person who logged in".into(),
+        );
+    }
+    if tokens.max_lifetime < Duration::from_secs(60)
+        || tokens.max_lifetime > Duration::from_secs(366 * 24 * 3600)
+    {
+        bad(
+            "personal_tokens.max_lifetime",
+            "between 1m and 366d: a token that never ends outlives the person's access".into(),
+        );
+    }
+    if !(1..=1000).contains(&tokens.max_per_user) {
+        bad("personal_tokens.max_per_user", "between 1 and 1000".into());
+    }
     let session = &config.session;
     if session.cookie_name.is_empty()
         || !session

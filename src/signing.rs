@@ -347,6 +347,7 @@ mod tests {
 
     fn identity() -> Identity {
         Identity {
+            namespaces: Vec::new(),
             user: "system:serviceaccount:team-a:runner".into(),
             groups: vec!["system:serviceaccounts".into()],
             uid: Some("u-1".into()),

@@ -234,6 +234,7 @@ impl OidcBearer {
             .identity(&claims)
             .map_err(BearerError::Refused)?;
         let identity = Identity {
+            namespaces: Vec::new(),
             user: who.user,
             groups: who.groups,
             uid: who.sub,

@@ -1,6 +1,6 @@
 //! Authentication: turning the credentials a request carries into an [`Identity`]. One door,
-//! [`Authenticator::authenticate`], over the three ways in — service-account tokens
-//! (TokenReview), OIDC bearer JWTs, browser sessions — answering with the identity or a typed
+//! [`Authenticator::authenticate`], over the four ways in — service-account tokens
+//! (TokenReview), OIDC bearer JWTs, personal access tokens, browser sessions — answering with the identity or a typed
 //! [`AuthnError`]; what the client then reads is decided by the gate, in one place.
 
 pub mod bearer;
@@ -9,6 +9,7 @@ pub mod jwt;
 pub mod login;
 pub mod oidc;
 pub mod pending;
+pub mod personal;
 pub mod service_account;
 pub mod session;
 
@@ -24,6 +25,7 @@ use bearer::{BearerError, OidcBearer};
 use claims::ClaimError;
 use login::Login;
 use oidc::ProviderError;
+use personal::{PersonalTokens, TokenError};
 use service_account::{Rejection, Review, ServiceAccountAuthenticator, token_key};
 use session::Sessions;
 
@@ -87,6 +89,9 @@ pub enum AuthnError {
     /// A service-account token refused by the policy or by the API server.
     #[error("bearer token refused: {0}")]
     Rejected(Rejection),
+    /// A personal access token refused (unknown, revoked, expired) or not accepted here.
+    #[error("personal access token refused: {0}")]
+    PersonalToken(TokenError),
     /// An OIDC bearer token that does not verify.
     #[error("OIDC bearer token refused: {0}")]
     InvalidJwt(String),
@@ -118,6 +123,9 @@ impl AuthnError {
             AuthnError::Rejected(Rejection::ApiServer(_)) | AuthnError::InvalidJwt(_) => {
                 Reason::InvalidToken
             }
+            AuthnError::PersonalToken(TokenError::Unknown) => Reason::PersonalTokenRefused,
+            AuthnError::PersonalToken(TokenError::Disabled) => Reason::BearerNotAccepted,
+            AuthnError::PersonalToken(TokenError::Store(_)) => Reason::StoreUnavailable,
             AuthnError::Refused(why) => why.reason(),
             AuthnError::BudgetSpent(_) => Reason::ReviewBudget,
             AuthnError::Kube(_) => Reason::KubernetesUnavailable,
@@ -154,6 +162,8 @@ pub struct Authenticator {
     oidc_bearer: Option<OidcBearer>,
     /// Browser sessions and the login that refreshes them; `None` without OIDC.
     browser: Option<(Arc<Sessions>, Arc<Login>)>,
+    /// Personal access tokens; `None` unless enabled.
+    personal: Option<Arc<PersonalTokens>>,
 }
 
 impl Authenticator {
@@ -162,11 +172,13 @@ impl Authenticator {
         service_accounts: Option<ServiceAccountAuthenticator>,
         oidc_bearer: Option<OidcBearer>,
         browser: Option<(Arc<Sessions>, Arc<Login>)>,
+        personal: Option<Arc<PersonalTokens>>,
     ) -> Self {
         Self {
             service_accounts,
             oidc_bearer,
             browser,
+            personal,
         }
     }
 
@@ -196,6 +208,16 @@ impl Authenticator {
     }
 
     async fn bearer(&self, token: &str) -> Result<Arc<Identity>, AuthnError> {
+        // By its prefix alone: a personal access token never goes to a TokenReview or an issuer.
+        if personal::is_personal(token) {
+            let Some(personal) = &self.personal else {
+                return Err(AuthnError::PersonalToken(TokenError::Disabled));
+            };
+            return personal
+                .authenticate(token)
+                .await
+                .map_err(AuthnError::PersonalToken);
+        }
         let key = token_key(token);
         // A token the TokenReview cache knows needs nothing more, not even a look at its issuer:
         // the issuers are fixed at start, so an OIDC issuer's token never reaches that cache.

@@ -315,6 +315,7 @@ fn status_to_identity(status: TokenReviewStatus, requested: &[String]) -> Result
         AuthMethod::KubernetesUser
     };
     Ok(Identity {
+        namespaces: Vec::new(),
         user: username,
         groups: user.groups.unwrap_or_default(),
         uid: user.uid.filter(|u| !u.is_empty()),

@@ -56,6 +56,7 @@ impl Found {
     /// The identity it stands for; `issuer` is the login's (sessions come from no other).
     pub fn identity(&self, issuer: Option<Arc<str>>) -> Identity {
         Identity {
+            namespaces: Vec::new(),
             user: self.session.user.clone(),
             groups: self.session.groups.clone(),
             uid: Some(self.session.sub.clone()),

@@ -106,6 +106,7 @@ mod tests {
 
     fn person(user: &str, groups: &[&str]) -> Identity {
         Identity {
+            namespaces: Vec::new(),
             user: user.into(),
             groups: groups.iter().map(|g| g.to_string()).collect(),
             uid: None,

@@ -50,10 +50,40 @@ pub enum Authorization {
     },
     /// No rule matched and the default is deny.
     NoRule,
+    /// A personal access token limited to some namespaces, on a route that names another (or
+    /// none): refused before any review.
+    OutOfScope {
+        /// The rule, if one matched.
+        rule: Option<String>,
+        /// The namespace the route names; empty: none.
+        namespace: String,
+    },
     /// The identity's budget of SubjectAccessReviews is spent: no review was asked.
     BudgetSpent(std::time::Duration),
     /// The Kubernetes API could not answer.
     Unavailable(KubeError),
+}
+
+/// A token limited to namespaces acts only where a rule reviews one of them: a route that names
+/// no namespace (an allow rule, a cluster-wide review, no rule at all, an optional namespace
+/// left out) goes on to an app that would trust the person's whole identity, so it is refused.
+/// Requests a rule refuses anyway keep that answer.
+fn out_of_scope(identity: &Identity, verdict: &Verdict<'_>) -> Option<Authorization> {
+    if identity.namespaces.is_empty() {
+        return None;
+    }
+    let (rule, namespace) = match verdict {
+        Verdict::Review(rule, attributes) => {
+            if identity.namespaces.contains(&attributes.namespace) {
+                return None;
+            }
+            (Some(rule.name.clone()), attributes.namespace.clone())
+        }
+        Verdict::Allow(rule) => (Some(rule.name.clone()), String::new()),
+        Verdict::NoRule => (None, String::new()),
+        Verdict::Refuse(..) | Verdict::Invalid(..) => return None,
+    };
+    Some(Authorization::OutOfScope { rule, namespace })
 }
 
 /// Rules plus the reviewer.
@@ -88,7 +118,11 @@ impl Authorizer {
 
     /// Decides whether `identity` may make this request (`path` is the normalized path).
     pub async fn authorize(&self, identity: &Identity, req: &Request, path: &str) -> Authorization {
-        match self.rules.evaluate(req, path) {
+        let verdict = self.rules.evaluate(req, path);
+        if let Some(refused) = out_of_scope(identity, &verdict) {
+            return refused;
+        }
+        match verdict {
             Verdict::NoRule => match self.default {
                 DefaultAction::Allow => Authorization::Allowed {
                     rule: None,

@@ -228,6 +228,7 @@ mod tests {
 
     fn request(namespace: &str) -> AccessRequest {
         let identity = Identity {
+            namespaces: Vec::new(),
             user: "alice".into(),
             groups: vec!["g".into()],
             uid: None,

@@ -11,7 +11,8 @@ pub fn html_escape(text: &str) -> String {
         .replace('\'', "&#39;")
 }
 
-fn document(title: &str, body: &str) -> String {
+/// A whole page around `body` (HTML the caller escaped).
+pub fn document(title: &str, body: &str) -> String {
     format!(
         "<!doctype html><html><head><meta charset=\"utf-8\"><title>{title}</title></head>\
          <body style=\"font-family:sans-serif;max-width:40em;margin:4em auto\">{body}</body></html>"

@@ -32,6 +32,11 @@ pub enum Reason {
     BearerNotAccepted,
     /// The API server or the OIDC issuer's keys refused the token.
     InvalidToken,
+    /// A personal access token unknown, revoked or expired (same label as
+    /// [`Reason::InvalidToken`]; authgate's own words, so shown).
+    PersonalTokenRefused,
+    /// A personal access token used outside the namespaces it names.
+    TokenScope,
     /// authgate's bound-token policy refused a service-account token (same label as
     /// [`Reason::InvalidToken`]; its words are authgate's own, so the client may read them).
     TokenPolicy,
@@ -105,6 +110,8 @@ pub enum Reason {
     LoginStateUnknown,
     /// The provider's answer could not be verified.
     LoginRejected,
+    /// `/authgate/tokens`: listed, made or revoked a personal access token.
+    Tokens,
     /// Logged out.
     Logout,
     /// A page asking to confirm a logout that did not show it came from this origin.
@@ -130,7 +137,8 @@ impl Reason {
             NoCredential => "no_credential",
             MalformedCredential => "malformed_credential",
             BearerNotAccepted => "bearer_not_accepted",
-            InvalidToken | TokenPolicy => "invalid_token",
+            InvalidToken | TokenPolicy | PersonalTokenRefused => "invalid_token",
+            TokenScope => "token_scope",
             NoUserClaim => "no_user_claim",
             EmailNotVerified => "email_not_verified",
             GroupsMalformed => "groups_malformed",
@@ -160,6 +168,7 @@ impl Reason {
             LoginIncomplete => "login_incomplete",
             LoginStateUnknown => "login_state_unknown",
             LoginRejected => "login_rejected",
+            Tokens => "tokens",
             Logout => "logout",
             LogoutConfirm => "logout_confirm",
             BackchannelLogout => "backchannel_logout",

@@ -126,3 +126,95 @@ pub async fn run(store: &dyn SessionStore) {
     assert!(store.try_lock(&lock, TTL).await.unwrap());
     assert!(!store.try_lock(&lock, TTL).await.unwrap());
 }
+
+pub fn personal_token(id: &str, user: &str, created_at: u64) -> super::PersonalToken {
+    super::PersonalToken {
+        id: id.into(),
+        name: format!("token {id}"),
+        user: user.into(),
+        groups: vec!["g1".into()],
+        sub: format!("sub-{user}"),
+        namespaces: vec!["team-a".into()],
+        created_at,
+        expires_at: created_at + 3600,
+        last_used: None,
+        rules: 7,
+    }
+}
+
+/// The personal-token half of the contract, against a store that starts without tokens.
+pub async fn tokens(store: &dyn super::TokenStore) {
+    let run = rand::random::<u32>();
+    let (alice, bob) = (format!("alice-{run}@example.com"), format!("bob-{run}"));
+    let key = |n: u32| Key::of(&format!("agt_{run}_{n}"));
+    let (a1, a2, b1) = (
+        personal_token(&format!("a1-{run}"), &alice, 10),
+        personal_token(&format!("a2-{run}"), &alice, 20),
+        personal_token(&format!("b1-{run}"), &bob, 15),
+    );
+    store.create_token(&key(2), &a2, TTL).await.unwrap();
+    store.create_token(&key(1), &a1, TTL).await.unwrap();
+    store.create_token(&key(3), &b1, TTL).await.unwrap();
+    assert_eq!(store.token(&key(1)).await.unwrap(), Some(a1.clone()));
+    assert_eq!(store.token(&Key::of("agt_unknown")).await.unwrap(), None);
+    assert_eq!(store.count_tokens().await.unwrap(), 3);
+    // A person lists their own, oldest first; nobody else's.
+    assert_eq!(
+        store.tokens_of(&alice).await.unwrap(),
+        [a1.clone(), a2.clone()]
+    );
+    assert!(store.tokens_of("nobody").await.unwrap().is_empty());
+
+    // A use is recorded, at most once per touch interval.
+    assert!(store.token_used(&key(1), 1000).await.unwrap());
+    assert_eq!(
+        store.token(&key(1)).await.unwrap().unwrap().last_used,
+        Some(1000)
+    );
+    assert!(store.token_used(&key(1), 1010).await.unwrap());
+    assert_eq!(
+        store.token(&key(1)).await.unwrap().unwrap().last_used,
+        Some(1000)
+    );
+    assert!(store.token_used(&key(1), 1000 + 60).await.unwrap());
+    assert_eq!(
+        store.token(&key(1)).await.unwrap().unwrap().last_used,
+        Some(1060)
+    );
+    assert!(!store.token_used(&Key::of("agt_gone"), 1).await.unwrap());
+
+    // Another person's id is as good as none.
+    assert!(!store.revoke_token(&bob, &a1.id).await.unwrap());
+    assert!(store.token(&key(1)).await.unwrap().is_some());
+    assert!(store.revoke_token(&alice, &a1.id).await.unwrap());
+    assert!(!store.revoke_token(&alice, &a1.id).await.unwrap(), "once");
+    assert_eq!(store.token(&key(1)).await.unwrap(), None);
+    assert!(
+        !store.token_used(&key(1), 5000).await.unwrap(),
+        "a use never brings it back"
+    );
+    assert_eq!(store.token(&key(1)).await.unwrap(), None);
+    assert_eq!(
+        store.tokens_of(&alice).await.unwrap(),
+        std::slice::from_ref(&a2)
+    );
+
+    // By id, whoever owns it; and every token of a person.
+    assert_eq!(
+        store.revoke_token_id(&b1.id).await.unwrap(),
+        Some(bob.clone())
+    );
+    assert_eq!(store.revoke_token_id(&b1.id).await.unwrap(), None);
+    store
+        .create_token(
+            &key(4),
+            &personal_token(&format!("a4-{run}"), &alice, 30),
+            TTL,
+        )
+        .await
+        .unwrap();
+    assert_eq!(store.revoke_tokens_of(&alice).await.unwrap(), 2);
+    assert!(store.tokens_of(&alice).await.unwrap().is_empty());
+    assert_eq!(store.token(&key(2)).await.unwrap(), None);
+    assert_eq!(store.count_tokens().await.unwrap(), 0);
+}

@@ -10,7 +10,8 @@ use std::time::{Duration, SystemTime};
 use async_trait::async_trait;
 use tokio::sync::RwLock;
 
-use super::{Key, Session, SessionStore, StoreError};
+use super::tokens::{PersonalToken, TokenStore};
+use super::{Key, Session, SessionStore, StoreError, TOUCH_INTERVAL};
 use crate::clock::SharedClock;
 
 /// Sweep expired entries every this many writes, or on the first write this long after the
@@ -218,9 +219,37 @@ impl Inner {
     }
 }
 
-/// Sessions in this process's memory.
+/// Personal access tokens: few per person, so a list scans them all.
+#[derive(Default)]
+struct Tokens {
+    by_key: HashMap<Key, (PersonalToken, SystemTime)>,
+    by_id: HashMap<String, Key>,
+}
+
+impl Tokens {
+    fn remove(&mut self, key: &Key) -> Option<PersonalToken> {
+        let (token, _) = self.by_key.remove(key)?;
+        self.by_id.remove(&token.id);
+        Some(token)
+    }
+
+    fn sweep(&mut self, now: SystemTime) {
+        let expired: Vec<Key> = self
+            .by_key
+            .iter()
+            .filter(|(_, (_, until))| *until <= now)
+            .map(|(k, _)| *k)
+            .collect();
+        for key in expired {
+            self.remove(&key);
+        }
+    }
+}
+
+/// Sessions (and personal access tokens) in this process's memory.
 pub struct MemoryStore {
     inner: RwLock<Inner>,
+    tokens: RwLock<Tokens>,
     clock: SharedClock,
     writes: AtomicU64,
     /// Unix seconds of the last sweep.
@@ -232,6 +261,7 @@ impl MemoryStore {
     pub fn new(clock: SharedClock) -> Self {
         Self {
             inner: RwLock::new(Inner::default()),
+            tokens: RwLock::new(Tokens::default()),
             clock,
             writes: AtomicU64::new(0),
             last_sweep: AtomicU64::new(0),
@@ -355,6 +385,100 @@ impl SessionStore for MemoryStore {
     }
 }
 
+#[async_trait]
+impl TokenStore for MemoryStore {
+    async fn create_token(
+        &self,
+        key: &Key,
+        token: &PersonalToken,
+        ttl: Duration,
+    ) -> Result<(), StoreError> {
+        let now = self.clock.now();
+        let mut tokens = self.tokens.write().await;
+        tokens.sweep(now);
+        tokens.remove(key);
+        tokens.by_id.insert(token.id.clone(), *key);
+        tokens.by_key.insert(*key, (token.clone(), now + ttl));
+        Ok(())
+    }
+
+    async fn token(&self, key: &Key) -> Result<Option<PersonalToken>, StoreError> {
+        let now = self.clock.now();
+        Ok(self
+            .tokens
+            .read()
+            .await
+            .by_key
+            .get(key)
+            .filter(|(_, until)| *until > now)
+            .map(|(token, _)| token.clone()))
+    }
+
+    async fn token_used(&self, key: &Key, now: u64) -> Result<bool, StoreError> {
+        let live = self.clock.now();
+        let mut tokens = self.tokens.write().await;
+        let Some((token, _)) = tokens.by_key.get_mut(key).filter(|(_, u)| *u > live) else {
+            return Ok(false);
+        };
+        if token
+            .last_used
+            .is_none_or(|t| t + TOUCH_INTERVAL.as_secs() <= now)
+        {
+            token.last_used = Some(now);
+        }
+        Ok(true)
+    }
+
+    async fn tokens_of(&self, user: &str) -> Result<Vec<PersonalToken>, StoreError> {
+        let now = self.clock.now();
+        let tokens = self.tokens.read().await;
+        let mut found: Vec<PersonalToken> = tokens
+            .by_key
+            .values()
+            .filter(|(token, until)| token.user == user && *until > now)
+            .map(|(token, _)| token.clone())
+            .collect();
+        found.sort_by(|a, b| (a.created_at, &a.id).cmp(&(b.created_at, &b.id)));
+        Ok(found)
+    }
+
+    async fn revoke_token(&self, user: &str, id: &str) -> Result<bool, StoreError> {
+        let mut tokens = self.tokens.write().await;
+        let Some(key) = tokens.by_id.get(id).copied() else {
+            return Ok(false);
+        };
+        if tokens.by_key.get(&key).is_none_or(|(t, _)| t.user != user) {
+            return Ok(false);
+        }
+        Ok(tokens.remove(&key).is_some())
+    }
+
+    async fn revoke_token_id(&self, id: &str) -> Result<Option<String>, StoreError> {
+        let mut tokens = self.tokens.write().await;
+        let Some(key) = tokens.by_id.get(id).copied() else {
+            return Ok(None);
+        };
+        Ok(tokens.remove(&key).map(|t| t.user))
+    }
+
+    async fn revoke_tokens_of(&self, user: &str) -> Result<u64, StoreError> {
+        let mut tokens = self.tokens.write().await;
+        let keys: Vec<Key> = tokens
+            .by_key
+            .iter()
+            .filter(|(_, (t, _))| t.user == user)
+            .map(|(k, _)| *k)
+            .collect();
+        Ok(keys.iter().filter(|k| tokens.remove(k).is_some()).count() as u64)
+    }
+
+    async fn count_tokens(&self) -> Result<u64, StoreError> {
+        let now = self.clock.now();
+        let tokens = self.tokens.read().await;
+        Ok(tokens.by_key.values().filter(|(_, u)| *u > now).count() as u64)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -366,6 +490,24 @@ mod tests {
         let clock = ManualClock::new();
         let store = MemoryStore::new(Arc::new(clock.clone()));
         super::super::contract::run(&store).await;
+        super::super::contract::tokens(&store).await;
+    }
+
+    #[tokio::test]
+    async fn personal_tokens_expire_by_the_clock() {
+        let clock = ManualClock::new();
+        let store = MemoryStore::new(Arc::new(clock.clone()));
+        let token = super::super::contract::personal_token("t1", "alice", 1);
+        let key = Key::of("agt_t1");
+        store
+            .create_token(&key, &token, Duration::from_secs(60))
+            .await
+            .unwrap();
+        assert!(store.token(&key).await.unwrap().is_some());
+        clock.advance(Duration::from_secs(60));
+        assert_eq!(store.token(&key).await.unwrap(), None);
+        assert!(store.tokens_of("alice").await.unwrap().is_empty());
+        assert_eq!(store.count_tokens().await.unwrap(), 0);
     }
 
     #[tokio::test]

@@ -1,4 +1,4 @@
-//! Where sessions live: one [`SessionStore`] trait, a memory store for a single replica and a
+//! Where sessions (and personal access tokens, [`tokens`]) live: one [`SessionStore`] trait, a memory store for a single replica and a
 //! Redis store for several. The same test suite runs against both. Logins in progress are not
 //! here: they live in the browser (`authn::pending`), so a stranger writes nothing to a store.
 //!
@@ -9,6 +9,7 @@
 pub mod memory;
 pub mod redis;
 mod seal;
+pub mod tokens;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -18,6 +19,12 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 pub use seal::{Purpose, Sealer};
+pub use tokens::{PersonalToken, TokenStore};
+
+/// A store of both: what `session.store` configures.
+pub trait Store: SessionStore + TokenStore {}
+
+impl<T: SessionStore + TokenStore> Store for T {}
 
 /// The hash under which a browser secret is stored.
 /// Held as the 32 raw bytes (the memory store keeps one per session and index entry).

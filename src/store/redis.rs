@@ -4,6 +4,9 @@
 //! - `s:<hash>`   the session as JSON (tokens inside already sealed), with a TTL
 //! - `u:<user>`, `sid:<sid>`, `sub:<sub>`   sets of session hashes, for revocation
 //! - `lock:<hash>` who is refreshing a session, or a used logout-token `jti` (`SET NX EX`)
+//! - `t:<hash>`   a personal access token's record as JSON, until it expires
+//! - `tid:<id>`   the hash of the token with that public id (same TTL)
+//! - `tu:<user>`  the ids of a person's tokens (lives as long as their longest-lived token)
 //!
 //! Every command is a single-key command, so the same code runs on standalone Redis, behind
 //! Sentinel, and on Cluster. One `GET` per request in the steady state.
@@ -18,7 +21,8 @@ use redis::sentinel::{SentinelClient, SentinelNodeConnectionInfo, SentinelServer
 use redis::{Cmd, FromRedisValue, IntoConnectionInfo};
 use tokio::sync::Mutex;
 
-use super::{Key, Session, SessionStore, StoreError};
+use super::tokens::{PersonalToken, TokenStore};
+use super::{Key, Session, SessionStore, StoreError, TOUCH_INTERVAL};
 use crate::config::SessionConfig;
 
 /// Replaces KEYS[1] by ARGV[2], keeping its TTL, only if it holds ARGV[1].
@@ -242,10 +246,15 @@ impl RedisStore {
     }
 
     async fn scan_sessions(&self) -> Result<Vec<String>, StoreError> {
+        self.scan("s").await
+    }
+
+    /// Every key of a kind (`s`, `t`). Not on Cluster, where a scan sees one node.
+    async fn scan(&self, kind: &str) -> Result<Vec<String>, StoreError> {
         if matches!(self.connection, Connection::Cluster(_)) {
-            return Err(err("counting sessions is not supported on Redis Cluster"));
+            return Err(err("counting keys is not supported on Redis Cluster"));
         }
-        let pattern = format!("{}s:*", self.prefix);
+        let pattern = format!("{}{kind}:*", self.prefix);
         let mut cursor: u64 = 0;
         let mut keys = Vec::new();
         loop {
@@ -266,6 +275,185 @@ impl RedisStore {
             }
             cursor = next;
         }
+    }
+}
+
+/// A personal access token as Redis holds it: the raw JSON (for compare-and-set) and the record.
+struct StoredToken {
+    raw: String,
+    token: PersonalToken,
+}
+
+impl RedisStore {
+    async fn stored_token(&self, hash: &str) -> Result<Option<StoredToken>, StoreError> {
+        let raw: Option<String> = self
+            .query(redis::cmd("GET").arg(self.key("t", hash)).clone())
+            .await?;
+        let Some(raw) = raw else {
+            return Ok(None);
+        };
+        let token = serde_json::from_str(&raw).map_err(|e| StoreError::Unreadable(Arc::new(e)))?;
+        Ok(Some(StoredToken { raw, token }))
+    }
+
+    /// The hash of the token with public id `id`, if it exists.
+    async fn token_hash(&self, id: &str) -> Result<Option<String>, StoreError> {
+        self.query(redis::cmd("GET").arg(self.key("tid", id)).clone())
+            .await
+    }
+
+    /// Deletes a token's three entries.
+    async fn remove_token(&self, hash: &str, id: &str, user: &str) -> Result<bool, StoreError> {
+        let deleted: u64 = self
+            .query(redis::cmd("DEL").arg(self.key("t", hash)).clone())
+            .await?;
+        self.query::<()>(redis::cmd("DEL").arg(self.key("tid", id)).clone())
+            .await?;
+        self.query::<()>(redis::cmd("SREM").arg(self.key("tu", user)).arg(id).clone())
+            .await?;
+        Ok(deleted > 0)
+    }
+}
+
+#[async_trait]
+impl TokenStore for RedisStore {
+    async fn create_token(
+        &self,
+        key: &Key,
+        token: &PersonalToken,
+        ttl: Duration,
+    ) -> Result<(), StoreError> {
+        let json = serde_json::to_string(token).map_err(err)?;
+        let seconds = ttl.as_secs().max(1);
+        self.query::<()>(
+            redis::cmd("SET")
+                .arg(self.key("t", &key.hex()))
+                .arg(json)
+                .arg("EX")
+                .arg(seconds)
+                .clone(),
+        )
+        .await?;
+        self.query::<()>(
+            redis::cmd("SET")
+                .arg(self.key("tid", &token.id))
+                .arg(key.hex())
+                .arg("EX")
+                .arg(seconds)
+                .clone(),
+        )
+        .await?;
+        let set = self.key("tu", &token.user);
+        self.query::<()>(redis::cmd("SADD").arg(&set).arg(&token.id).clone())
+            .await?;
+        // The set lives as long as the longest-lived token in it.
+        let left: i64 = self.query(redis::cmd("TTL").arg(&set).clone()).await?;
+        if left < seconds as i64 {
+            self.query::<()>(redis::cmd("EXPIRE").arg(&set).arg(seconds).clone())
+                .await?;
+        }
+        Ok(())
+    }
+
+    async fn token(&self, key: &Key) -> Result<Option<PersonalToken>, StoreError> {
+        Ok(self.stored_token(&key.hex()).await?.map(|s| s.token))
+    }
+
+    async fn token_used(&self, key: &Key, now: u64) -> Result<bool, StoreError> {
+        let Some(StoredToken { raw, mut token }) = self.stored_token(&key.hex()).await? else {
+            return Ok(false);
+        };
+        if token
+            .last_used
+            .is_some_and(|t| t + TOUCH_INTERVAL.as_secs() > now)
+        {
+            return Ok(true);
+        }
+        token.last_used = Some(now);
+        let used = serde_json::to_string(&token).map_err(err)?;
+        // Compare and set: a token revoked (or used) on another replica in between is left as
+        // that replica left it.
+        let _: i64 = self
+            .query(
+                redis::cmd("EVAL")
+                    .arg(TOUCH_SCRIPT)
+                    .arg(1)
+                    .arg(self.key("t", &key.hex()))
+                    .arg(&raw)
+                    .arg(&used)
+                    .clone(),
+            )
+            .await?;
+        Ok(true)
+    }
+
+    async fn tokens_of(&self, user: &str) -> Result<Vec<PersonalToken>, StoreError> {
+        let set = self.key("tu", user);
+        let ids: Vec<String> = self.query(redis::cmd("SMEMBERS").arg(&set).clone()).await?;
+        let mut found = Vec::new();
+        for id in ids {
+            let token = match self.token_hash(&id).await? {
+                Some(hash) => self.stored_token(&hash).await?.map(|s| s.token),
+                None => None,
+            };
+            match token {
+                Some(token) if token.user == user => found.push(token),
+                // Expired (or not theirs): the id leaves the set.
+                _ => {
+                    self.query::<()>(redis::cmd("SREM").arg(&set).arg(&id).clone())
+                        .await?
+                }
+            }
+        }
+        found.sort_by(|a, b| (a.created_at, &a.id).cmp(&(b.created_at, &b.id)));
+        Ok(found)
+    }
+
+    async fn revoke_token(&self, user: &str, id: &str) -> Result<bool, StoreError> {
+        let Some(hash) = self.token_hash(id).await? else {
+            return Ok(false);
+        };
+        match self.stored_token(&hash).await? {
+            Some(stored) if stored.token.user == user => self.remove_token(&hash, id, user).await,
+            _ => Ok(false),
+        }
+    }
+
+    async fn revoke_token_id(&self, id: &str) -> Result<Option<String>, StoreError> {
+        let Some(hash) = self.token_hash(id).await? else {
+            return Ok(None);
+        };
+        let Some(stored) = self.stored_token(&hash).await? else {
+            return Ok(None);
+        };
+        let user = stored.token.user;
+        Ok(self.remove_token(&hash, id, &user).await?.then_some(user))
+    }
+
+    async fn revoke_tokens_of(&self, user: &str) -> Result<u64, StoreError> {
+        let set = self.key("tu", user);
+        let mut revoked = 0;
+        // Read again until empty: a token made on another replica meanwhile goes too.
+        for _ in 0..8 {
+            let ids: Vec<String> = self.query(redis::cmd("SMEMBERS").arg(&set).clone()).await?;
+            if ids.is_empty() {
+                break;
+            }
+            for id in ids {
+                if let Some(hash) = self.token_hash(&id).await?
+                    && self.remove_token(&hash, &id, user).await?
+                {
+                    revoked += 1;
+                }
+                self.query::<()>(redis::cmd("SREM").arg(&set).arg(&id).clone())
+                    .await?;
+            }
+        }
+        Ok(revoked)
+    }
+
+    async fn count_tokens(&self) -> Result<u64, StoreError> {
+        Ok(self.scan("t").await?.len() as u64)
     }
 }
 

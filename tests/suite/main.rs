@@ -30,6 +30,7 @@ mod layers;
 mod login;
 mod monitoring;
 mod open_redirects;
+mod personal_tokens;
 mod properties;
 mod python_client;
 mod sessions_redis;

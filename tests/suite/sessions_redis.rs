@@ -27,6 +27,7 @@ async fn redis_store_meets_the_contract() {
     let redis = Redis::start().await;
     let store = RedisStore::connect(&session_config(&redis)).await.unwrap();
     authgate::store::contract::run(&store).await;
+    authgate::store::contract::tokens(&store).await;
 }
 
 /// What Redis holds under a session key is input too: a value no version of authgate can read
@@ -310,18 +311,7 @@ async fn sessions_revoke_ends_a_persons_sessions_everywhere() {
         200
     );
 
-    let dir = tempfile::tempdir().unwrap();
-    let config = dir.path().join("authgate.yaml");
-    std::fs::write(
-        &config,
-        format!(
-            "public_url: {}\nsession: {{store: redis, redis_url: '{}'}}\nidentity: {{jwt: {{key_file: {}}}}}\n",
-            shared.public_url(),
-            shared.redis.url(),
-            shared.key_file.display()
-        ),
-    )
-    .unwrap();
+    let (_dir, config) = cli_config(&shared);
     let run = |args: &[&str]| {
         let out = std::process::Command::new(env!("CARGO_BIN_EXE_authgate"))
             .args(["sessions", "--config"])
@@ -351,7 +341,10 @@ async fn sessions_revoke_ends_a_persons_sessions_everywhere() {
     })
     .await
     .unwrap();
-    assert_eq!(said.trim(), "revoked 1 session(s) of alice@example.com");
+    assert_eq!(
+        said.trim(),
+        "revoked 1 session(s) and 0 personal access token(s) of alice@example.com"
+    );
     assert_eq!(status(&alice, format!("{}/x", envoy_a.url())).await, 302);
     assert_eq!(status(&alice, format!("{}/x", envoy_b.url())).await, 302);
     assert_eq!(
@@ -359,6 +352,131 @@ async fn sessions_revoke_ends_a_persons_sessions_everywhere() {
         200,
         "bob keeps his"
     );
+}
+
+/// A configuration file for the command line against the shared Redis.
+fn cli_config(shared: &Shared) -> (tempfile::TempDir, std::path::PathBuf) {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("authgate.yaml");
+    std::fs::write(
+        &config,
+        format!(
+            "public_url: {}\nsession: {{store: redis, redis_url: '{}'}}\nidentity: {{jwt: {{key_file: {}}}}}\n",
+            shared.public_url(),
+            shared.redis.url(),
+            shared.key_file.display()
+        ),
+    )
+    .unwrap();
+    (dir, config)
+}
+
+/// Personal access tokens live in Redis: one made on replica A works on B, a revocation on B
+/// ends it on A at once, and the departed-collaborator command (`sessions revoke --user`) ends
+/// a person's tokens with their sessions; `tokens revoke --id` ends one.
+#[tokio::test]
+async fn personal_tokens_are_shared_by_replicas_and_end_with_sessions_revoke() {
+    let shared = Shared::start().await;
+    let tokens_on = "personal_tokens: {enabled: true}\n";
+    let (_a, envoy_a) = shared.replica_with(shared.public_port, tokens_on).await;
+    let (_b, envoy_b) = shared.replica_with(free_port(), tokens_on).await;
+    let alice = oidc::browser();
+    assert_eq!(
+        oidc::browser_login(&alice, &envoy_a.url(), ALICE)
+            .await
+            .status,
+        200
+    );
+    let make = |name: &str| {
+        alice
+            .post(format!(
+                "{}/authgate/tokens?name={name}&expires_in=1d",
+                envoy_a.url()
+            ))
+            .header(reqwest::header::ORIGIN, shared.public_url())
+            .header(ACCEPT, "application/json")
+            .send()
+    };
+    let bearer = |envoy: &Envoy, token: &str| {
+        reqwest::Client::new()
+            .get(format!("{}/x", envoy.url()))
+            .header(reqwest::header::AUTHORIZATION, format!("Bearer {token}"))
+            .send()
+    };
+    let first: serde_json::Value = make("one").await.unwrap().json().await.unwrap();
+    let token = first["token"].as_str().unwrap();
+    assert_eq!(
+        bearer(&envoy_b, token).await.unwrap().status(),
+        200,
+        "made on A, used on B"
+    );
+    let revoked = alice
+        .delete(format!(
+            "{}/authgate/tokens/{}",
+            envoy_b.url(),
+            first["id"].as_str().unwrap()
+        ))
+        .header(reqwest::header::ORIGIN, shared.public_url())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(revoked.status(), 204);
+    assert_eq!(
+        bearer(&envoy_a, token).await.unwrap().status(),
+        401,
+        "revoked on B, gone on A"
+    );
+
+    let (_dir, config) = cli_config(&shared);
+    let run = |args: &[&str]| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_authgate"))
+            .args(args)
+            .arg("--config")
+            .arg(&config)
+            .env_remove("AUTHGATE_CONFIG")
+            .output()
+            .unwrap();
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).trim().to_string(),
+            String::from_utf8_lossy(&out.stderr).trim().to_string(),
+        )
+    };
+    let two: serde_json::Value = make("two").await.unwrap().json().await.unwrap();
+    let three: serde_json::Value = make("three").await.unwrap().json().await.unwrap();
+    assert_eq!(run(&["tokens", "count"]).1, "2 personal access token(s)");
+    let id = three["id"].as_str().unwrap();
+    let said = run(&["tokens", "revoke", "--id", id]);
+    assert_eq!(
+        said.1,
+        format!("revoked personal access token {id} of alice@example.com")
+    );
+    assert_eq!(
+        bearer(&envoy_b, three["token"].as_str().unwrap())
+            .await
+            .unwrap()
+            .status(),
+        401
+    );
+    let again = run(&["tokens", "revoke", "--id", id]);
+    assert!(
+        !again.0 && again.2.contains("no personal access token"),
+        "{again:?}"
+    );
+
+    let token = two["token"].as_str().unwrap();
+    assert_eq!(bearer(&envoy_b, token).await.unwrap().status(), 200);
+    let said = run(&["sessions", "revoke", "--user", "alice@example.com"]);
+    assert_eq!(
+        said.1,
+        "revoked 1 session(s) and 1 personal access token(s) of alice@example.com"
+    );
+    assert_eq!(
+        bearer(&envoy_a, token).await.unwrap().status(),
+        401,
+        "the token ends with the sessions"
+    );
+    assert_eq!(bearer(&envoy_b, token).await.unwrap().status(), 401);
 }
 
 /// Two replicas behind one Envoy; one is SIGKILLed while browsers and anonymous clients keep
