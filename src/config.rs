@@ -407,6 +407,11 @@ pub struct PersonalTokensConfig {
     pub max_lifetime: Duration,
     /// The most live tokens one person may hold.
     pub max_per_user: u32,
+    /// Making a token needs a login this recent, with the provider asked to authenticate the
+    /// person again: a page on the gateway's origin (a notebook runs its owner's code) cannot
+    /// turn a visitor's session into a long-lived token on its own.
+    #[serde(with = "humantime_serde")]
+    pub fresh_login: Duration,
 }
 
 impl Default for PersonalTokensConfig {
@@ -415,6 +420,7 @@ impl Default for PersonalTokensConfig {
             enabled: false,
             max_lifetime: Duration::from_secs(90 * 24 * 3600),
             max_per_user: 20,
+            fresh_login: Duration::from_secs(10 * 60),
         }
     }
 }

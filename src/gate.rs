@@ -144,9 +144,18 @@ impl Gate {
             return refused.into();
         }
         if self.skip_auth.iter().any(|p| p.matches(path)) {
+            let mut remove = self.headers.remove_all().to_vec();
+            // A personal access token goes to no app, not even one that needs no login.
+            if req
+                .headers
+                .get_all("authorization")
+                .any(|v| v.contains(crate::authn::personal::PREFIX))
+            {
+                remove.push("authorization".into());
+            }
             return Decision::Allow(Allow {
                 set: Vec::new(),
-                remove: self.headers.remove_all().to_vec(),
+                remove,
                 response_headers: Vec::new(),
                 identity: None,
                 reason: Reason::SkipAuth,
@@ -223,7 +232,7 @@ impl Gate {
                         format!("{}?{}", req.raw_path, req.query)
                     };
                     let return_to = redirect::safe_target(&target, &self.public_origin);
-                    return browser.login.start(req, &return_to).await;
+                    return browser.login.start(req, &return_to, false).await;
                 }
                 let hint = if self.browser.is_some() {
                     "authentication required: log in with a browser or send a bearer token"
@@ -538,7 +547,11 @@ impl Gate {
                             .next()
                             .unwrap_or_default();
                         login
-                            .start(req, &redirect::safe_target(&rd, &self.public_origin))
+                            .start(
+                                req,
+                                &redirect::safe_target(&rd, &self.public_origin),
+                                req.query_values("fresh").iter().any(|f| f == "1"),
+                            )
                             .await
                     }
                     "/callback" => login.callback(req).await,

@@ -471,6 +471,14 @@ fn judge(config: &Config) -> Vec<Problem> {
             "between 1m and 366d: a token that never ends outlives the person's access".into(),
         );
     }
+    if tokens.fresh_login < Duration::from_secs(60)
+        || tokens.fresh_login > Duration::from_secs(3600)
+    {
+        bad(
+            "personal_tokens.fresh_login",
+            "between 1m and 1h: the login that makes a token must be recent".into(),
+        );
+    }
     if !(1..=1000).contains(&tokens.max_per_user) {
         bad("personal_tokens.max_per_user", "between 1 and 1000".into());
     }

@@ -133,7 +133,8 @@ struct Claims<'a> {
     iat: u64,
     nbf: u64,
     exp: u64,
-    /// How the identity was established (`service_account`, `oidc_jwt`, `session`).
+    /// How the identity was established (`service_account`, `oidc_jwt`, `session`,
+    /// `personal_token`, `kubernetes_user`).
     auth_method: &'static str,
     #[serde(skip_serializing_if = "Option::is_none")]
     uid: Option<&'a str>,
@@ -142,6 +143,10 @@ struct Claims<'a> {
     idp: Option<&'a str>,
     #[serde(skip_serializing_if = "std::collections::BTreeMap::is_empty")]
     extra: &'a std::collections::BTreeMap<String, Vec<String>>,
+    /// A scoped personal access token: the only namespaces it acts in. An app that takes the
+    /// JWT as a credential must hold it to them too.
+    #[serde(skip_serializing_if = "<[String]>::is_empty")]
+    namespaces: &'a [String],
 }
 
 /// A signed token and what it was signed for: a cache hit is only used when all of it equals
@@ -295,6 +300,7 @@ impl Signer {
             uid: identity.uid.as_deref(),
             idp: identity.issuer.as_deref(),
             extra: &identity.extra,
+            namespaces: &identity.namespaces,
         };
         let mut header = Header::new(Algorithm::EdDSA);
         header.kid = Some(self.kid.clone());

@@ -10,7 +10,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use openidconnect::core::CoreAuthenticationFlow;
+use openidconnect::core::{CoreAuthPrompt, CoreAuthenticationFlow};
 use openidconnect::{
     AuthorizationCode, CsrfToken, Nonce, OAuth2TokenResponse, PkceCodeChallenge, PkceCodeVerifier,
     RefreshToken, RequestTokenError, Scope, TokenResponse,
@@ -39,8 +39,32 @@ const REFRESH_AHEAD: Duration = Duration::from_secs(60);
 /// read goes on (another replica of a rolling key change may refresh it meanwhile).
 const UNREADABLE_GRACE: Duration = Duration::from_secs(3600);
 
+/// How far before a fresh login started the provider's `auth_time` may lie (clock skew).
+const FRESH_LOGIN_LEEWAY: Duration = Duration::from_secs(30);
+
 /// The spec's event name in a logout token.
 const BACKCHANNEL_EVENT: &str = "http://schemas.openid.net/event/backchannel-logout";
+
+/// When the person last authenticated at the provider, from the ID token's `auth_time`
+/// (`claimed`). A fresh login (started at `fresh_since`) must have made them do so after it
+/// started — a provider that answers `prompt=login` from an old session says so in
+/// `auth_time`; one that sends no `auth_time` counts from `now`. 0: unknown.
+fn auth_time(
+    claimed: Option<u64>,
+    fresh_since: Option<u64>,
+    now: u64,
+) -> Result<u64, &'static str> {
+    let Some(started) = fresh_since else {
+        return Ok(claimed.unwrap_or(0));
+    };
+    match claimed {
+        Some(at) if at + FRESH_LOGIN_LEEWAY.as_secs() < started => Err(
+            "the provider did not authenticate the person again (auth_time before the login started)",
+        ),
+        Some(at) => Ok(at),
+        None => Ok(now),
+    }
+}
 
 /// The login flows.
 pub struct Login {
@@ -151,8 +175,9 @@ impl Login {
     }
 
     /// Sends the browser to the provider; afterwards it returns to `return_to` (already checked
-    /// to be on our origin).
-    pub async fn start(&self, req: &Request, return_to: &str) -> Response {
+    /// to be on our origin). A `fresh` login asks the provider to authenticate the person again
+    /// (`prompt=login`, `max_age=0`), as making a personal access token requires.
+    pub async fn start(&self, req: &Request, return_to: &str, fresh: bool) -> Response {
         let discovered = match self.provider.get().await {
             Ok(d) => d,
             Err(e) => return provider_down(&e),
@@ -160,7 +185,10 @@ impl Login {
         let now = self.clock.unix_now();
         let timeout = self.provider.config().login_timeout;
         let mut logins = self.pending_logins(req, now);
-        let pending = Pending::new(return_to, now + timeout.as_secs());
+        let mut pending = Pending::new(return_to, now + timeout.as_secs());
+        if fresh {
+            pending = pending.fresh(now);
+        }
         let verifier = PkceCodeVerifier::new(pending.pkce_verifier());
         let challenge = PkceCodeChallenge::from_code_verifier_sha256(&verifier);
         let (state, nonce) = (pending.state(), pending.nonce());
@@ -173,6 +201,11 @@ impl Login {
             if scope != "openid" {
                 request = request.add_scope(Scope::new(scope.clone()));
             }
+        }
+        if fresh {
+            request = request
+                .add_prompt(CoreAuthPrompt::Login)
+                .set_max_age(Duration::ZERO);
         }
         let (url, _, _) = request.set_pkce_challenge(challenge).url();
         // Nothing is stored: the login lives in the browser's one login cookie, sealed.
@@ -342,12 +375,14 @@ impl Login {
             .claims(&verified, &id_token_text, token.access_token().secret())
             .await?;
         let who = self.rules.identity(&claims).map_err(LoginError::Refused)?;
+        let auth_time = self.auth_time(&claims, pending)?;
         Ok(Session {
             user: who.user,
             groups: who.groups,
             sub: who.sub.unwrap_or_default(),
             sid: claims.get("sid").and_then(Value::as_str).map(String::from),
             created_at: 0,
+            auth_time,
             last_seen: 0,
             expires_at: 0,
             id_token_expires_at: claims.get("exp").and_then(Value::as_u64).unwrap_or(0),
@@ -355,6 +390,16 @@ impl Login {
             refresh_token: token.refresh_token().map(|t| self.sealer.seal(t.secret())),
             rules: self.rules.fingerprint(),
         })
+    }
+
+    /// When the person last authenticated at the provider ([`auth_time`]).
+    fn auth_time(&self, claims: &Map<String, Value>, pending: &Pending) -> Result<u64, LoginError> {
+        auth_time(
+            claims.get("auth_time").and_then(Value::as_u64),
+            pending.fresh_since,
+            self.clock.unix_now(),
+        )
+        .map_err(|why| LoginError::Rejected(why.into()))
     }
 
     /// The ID token, sealed, kept only for `id_token_hint` at RP-initiated logout: when the
@@ -776,6 +821,27 @@ fn payload(jwt: &str) -> Option<Map<String, Value>> {
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn a_fresh_login_needs_an_authentication_after_it_started() {
+        let started = 1_000_000;
+        // An old authentication answered from the provider's session: refused.
+        assert!(auth_time(Some(started - 31), Some(started), started + 5).is_err());
+        // Within the clock-skew leeway, or after: its time.
+        assert_eq!(
+            auth_time(Some(started - 30), Some(started), started + 5),
+            Ok(started - 30)
+        );
+        assert_eq!(
+            auth_time(Some(started + 2), Some(started), started + 5),
+            Ok(started + 2)
+        );
+        // No auth_time from the provider: the login's completion counts.
+        assert_eq!(auth_time(None, Some(started), started + 5), Ok(started + 5));
+        // Not a fresh login: what the provider says, or unknown.
+        assert_eq!(auth_time(Some(5), None, started), Ok(5));
+        assert_eq!(auth_time(None, None, started), Ok(0));
+    }
 
     fn logout(v: Value) -> Result<(LogoutTarget, String), String> {
         logout_claims(v.as_object().unwrap(), 1_000_000)

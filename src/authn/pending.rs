@@ -37,6 +37,10 @@ pub struct Pending {
     /// Unix seconds after which the login is refused.
     #[serde(rename = "e")]
     expires_at: u64,
+    /// A login that asked the provider to authenticate the person again (`prompt=login`,
+    /// `max_age=0`): when it started.
+    #[serde(rename = "f", default, skip_serializing_if = "Option::is_none")]
+    pub fresh_since: Option<u64>,
 }
 
 impl Pending {
@@ -46,7 +50,14 @@ impl Pending {
             secret: URL_SAFE_NO_PAD.encode(rand::random::<[u8; 32]>()),
             return_to: bounded_return(return_to).to_string(),
             expires_at,
+            fresh_since: None,
         }
+    }
+
+    /// The same login, asking the provider to authenticate the person again; started at `now`.
+    pub fn fresh(mut self, now: u64) -> Pending {
+        self.fresh_since = Some(now);
+        self
     }
 
     /// The OAuth `state`.

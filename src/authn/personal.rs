@@ -32,6 +32,13 @@ pub const MAX_NAMESPACES: usize = 50;
 /// Longest name a token may have.
 const MAX_NAME_LEN: usize = 64;
 
+/// Characters that hide or reorder what a name shows: controls, zero-width and bidirectional
+/// formatting characters.
+fn hides_text(c: char) -> bool {
+    c.is_control()
+        || matches!(c, '\u{200B}'..='\u{200F}' | '\u{202A}'..='\u{202E}' | '\u{2060}'..='\u{2069}' | '\u{FEFF}')
+}
+
 /// Whether a bearer token is a personal access token (by its prefix alone: such a token never
 /// goes anywhere else).
 pub fn is_personal(token: &str) -> bool {
@@ -53,6 +60,17 @@ pub struct TokenRequest {
     pub namespaces: Vec<String>,
 }
 
+/// A request judged acceptable: what the token will be.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Judged {
+    /// Its name.
+    pub name: String,
+    /// How long it lives.
+    pub lifetime: Duration,
+    /// Its namespaces (empty: all the person's).
+    pub namespaces: Vec<String>,
+}
+
 /// A token just made: the secret (shown once) and its record.
 #[derive(Debug)]
 pub struct Minted {
@@ -71,6 +89,12 @@ pub enum MintError {
     /// The person holds `personal_tokens.max_per_user` tokens already (409).
     #[error("you hold {0} personal access tokens, the most allowed: revoke one first")]
     TooMany(u32),
+    /// The session's login is not recent enough (403): log in again first.
+    #[error(
+        "making a personal access token needs a login in the last {0}: log in again at \
+         /authgate/login?fresh=1&rd=/authgate/tokens"
+    )]
+    LoginRequired(String),
     /// The store failed (503).
     #[error("session store unavailable")]
     Store(#[source] StoreError),
@@ -167,26 +191,28 @@ impl PersonalTokens {
         }))
     }
 
-    /// Makes a token for the person logged in with `session`.
-    pub async fn mint(&self, session: &Found, asked: TokenRequest) -> Result<Minted, MintError> {
+    /// Judges what a person asks for, without making anything.
+    pub fn judge(&self, asked: &TokenRequest) -> Result<Judged, MintError> {
         let name = asked.name.trim().to_string();
         if name.is_empty() || name.chars().count() > MAX_NAME_LEN {
             return Err(MintError::Invalid(format!(
                 "name: 1 to {MAX_NAME_LEN} characters, required"
             )));
         }
-        if name.chars().any(char::is_control) {
+        if name.chars().any(hides_text) {
             return Err(MintError::Invalid(
-                "name: no control characters".to_string(),
+                "name: no control or text-direction characters".to_string(),
             ));
         }
         let lifetime = self.lifetime(&asked.expires_in)?;
         let mut namespaces = Vec::new();
         for ns in asked.namespaces.iter().map(|n| n.trim()) {
             if !is_namespace_name(ns) {
-                return Err(MintError::Invalid(format!(
-                    "namespaces: {ns:?} is not a Kubernetes namespace name"
-                )));
+                return Err(MintError::Invalid(
+                    "namespaces: each must be a Kubernetes namespace name (lower-case letters, \
+                     digits and '-', at most 63)"
+                        .to_string(),
+                ));
             }
             if !namespaces.iter().any(|n| n == ns) {
                 namespaces.push(ns.to_string());
@@ -197,6 +223,32 @@ impl PersonalTokens {
                 "namespaces: at most {MAX_NAMESPACES}"
             )));
         }
+        Ok(Judged {
+            name,
+            lifetime,
+            namespaces,
+        })
+    }
+
+    /// Whether the session's login is recent enough to make a token.
+    pub fn login_is_fresh(&self, session: &Found) -> bool {
+        let now = self.clock.unix_now();
+        session.session.auth_time > 0
+            && now.saturating_sub(session.session.auth_time) <= self.config.fresh_login.as_secs()
+    }
+
+    /// Makes a token for the person logged in with `session`.
+    pub async fn mint(&self, session: &Found, judged: Judged) -> Result<Minted, MintError> {
+        if !self.login_is_fresh(session) {
+            return Err(MintError::LoginRequired(
+                humantime::format_duration(self.config.fresh_login).to_string(),
+            ));
+        }
+        let Judged {
+            name,
+            lifetime,
+            namespaces,
+        } = judged;
         let user = &session.session.user;
         let held = self.store.tokens_of(user).await.map_err(MintError::Store)?;
         if held.len() >= self.config.max_per_user as usize {
@@ -216,10 +268,15 @@ impl PersonalTokens {
             last_used: None,
             rules: self.rules,
         };
-        self.store
-            .create_token(&Key::of(&secret), &token, lifetime)
+        let max = self.config.max_per_user;
+        if !self
+            .store
+            .create_token(&Key::of(&secret), &token, lifetime, max)
             .await
-            .map_err(MintError::Store)?;
+            .map_err(MintError::Store)?
+        {
+            return Err(MintError::TooMany(max));
+        }
         tracing::info!(
             target: "authgate::audit",
             event = "token_created",
@@ -243,9 +300,7 @@ impl PersonalTokens {
             )));
         }
         let lifetime = humantime::parse_duration(expires_in.trim()).map_err(|_| {
-            MintError::Invalid(format!(
-                "expires_in: {expires_in:?} is not a duration such as 12h or 30d"
-            ))
+            MintError::Invalid("expires_in: not a duration such as 12h or 30d".to_string())
         })?;
         if lifetime < Duration::from_secs(60) || lifetime > max {
             return Err(MintError::Invalid(format!(
@@ -255,9 +310,12 @@ impl PersonalTokens {
         Ok(lifetime)
     }
 
-    /// The person's live tokens, oldest first.
+    /// The person's live tokens, oldest first (those made under other claim rules, which no
+    /// longer work, left out).
     pub async fn list(&self, user: &str) -> Result<Vec<PersonalToken>, StoreError> {
-        self.store.tokens_of(user).await
+        let mut held = self.store.tokens_of(user).await?;
+        held.retain(|t| t.rules == self.rules);
+        Ok(held)
     }
 
     /// Revokes `user`'s token `id`: whether there was one (another person's is none).

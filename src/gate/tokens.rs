@@ -7,10 +7,14 @@
 //!   same fields in the query (`?name=ci&expires_in=30d&namespaces=team-a,team-b`) — through
 //!   Envoy the check sees no request body unless `with_request_body` is set. 201 with the secret,
 //!   shown this once.
+//! - `GET /authgate/tokens/new?name=…&expires_in=…&namespaces=…` names what would be made, with
+//!   a button that makes it (no script on any page; a CSP says so and forbids framing).
 //! - `DELETE /authgate/tokens/{id}` revokes one (204; another person's id is 404).
 //!
 //! Listing and making need a browser session, not a token; making and revoking need a request
-//! that shows it comes from this origin (CSRF). A token may revoke itself (`authgate logout`).
+//! that shows it comes from this origin (CSRF); making needs a fresh login too
+//! (`personal_tokens.fresh_login`), since pages on this origin (a notebook) can send
+//! same-origin requests with a visitor's session. A token may revoke itself (`authgate logout`).
 
 use std::time::{Duration, UNIX_EPOCH};
 
@@ -48,6 +52,12 @@ impl Gate {
                     Err(response) => response,
                 }
             }
+            (Some(&Method::GET | &Method::HEAD), "/new") => {
+                match self.token_session(browser, req).await {
+                    Ok(found) => confirm(tokens, req, &found),
+                    Err(response) => response,
+                }
+            }
             (Some(&Method::POST), "" | "/") => {
                 if !same_origin(req, &self.public_origin) {
                     return cross_site();
@@ -63,7 +73,7 @@ impl Gate {
             _ => Response::json(
                 StatusCode::METHOD_NOT_ALLOWED,
                 "method_not_allowed",
-                "GET or POST /authgate/tokens, DELETE /authgate/tokens/{id}",
+                "GET or POST /authgate/tokens, GET /authgate/tokens/new, DELETE /authgate/tokens/{id}",
                 Reason::OwnMethod,
             ),
         }
@@ -198,11 +208,7 @@ async fn list(tokens: &PersonalTokens, req: &Request, user: &str) -> Response {
         }
     };
     if wants_html(req) {
-        return Response::html(
-            StatusCode::OK,
-            tokens_page(user, &held, None),
-            Reason::Tokens,
-        );
+        return page(StatusCode::OK, &tokens_page(user, &held, None));
     }
     let body = json!({ "tokens": held.iter().map(described).collect::<Vec<_>>() });
     Response::json_body(StatusCode::OK, &body, Reason::Tokens)
@@ -251,19 +257,20 @@ fn asked(req: &Request) -> Result<TokenRequest, String> {
 }
 
 async fn create(tokens: &PersonalTokens, req: &Request, found: &Found) -> Response {
-    let asked = match asked(req) {
-        Ok(asked) => asked,
-        Err(why) => return Response::bad_request(&why, Reason::Tokens),
+    let judged = match asked(req).and_then(|asked| tokens.judge(&asked).map_err(|e| e.to_string()))
+    {
+        Ok(judged) => judged,
+        Err(why) => return refused_page_or_json(req, StatusCode::BAD_REQUEST, "bad_request", &why),
     };
-    match tokens.mint(found, asked).await {
+    match tokens.mint(found, judged).await {
         Ok(minted) => created(tokens, req, &found.session.user, minted).await,
-        Err(MintError::Invalid(why)) => Response::bad_request(&why, Reason::Tokens),
-        Err(e @ MintError::TooMany(_)) => Response::json(
-            StatusCode::CONFLICT,
-            "conflict",
-            &e.to_string(),
-            Reason::Tokens,
-        ),
+        Err(MintError::Invalid(why)) => {
+            refused_page_or_json(req, StatusCode::BAD_REQUEST, "bad_request", &why)
+        }
+        Err(e @ MintError::TooMany(_)) => {
+            refused_page_or_json(req, StatusCode::CONFLICT, "conflict", &e.to_string())
+        }
+        Err(e @ MintError::LoginRequired(_)) => login_required(req, &e.to_string()),
         Err(MintError::Store(e)) => {
             tracing::warn!(
                 error = &e as &dyn std::error::Error,
@@ -274,13 +281,108 @@ async fn create(tokens: &PersonalTokens, req: &Request, found: &Found) -> Respon
     }
 }
 
+/// Where a person logs in again before making a token.
+const FRESH_LOGIN: &str = "/authgate/login?fresh=1&rd=/authgate/tokens";
+
+/// 403: the login is too old to make a token; the way to a fresh one.
+fn login_required(req: &Request, message: &str) -> Response {
+    if wants_html(req) {
+        let body = format!(
+            "<h1>Log in again</h1><p>{}</p><p><a id=\"login\" href=\"{FRESH_LOGIN}\">Log in \
+             again</a></p>",
+            html_escape(message)
+        );
+        return page(StatusCode::FORBIDDEN, &body);
+    }
+    Response::json_body(
+        StatusCode::FORBIDDEN,
+        &json!({"error": "login_required", "message": message, "login": FRESH_LOGIN}),
+        Reason::Tokens,
+    )
+}
+
+/// A refusal, as a page for a browser or as JSON.
+fn refused_page_or_json(req: &Request, status: StatusCode, error: &str, message: &str) -> Response {
+    if wants_html(req) {
+        let body = format!(
+            "<h1>No token made</h1><p>{}</p><p><a href=\"/authgate/tokens\">Back</a></p>",
+            html_escape(message)
+        );
+        return page(status, &body);
+    }
+    Response::json(status, error, message, Reason::Tokens)
+}
+
+/// An HTML page of `/authgate/tokens`, which shows a secret once: never framed, no script, its
+/// forms post only here.
+fn page(status: StatusCode, body: &str) -> Response {
+    Response::html(
+        status,
+        document("Personal access tokens", body),
+        Reason::Tokens,
+    )
+    .with_header(
+        "content-security-policy",
+        "default-src 'none'; style-src 'unsafe-inline'; form-action 'self'; \
+         frame-ancestors 'none'; base-uri 'none'",
+    )
+}
+
+/// `GET /authgate/tokens/new?name=…&expires_in=…&namespaces=…`: what would be made, and a
+/// button that makes it (a page that changes nothing: the POST does).
+fn confirm(tokens: &PersonalTokens, req: &Request, found: &Found) -> Response {
+    let judged = match asked(req).and_then(|asked| tokens.judge(&asked).map_err(|e| e.to_string()))
+    {
+        Ok(judged) => judged,
+        Err(why) => return refused_page_or_json(req, StatusCode::BAD_REQUEST, "bad_request", &why),
+    };
+    if !tokens.login_is_fresh(found) {
+        let body = format!(
+            "<h1>Log in again</h1><p>Making a personal access token needs a recent login.</p>\
+             <p><a id=\"login\" href=\"{}\">Log in again</a></p>",
+            html_escape(&format!(
+                "/authgate/login?fresh=1&rd={}",
+                url::form_urlencoded::byte_serialize(
+                    format!("/authgate/tokens/new?{}", req.query).as_bytes()
+                )
+                .collect::<String>()
+            ))
+        );
+        return page(StatusCode::FORBIDDEN, &body);
+    }
+    let query = url::form_urlencoded::Serializer::new(String::new())
+        .append_pair("name", &judged.name)
+        .append_pair(
+            "expires_in",
+            &humantime::format_duration(judged.lifetime).to_string(),
+        )
+        .append_pair("namespaces", &judged.namespaces.join(","))
+        .finish();
+    let body = format!(
+        "<h1>Make a personal access token?</h1>\
+         <p>For <b>{user}</b>: a token named <b>{name}</b>, valid for <b>{lifetime}</b>, acting \
+         <b>{scope}</b>.</p>\
+         <form id=\"confirm\" method=\"post\" action=\"/authgate/tokens?{query}\">\
+         <button type=\"submit\">Make it</button></form><p><a href=\"/authgate/tokens\">Cancel</a></p>",
+        user = html_escape(&found.session.user),
+        name = html_escape(&judged.name),
+        lifetime = humantime::format_duration(judged.lifetime),
+        scope = html_escape(&if judged.namespaces.is_empty() {
+            "wherever you may".to_string()
+        } else {
+            format!("only in {}", judged.namespaces.join(", "))
+        }),
+        query = html_escape(&query),
+    );
+    page(StatusCode::OK, &body)
+}
+
 async fn created(tokens: &PersonalTokens, req: &Request, user: &str, minted: Minted) -> Response {
     if wants_html(req) {
         let held = tokens.list(user).await.unwrap_or_default();
-        return Response::html(
+        return page(
             StatusCode::CREATED,
-            tokens_page(user, &held, Some(&minted)),
-            Reason::Tokens,
+            &tokens_page(user, &held, Some(&minted)),
         );
     }
     let Minted { secret, token } = minted;
@@ -294,9 +396,9 @@ async fn created(tokens: &PersonalTokens, req: &Request, user: &str, minted: Min
     Response::json_body(StatusCode::CREATED, &body, Reason::Tokens)
 }
 
-/// The page: the new token (once), the person's tokens, and a form for another. The form sends
-/// its fields in the query (GET to a confirmation would be a side effect; a POST body never
-/// reaches the check).
+/// The page's body: the new token (once), the person's tokens, and a form for another. The
+/// form asks for a confirmation page first (a GET that changes nothing), whose button POSTs
+/// the fields in the query: a POST body never reaches the check through Envoy.
 fn tokens_page(user: &str, held: &[PersonalToken], minted: Option<&Minted>) -> String {
     let mut body = format!(
         "<h1>Personal access tokens</h1><p>Signed in as <b>{}</b>.</p>",
@@ -328,14 +430,11 @@ fn tokens_page(user: &str, held: &[PersonalToken], minted: Option<&Minted>) -> S
     }
     body.push_str(
         "</table><h2>New token</h2>\
-         <form id=\"new\" method=\"get\" action=\"/authgate/tokens\" \
-         onsubmit=\"event.preventDefault();var f=new FormData(this);\
-         fetch('/authgate/tokens?'+new URLSearchParams(f),{method:'POST',headers:{Accept:'text/html'}})\
-         .then(function(r){return r.text()}).then(function(t){document.open();document.write(t);document.close()})\">\
+         <form id=\"new\" method=\"get\" action=\"/authgate/tokens/new\">\
          <p><label>Name <input name=\"name\" required maxlength=\"64\"></label></p>\
          <p><label>Expires in <input name=\"expires_in\" value=\"30d\" required></label></p>\
          <p><label>Namespaces (comma-separated; empty: all yours) <input name=\"namespaces\"></label></p>\
-         <button type=\"submit\">Create</button></form>",
+         <button type=\"submit\">Next</button></form>",
     );
-    document("Personal access tokens", &body)
+    body
 }

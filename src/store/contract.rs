@@ -14,6 +14,7 @@ pub fn session(user: &str, sub: &str, sid: Option<&str>) -> Session {
         sub: sub.into(),
         sid: sid.map(String::from),
         created_at: 1,
+        auth_time: 0,
         last_seen: 2,
         expires_at: 3,
         id_token_expires_at: 4,
@@ -152,9 +153,13 @@ pub async fn tokens(store: &dyn super::TokenStore) {
         personal_token(&format!("a2-{run}"), &alice, 20),
         personal_token(&format!("b1-{run}"), &bob, 15),
     );
-    store.create_token(&key(2), &a2, TTL).await.unwrap();
-    store.create_token(&key(1), &a1, TTL).await.unwrap();
-    store.create_token(&key(3), &b1, TTL).await.unwrap();
+    for (n, token) in [(2, &a2), (1, &a1), (3, &b1)] {
+        assert!(store.create_token(&key(n), token, TTL, 2).await.unwrap());
+    }
+    // A third for Alice is over a limit of two: nothing of it is kept.
+    let over = personal_token(&format!("a3-{run}"), &alice, 25);
+    assert!(!store.create_token(&key(9), &over, TTL, 2).await.unwrap());
+    assert_eq!(store.token(&key(9)).await.unwrap(), None);
     assert_eq!(store.token(&key(1)).await.unwrap(), Some(a1.clone()));
     assert_eq!(store.token(&Key::of("agt_unknown")).await.unwrap(), None);
     assert_eq!(store.count_tokens().await.unwrap(), 3);
@@ -205,16 +210,27 @@ pub async fn tokens(store: &dyn super::TokenStore) {
         Some(bob.clone())
     );
     assert_eq!(store.revoke_token_id(&b1.id).await.unwrap(), None);
-    store
-        .create_token(
-            &key(4),
-            &personal_token(&format!("a4-{run}"), &alice, 30),
-            TTL,
-        )
-        .await
-        .unwrap();
+    let a4 = personal_token(&format!("a4-{run}"), &alice, 30);
+    assert!(store.create_token(&key(4), &a4, TTL, 2).await.unwrap());
     assert_eq!(store.revoke_tokens_of(&alice).await.unwrap(), 2);
     assert!(store.tokens_of(&alice).await.unwrap().is_empty());
     assert_eq!(store.token(&key(2)).await.unwrap(), None);
     assert_eq!(store.count_tokens().await.unwrap(), 0);
+
+    // Creations at once (two replicas, two tabs) never go over the limit.
+    let carol = format!("carol-{run}");
+    let racing = (0..8u32).map(|i| {
+        let token = personal_token(&format!("c{i}-{run}"), &carol, 40);
+        async move {
+            store
+                .create_token(&key(100 + i), &token, TTL, 3)
+                .await
+                .unwrap()
+        }
+    });
+    let made = futures::future::join_all(racing).await;
+    let kept = store.tokens_of(&carol).await.unwrap().len();
+    assert!(kept <= 3, "{kept} tokens kept over a limit of 3");
+    assert_eq!(made.iter().filter(|m| **m).count(), kept);
+    store.revoke_tokens_of(&carol).await.unwrap();
 }

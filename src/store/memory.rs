@@ -84,6 +84,7 @@ struct Stored {
     sub: Box<str>,
     sid: Option<Box<str>>,
     created_at: u64,
+    auth_time: u64,
     last_seen: u64,
     expires_at: u64,
     id_token_expires_at: u64,
@@ -101,6 +102,7 @@ impl Stored {
             sub: self.sub.to_string(),
             sid: self.sid.as_deref().map(String::from),
             created_at: self.created_at,
+            auth_time: self.auth_time,
             last_seen: self.last_seen,
             expires_at: self.expires_at,
             id_token_expires_at: self.id_token_expires_at,
@@ -148,6 +150,7 @@ impl Inner {
             sub: session.sub.as_str().into(),
             sid: session.sid.as_deref().map(Into::into),
             created_at: session.created_at,
+            auth_time: session.auth_time,
             last_seen: session.last_seen,
             expires_at: session.expires_at,
             id_token_expires_at: session.id_token_expires_at,
@@ -392,14 +395,23 @@ impl TokenStore for MemoryStore {
         key: &Key,
         token: &PersonalToken,
         ttl: Duration,
-    ) -> Result<(), StoreError> {
+        max_per_user: u32,
+    ) -> Result<bool, StoreError> {
         let now = self.clock.now();
         let mut tokens = self.tokens.write().await;
         tokens.sweep(now);
+        let held = tokens
+            .by_key
+            .values()
+            .filter(|(t, _)| t.user == token.user)
+            .count();
+        if held >= max_per_user as usize {
+            return Ok(false);
+        }
         tokens.remove(key);
         tokens.by_id.insert(token.id.clone(), *key);
         tokens.by_key.insert(*key, (token.clone(), now + ttl));
-        Ok(())
+        Ok(true)
     }
 
     async fn token(&self, key: &Key) -> Result<Option<PersonalToken>, StoreError> {
@@ -500,7 +512,7 @@ mod tests {
         let token = super::super::contract::personal_token("t1", "alice", 1);
         let key = Key::of("agt_t1");
         store
-            .create_token(&key, &token, Duration::from_secs(60))
+            .create_token(&key, &token, Duration::from_secs(60), 1)
             .await
             .unwrap();
         assert!(store.token(&key).await.unwrap().is_some());

@@ -65,6 +65,11 @@ pub struct Session {
     pub sid: Option<String>,
     /// Unix seconds.
     pub created_at: u64,
+    /// Unix seconds when the person last logged in at the provider (`auth_time`; for a fresh
+    /// login without it, when the login completed); 0: unknown. Making a personal access token
+    /// needs a recent one.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub auth_time: u64,
     /// Unix seconds of the last use (refreshed at most every [`TOUCH_INTERVAL`]).
     pub last_seen: u64,
     /// Unix seconds after which the session is over, however active.
@@ -85,6 +90,10 @@ pub struct Session {
     /// [`ClaimRules::fingerprint`]: crate::authn::claims::ClaimRules::fingerprint
     #[serde(default)]
     pub rules: u64,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 /// How often `last_seen` is written back: often enough for idle timeouts of minutes, rarely

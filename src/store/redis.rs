@@ -322,37 +322,46 @@ impl TokenStore for RedisStore {
         key: &Key,
         token: &PersonalToken,
         ttl: Duration,
-    ) -> Result<(), StoreError> {
+        max_per_user: u32,
+    ) -> Result<bool, StoreError> {
         let json = serde_json::to_string(token).map_err(err)?;
         let seconds = ttl.as_secs().max(1);
+        let (hash, set) = (key.hex(), self.key("tu", &token.user));
+        // The id's entry and the token first, the owner's index last: a list (which drops ids
+        // whose token is gone) never sees an id before its token exists.
         self.query::<()>(
             redis::cmd("SET")
-                .arg(self.key("t", &key.hex()))
+                .arg(self.key("tid", &token.id))
+                .arg(&hash)
+                .arg("EX")
+                .arg(seconds)
+                .clone(),
+        )
+        .await?;
+        self.query::<()>(
+            redis::cmd("SET")
+                .arg(self.key("t", &hash))
                 .arg(json)
                 .arg("EX")
                 .arg(seconds)
                 .clone(),
         )
         .await?;
-        self.query::<()>(
-            redis::cmd("SET")
-                .arg(self.key("tid", &token.id))
-                .arg(key.hex())
-                .arg("EX")
-                .arg(seconds)
-                .clone(),
-        )
-        .await?;
-        let set = self.key("tu", &token.user);
         self.query::<()>(redis::cmd("SADD").arg(&set).arg(&token.id).clone())
             .await?;
+        // Counted after the add: of two replicas adding at once, neither goes over the limit.
+        let held: u64 = self.query(redis::cmd("SCARD").arg(&set).clone()).await?;
+        if held > u64::from(max_per_user) {
+            self.remove_token(&hash, &token.id, &token.user).await?;
+            return Ok(false);
+        }
         // The set lives as long as the longest-lived token in it.
         let left: i64 = self.query(redis::cmd("TTL").arg(&set).clone()).await?;
         if left < seconds as i64 {
             self.query::<()>(redis::cmd("EXPIRE").arg(&set).arg(seconds).clone())
                 .await?;
         }
-        Ok(())
+        Ok(true)
     }
 
     async fn token(&self, key: &Key) -> Result<Option<PersonalToken>, StoreError> {

@@ -44,13 +44,16 @@ pub struct PersonalToken {
 /// (with Redis) they outlive restarts.
 #[async_trait]
 pub trait TokenStore: Send + Sync {
-    /// Saves a new token under the hash of its secret until its `expires_at` (`ttl` from now).
+    /// Saves a new token under the hash of its secret until its `expires_at` (`ttl` from now),
+    /// unless its owner would then hold more than `max_per_user`: whether it was saved. The
+    /// limit holds against concurrent creations too (on every replica).
     async fn create_token(
         &self,
         key: &Key,
         token: &PersonalToken,
         ttl: std::time::Duration,
-    ) -> Result<(), StoreError>;
+        max_per_user: u32,
+    ) -> Result<bool, StoreError>;
     /// The token whose secret hashes to `key`, if it exists.
     async fn token(&self, key: &Key) -> Result<Option<PersonalToken>, StoreError>;
     /// Records a use at `now` when the last one recorded is [`super::TOUCH_INTERVAL`] old or

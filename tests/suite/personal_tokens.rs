@@ -44,10 +44,16 @@ fn fixture() -> Fixture {
     }
 }
 
-/// A browser logged in as `user` at the stack.
+/// A browser logged in as `user` at the stack, freshly (the provider asked to authenticate
+/// the person again), as making a token requires.
 async fn logged_in(stack: &LoginStack, user: (&str, &str)) -> reqwest::Client {
     let browser = oidc::browser();
-    let journey = oidc::browser_login(&browser, &stack.url("/notebook/team-b/nb/lab"), user).await;
+    let journey = oidc::browser_login(
+        &browser,
+        &stack.url("/authgate/login?fresh=1&rd=/notebook/team-b/nb/lab"),
+        user,
+    )
+    .await;
     assert_eq!(journey.status, 200, "{journey:#?}");
     browser
 }
@@ -97,7 +103,18 @@ async fn a_person_makes_a_scoped_token_and_it_acts_as_them_only_there() {
         );
         assert_eq!(used.upstream_header("authorization"), None, "{mode:?}");
         let jwt = used.upstream_header("x-authgate-identity").unwrap();
-        assert_eq!(oidc::jwt_claims(&jwt)["auth_method"], "personal_token");
+        let claims = oidc::jwt_claims(&jwt);
+        assert_eq!(claims["auth_method"], "personal_token");
+        // The scope travels with the identity, for apps that take the JWT as a credential.
+        assert_eq!(
+            claims["namespaces"],
+            serde_json::json!(["team-a"]),
+            "{claims}"
+        );
+        assert_eq!(
+            claims["extra"]["authgate.io/token-id"],
+            serde_json::json!([id])
+        );
         let reviews_before = stack.kube.access_reviews().len();
         // Only there: another namespace Alice may use, and a route that names none.
         for path in ["/notebook/team-b/nb/lab", "/healthz", "/no-rule"] {
@@ -110,6 +127,11 @@ async fn a_person_makes_a_scoped_token_and_it_acts_as_them_only_there() {
             reviews_before,
             "refused before any review"
         );
+
+        // Not even an app that needs no login receives it.
+        let skipped = with_token(&stack, "/public/page", &token).await;
+        assert_eq!(skipped.status, 200, "{mode:?}: {skipped:?}");
+        assert_eq!(skipped.upstream_header("authorization"), None, "{mode:?}");
 
         // An unscoped token goes wherever the person may.
         let all: Value = make(&stack, &alice, "name=all&expires_in=1d")
@@ -184,6 +206,149 @@ async fn a_person_makes_a_scoped_token_and_it_acts_as_them_only_there() {
         assert_eq!(revoked.status(), 204, "{mode:?}");
         let after = with_token(&stack, "/notebook/team-a/nb/lab", &token).await;
         assert_eq!(after.status, 401, "{mode:?}: {after:?}");
+    }
+}
+
+/// A page on the gateway's origin (a notebook runs its owner's code) can send a same-origin
+/// POST with the visitor's session: making a token therefore needs a fresh login, one where
+/// the provider authenticated the person again (`prompt=login`, `max_age=0`), not the session
+/// alone.
+#[tokio::test]
+async fn making_a_token_needs_a_fresh_login_at_the_provider() {
+    let stack = LoginStack::start_with(ExtAuthz::Grpc, RULES, &[], fixture()).await;
+    let browser = oidc::browser();
+    let plain = oidc::browser_login(&browser, &stack.url("/notebook/team-a/nb/lab"), ALICE).await;
+    assert_eq!(plain.status, 200);
+    let refused = make(&stack, &browser, "name=ci&expires_in=1d").await;
+    assert_eq!(refused.status(), 403);
+    let refused: Value = refused.json().await.unwrap();
+    assert_eq!(refused["error"], "login_required", "{refused}");
+    let login = refused["login"].as_str().unwrap();
+    // The fresh login asks the provider to authenticate again: although the browser is logged
+    // in there, it is shown the login form once more.
+    let again = oidc::browser_login(&browser, &stack.url(login), ALICE).await;
+    assert_eq!(again.status, 200, "{again:#?}");
+    let hops = again.urls();
+    assert!(
+        hops.iter()
+            .any(|h| h.contains("prompt=login") && h.contains("max_age=0")),
+        "{hops:?}"
+    );
+    assert!(
+        hops.iter()
+            .any(|h| h.starts_with(stack.provider.issuer()) && h.contains("/login")),
+        "the provider showed its login form again: {hops:?}"
+    );
+    assert_eq!(
+        make(&stack, &browser, "name=ci&expires_in=1d")
+            .await
+            .status(),
+        201
+    );
+}
+
+/// The page flow, as a person in a browser goes through it: a form, a confirmation page that
+/// names what will be made (changing nothing), and a button that makes it; no script, never
+/// framed.
+#[tokio::test]
+async fn the_tokens_page_confirms_what_it_makes_and_shows_the_secret_once() {
+    for mode in [ExtAuthz::Grpc, ExtAuthz::Http] {
+        // An HTTP check answers authgate's own 200s as 203 (a 200 would be an allow).
+        let ok = if matches!(mode, ExtAuthz::Http) {
+            203
+        } else {
+            200
+        };
+        let stack = LoginStack::start_with(mode, RULES, &[], fixture()).await;
+        let alice = logged_in(&stack, ALICE).await;
+        let html = |url: String| {
+            alice
+                .get(url)
+                .header(ACCEPT, oidc::NAVIGATION_ACCEPT)
+                .send()
+        };
+        let page = html(stack.url("/authgate/tokens")).await.unwrap();
+        assert_eq!(page.status(), ok, "{mode:?}");
+        let csp = page.headers()["content-security-policy"]
+            .to_str()
+            .unwrap()
+            .to_string();
+        assert!(
+            csp.contains("frame-ancestors 'none'") && csp.contains("default-src 'none'"),
+            "{csp}"
+        );
+        let body = page.text().await.unwrap();
+        assert!(body.contains("action=\"/authgate/tokens/new\""), "{body}");
+        assert!(
+            !body.contains("<script") && !body.contains("onsubmit"),
+            "{body}"
+        );
+
+        let confirm = html(
+            stack.url("/authgate/tokens/new?name=%3Cb%3Elaptop&expires_in=7d&namespaces=team-a"),
+        )
+        .await
+        .unwrap();
+        assert_eq!(confirm.status(), ok);
+        let body = confirm.text().await.unwrap();
+        assert!(
+            body.contains("&lt;b&gt;laptop") && body.contains("only in team-a"),
+            "{body}"
+        );
+        assert!(!body.contains("<b>laptop"), "escaped: {body}");
+        let listed: Value = alice
+            .get(stack.url("/authgate/tokens"))
+            .header(ACCEPT, "application/json")
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(
+            listed["tokens"],
+            serde_json::json!([]),
+            "a confirmation makes nothing"
+        );
+        let action = body
+            .split("action=\"")
+            .nth(1)
+            .and_then(|rest| rest.split('"').next())
+            .unwrap()
+            .replace("&amp;", "&");
+        assert!(action.starts_with("/authgate/tokens?"), "{action}");
+        let made = alice
+            .post(stack.url(&action))
+            .header(ORIGIN, &stack.public_url)
+            .header(ACCEPT, oidc::NAVIGATION_ACCEPT)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(made.status(), 201);
+        let body = made.text().await.unwrap();
+        let token = body
+            .split("<pre id=\"token\">")
+            .nth(1)
+            .and_then(|rest| rest.split('<').next())
+            .unwrap();
+        assert!(token.starts_with("agt_"), "{body}");
+        assert_eq!(
+            with_token(&stack, "/notebook/team-a/nb/lab", token)
+                .await
+                .status,
+            200
+        );
+        // Shown once: the list page never carries it again.
+        let again = html(stack.url("/authgate/tokens"))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        assert!(
+            !again.contains(token) && again.contains("&lt;b&gt;laptop"),
+            "{again}"
+        );
     }
 }
 
@@ -337,6 +502,9 @@ async fn a_token_works_only_as_a_bearer_token_and_ends_at_its_expiry() {
         403
     );
 
+    clock.advance(Duration::from_secs(11 * 60));
+    let stale = make(&stack, &alice, "name=late&expires_in=1d").await;
+    assert_eq!(stale.status(), 403, "the login is no longer fresh (10m)");
     clock.advance(Duration::from_secs(2 * 3600));
     let expired = with_token(&stack, path, token).await;
     assert_eq!(expired.status, 401, "{expired:?}");

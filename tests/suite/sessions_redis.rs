@@ -381,12 +381,9 @@ async fn personal_tokens_are_shared_by_replicas_and_end_with_sessions_revoke() {
     let (_a, envoy_a) = shared.replica_with(shared.public_port, tokens_on).await;
     let (_b, envoy_b) = shared.replica_with(free_port(), tokens_on).await;
     let alice = oidc::browser();
-    assert_eq!(
-        oidc::browser_login(&alice, &envoy_a.url(), ALICE)
-            .await
-            .status,
-        200
-    );
+    // Making a token needs a fresh login.
+    let fresh = format!("{}/authgate/login?fresh=1&rd=/x", envoy_a.url());
+    assert_eq!(oidc::browser_login(&alice, &fresh, ALICE).await.status, 200);
     let make = |name: &str| {
         alice
             .post(format!(

@@ -521,6 +521,7 @@ const HTTP_AUTHZ: &str = r#"          - name: envoy.filters.http.ext_authz
                     - {exact: content-type, ignore_case: true}
                     - {exact: retry-after, ignore_case: true}
                     - {exact: cache-control, ignore_case: true}
+                    - {exact: content-security-policy, ignore_case: true}
                   allowed_client_headers_on_success:
                     patterns:
                     - {exact: set-cookie, ignore_case: true}"#;
