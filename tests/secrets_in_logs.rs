@@ -59,6 +59,41 @@ async fn no_token_appears_in_any_log_line() {
         )
         .await;
 
+    // A personal access token: made, used, refused once revoked.
+    let login = LoginStack::start(ExtAuthz::Grpc, "personal_tokens: {enabled: true}\n").await;
+    let browser = support::oidc::browser();
+    let fresh = login.url("/authgate/login?fresh=1&rd=/x");
+    assert_eq!(
+        support::oidc::browser_login(&browser, &fresh, support::oidc::ALICE)
+            .await
+            .status,
+        200
+    );
+    let made: serde_json::Value = browser
+        .post(login.url("/authgate/tokens?name=ci&expires_in=1d"))
+        .header("origin", &login.public_url)
+        .header("accept", "application/json")
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let personal = made["token"].as_str().unwrap().to_string();
+    let id = made["id"].as_str().unwrap();
+    let head = format!("GET /x HTTP/1.1\r\nHost: h\r\nAuthorization: Bearer {personal}\r\n");
+    let use_it = || raw_http(login.envoy.addr(), &head);
+    assert_eq!(use_it().await.status, 200);
+    let revoked = browser
+        .delete(login.url(&format!("/authgate/tokens/{id}")))
+        .header("origin", &login.public_url)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(revoked.status(), 204);
+    assert_eq!(use_it().await.status, 401);
+    let secret_part = personal.trim_start_matches("agt_").to_string();
+
     let logs = String::from_utf8_lossy(&captured.0.lock().unwrap()).into_owned();
     assert!(logs.contains("decision"), "decisions are logged at all");
     assert!(
@@ -73,4 +108,12 @@ async fn no_token_appears_in_any_log_line() {
     ] {
         assert!(!logs.contains(secret), "{secret} appears in the logs");
     }
+    assert!(
+        logs.contains("token_created"),
+        "the token's audit line is logged"
+    );
+    assert!(
+        !logs.contains(&secret_part),
+        "a personal access token appears in the logs"
+    );
 }
