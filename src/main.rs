@@ -101,6 +101,34 @@ enum Command {
         #[command(subcommand)]
         action: TokensAction,
     },
+    /// Get a personal access token for the command line through your browser, and keep it
+    /// (in ~/.config/authgate/tokens.json, readable only by you).
+    Login {
+        /// The gateway, e.g. https://kubeflow.example.com.
+        #[arg(long)]
+        url: String,
+        /// The token's name (default: authgate-cli@<this host>).
+        #[arg(long)]
+        name: Option<String>,
+        /// How long it lives (at most the gateway's personal_tokens.max_lifetime).
+        #[arg(long, default_value = "30d")]
+        expires_in: String,
+        /// Limit it to these namespaces (repeatable); none: wherever you may.
+        #[arg(long = "namespace")]
+        namespaces: Vec<String>,
+    },
+    /// Print the kept token for a gateway, for scripts (kfp.Client(existing_token=…), curl).
+    Token {
+        /// The gateway.
+        #[arg(long)]
+        url: String,
+    },
+    /// Revoke the kept token at the gateway and forget it.
+    Logout {
+        /// The gateway.
+        #[arg(long)]
+        url: String,
+    },
     /// Write a new Ed25519 signing key (PKCS#8 PEM) for the identity JWT.
     Keygen {
         /// Where to write it; `-` for standard output.
@@ -210,6 +238,40 @@ fn main() -> ExitCode {
                 }
             }
         }
+        Command::Login {
+            url,
+            name,
+            expires_in,
+            namespaces,
+        } => {
+            let asked = authgate::client::Asked {
+                name: name.unwrap_or_else(default_token_name),
+                expires_in,
+                namespaces,
+            };
+            client_command("login", async {
+                let gateway = authgate::client::gateway(&url)?;
+                let saved = authgate::client::login(&gateway, &asked).await?;
+                Ok(format!(
+                    "logged in at {gateway}: token {} ({}), expires {}; `authgate token --url {url}` prints it",
+                    saved.name, saved.id, saved.expires_at
+                ))
+            })
+        }
+        Command::Token { url } => client_command("token", async {
+            let gateway = authgate::client::gateway(&url)?;
+            match authgate::client::saved(&gateway)? {
+                Some(saved) => Ok(saved.token),
+                None => anyhow::bail!("no token for {gateway}: run authgate login --url {url}"),
+            }
+        }),
+        Command::Logout { url } => client_command("logout", async {
+            let gateway = authgate::client::gateway(&url)?;
+            Ok(match authgate::client::logout(&gateway).await? {
+                Some(saved) => format!("revoked and forgot token {} ({})", saved.name, saved.id),
+                None => format!("no token kept for {gateway}"),
+            })
+        }),
         Command::Keygen { out, public_out } => match keygen(&out, public_out.as_deref()) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
@@ -318,6 +380,35 @@ async fn tokens(config: &Config, action: TokensAction) -> anyhow::Result<String>
         TokensAction::Revoke { .. } => anyhow::bail!("name --user or --id"),
         TokensAction::Count => format!("{} personal access token(s)", store.count_tokens().await?),
     })
+}
+
+/// Runs a client command; prints what it says, or why it failed.
+fn client_command(
+    name: &str,
+    command: impl std::future::Future<Output = anyhow::Result<String>>,
+) -> ExitCode {
+    let runtime = tokio::runtime::Runtime::new().expect("tokio runtime");
+    match runtime.block_on(command) {
+        Ok(message) => {
+            println!("{message}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("authgate {name}: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// `authgate-cli@<host name>`.
+fn default_token_name() -> String {
+    let host = std::fs::read_to_string("/etc/hostname")
+        .ok()
+        .map(|h| h.trim().to_string())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "this-computer".into());
+    let name = format!("authgate-cli@{host}");
+    name.chars().take(64).collect()
 }
 
 async fn shutdown_signal() {

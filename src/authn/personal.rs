@@ -11,14 +11,18 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use serde::Deserialize;
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use url::{Host, Url};
 
 use super::session::{Found, new_secret};
 use crate::authz::rules::is_namespace_name;
 use crate::clock::SharedClock;
 use crate::config::PersonalTokensConfig;
 use crate::identity::{AuthMethod, Identity};
-use crate::store::{Key, PersonalToken, StoreError, TokenStore};
+use crate::store::{Key, PersonalToken, Sealer, StoreError, TokenStore};
 
 /// What every personal access token starts with.
 pub const PREFIX: &str = "agt_";
@@ -122,6 +126,112 @@ pub struct PersonalTokens {
     /// The login issuer's claim-rules fingerprint: a token made under other rules is refused.
     rules: u64,
     issuer: Arc<str>,
+    /// Seals the codes that carry a new token to `authgate login`.
+    codes: Sealer,
+}
+
+/// How long a code for `authgate login` may be exchanged for its token.
+pub const CODE_LIFETIME: Duration = Duration::from_secs(120);
+
+/// What `authgate login` sends along, so the token can come back to it: RFC 8252's loopback
+/// redirect, its `state`, and a PKCE S256 challenge (the token goes only to whoever holds the
+/// verifier, never through the browser's history).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Loopback {
+    /// `http://127.0.0.1:<port>/…` or `http://[::1]:<port>/…`.
+    pub redirect_uri: Url,
+    /// Echoed back to the CLI.
+    pub state: String,
+    /// base64url(SHA-256(verifier)).
+    pub code_challenge: String,
+}
+
+/// A redirect target for `authgate login`: only an RFC 8252 loopback address with a port,
+/// over plain HTTP (the CLI listens on the person's own machine), no user, query or fragment.
+/// Anything else is refused: a code sent elsewhere is a token sent elsewhere.
+pub fn loopback_redirect(uri: &str) -> Result<Url, &'static str> {
+    const WHY: &str = "redirect_uri must be http://127.0.0.1:<port>/… or http://[::1]:<port>/…";
+    if uri.len() > 256
+        || uri
+            .bytes()
+            .any(|b| !(0x21..0x7f).contains(&b) || b == b'\\')
+    {
+        return Err(WHY);
+    }
+    let url = Url::parse(uri).map_err(|_| WHY)?;
+    let loopback = match url.host() {
+        Some(Host::Ipv4(ip)) => ip == std::net::Ipv4Addr::LOCALHOST,
+        Some(Host::Ipv6(ip)) => ip == std::net::Ipv6Addr::LOCALHOST,
+        _ => false,
+    };
+    // The URL as written must be the URL as read: `http://127.0.0.1:80@evil/` and other
+    // spellings a browser reads otherwise are refused by comparing the two.
+    let literal = uri.starts_with("http://127.0.0.1:") || uri.starts_with("http://[::1]:");
+    if url.scheme() != "http"
+        || !loopback
+        || !literal
+        || url.port().is_none()
+        || !url.username().is_empty()
+        || url.password().is_some()
+        || url.query().is_some()
+        || url.fragment().is_some()
+        || url.as_str() != uri
+    {
+        return Err(WHY);
+    }
+    Ok(url)
+}
+
+impl Loopback {
+    /// Reads and judges the three values.
+    pub fn new(redirect_uri: &str, state: &str, code_challenge: &str) -> Result<Loopback, String> {
+        let redirect_uri = loopback_redirect(redirect_uri).map_err(String::from)?;
+        let b64 = |v: &str| {
+            v.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        };
+        if state.is_empty() || state.len() > 128 || !b64(state) {
+            return Err("state: 1 to 128 base64url characters".into());
+        }
+        if code_challenge.len() != 43 || !b64(code_challenge) {
+            return Err("code_challenge: a PKCE S256 challenge (43 base64url characters)".into());
+        }
+        Ok(Loopback {
+            redirect_uri,
+            state: state.into(),
+            code_challenge: code_challenge.into(),
+        })
+    }
+}
+
+/// What a code carries, sealed: the token and the challenge it is bound to.
+#[derive(Serialize, Deserialize)]
+struct Code {
+    /// The secret.
+    t: String,
+    i: String,
+    n: String,
+    e: u64,
+    ns: Vec<String>,
+    /// The PKCE challenge.
+    c: String,
+    /// Unix seconds after which the code is refused.
+    x: u64,
+}
+
+/// A token handed to `authgate login` for its code.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Exchanged {
+    /// The secret.
+    pub secret: String,
+    /// Its id.
+    pub id: String,
+    /// Its name.
+    pub name: String,
+    /// Unix seconds.
+    pub expires_at: u64,
+    /// Its namespaces.
+    pub namespaces: Vec<String>,
 }
 
 impl PersonalTokens {
@@ -132,6 +242,7 @@ impl PersonalTokens {
         clock: SharedClock,
         rules: u64,
         issuer: Arc<str>,
+        codes: Sealer,
     ) -> Self {
         Self {
             store,
@@ -139,7 +250,41 @@ impl PersonalTokens {
             clock,
             rules,
             issuer,
+            codes,
         }
+    }
+
+    /// The code that carries `minted` to the CLI that asked with `loopback`.
+    pub fn code_for(&self, minted: &Minted, loopback: &Loopback) -> String {
+        let code = Code {
+            t: minted.secret.clone(),
+            i: minted.token.id.clone(),
+            n: minted.token.name.clone(),
+            e: minted.token.expires_at,
+            ns: minted.token.namespaces.clone(),
+            c: loopback.code_challenge.clone(),
+            x: self.clock.unix_now() + CODE_LIFETIME.as_secs(),
+        };
+        self.codes
+            .seal(&serde_json::to_string(&code).expect("a code serializes"))
+    }
+
+    /// The token a code carries, for whoever holds the PKCE verifier; `None` for a code that
+    /// is not one, has expired, or is bound to another verifier.
+    pub fn exchange(&self, code: &str, verifier: &str) -> Option<Exchanged> {
+        if code.len() > 4096 || !(43..=128).contains(&verifier.len()) {
+            return None;
+        }
+        let code: Code = serde_json::from_str(&self.codes.open(code)?).ok()?;
+        let challenge = URL_SAFE_NO_PAD.encode(Sha256::digest(verifier.as_bytes()));
+        let now = self.clock.unix_now();
+        (code.x > now && code.e > now && challenge == code.c).then_some(Exchanged {
+            secret: code.t,
+            id: code.i,
+            name: code.n,
+            expires_at: code.e,
+            namespaces: code.ns,
+        })
     }
 
     /// The store.
@@ -332,5 +477,59 @@ impl PersonalTokens {
             );
         }
         Ok(revoked)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_a_loopback_address_with_a_port_takes_a_code() {
+        for good in [
+            "http://127.0.0.1:8123/callback",
+            "http://127.0.0.1:1/",
+            "http://[::1]:49152/cb",
+        ] {
+            assert!(loopback_redirect(good).is_ok(), "{good}");
+        }
+        for bad in [
+            "http://127.0.0.1/callback",
+            "http://localhost:8123/callback",
+            "https://127.0.0.1:8123/callback",
+            "http://127.0.0.2:8123/",
+            "http://0.0.0.0:8123/",
+            "http://127.1:8123/",
+            "http://2130706433:8123/",
+            "http://0x7f.0.0.1:8123/",
+            "http://127.0.0.1:8123@evil.example/",
+            "http://user@127.0.0.1:8123/",
+            "http://127.0.0.1:8123/cb?x=1",
+            "http://127.0.0.1:8123/cb#f",
+            "http://127.0.0.1:8123\\@evil.example/",
+            "http://127.0.0.1:8123/%2e%2e/",
+            "http://127.0.0.1:8123/a/../b",
+            "http://[::ffff:127.0.0.1]:8123/",
+            "//127.0.0.1:8123/",
+            "/callback",
+            "",
+        ] {
+            assert!(loopback_redirect(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn every_open_redirect_payload_is_refused_as_a_loopback_redirect() {
+        let payloads = std::fs::read_to_string(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/data/openredirects.txt"
+        ))
+        .expect("tests/data/openredirects.txt");
+        let mut n = 0;
+        for payload in payloads.lines().filter(|l| !l.is_empty()) {
+            n += 1;
+            assert!(loopback_redirect(payload).is_err(), "{payload:?}");
+        }
+        assert!(n >= 500, "{n} payloads");
     }
 }

@@ -21,7 +21,7 @@ use std::time::{Duration, UNIX_EPOCH};
 use serde_json::{Value, json};
 
 use super::{Browser, Gate, same_origin};
-use crate::authn::personal::{MintError, Minted, PersonalTokens, TokenRequest};
+use crate::authn::personal::{Loopback, MintError, Minted, PersonalTokens, TokenRequest};
 use crate::authn::session::Found;
 use crate::authn::{Credential, credential};
 use crate::decision::pages::{document, html_escape};
@@ -55,9 +55,16 @@ impl Gate {
             (Some(&Method::GET | &Method::HEAD), "/new") => {
                 match self.token_session(browser, req).await {
                     Ok(found) => confirm(tokens, req, &found),
+                    // A browser sent here by `authgate login` logs in first, and comes back.
+                    Err(response)
+                        if response.status == StatusCode::UNAUTHORIZED && wants_html(req) =>
+                    {
+                        fresh_login(req)
+                    }
                     Err(response) => response,
                 }
             }
+            (Some(&Method::POST), "/exchange") => exchange(tokens, req),
             (Some(&Method::POST), "" | "/") => {
                 if !same_origin(req, &self.public_origin) {
                     return cross_site();
@@ -73,7 +80,8 @@ impl Gate {
             _ => Response::json(
                 StatusCode::METHOD_NOT_ALLOWED,
                 "method_not_allowed",
-                "GET or POST /authgate/tokens, GET /authgate/tokens/new, DELETE /authgate/tokens/{id}",
+                "GET or POST /authgate/tokens, GET /authgate/tokens/new, POST \
+                 /authgate/tokens/exchange, DELETE /authgate/tokens/{id}",
                 Reason::OwnMethod,
             ),
         }
@@ -262,8 +270,23 @@ async fn create(tokens: &PersonalTokens, req: &Request, found: &Found) -> Respon
         Ok(judged) => judged,
         Err(why) => return refused_page_or_json(req, StatusCode::BAD_REQUEST, "bad_request", &why),
     };
+    let loopback = match loopback(req) {
+        Ok(loopback) => loopback,
+        Err(why) => return refused_page_or_json(req, StatusCode::BAD_REQUEST, "bad_request", &why),
+    };
     match tokens.mint(found, judged).await {
-        Ok(minted) => created(tokens, req, &found.session.user, minted).await,
+        Ok(minted) => match loopback {
+            // Back to `authgate login` with a code only its PKCE verifier opens.
+            Some(loopback) => {
+                let mut target = loopback.redirect_uri.clone();
+                target
+                    .query_pairs_mut()
+                    .append_pair("code", &tokens.code_for(&minted, &loopback))
+                    .append_pair("state", &loopback.state);
+                Response::redirect(target.as_str(), Reason::Tokens)
+            }
+            None => created(tokens, req, &found.session.user, minted).await,
+        },
         Err(MintError::Invalid(why)) => {
             refused_page_or_json(req, StatusCode::BAD_REQUEST, "bad_request", &why)
         }
@@ -278,6 +301,64 @@ async fn create(tokens: &PersonalTokens, req: &Request, found: &Found) -> Respon
             );
             Response::unavailable(Reason::StoreUnavailable)
         }
+    }
+}
+
+/// A browser without a fresh login is sent to log in again (the provider asked to authenticate
+/// the person), coming back to this very page.
+fn fresh_login(req: &Request) -> Response {
+    let here = format!("/authgate/tokens/new?{}", req.query);
+    let rd: String = url::form_urlencoded::byte_serialize(here.as_bytes()).collect();
+    Response::redirect(&format!("/authgate/login?fresh=1&rd={rd}"), Reason::Tokens)
+}
+
+/// The `authgate login` values of a request, if it has them (all or none).
+fn loopback(req: &Request) -> Result<Option<Loopback>, String> {
+    let first = |name: &str| req.query_values(name).into_iter().next();
+    let (uri, state, challenge) = (
+        first("redirect_uri"),
+        first("state"),
+        first("code_challenge"),
+    );
+    if uri.is_none() && state.is_none() && challenge.is_none() {
+        return Ok(None);
+    }
+    if first("code_challenge_method").as_deref() != Some("S256") {
+        return Err("code_challenge_method must be S256".into());
+    }
+    Loopback::new(
+        &uri.unwrap_or_default(),
+        &state.unwrap_or_default(),
+        &challenge.unwrap_or_default(),
+    )
+    .map(Some)
+}
+
+/// `POST /authgate/tokens/exchange?code=…&code_verifier=…`: `authgate login` takes its token.
+/// No session: the code and the verifier only the CLI holds are the credential.
+fn exchange(tokens: &PersonalTokens, req: &Request) -> Response {
+    let first = |name: &str| {
+        req.query_values(name)
+            .into_iter()
+            .next()
+            .unwrap_or_default()
+    };
+    match tokens.exchange(&first("code"), &first("code_verifier")) {
+        Some(token) => Response::json_body(
+            StatusCode::OK,
+            &json!({
+                "id": token.id,
+                "token": token.secret,
+                "name": token.name,
+                "expires_at": time(token.expires_at),
+                "namespaces": token.namespaces,
+            }),
+            Reason::Tokens,
+        ),
+        None => Response::bad_request(
+            "the code is unknown, expired (2 minutes) or for another code_verifier",
+            Reason::Tokens,
+        ),
     }
 }
 
@@ -316,6 +397,15 @@ fn refused_page_or_json(req: &Request, status: StatusCode, error: &str, message:
 /// An HTML page of `/authgate/tokens`, which shows a secret once: never framed, no script, its
 /// forms post only here.
 fn page(status: StatusCode, body: &str) -> Response {
+    page_posting_to(status, body, None)
+}
+
+/// As [`page`]; its form may also lead to `loopback` (a browser checks `form-action` against
+/// the redirect after the POST too: `authgate login`'s confirmation goes on there).
+fn page_posting_to(status: StatusCode, body: &str, loopback: Option<&Loopback>) -> Response {
+    let also = loopback
+        .map(|l| format!(" {}", l.redirect_uri.origin().ascii_serialization()))
+        .unwrap_or_default();
     Response::html(
         status,
         document("Personal access tokens", body),
@@ -323,8 +413,10 @@ fn page(status: StatusCode, body: &str) -> Response {
     )
     .with_header(
         "content-security-policy",
-        "default-src 'none'; style-src 'unsafe-inline'; form-action 'self'; \
-         frame-ancestors 'none'; base-uri 'none'",
+        &format!(
+            "default-src 'none'; style-src 'unsafe-inline'; form-action 'self'{also}; \
+             frame-ancestors 'none'; base-uri 'none'"
+        ),
     )
 }
 
@@ -336,32 +428,39 @@ fn confirm(tokens: &PersonalTokens, req: &Request, found: &Found) -> Response {
         Ok(judged) => judged,
         Err(why) => return refused_page_or_json(req, StatusCode::BAD_REQUEST, "bad_request", &why),
     };
+    let loopback = match loopback(req) {
+        Ok(loopback) => loopback,
+        Err(why) => return refused_page_or_json(req, StatusCode::BAD_REQUEST, "bad_request", &why),
+    };
     if !tokens.login_is_fresh(found) {
-        let body = format!(
-            "<h1>Log in again</h1><p>Making a personal access token needs a recent login.</p>\
-             <p><a id=\"login\" href=\"{}\">Log in again</a></p>",
-            html_escape(&format!(
-                "/authgate/login?fresh=1&rd={}",
-                url::form_urlencoded::byte_serialize(
-                    format!("/authgate/tokens/new?{}", req.query).as_bytes()
-                )
-                .collect::<String>()
-            ))
-        );
-        return page(StatusCode::FORBIDDEN, &body);
+        return fresh_login(req);
     }
-    let query = url::form_urlencoded::Serializer::new(String::new())
+    let mut query = url::form_urlencoded::Serializer::new(String::new());
+    query
         .append_pair("name", &judged.name)
         .append_pair(
             "expires_in",
             &humantime::format_duration(judged.lifetime).to_string(),
         )
-        .append_pair("namespaces", &judged.namespaces.join(","))
-        .finish();
+        .append_pair("namespaces", &judged.namespaces.join(","));
+    let mut to_whom = String::new();
+    if let Some(loopback) = &loopback {
+        query
+            .append_pair("redirect_uri", loopback.redirect_uri.as_str())
+            .append_pair("state", &loopback.state)
+            .append_pair("code_challenge", &loopback.code_challenge)
+            .append_pair("code_challenge_method", "S256");
+        to_whom = format!(
+            "<p id=\"cli\">It goes to <b>authgate login</b> on this computer (port {}). \
+             If you did not just run it, cancel.</p>",
+            loopback.redirect_uri.port().unwrap_or_default()
+        );
+    }
+    let query = query.finish();
     let body = format!(
         "<h1>Make a personal access token?</h1>\
          <p>For <b>{user}</b>: a token named <b>{name}</b>, valid for <b>{lifetime}</b>, acting \
-         <b>{scope}</b>.</p>\
+         <b>{scope}</b>.</p>{to_whom}\
          <form id=\"confirm\" method=\"post\" action=\"/authgate/tokens?{query}\">\
          <button type=\"submit\">Make it</button></form><p><a href=\"/authgate/tokens\">Cancel</a></p>",
         user = html_escape(&found.session.user),
@@ -374,7 +473,7 @@ fn confirm(tokens: &PersonalTokens, req: &Request, found: &Found) -> Response {
         }),
         query = html_escape(&query),
     );
-    page(StatusCode::OK, &body)
+    page_posting_to(StatusCode::OK, &body, loopback.as_ref())
 }
 
 async fn created(tokens: &PersonalTokens, req: &Request, user: &str, minted: Minted) -> Response {

@@ -17,6 +17,8 @@ pub enum Purpose {
     SessionTokens,
     /// Logins in progress, in the browser's login cookie.
     LoginCookies,
+    /// The one-time codes that carry a new personal access token to `authgate login`.
+    CliCodes,
 }
 
 /// Seals and opens token strings.
@@ -49,6 +51,7 @@ impl Sealer {
         let salt: &[u8] = match purpose {
             Purpose::SessionTokens => b"authgate session tokens v1",
             Purpose::LoginCookies => b"authgate login cookies v1",
+            Purpose::CliCodes => b"authgate cli codes v1",
         };
         let cipher = |material: &[u8]| {
             let mut key = [0u8; 32];

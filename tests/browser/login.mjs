@@ -1,12 +1,14 @@
 // Drives a REAL headless Chromium (Debian's /usr/bin/chromium) through an OIDC login:
 //
-//   node tests/browser/login.mjs <start-url> <user> <password> <screenshot.png>
+//   node tests/browser/login.mjs <start-url> <user> <password> <screenshot.png> [<click>]
 //
 // Opens <start-url>, waits for the test provider's login form (tests/oidc/provider.js: fields
 // #login, #password, button #submit), fills and submits it, waits until the browser has left the
 // provider again, and prints ONE JSON line on stdout:
 //   {"url": <final URL>, "status": <HTTP status of the final document>, "text": <page innerText>}
-// and saves a full-page screenshot. Exit 1 with a message on stderr on any failure (a screenshot
+// and saves a full-page screenshot. With <click> (a CSS selector), the page the login lands on
+// is first asked for that element, which is clicked, and the page it leads to is the final one
+// (a confirmation button: `authgate login`'s token page). Exit 1 with a message on stderr on any failure (a screenshot
 // of the page at that moment is still written).
 //
 // playwright-core comes from tests/oidc/node_modules (scripts/setup-test-peers.sh); it downloads
@@ -24,7 +26,7 @@ function fail(msg) {
   process.exit(1);
 }
 
-const [startUrl, user, password, screenshot] = process.argv.slice(2);
+const [startUrl, user, password, screenshot, click] = process.argv.slice(2);
 if (!startUrl || !user || password === undefined || !screenshot) {
   fail('usage: node tests/browser/login.mjs <start-url> <user> <password> <screenshot.png>');
 }
@@ -82,6 +84,12 @@ try {
   await page.click('#submit');
   await Promise.race([left, refused]);
   await page.waitForLoadState('networkidle').catch(() => {});
+  if (click) {
+    await page.waitForSelector(click);
+    process.stderr.write(`clicking ${click} at ${page.url()}\n`);
+    await Promise.all([page.waitForNavigation({ waitUntil: 'load' }), page.click(click)]);
+    await page.waitForLoadState('networkidle').catch(() => {});
+  }
 
   const text = await page.evaluate(() => document.body?.innerText ?? '');
   process.stdout.write(`${JSON.stringify({ url: page.url(), status: lastDocument?.status() ?? null, text })}\n`);

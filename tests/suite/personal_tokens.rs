@@ -20,17 +20,30 @@ authorization:
       path: /notebook/{namespace}/{name}/**
       resource: {group: kubeflow.org, resource: notebooks, name: '{name}'}
     - {name: health, path: /healthz, allow: true}
+    - name: kfp-v2-experiments-list
+      path: /pipeline/apis/v2beta1/experiments
+      methods: [GET, HEAD]
+      query_parser: grpc-gateway
+      namespace: {query: namespace}
+      resource: {group: pipelines.kubeflow.org, version: v1beta1, resource: experiments, verb: list}
 "#;
 
 fn fixture() -> Fixture {
     let notebooks = |namespace: &str, user: &str| Binding {
         namespace: namespace.into(),
         subject: Subject::User(user.into()),
-        rules: vec![PolicyRule {
-            api_groups: vec!["kubeflow.org".into()],
-            resources: vec!["notebooks".into()],
-            verbs: vec!["get".into()],
-        }],
+        rules: vec![
+            PolicyRule {
+                api_groups: vec!["kubeflow.org".into()],
+                resources: vec!["notebooks".into()],
+                verbs: vec!["get".into()],
+            },
+            PolicyRule {
+                api_groups: vec!["pipelines.kubeflow.org".into()],
+                resources: vec!["experiments".into()],
+                verbs: vec!["list".into()],
+            },
+        ],
     };
     Fixture {
         tokens: Vec::new(),
@@ -75,6 +88,27 @@ async fn with_token(stack: &LoginStack, path: &str, token: &str) -> RawResponse 
         &format!(
             "GET {path} HTTP/1.1\r\nHost: kubeflow.example.com\r\nAuthorization: Bearer {token}\r\n"
         ),
+    )
+    .await
+}
+
+/// The target of a page's (first) form, as the browser would send it.
+fn form_action(page: &str) -> String {
+    page.split("action=\"")
+        .nth(1)
+        .and_then(|rest| rest.split('"').next())
+        .expect("a form")
+        .replace("&amp;", "&")
+}
+
+/// The stack (gRPC mode) on a clock the test moves.
+async fn clocked_stack(clock: &authgate::clock::ManualClock) -> LoginStack {
+    LoginStack::start_full(
+        ExtAuthz::Grpc,
+        RULES,
+        &[],
+        fixture(),
+        Arc::new(clock.clone()),
     )
     .await
 }
@@ -310,12 +344,7 @@ async fn the_tokens_page_confirms_what_it_makes_and_shows_the_secret_once() {
             serde_json::json!([]),
             "a confirmation makes nothing"
         );
-        let action = body
-            .split("action=\"")
-            .nth(1)
-            .and_then(|rest| rest.split('"').next())
-            .unwrap()
-            .replace("&amp;", "&");
+        let action = form_action(&body);
         assert!(action.starts_with("/authgate/tokens?"), "{action}");
         let made = alice
             .post(stack.url(&action))
@@ -445,14 +474,7 @@ async fn tokens_are_made_only_from_this_origin_with_a_session_and_within_the_lim
 #[tokio::test]
 async fn a_token_works_only_as_a_bearer_token_and_ends_at_its_expiry() {
     let clock = authgate::clock::ManualClock::new();
-    let stack = LoginStack::start_full(
-        ExtAuthz::Grpc,
-        RULES,
-        &[],
-        fixture(),
-        Arc::new(clock.clone()),
-    )
-    .await;
+    let stack = clocked_stack(&clock).await;
     let alice = logged_in(&stack, ALICE).await;
     let made: Value = make(&stack, &alice, "name=ci&expires_in=2h")
         .await
@@ -545,4 +567,307 @@ async fn tokens_are_off_unless_enabled_and_never_reach_a_token_review() {
         stack.kube.token_reviews().is_empty(),
         "an agt_ token is never sent to the API server"
     );
+}
+
+/// What `authgate login` sends a browser to, built as the CLI builds it.
+fn cli_start(stack: &LoginStack, redirect_uri: &str, challenge: &str) -> String {
+    let mut url = url::Url::parse(&stack.url("/authgate/tokens/new")).unwrap();
+    url.query_pairs_mut()
+        .append_pair("name", "laptop")
+        .append_pair("expires_in", "7d")
+        .append_pair("namespaces", "team-a")
+        .append_pair("redirect_uri", redirect_uri)
+        .append_pair("state", "s7a7e")
+        .append_pair("code_challenge", challenge)
+        .append_pair("code_challenge_method", "S256");
+    url.to_string()
+}
+
+fn s256(verifier: &str) -> String {
+    use base64::Engine;
+    use sha2::Digest;
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(sha2::Sha256::digest(verifier))
+}
+
+/// The loopback flow's server side, step by step with a scripted browser: the code comes back
+/// only to a loopback address, opens only with the PKCE verifier, and only for two minutes.
+#[tokio::test]
+async fn a_cli_code_goes_only_to_a_loopback_address_and_opens_only_with_its_verifier() {
+    let clock = authgate::clock::ManualClock::new();
+    let stack = clocked_stack(&clock).await;
+    let alice = logged_in(&stack, ALICE).await;
+    let verifier = "v".repeat(43);
+    let challenge = s256(&verifier);
+    let page = |url: String| {
+        alice
+            .get(url)
+            .header(ACCEPT, oidc::NAVIGATION_ACCEPT)
+            .send()
+    };
+
+    // Never to anything but a loopback address.
+    for bad in [
+        "https://evil.example/callback",
+        "http://localhost:8123/callback",
+        "http://127.0.0.1/callback",
+        "http://127.0.0.1:8123@evil.example/",
+        "http://[::1]:8123/cb?next=https://evil.example",
+    ] {
+        let refused = page(cli_start(&stack, bad, &challenge)).await.unwrap();
+        assert_eq!(refused.status(), 400, "{bad}");
+    }
+    let without_pkce = page(stack.url(
+        "/authgate/tokens/new?name=x&expires_in=1d&redirect_uri=http%3A%2F%2F127.0.0.1%3A8123%2Fcb&state=s",
+    ))
+    .await
+    .unwrap();
+    assert_eq!(without_pkce.status(), 400);
+
+    let confirm = page(cli_start(
+        &stack,
+        "http://127.0.0.1:8123/callback",
+        &challenge,
+    ))
+    .await
+    .unwrap();
+    assert_eq!(confirm.status(), 200);
+    let body = confirm.text().await.unwrap();
+    assert!(
+        body.contains("authgate login") && body.contains("8123"),
+        "{body}"
+    );
+    let action = form_action(&body);
+    let made = alice
+        .post(stack.url(&action))
+        .header(ORIGIN, &stack.public_url)
+        .header(ACCEPT, oidc::NAVIGATION_ACCEPT)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(made.status(), 302);
+    let location = url::Url::parse(made.headers()["location"].to_str().unwrap()).unwrap();
+    assert_eq!(
+        location.origin().ascii_serialization(),
+        "http://127.0.0.1:8123"
+    );
+    assert_eq!(location.path(), "/callback");
+    let param = |name: &str| {
+        location
+            .query_pairs()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.into_owned())
+            .unwrap()
+    };
+    assert_eq!(param("state"), "s7a7e");
+    let code = param("code");
+    assert!(
+        !code.contains("agt_"),
+        "the token itself never goes through the browser"
+    );
+
+    let exchange = |code: String, verifier: String| {
+        let mut url = url::Url::parse(&stack.url("/authgate/tokens/exchange")).unwrap();
+        url.query_pairs_mut()
+            .append_pair("code", &code)
+            .append_pair("code_verifier", &verifier);
+        reqwest::Client::new().post(url).send()
+    };
+    let wrong = exchange(code.clone(), "w".repeat(43)).await.unwrap();
+    assert_eq!(wrong.status(), 400, "another verifier");
+    let garbage = exchange(format!("{code}x"), verifier.clone())
+        .await
+        .unwrap();
+    assert_eq!(garbage.status(), 400, "a tampered code");
+    let taken = exchange(code.clone(), verifier.clone()).await.unwrap();
+    assert_eq!(taken.status(), 200);
+    let taken: Value = taken.json().await.unwrap();
+    let token = taken["token"].as_str().unwrap();
+    assert_eq!(taken["namespaces"], serde_json::json!(["team-a"]));
+    assert_eq!(
+        with_token(&stack, "/notebook/team-a/nb/lab", token)
+            .await
+            .status,
+        200
+    );
+    clock.advance(Duration::from_secs(121));
+    let late = exchange(code, verifier).await.unwrap();
+    assert_eq!(late.status(), 400, "a code lives two minutes");
+}
+
+/// `authgate login` end to end: the CLI opens the browser ($BROWSER), a real headless Chromium
+/// logs in at the provider and confirms, the loopback redirect brings the code back to the CLI,
+/// which keeps the token for this gateway readable only by its user; `authgate token` prints
+/// it, it works through Envoy within its scope, and `authgate logout` revokes it.
+#[tokio::test]
+async fn authgate_login_gets_a_token_through_chromium_and_logout_revokes_it() {
+    use std::os::unix::fs::PermissionsExt;
+    let stack = LoginStack::start_with(ExtAuthz::Grpc, RULES, &[], fixture()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let opened = dir.path().join("opened-url");
+    let browser = dir.path().join("browser.sh");
+    std::fs::write(
+        &browser,
+        format!(
+            "#!/bin/sh\nprintf '%s' \"$1\" > {}.part && mv {0}.part {0}\n",
+            opened.display()
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(&browser, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let cli = |args: &[&str]| {
+        let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_authgate"));
+        command
+            .args(args)
+            .env("BROWSER", &browser)
+            .env("XDG_CONFIG_HOME", dir.path())
+            .env_remove("AUTHGATE_CONFIG")
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .kill_on_drop(true);
+        command
+    };
+    let url = stack.public_url.clone();
+    let login = cli(&[
+        "login",
+        "--url",
+        &url,
+        "--name",
+        "laptop",
+        "--expires-in",
+        "7d",
+        "--namespace",
+        "team-a",
+    ])
+    .spawn()
+    .unwrap();
+    let mut start = None;
+    for _ in 0..200 {
+        if let Ok(text) = std::fs::read_to_string(&opened) {
+            start = Some(text);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let start = start.expect("authgate login opened no browser");
+    assert!(
+        start.starts_with(&format!("{url}/authgate/tokens/new?")),
+        "{start}"
+    );
+    let screenshot = dir.path().join("authgate-login.png");
+    let landed =
+        oidc::chromium_login_and_click(&start, ALICE, &screenshot, Some("#confirm button")).await;
+    assert!(
+        landed["text"]
+            .as_str()
+            .unwrap()
+            .contains("authgate login: done"),
+        "{landed}"
+    );
+    let out = tokio::time::timeout(Duration::from_secs(30), login.wait_with_output())
+        .await
+        .expect("authgate login did not finish")
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{out:?}");
+    assert!(
+        stdout.contains("logged in at") && !stdout.contains("agt_"),
+        "{stdout}"
+    );
+
+    let kept = dir.path().join("authgate/tokens.json");
+    let mode = std::fs::metadata(&kept).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600, "readable only by its user");
+    let printed = cli(&["token", "--url", &url]).output().await.unwrap();
+    assert!(printed.status.success(), "{printed:?}");
+    let token = String::from_utf8(printed.stdout)
+        .unwrap()
+        .trim()
+        .to_string();
+    assert!(token.starts_with("agt_"), "{token}");
+    assert_eq!(
+        with_token(&stack, "/notebook/team-a/nb/lab", &token)
+            .await
+            .status,
+        200
+    );
+    assert_eq!(
+        with_token(&stack, "/notebook/team-b/nb/lab", &token)
+            .await
+            .status,
+        403,
+        "the scope asked for on the command line"
+    );
+
+    let logout = cli(&["logout", "--url", &url]).output().await.unwrap();
+    assert!(logout.status.success(), "{logout:?}");
+    assert_eq!(
+        with_token(&stack, "/notebook/team-a/nb/lab", &token)
+            .await
+            .status,
+        401,
+        "revoked at the gateway"
+    );
+    let gone = cli(&["token", "--url", &url]).output().await.unwrap();
+    assert!(!gone.status.success(), "forgotten: {gone:?}");
+}
+
+/// The kfp SDK's Python (`.venv-kfp`, made by the setup script).
+fn kfp_python() -> std::path::PathBuf {
+    let python = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(".venv-kfp/bin/python3");
+    assert!(
+        python.exists(),
+        "the kfp SDK is not installed ({} is missing): run scripts/setup-test-peers.sh",
+        python.display()
+    );
+    python
+}
+
+/// The real kfp SDK, given a scoped token as `existing_token`, lists experiments through Envoy
+/// in the token's namespace and is refused in another one the person could use.
+#[tokio::test]
+async fn the_kfp_sdk_works_with_a_scoped_token_and_only_in_its_namespace() {
+    for mode in [ExtAuthz::Grpc, ExtAuthz::Http] {
+        let stack = LoginStack::start_with(mode, RULES, &[], fixture()).await;
+        let alice = logged_in(&stack, ALICE).await;
+        let made: Value = make(&stack, &alice, "name=kfp&expires_in=1d&namespaces=team-a")
+            .await
+            .json()
+            .await
+            .unwrap();
+        let token = made["token"].as_str().unwrap().to_string();
+        let script = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/python/kfp_with_token.py"
+        );
+        let host = stack.url("/pipeline");
+        let out = tokio::time::timeout(
+            Duration::from_secs(60),
+            tokio::process::Command::new(kfp_python())
+                .args([script, &host, &token])
+                .kill_on_drop(true)
+                .output(),
+        )
+        .await
+        .expect("kfp took over 60 s")
+        .unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success(),
+            "{mode:?}: {}\n{stdout}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let outcome: Value = serde_json::from_str(stdout.lines().last().unwrap()).unwrap();
+        assert_eq!(
+            outcome,
+            serde_json::json!({"team-a": "ok", "team-b": 403}),
+            "{mode:?}"
+        );
+        // Both reviewed as Alice: the SDK's calls reached the gateway with her token.
+        let reviews = stack.kube.access_reviews();
+        assert!(
+            reviews.iter().any(|r| r["spec"]["user"] == ALICE.0
+                && r["spec"]["resourceAttributes"]["namespace"] == "team-a"),
+            "{mode:?}: {reviews:?}"
+        );
+    }
 }

@@ -833,6 +833,17 @@ fn random_token() -> String {
 /// `url`, fills the provider's form, waits until the browser is back off the provider, saves a
 /// screenshot and returns `{"url", "status", "text"}` (text = the page's innerText).
 pub async fn chromium_login(url: &str, user: (&str, &str), screenshot_path: &Path) -> Value {
+    chromium_login_and_click(url, user, screenshot_path, None).await
+}
+
+/// As [`chromium_login`], then clicks `click` (a CSS selector) on the page the login lands on;
+/// the page that leads to is the final one.
+pub async fn chromium_login_and_click(
+    url: &str,
+    user: (&str, &str),
+    screenshot_path: &Path,
+    click: Option<&str>,
+) -> Value {
     let chromium = std::env::var("CHROMIUM_BIN").unwrap_or_else(|_| "/usr/bin/chromium".into());
     assert!(
         Path::new(&chromium).exists(),
@@ -849,6 +860,7 @@ pub async fn chromium_login(url: &str, user: (&str, &str), screenshot_path: &Pat
         .arg(root().join("tests/browser/login.mjs"))
         .args([url, user.0, user.1])
         .arg(screenshot_path)
+        .args(click)
         .env("CHROMIUM_BIN", &chromium)
         .stdin(Stdio::null())
         .kill_on_drop(true)
