@@ -122,6 +122,11 @@ impl Gate {
         self.browser.as_ref().map(|b| b.sessions.store())
     }
 
+    /// The personal access tokens' store, when they are enabled (for the metrics' gauge).
+    pub fn token_store(&self) -> Option<&Arc<dyn crate::store::TokenStore>> {
+        self.browser.as_ref()?.tokens.as_ref().map(|t| t.store())
+    }
+
     /// Decides one request.
     pub async fn decide(&self, req: &Request) -> Decision {
         let path = match &req.path {

@@ -22,6 +22,15 @@ pub struct DecisionLabels {
     pub reason: &'static str,
 }
 
+/// Labels of a decision about an identity.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct AuthMethodLabels {
+    /// How it authenticated (`session`, `personal_token`, `service_account`, …).
+    pub auth_method: &'static str,
+    /// `allow` or `deny`.
+    pub outcome: &'static str,
+}
+
 /// Labels of a check duration.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct TransportLabels {
@@ -60,8 +69,12 @@ pub struct Metrics {
     pub call_duration: Family<CallLabels, Histogram>,
     /// Review cache lookups.
     pub cache: Family<CacheLabels, Counter>,
+    /// Decisions about an identity, by how it authenticated and outcome.
+    pub decisions_by_auth_method: Family<AuthMethodLabels, Counter>,
     /// Sessions in the store, as of the last scrape.
     pub sessions: Gauge,
+    /// Personal access tokens in the store, as of the last scrape.
+    pub personal_tokens: Gauge,
     /// Keys the session store (Redis) evicted since it started, as of the last scrape: any
     /// eviction may have dropped sessions or revocation indexes.
     pub store_evictions: Gauge,
@@ -82,6 +95,12 @@ pub fn global() -> &'static Metrics {
             "decisions",
             "Decisions by transport, outcome and reason",
             decisions.clone(),
+        );
+        let decisions_by_auth_method = Family::<AuthMethodLabels, Counter>::default();
+        registry.register(
+            "decisions_by_auth_method",
+            "Decisions about an authenticated identity, by how it authenticated and outcome",
+            decisions_by_auth_method.clone(),
         );
         let check_duration = Family::<TransportLabels, Histogram>::new_with_constructor(
             latency_histogram as fn() -> Histogram,
@@ -117,6 +136,12 @@ pub fn global() -> &'static Metrics {
             "Browser sessions in the store (at the last scrape)",
             sessions.clone(),
         );
+        let personal_tokens = Gauge::default();
+        registry.register(
+            "personal_tokens",
+            "Personal access tokens in the store (at the last scrape)",
+            personal_tokens.clone(),
+        );
         let store_evictions = Gauge::default();
         registry.register(
             "session_store_evicted_keys",
@@ -127,6 +152,8 @@ pub fn global() -> &'static Metrics {
             registry,
             store_evictions,
             decisions,
+            decisions_by_auth_method,
+            personal_tokens,
             check_duration,
             calls,
             call_duration,

@@ -42,6 +42,15 @@ impl Checker {
             Decision::Allow(_) => "allow",
             Decision::Respond(_) => "deny",
         };
+        if let Some(identity) = decision.identity() {
+            metrics
+                .decisions_by_auth_method
+                .get_or_create(&crate::metrics::AuthMethodLabels {
+                    auth_method: identity.method.as_str(),
+                    outcome,
+                })
+                .inc();
+        }
         metrics
             .decisions
             .get_or_create(&crate::metrics::DecisionLabels {

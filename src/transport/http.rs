@@ -82,6 +82,13 @@ async fn metrics(State(state): State<HttpState>) -> Response {
             metrics.store_evictions.set(n as i64);
         }
     }
+    if let Some(tokens) = state.checker.gate().token_store() {
+        let count =
+            tokio::time::timeout(std::time::Duration::from_secs(1), tokens.count_tokens()).await;
+        if let Ok(Ok(n)) = count {
+            metrics.personal_tokens.set(n as i64);
+        }
+    }
     (
         [(
             "content-type",

@@ -167,6 +167,31 @@ async fn a_person_makes_a_scoped_token_and_it_acts_as_them_only_there() {
         assert_eq!(skipped.status, 200, "{mode:?}: {skipped:?}");
         assert_eq!(skipped.upstream_header("authorization"), None, "{mode:?}");
 
+        // Counted: tokens in the store, decisions by how the identity authenticated.
+        let metrics = stack.authgate.metrics().await;
+        assert!(
+            metric_value(
+                &metrics,
+                "authgate_decisions_by_auth_method_total{auth_method=\"personal_token\",outcome=\"allow\"}"
+            )
+            .is_some_and(|n| n >= 1.0),
+            "{metrics}"
+        );
+        assert!(
+            metric_value(
+                &metrics,
+                "authgate_decisions_by_auth_method_total{auth_method=\"personal_token\",outcome=\"deny\"}"
+            )
+            .is_some_and(|n| n >= 3.0),
+            "{metrics}"
+        );
+        // (The gauge is process-wide and other tests' gateways set it too: its value is the
+        // store contract's `count_tokens`.)
+        assert!(
+            metric_value(&metrics, "authgate_personal_tokens").is_some(),
+            "{metrics}"
+        );
+
         // An unscoped token goes wherever the person may.
         let all: Value = make(&stack, &alice, "name=all&expires_in=1d")
             .await
