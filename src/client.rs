@@ -33,12 +33,18 @@ pub struct Saved {
     /// Its namespaces.
     #[serde(default)]
     pub namespaces: Vec<String>,
+    /// Whom it acts as.
+    #[serde(default)]
+    pub user: String,
 }
 
 /// The gateway a URL names, as tokens are keyed: its origin.
 pub fn gateway(url: &str) -> anyhow::Result<Url> {
     let url = Url::parse(url).with_context(|| format!("--url {url:?} is not a URL"))?;
-    if !matches!(url.scheme(), "https" | "http") || url.host_str().is_none() {
+    // Plain HTTP only to this machine: a token (and the code that buys it) must not cross a
+    // network in clear.
+    let local = matches!(url.host_str(), Some("127.0.0.1" | "[::1]" | "localhost"));
+    if url.host_str().is_none() || !(url.scheme() == "https" || (url.scheme() == "http" && local)) {
         bail!("--url must be the gateway's https:// address");
     }
     Url::parse(&url.origin().ascii_serialization()).context("the gateway's origin")
@@ -47,7 +53,8 @@ pub fn gateway(url: &str) -> anyhow::Result<Url> {
 /// Where tokens are kept: `$XDG_CONFIG_HOME/authgate/tokens.json`, else
 /// `~/.config/authgate/tokens.json`.
 pub fn store_path() -> anyhow::Result<PathBuf> {
-    let base = match std::env::var_os("XDG_CONFIG_HOME").filter(|v| !v.is_empty()) {
+    // A relative XDG_CONFIG_HOME is ignored, as the XDG spec says.
+    let base = match std::env::var_os("XDG_CONFIG_HOME").filter(|v| Path::new(v).is_absolute()) {
         Some(dir) => PathBuf::from(dir),
         None => PathBuf::from(std::env::var_os("HOME").ok_or_else(|| anyhow!("no $HOME"))?)
             .join(".config"),
@@ -63,20 +70,31 @@ fn read_all(path: &Path) -> anyhow::Result<BTreeMap<String, Saved>> {
     }
 }
 
-/// Writes the file readable only by its owner (0600, in a 0700 directory), atomically.
+/// Writes the file readable only by its owner (0600, in a 0700 directory), atomically: a new
+/// file of a random name (never one someone placed there), renamed over the old.
 fn write_all(path: &Path, all: &BTreeMap<String, Saved>) -> anyhow::Result<()> {
-    use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+    use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
     let dir = path.parent().expect("a file in a directory");
     std::fs::DirBuilder::new()
         .recursive(true)
         .mode(0o700)
         .create(dir)
         .with_context(|| format!("cannot create {}", dir.display()))?;
-    let partial = dir.join(format!(".tokens.json.{}", std::process::id()));
+    let mode = std::fs::metadata(dir)?.permissions().mode();
+    if mode & 0o022 != 0 {
+        bail!(
+            "{} is writable by others (mode {:o}): tokens are kept only in a directory of yours",
+            dir.display(),
+            mode & 0o777
+        );
+    }
+    let partial = dir.join(format!(
+        ".tokens.json.{}",
+        hex::encode(rand::random::<[u8; 8]>())
+    ));
     let mut file = std::fs::OpenOptions::new()
         .write(true)
-        .create(true)
-        .truncate(true)
+        .create_new(true)
         .mode(0o600)
         .open(&partial)
         .with_context(|| format!("cannot write {}", partial.display()))?;
@@ -156,21 +174,21 @@ pub async fn login(gateway: &Url, asked: &Asked) -> anyhow::Result<Saved> {
         .append_pair("state", &state)
         .append_pair("code_challenge", &challenge)
         .append_pair("code_challenge_method", "S256");
-    eprintln!("Log in and confirm in your browser; if it does not open, open:\n\n  {start}\n");
+    eprintln!(
+        "Waiting on http://127.0.0.1:{port}/callback. Log in and confirm in your browser; if it \
+         does not open, open:\n\n  {start}\n"
+    );
     if !open_browser(start.as_str()) {
         eprintln!("(no browser could be started: $BROWSER, xdg-open)");
     }
     let code = tokio::time::timeout(LOGIN_WAIT, wait_for_code(&listener, &state))
         .await
         .map_err(|_| anyhow!("the browser did not come back within {LOGIN_WAIT:?}"))??;
-    let mut exchange = gateway.join("/authgate/tokens/exchange")?;
-    exchange
-        .query_pairs_mut()
-        .append_pair("code", &code)
-        .append_pair("code_verifier", &verifier);
+    // The code and the verifier in a header, never the URL: access logs keep URLs.
     let response = http()?
-        .post(exchange)
+        .post(gateway.join("/authgate/tokens/exchange")?)
         .header("accept", "application/json")
+        .header("authorization", format!("AuthgateCode {code}.{verifier}"))
         .send()
         .await
         .context("cannot reach the gateway")?;
@@ -181,28 +199,26 @@ pub async fn login(gateway: &Url, asked: &Asked) -> anyhow::Result<Saved> {
         bail!("the gateway refused the code ({status}): {body}");
     }
     let saved: Saved = serde_json::from_str(&body).context("the gateway's answer")?;
+    // The token this one replaces is revoked, not left behind live and forgotten.
+    if let Ok(Some(_)) = self::saved(gateway)
+        && let Err(e) = revoke(gateway).await
+    {
+        eprintln!("(the token kept before could not be revoked: {e:#})");
+    }
     keep(gateway, Some(saved.clone()))?;
     Ok(saved)
 }
 
 /// Answers the browser's requests on the loopback port until one brings `state` back with a
-/// code (or an error).
+/// code (or the person's cancel). A connection that says nothing for a few seconds (a
+/// browser's preconnect, a stray local process) is dropped, so it cannot hold the wait up.
 async fn wait_for_code(listener: &tokio::net::TcpListener, state: &str) -> anyhow::Result<String> {
+    const READ_WAIT: Duration = Duration::from_secs(5);
     loop {
         let (mut stream, _) = listener.accept().await?;
-        let mut buf = vec![0u8; 8192];
-        let mut read = 0;
-        while read < buf.len() {
-            let n = stream.read(&mut buf[read..]).await?;
-            if n == 0 {
-                break;
-            }
-            read += n;
-            if buf[..read].windows(4).any(|w| w == b"\r\n\r\n") {
-                break;
-            }
-        }
-        let head = String::from_utf8_lossy(&buf[..read]).into_owned();
+        let Ok(Ok(head)) = tokio::time::timeout(READ_WAIT, read_head(&mut stream)).await else {
+            continue;
+        };
         let target = head
             .lines()
             .next()
@@ -228,8 +244,12 @@ async fn wait_for_code(listener: &tokio::net::TcpListener, state: &str) -> anyho
                 .await;
             continue;
         }
-        let (status, text) = match param("code") {
-            Some(_) => ("200 OK", "authgate login: done. You can close this window."),
+        let code = param("code");
+        let (status, text) = match &code {
+            Some(_) => (
+                "200 OK",
+                "authgate login received the token's code. You can close this window.",
+            ),
             None => ("400 Bad Request", "authgate login: no token was made."),
         };
         let page = format!(
@@ -245,8 +265,29 @@ async fn wait_for_code(listener: &tokio::net::TcpListener, state: &str) -> anyho
                 .as_bytes(),
             )
             .await;
-        return param("code").ok_or_else(|| anyhow!("the browser came back without a token"));
+        return match (code, param("error")) {
+            (Some(code), _) => Ok(code),
+            (None, Some(error)) => Err(anyhow!("no token: the browser said {error}")),
+            (None, None) => Err(anyhow!("the browser came back without a token")),
+        };
     }
+}
+
+/// A request's head (up to 8 KiB).
+async fn read_head(stream: &mut tokio::net::TcpStream) -> std::io::Result<String> {
+    let mut buf = vec![0u8; 8192];
+    let mut read = 0;
+    while read < buf.len() {
+        let n = stream.read(&mut buf[read..]).await?;
+        if n == 0 {
+            break;
+        }
+        read += n;
+        if buf[..read].windows(4).any(|w| w == b"\r\n\r\n") {
+            break;
+        }
+    }
+    Ok(String::from_utf8_lossy(&buf[..read]).into_owned())
 }
 
 fn http() -> anyhow::Result<reqwest::Client> {
@@ -256,11 +297,12 @@ fn http() -> anyhow::Result<reqwest::Client> {
         .build()?)
 }
 
-/// `authgate logout`: revokes the kept token at the gateway and forgets it. A token the gateway
-/// no longer knows (expired, revoked) is forgotten all the same.
-pub async fn logout(gateway: &Url) -> anyhow::Result<Option<Saved>> {
+/// Revokes the kept token at the gateway. A token the gateway no longer knows (expired,
+/// revoked: 401, or its "no token with this id") counts as revoked; any other answer (a
+/// gateway that has tokens turned off, a routing mistake) does not.
+async fn revoke(gateway: &Url) -> anyhow::Result<()> {
     let Some(saved) = saved(gateway)? else {
-        return Ok(None);
+        return Ok(());
     };
     let url = gateway.join(&format!("/authgate/tokens/{}", saved.id))?;
     let response = http()?
@@ -269,12 +311,20 @@ pub async fn logout(gateway: &Url) -> anyhow::Result<Option<Saved>> {
         .send()
         .await
         .context("cannot reach the gateway")?;
-    if !matches!(response.status().as_u16(), 204 | 401 | 404) {
-        bail!(
-            "the gateway did not revoke the token ({}); it is kept",
-            response.status()
-        );
+    let status = response.status().as_u16();
+    let body = response.text().await.unwrap_or_default();
+    if status == 204 || status == 401 || (status == 404 && body.contains("you hold no token")) {
+        return Ok(());
     }
+    bail!("the gateway did not revoke the token ({status}): {body}")
+}
+
+/// `authgate logout`: revokes the kept token at the gateway and forgets it.
+pub async fn logout(gateway: &Url) -> anyhow::Result<Option<Saved>> {
+    let Some(saved) = saved(gateway)? else {
+        return Ok(None);
+    };
+    revoke(gateway).await.context("it is kept")?;
     keep(gateway, None)?;
     Ok(Some(saved))
 }

@@ -253,8 +253,8 @@ fn main() -> ExitCode {
                 let gateway = authgate::client::gateway(&url)?;
                 let saved = authgate::client::login(&gateway, &asked).await?;
                 Ok(format!(
-                    "logged in at {gateway}: token {} ({}), expires {}; `authgate token --url {url}` prints it",
-                    saved.name, saved.id, saved.expires_at
+                    "logged in at {gateway} as {}: token {} ({}), expires {}; `authgate token --url {url}` prints it",
+                    saved.user, saved.name, saved.id, saved.expires_at
                 ))
             })
         }

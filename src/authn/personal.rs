@@ -135,10 +135,10 @@ pub const CODE_LIFETIME: Duration = Duration::from_secs(120);
 
 /// What `authgate login` sends along, so the token can come back to it: RFC 8252's loopback
 /// redirect, its `state`, and a PKCE S256 challenge (the token goes only to whoever holds the
-/// verifier, never through the browser's history).
+/// verifier; the browser carries a one-time code, never the token).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Loopback {
-    /// `http://127.0.0.1:<port>/…` or `http://[::1]:<port>/…`.
+    /// `http://127.0.0.1:<port>/…`.
     pub redirect_uri: Url,
     /// Echoed back to the CLI.
     pub state: String,
@@ -146,11 +146,13 @@ pub struct Loopback {
     pub code_challenge: String,
 }
 
-/// A redirect target for `authgate login`: only an RFC 8252 loopback address with a port,
+/// A redirect target for `authgate login`: only RFC 8252's IPv4 loopback address with a port,
 /// over plain HTTP (the CLI listens on the person's own machine), no user, query or fragment.
-/// Anything else is refused: a code sent elsewhere is a token sent elsewhere.
+/// Anything else is refused: a code sent elsewhere is a token sent elsewhere. (Not `[::1]`:
+/// a Content-Security-Policy cannot name an IPv6 literal, so the confirmation's form could not
+/// lead there.)
 pub fn loopback_redirect(uri: &str) -> Result<Url, &'static str> {
-    const WHY: &str = "redirect_uri must be http://127.0.0.1:<port>/… or http://[::1]:<port>/…";
+    const WHY: &str = "redirect_uri must be http://127.0.0.1:<port>/…";
     if uri.len() > 256
         || uri
             .bytes()
@@ -159,14 +161,11 @@ pub fn loopback_redirect(uri: &str) -> Result<Url, &'static str> {
         return Err(WHY);
     }
     let url = Url::parse(uri).map_err(|_| WHY)?;
-    let loopback = match url.host() {
-        Some(Host::Ipv4(ip)) => ip == std::net::Ipv4Addr::LOCALHOST,
-        Some(Host::Ipv6(ip)) => ip == std::net::Ipv6Addr::LOCALHOST,
-        _ => false,
-    };
+    let loopback =
+        matches!(url.host(), Some(Host::Ipv4(ip)) if ip == std::net::Ipv4Addr::LOCALHOST);
     // The URL as written must be the URL as read: `http://127.0.0.1:80@evil/` and other
     // spellings a browser reads otherwise are refused by comparing the two.
-    let literal = uri.starts_with("http://127.0.0.1:") || uri.starts_with("http://[::1]:");
+    let literal = uri.starts_with("http://127.0.0.1:");
     if url.scheme() != "http"
         || !loopback
         || !literal
@@ -204,19 +203,13 @@ impl Loopback {
     }
 }
 
-/// What a code carries, sealed: the token and the challenge it is bound to.
+/// What a code opens, sealed in the store: the token and the challenge it is bound to.
 #[derive(Serialize, Deserialize)]
 struct Code {
     /// The secret.
     t: String,
-    i: String,
-    n: String,
-    e: u64,
-    ns: Vec<String>,
     /// The PKCE challenge.
     c: String,
-    /// Unix seconds after which the code is refused.
-    x: u64,
 }
 
 /// A token handed to `authgate login` for its code.
@@ -224,14 +217,19 @@ struct Code {
 pub struct Exchanged {
     /// The secret.
     pub secret: String,
-    /// Its id.
-    pub id: String,
-    /// Its name.
-    pub name: String,
-    /// Unix seconds.
-    pub expires_at: u64,
-    /// Its namespaces.
-    pub namespaces: Vec<String>,
+    /// Its record.
+    pub token: PersonalToken,
+}
+
+/// Why a code bought no token.
+#[derive(Debug, thiserror::Error)]
+pub enum ExchangeError {
+    /// Unknown, used, expired, for another verifier, or its token is gone (400).
+    #[error("the code is unknown, used, expired (2 minutes) or for another code_verifier")]
+    Refused,
+    /// The store failed (503).
+    #[error("session store unavailable")]
+    Store(#[source] StoreError),
 }
 
 impl PersonalTokens {
@@ -254,36 +252,60 @@ impl PersonalTokens {
         }
     }
 
-    /// The code that carries `minted` to the CLI that asked with `loopback`.
-    pub fn code_for(&self, minted: &Minted, loopback: &Loopback) -> String {
+    /// A one-time code for the CLI that asked with `loopback`: a random handle; the store keeps
+    /// what it opens (sealed) for [`CODE_LIFETIME`], and the first exchange takes it out.
+    pub async fn code_for(
+        &self,
+        minted: &Minted,
+        loopback: &Loopback,
+    ) -> Result<String, StoreError> {
+        let handle = new_secret();
         let code = Code {
             t: minted.secret.clone(),
-            i: minted.token.id.clone(),
-            n: minted.token.name.clone(),
-            e: minted.token.expires_at,
-            ns: minted.token.namespaces.clone(),
             c: loopback.code_challenge.clone(),
-            x: self.clock.unix_now() + CODE_LIFETIME.as_secs(),
         };
-        self.codes
-            .seal(&serde_json::to_string(&code).expect("a code serializes"))
+        let sealed = self
+            .codes
+            .seal(&serde_json::to_string(&code).expect("a code serializes"));
+        self.store
+            .put_code(&Key::of(&handle), &sealed, CODE_LIFETIME)
+            .await?;
+        Ok(handle)
     }
 
-    /// The token a code carries, for whoever holds the PKCE verifier; `None` for a code that
-    /// is not one, has expired, or is bound to another verifier.
-    pub fn exchange(&self, code: &str, verifier: &str) -> Option<Exchanged> {
-        if code.len() > 4096 || !(43..=128).contains(&verifier.len()) {
-            return None;
+    /// The token a code carries, for whoever holds the PKCE verifier. The code is spent by the
+    /// first attempt, right or wrong: a code seen by someone without the verifier is lost to
+    /// the CLI too, never theirs.
+    pub async fn exchange(&self, code: &str, verifier: &str) -> Result<Exchanged, ExchangeError> {
+        if code.len() != 43 || !(43..=128).contains(&verifier.len()) {
+            return Err(ExchangeError::Refused);
         }
-        let code: Code = serde_json::from_str(&self.codes.open(code)?).ok()?;
+        let sealed = self
+            .store
+            .take_code(&Key::of(code))
+            .await
+            .map_err(ExchangeError::Store)?
+            .ok_or(ExchangeError::Refused)?;
+        let code: Code = self
+            .codes
+            .open(&sealed)
+            .and_then(|plain| serde_json::from_str(&plain).ok())
+            .ok_or(ExchangeError::Refused)?;
         let challenge = URL_SAFE_NO_PAD.encode(Sha256::digest(verifier.as_bytes()));
-        let now = self.clock.unix_now();
-        (code.x > now && code.e > now && challenge == code.c).then_some(Exchanged {
+        if challenge != code.c {
+            return Err(ExchangeError::Refused);
+        }
+        // The token as it is now: revoked or expired since, it is no token.
+        let token = self
+            .store
+            .token(&Key::of(&code.t))
+            .await
+            .map_err(ExchangeError::Store)?
+            .filter(|t| t.expires_at > self.clock.unix_now() && t.rules == self.rules)
+            .ok_or(ExchangeError::Refused)?;
+        Ok(Exchanged {
             secret: code.t,
-            id: code.i,
-            name: code.n,
-            expires_at: code.e,
-            namespaces: code.ns,
+            token,
         })
     }
 
@@ -486,11 +508,7 @@ mod tests {
 
     #[test]
     fn only_a_loopback_address_with_a_port_takes_a_code() {
-        for good in [
-            "http://127.0.0.1:8123/callback",
-            "http://127.0.0.1:1/",
-            "http://[::1]:49152/cb",
-        ] {
+        for good in ["http://127.0.0.1:8123/callback", "http://127.0.0.1:1/"] {
             assert!(loopback_redirect(good).is_ok(), "{good}");
         }
         for bad in [
@@ -510,6 +528,7 @@ mod tests {
             "http://127.0.0.1:8123/%2e%2e/",
             "http://127.0.0.1:8123/a/../b",
             "http://[::ffff:127.0.0.1]:8123/",
+            "http://[::1]:8123/cb",
             "//127.0.0.1:8123/",
             "/callback",
             "",

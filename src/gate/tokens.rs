@@ -21,7 +21,9 @@ use std::time::{Duration, UNIX_EPOCH};
 use serde_json::{Value, json};
 
 use super::{Browser, Gate, same_origin};
-use crate::authn::personal::{Loopback, MintError, Minted, PersonalTokens, TokenRequest};
+use crate::authn::personal::{
+    ExchangeError, Exchanged, Loopback, MintError, Minted, PersonalTokens, TokenRequest,
+};
 use crate::authn::session::Found;
 use crate::authn::{Credential, credential};
 use crate::decision::pages::{document, html_escape};
@@ -64,7 +66,7 @@ impl Gate {
                     Err(response) => response,
                 }
             }
-            (Some(&Method::POST), "/exchange") => exchange(tokens, req),
+            (Some(&Method::POST), "/exchange") => exchange(tokens, req).await,
             (Some(&Method::POST), "" | "/") => {
                 if !same_origin(req, &self.public_origin) {
                     return cross_site();
@@ -277,14 +279,23 @@ async fn create(tokens: &PersonalTokens, req: &Request, found: &Found) -> Respon
     match tokens.mint(found, judged).await {
         Ok(minted) => match loopback {
             // Back to `authgate login` with a code only its PKCE verifier opens.
-            Some(loopback) => {
-                let mut target = loopback.redirect_uri.clone();
-                target
-                    .query_pairs_mut()
-                    .append_pair("code", &tokens.code_for(&minted, &loopback))
-                    .append_pair("state", &loopback.state);
-                Response::redirect(target.as_str(), Reason::Tokens)
-            }
+            Some(loopback) => match tokens.code_for(&minted, &loopback).await {
+                Ok(code) => {
+                    let mut target = loopback.redirect_uri.clone();
+                    target
+                        .query_pairs_mut()
+                        .append_pair("code", &code)
+                        .append_pair("state", &loopback.state);
+                    Response::redirect(target.as_str(), Reason::Tokens)
+                }
+                Err(e) => {
+                    tracing::warn!(
+                        error = &e as &dyn std::error::Error,
+                        "session store unavailable"
+                    );
+                    Response::unavailable(Reason::StoreUnavailable)
+                }
+            },
             None => created(tokens, req, &found.session.user, minted).await,
         },
         Err(MintError::Invalid(why)) => {
@@ -307,7 +318,21 @@ async fn create(tokens: &PersonalTokens, req: &Request, found: &Found) -> Respon
 /// A browser without a fresh login is sent to log in again (the provider asked to authenticate
 /// the person), coming back to this very page.
 fn fresh_login(req: &Request) -> Response {
-    let here = format!("/authgate/tokens/new?{}", req.query);
+    // The query written again, every `/` and `:` escaped: the return target is a same-origin
+    // path without `//` anywhere, and must fit what a login keeps.
+    let query: String = url::form_urlencoded::Serializer::new(String::new())
+        .extend_pairs(url::form_urlencoded::parse(req.query.as_bytes()))
+        .finish();
+    let here = format!("/authgate/tokens/new?{query}");
+    if here.len() > crate::authn::pending::MAX_RETURN_TO {
+        return refused_page_or_json(
+            req,
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+            "the request is too long to come back to after the login: fewer namespaces or a \
+             shorter name",
+        );
+    }
     let rd: String = url::form_urlencoded::byte_serialize(here.as_bytes()).collect();
     Response::redirect(&format!("/authgate/login?fresh=1&rd={rd}"), Reason::Tokens)
 }
@@ -334,31 +359,44 @@ fn loopback(req: &Request) -> Result<Option<Loopback>, String> {
     .map(Some)
 }
 
-/// `POST /authgate/tokens/exchange?code=…&code_verifier=…`: `authgate login` takes its token.
-/// No session: the code and the verifier only the CLI holds are the credential.
-fn exchange(tokens: &PersonalTokens, req: &Request) -> Response {
-    let first = |name: &str| {
-        req.query_values(name)
-            .into_iter()
-            .next()
-            .unwrap_or_default()
+/// `POST /authgate/tokens/exchange` with `Authorization: AuthgateCode <code>.<verifier>`:
+/// `authgate login` takes its token. In a header, not the query, so no access log holds them;
+/// no session: the code and the verifier only the CLI holds are the credential.
+async fn exchange(tokens: &PersonalTokens, req: &Request) -> Response {
+    let sent = req
+        .headers
+        .get_single("authorization")
+        .ok()
+        .flatten()
+        .and_then(|v| v.trim().strip_prefix("AuthgateCode "))
+        .and_then(|v| v.trim().split_once('.'));
+    let Some((code, verifier)) = sent else {
+        return Response::bad_request(
+            "send Authorization: AuthgateCode <code>.<code_verifier>",
+            Reason::Tokens,
+        );
     };
-    match tokens.exchange(&first("code"), &first("code_verifier")) {
-        Some(token) => Response::json_body(
+    match tokens.exchange(code, verifier).await {
+        Ok(Exchanged { secret, token }) => Response::json_body(
             StatusCode::OK,
             &json!({
                 "id": token.id,
-                "token": token.secret,
+                "token": secret,
                 "name": token.name,
+                "user": token.user,
                 "expires_at": time(token.expires_at),
                 "namespaces": token.namespaces,
             }),
             Reason::Tokens,
         ),
-        None => Response::bad_request(
-            "the code is unknown, expired (2 minutes) or for another code_verifier",
-            Reason::Tokens,
-        ),
+        Err(e @ ExchangeError::Refused) => Response::bad_request(&e.to_string(), Reason::Tokens),
+        Err(ExchangeError::Store(e)) => {
+            tracing::warn!(
+                error = &e as &dyn std::error::Error,
+                "session store unavailable"
+            );
+            Response::unavailable(Reason::StoreUnavailable)
+        }
     }
 }
 
@@ -450,10 +488,17 @@ fn confirm(tokens: &PersonalTokens, req: &Request, found: &Found) -> Response {
             .append_pair("state", &loopback.state)
             .append_pair("code_challenge", &loopback.code_challenge)
             .append_pair("code_challenge_method", "S256");
+        let mut cancelled = loopback.redirect_uri.clone();
+        cancelled
+            .query_pairs_mut()
+            .append_pair("error", "access_denied")
+            .append_pair("state", &loopback.state);
         to_whom = format!(
-            "<p id=\"cli\">It goes to <b>authgate login</b> on this computer (port {}). \
-             If you did not just run it, cancel.</p>",
-            loopback.redirect_uri.port().unwrap_or_default()
+            "<p id=\"cli\">It is sent to whatever program listens on <code>{}</code> on this \
+             computer — <b>authgate login</b> if you just ran it, and it printed that port. If \
+             you did not, <a href=\"{}\">cancel</a>.</p>",
+            html_escape(loopback.redirect_uri.as_str()),
+            html_escape(cancelled.as_str())
         );
     }
     let query = query.finish();

@@ -217,6 +217,16 @@ pub async fn tokens(store: &dyn super::TokenStore) {
     assert_eq!(store.token(&key(2)).await.unwrap(), None);
     assert_eq!(store.count_tokens().await.unwrap(), 0);
 
+    // A code is taken once.
+    let code = Key::of(&format!("code-{run}"));
+    store.put_code(&code, "sealed", TTL).await.unwrap();
+    assert_eq!(
+        store.take_code(&code).await.unwrap().as_deref(),
+        Some("sealed")
+    );
+    assert_eq!(store.take_code(&code).await.unwrap(), None, "once");
+    assert_eq!(store.take_code(&Key::of("no-code")).await.unwrap(), None);
+
     // Creations at once (two replicas, two tabs) never go over the limit.
     let carol = format!("carol-{run}");
     let racing = (0..8u32).map(|i| {

@@ -227,6 +227,8 @@ impl Inner {
 struct Tokens {
     by_key: HashMap<Key, (PersonalToken, SystemTime)>,
     by_id: HashMap<String, Key>,
+    /// One-time codes for `authgate login` (a few, for two minutes).
+    codes: HashMap<Key, (String, SystemTime)>,
 }
 
 impl Tokens {
@@ -246,6 +248,7 @@ impl Tokens {
         for key in expired {
             self.remove(&key);
         }
+        self.codes.retain(|_, (_, until)| *until > now);
     }
 }
 
@@ -488,6 +491,22 @@ impl TokenStore for MemoryStore {
         let now = self.clock.now();
         let tokens = self.tokens.read().await;
         Ok(tokens.by_key.values().filter(|(_, u)| *u > now).count() as u64)
+    }
+
+    async fn put_code(&self, key: &Key, sealed: &str, ttl: Duration) -> Result<(), StoreError> {
+        let now = self.clock.now();
+        let mut tokens = self.tokens.write().await;
+        tokens.sweep(now);
+        tokens.codes.insert(*key, (sealed.to_string(), now + ttl));
+        Ok(())
+    }
+
+    async fn take_code(&self, key: &Key) -> Result<Option<String>, StoreError> {
+        let now = self.clock.now();
+        let taken = self.tokens.write().await.codes.remove(key);
+        Ok(taken
+            .filter(|(_, until)| *until > now)
+            .map(|(sealed, _)| sealed))
     }
 }
 

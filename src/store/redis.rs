@@ -7,6 +7,7 @@
 //! - `t:<hash>`   a personal access token's record as JSON, until it expires
 //! - `tid:<id>`   the hash of the token with that public id (same TTL)
 //! - `tu:<user>`  the ids of a person's tokens (lives as long as their longest-lived token)
+//! - `tc:<hash>`  what a one-time code for `authgate login` opens (sealed), for two minutes
 //!
 //! Every command is a single-key command, so the same code runs on standalone Redis, behind
 //! Sentinel, and on Cluster. One `GET` per request in the steady state.
@@ -463,6 +464,24 @@ impl TokenStore for RedisStore {
 
     async fn count_tokens(&self) -> Result<u64, StoreError> {
         Ok(self.scan("t").await?.len() as u64)
+    }
+
+    async fn put_code(&self, key: &Key, sealed: &str, ttl: Duration) -> Result<(), StoreError> {
+        self.query::<()>(
+            redis::cmd("SET")
+                .arg(self.key("tc", &key.hex()))
+                .arg(sealed)
+                .arg("EX")
+                .arg(ttl.as_secs().max(1))
+                .clone(),
+        )
+        .await
+    }
+
+    async fn take_code(&self, key: &Key) -> Result<Option<String>, StoreError> {
+        // GETDEL: of two exchanges at once, on any replicas, one gets it.
+        self.query(redis::cmd("GETDEL").arg(self.key("tc", &key.hex())).clone())
+            .await
     }
 }
 

@@ -70,4 +70,13 @@ pub trait TokenStore: Send + Sync {
     async fn revoke_tokens_of(&self, user: &str) -> Result<u64, StoreError>;
     /// How many tokens exist (approximate).
     async fn count_tokens(&self) -> Result<u64, StoreError>;
+    /// Keeps what a one-time code for `authgate login` opens (sealed) under its hash, for `ttl`.
+    async fn put_code(
+        &self,
+        key: &Key,
+        sealed: &str,
+        ttl: std::time::Duration,
+    ) -> Result<(), StoreError>;
+    /// Takes a code's value out: it is gone for any later call, on every replica.
+    async fn take_code(&self, key: &Key) -> Result<Option<String>, StoreError>;
 }

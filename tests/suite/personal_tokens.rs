@@ -636,7 +636,8 @@ async fn a_cli_code_goes_only_to_a_loopback_address_and_opens_only_with_its_veri
         "http://localhost:8123/callback",
         "http://127.0.0.1/callback",
         "http://127.0.0.1:8123@evil.example/",
-        "http://[::1]:8123/cb?next=https://evil.example",
+        "http://[::1]:8123/cb",
+        "http://127.0.0.1:8123/cb?next=https://evil.example",
     ] {
         let refused = page(cli_start(&stack, bad, &challenge)).await.unwrap();
         assert_eq!(refused.status(), 400, "{bad}");
@@ -648,74 +649,99 @@ async fn a_cli_code_goes_only_to_a_loopback_address_and_opens_only_with_its_veri
     .unwrap();
     assert_eq!(without_pkce.status(), 400);
 
-    let confirm = page(cli_start(
-        &stack,
-        "http://127.0.0.1:8123/callback",
-        &challenge,
-    ))
-    .await
-    .unwrap();
-    assert_eq!(confirm.status(), 200);
-    let body = confirm.text().await.unwrap();
-    assert!(
-        body.contains("authgate login") && body.contains("8123"),
-        "{body}"
-    );
-    let action = form_action(&body);
-    let made = alice
-        .post(stack.url(&action))
-        .header(ORIGIN, &stack.public_url)
-        .header(ACCEPT, oidc::NAVIGATION_ACCEPT)
+    // A code for each of three tokens, made through the confirmation page as a browser does.
+    let code = || async {
+        let confirm = page(cli_start(
+            &stack,
+            "http://127.0.0.1:8123/callback",
+            &challenge,
+        ))
+        .await
+        .unwrap();
+        assert_eq!(confirm.status(), 200);
+        let body = confirm.text().await.unwrap();
+        assert!(
+            body.contains("whatever program listens on <code>http://127.0.0.1:8123/callback"),
+            "{body}"
+        );
+        assert!(
+            body.contains("error=access_denied"),
+            "a cancel goes back: {body}"
+        );
+        let made = alice
+            .post(stack.url(&form_action(&body)))
+            .header(ORIGIN, &stack.public_url)
+            .header(ACCEPT, oidc::NAVIGATION_ACCEPT)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(made.status(), 302);
+        let location = url::Url::parse(made.headers()["location"].to_str().unwrap()).unwrap();
+        assert_eq!(
+            location.origin().ascii_serialization(),
+            "http://127.0.0.1:8123"
+        );
+        assert_eq!(location.path(), "/callback");
+        let param = |name: &str| {
+            location
+                .query_pairs()
+                .find(|(k, _)| k == name)
+                .map(|(_, v)| v.into_owned())
+                .unwrap()
+        };
+        assert_eq!(param("state"), "s7a7e");
+        let code = param("code");
+        assert!(
+            !code.contains("agt_"),
+            "the token itself never goes through the browser"
+        );
+        code
+    };
+    // The code and the verifier travel in a header (never a URL an access log keeps).
+    let exchange = |code: String, verifier: String| {
+        reqwest::Client::new()
+            .post(stack.url("/authgate/tokens/exchange"))
+            .header(AUTHORIZATION, format!("AuthgateCode {code}.{verifier}"))
+            .send()
+    };
+
+    // A wrong verifier spends the code: whoever saw it without the verifier gets nothing, and
+    // neither does anyone after.
+    let first = code().await;
+    let in_the_query = reqwest::Client::new()
+        .post(stack.url(&format!(
+            "/authgate/tokens/exchange?code={first}&code_verifier={verifier}"
+        )))
         .send()
         .await
         .unwrap();
-    assert_eq!(made.status(), 302);
-    let location = url::Url::parse(made.headers()["location"].to_str().unwrap()).unwrap();
-    assert_eq!(
-        location.origin().ascii_serialization(),
-        "http://127.0.0.1:8123"
-    );
-    assert_eq!(location.path(), "/callback");
-    let param = |name: &str| {
-        location
-            .query_pairs()
-            .find(|(k, _)| k == name)
-            .map(|(_, v)| v.into_owned())
-            .unwrap()
-    };
-    assert_eq!(param("state"), "s7a7e");
-    let code = param("code");
-    assert!(
-        !code.contains("agt_"),
-        "the token itself never goes through the browser"
-    );
-
-    let exchange = |code: String, verifier: String| {
-        let mut url = url::Url::parse(&stack.url("/authgate/tokens/exchange")).unwrap();
-        url.query_pairs_mut()
-            .append_pair("code", &code)
-            .append_pair("code_verifier", &verifier);
-        reqwest::Client::new().post(url).send()
-    };
-    let wrong = exchange(code.clone(), "w".repeat(43)).await.unwrap();
+    assert_eq!(in_the_query.status(), 400, "not in the URL");
+    let wrong = exchange(first.clone(), "w".repeat(43)).await.unwrap();
     assert_eq!(wrong.status(), 400, "another verifier");
-    let garbage = exchange(format!("{code}x"), verifier.clone())
-        .await
-        .unwrap();
-    assert_eq!(garbage.status(), 400, "a tampered code");
-    let taken = exchange(code.clone(), verifier.clone()).await.unwrap();
+    let spent = exchange(first, verifier.clone()).await.unwrap();
+    assert_eq!(spent.status(), 400, "spent by the wrong attempt");
+
+    // The right verifier, once.
+    let second = code().await;
+    let taken = exchange(second.clone(), verifier.clone()).await.unwrap();
     assert_eq!(taken.status(), 200);
     let taken: Value = taken.json().await.unwrap();
     let token = taken["token"].as_str().unwrap();
     assert_eq!(taken["namespaces"], serde_json::json!(["team-a"]));
+    assert_eq!(taken["user"], ALICE.0);
     assert_eq!(
         with_token(&stack, "/notebook/team-a/nb/lab", token)
             .await
             .status,
         200
     );
+    let again = exchange(second, verifier.clone()).await.unwrap();
+    assert_eq!(again.status(), 400, "a code is taken once");
+
+    // Two minutes at most.
+    let third = code().await;
     clock.advance(Duration::from_secs(121));
-    let late = exchange(code, verifier).await.unwrap();
+    let late = exchange(third, verifier).await.unwrap();
     assert_eq!(late.status(), 400, "a code lives two minutes");
 }
 
@@ -785,7 +811,7 @@ async fn authgate_login_gets_a_token_through_chromium_and_logout_revokes_it() {
         landed["text"]
             .as_str()
             .unwrap()
-            .contains("authgate login: done"),
+            .contains("authgate login received the token's code"),
         "{landed}"
     );
     let out = tokio::time::timeout(Duration::from_secs(30), login.wait_with_output())
@@ -795,7 +821,9 @@ async fn authgate_login_gets_a_token_through_chromium_and_logout_revokes_it() {
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{out:?}");
     assert!(
-        stdout.contains("logged in at") && !stdout.contains("agt_"),
+        stdout.contains("logged in at")
+            && stdout.contains("as alice@example.com")
+            && !stdout.contains("agt_"),
         "{stdout}"
     );
 
