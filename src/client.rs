@@ -103,6 +103,11 @@ fn write_all(path: &Path, all: &BTreeMap<String, Saved>) -> anyhow::Result<()> {
     std::fs::rename(&partial, path).with_context(|| format!("cannot write {}", path.display()))
 }
 
+/// Whether a kept token is past its `expires_at`.
+pub fn expired(saved: &Saved) -> bool {
+    humantime::parse_rfc3339(&saved.expires_at).is_ok_and(|at| at <= std::time::SystemTime::now())
+}
+
 /// The token kept for `gateway`.
 pub fn saved(gateway: &Url) -> anyhow::Result<Option<Saved>> {
     Ok(read_all(&store_path()?)?.remove(gateway.as_str()))

@@ -41,11 +41,14 @@ enum TokensAction {
     /// Revoke personal access tokens everywhere at once (sessions stay).
     Revoke {
         /// Every token of this user (as the user header shows it, without prefix).
-        #[arg(long, conflicts_with = "id", required_unless_present = "id")]
+        #[arg(long, conflicts_with_all = ["id", "all"], required_unless_present_any = ["id", "all"])]
         user: Option<String>,
         /// The token with this id.
-        #[arg(long)]
+        #[arg(long, conflicts_with = "all")]
         id: Option<String>,
+        /// Every token of every person (sessions stay: `sessions revoke --all` ends those).
+        #[arg(long)]
+        all: bool,
     },
     /// How many personal access tokens exist.
     Count,
@@ -261,7 +264,15 @@ fn main() -> ExitCode {
         Command::Token { url } => client_command("token", async {
             let gateway = authgate::client::gateway(&url)?;
             match authgate::client::saved(&gateway)? {
-                Some(saved) => Ok(saved.token),
+                Some(saved) => {
+                    if authgate::client::expired(&saved) {
+                        eprintln!(
+                            "authgate token: the token kept for {gateway} expired at {}: run authgate login --url {url}",
+                            saved.expires_at
+                        );
+                    }
+                    Ok(saved.token)
+                }
                 None => anyhow::bail!("no token for {gateway}: run authgate login --url {url}"),
             }
         }),
@@ -377,7 +388,12 @@ async fn tokens(config: &Config, action: TokensAction) -> anyhow::Result<String>
             }
             None => anyhow::bail!("no personal access token has id {id}"),
         },
-        TokensAction::Revoke { .. } => anyhow::bail!("name --user or --id"),
+        TokensAction::Revoke { all: true, .. } => {
+            let n = store.revoke_all_tokens().await?;
+            tracing::info!(target: "authgate::audit", event = "token_revoked", tokens = n, by = "cli", scope = "all", "every personal access token revoked");
+            format!("revoked {n} personal access token(s)")
+        }
+        TokensAction::Revoke { .. } => anyhow::bail!("name --user, --id or --all"),
         TokensAction::Count => format!("{} personal access token(s)", store.count_tokens().await?),
     })
 }

@@ -242,5 +242,12 @@ pub async fn tokens(store: &dyn super::TokenStore) {
     let kept = store.tokens_of(&carol).await.unwrap().len();
     assert!(kept <= 3, "{kept} tokens kept over a limit of 3");
     assert_eq!(made.iter().filter(|m| **m).count(), kept);
-    store.revoke_tokens_of(&carol).await.unwrap();
+
+    // Every token of everyone, at once (an incident).
+    let dave = personal_token(&format!("d1-{run}"), &format!("dave-{run}"), 50);
+    assert!(store.create_token(&key(200), &dave, TTL, 3).await.unwrap());
+    assert_eq!(store.revoke_all_tokens().await.unwrap(), kept as u64 + 1);
+    assert_eq!(store.count_tokens().await.unwrap(), 0);
+    assert!(store.tokens_of(&carol).await.unwrap().is_empty());
+    assert_eq!(store.token(&key(200)).await.unwrap(), None);
 }

@@ -487,6 +487,14 @@ impl TokenStore for MemoryStore {
         Ok(keys.iter().filter(|k| tokens.remove(k).is_some()).count() as u64)
     }
 
+    async fn revoke_all_tokens(&self) -> Result<u64, StoreError> {
+        let mut tokens = self.tokens.write().await;
+        let n = tokens.by_key.len() as u64;
+        tokens.by_key.clear();
+        tokens.by_id.clear();
+        Ok(n)
+    }
+
     async fn count_tokens(&self) -> Result<u64, StoreError> {
         let now = self.clock.now();
         let tokens = self.tokens.read().await;

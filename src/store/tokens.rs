@@ -68,6 +68,8 @@ pub trait TokenStore: Send + Sync {
     async fn revoke_token_id(&self, id: &str) -> Result<Option<String>, StoreError>;
     /// Revokes every token of `user`; how many.
     async fn revoke_tokens_of(&self, user: &str) -> Result<u64, StoreError>;
+    /// Revokes every token of every person (an incident); how many.
+    async fn revoke_all_tokens(&self) -> Result<u64, StoreError>;
     /// How many tokens exist (approximate).
     async fn count_tokens(&self) -> Result<u64, StoreError>;
     /// Keeps what a one-time code for `authgate login` opens (sealed) under its hash, for `ttl`.

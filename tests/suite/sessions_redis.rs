@@ -461,7 +461,19 @@ async fn personal_tokens_are_shared_by_replicas_and_end_with_sessions_revoke() {
         "{again:?}"
     );
 
-    let token = two["token"].as_str().unwrap();
+    // An incident: every token of everyone.
+    let four: serde_json::Value = make("four").await.unwrap().json().await.unwrap();
+    assert_eq!(
+        run(&["tokens", "revoke", "--all"]).1,
+        "revoked 2 personal access token(s)"
+    );
+    for gone in [&two, &four] {
+        let gone = gone["token"].as_str().unwrap();
+        assert_eq!(bearer(&envoy_a, gone).await.unwrap().status(), 401);
+    }
+
+    let five: serde_json::Value = make("five").await.unwrap().json().await.unwrap();
+    let token = five["token"].as_str().unwrap();
     assert_eq!(bearer(&envoy_b, token).await.unwrap().status(), 200);
     let said = run(&["sessions", "revoke", "--user", "alice@example.com"]);
     assert_eq!(
