@@ -10,6 +10,8 @@
 //! - `GET /authgate/tokens/new?name=…&expires_in=…&namespaces=…` names what would be made, with
 //!   a button that makes it (no script on any page; a CSP says so and forbids framing).
 //! - `DELETE /authgate/tokens/{id}` revokes one (204; another person's id is 404).
+//! - `POST /authgate/tokens/exchange` (`Authorization: AuthgateCode <code>.<verifier>`):
+//!   `authgate login` takes the token its one-time code stands for.
 //!
 //! Listing and making need a browser session, not a token; making and revoking need a request
 //! that shows it comes from this origin (CSRF); making needs a fresh login too
