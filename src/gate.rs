@@ -258,13 +258,7 @@ impl Gate {
                 };
                 Response::unauthenticated(&message, true, reason)
             }
-            AuthnError::PersonalToken(TokenError::Store(source)) => {
-                tracing::warn!(
-                    error = source as &dyn std::error::Error,
-                    "session store unavailable"
-                );
-                Response::unavailable(reason)
-            }
+            AuthnError::PersonalToken(TokenError::Store(source)) => store_unavailable(source),
             AuthnError::PersonalToken(why) => {
                 Response::unauthenticated(&why.to_string(), true, reason)
             }
@@ -294,13 +288,7 @@ impl Gate {
                 );
                 Response::unavailable(reason)
             }
-            AuthnError::Store(source) => {
-                tracing::warn!(
-                    error = source as &dyn std::error::Error,
-                    "session store unavailable"
-                );
-                Response::unavailable(reason)
-            }
+            AuthnError::Store(source) => store_unavailable(source),
         }
     }
 
@@ -590,16 +578,19 @@ impl Gate {
         }
         let found = match browser.sessions.find(&req.headers).await {
             Ok(found) => found,
-            Err(e) => {
-                tracing::warn!(
-                    error = &e as &dyn std::error::Error,
-                    "session store unavailable"
-                );
-                return Response::unavailable(Reason::StoreUnavailable);
-            }
+            Err(e) => return store_unavailable(&e),
         };
         browser.login.logout(req, found).await
     }
+}
+
+/// A 503 for a store that did not answer, its cause logged (never shown).
+fn store_unavailable(e: &crate::store::StoreError) -> Response {
+    tracing::warn!(
+        error = e as &dyn std::error::Error,
+        "session store unavailable"
+    );
+    Response::unavailable(Reason::StoreUnavailable)
 }
 
 /// Whether a request shows it comes from a page of this origin, and nothing says otherwise: what

@@ -417,6 +417,8 @@ impl PersonalTokens {
             namespaces,
         } = judged;
         let user = &session.session.user;
+        // Listing first drops ids of expired tokens from the person's index, which the store's
+        // own count (the limit under concurrency, in `create_token`) then counts right.
         let held = self.store.tokens_of(user).await.map_err(MintError::Store)?;
         if held.len() >= self.config.max_per_user as usize {
             return Err(MintError::TooMany(self.config.max_per_user));

@@ -22,9 +22,9 @@ use std::time::{Duration, UNIX_EPOCH};
 
 use serde_json::{Value, json};
 
-use super::{Browser, Gate, same_origin};
+use super::{Browser, Gate, same_origin, store_unavailable};
 use crate::authn::personal::{
-    ExchangeError, Exchanged, Loopback, MintError, Minted, PersonalTokens, TokenRequest,
+    ExchangeError, Exchanged, Judged, Loopback, MintError, Minted, PersonalTokens, TokenRequest,
 };
 use crate::authn::session::Found;
 use crate::authn::{Credential, credential};
@@ -113,13 +113,7 @@ impl Gate {
                 false,
                 Reason::NoCredential,
             )),
-            Err(e) => {
-                tracing::warn!(
-                    error = &e as &dyn std::error::Error,
-                    "session store unavailable"
-                );
-                Err(Response::unavailable(Reason::StoreUnavailable))
-            }
+            Err(e) => Err(store_unavailable(&e)),
         }
     }
 
@@ -167,13 +161,7 @@ impl Gate {
                 "you hold no token with this id",
                 Reason::Tokens,
             ),
-            Err(e) => {
-                tracing::warn!(
-                    error = &e as &dyn std::error::Error,
-                    "session store unavailable"
-                );
-                Response::unavailable(Reason::StoreUnavailable)
-            }
+            Err(e) => store_unavailable(&e),
         }
     }
 }
@@ -211,13 +199,7 @@ fn described(token: &PersonalToken) -> Value {
 async fn list(tokens: &PersonalTokens, req: &Request, user: &str) -> Response {
     let held = match tokens.list(user).await {
         Ok(held) => held,
-        Err(e) => {
-            tracing::warn!(
-                error = &e as &dyn std::error::Error,
-                "session store unavailable"
-            );
-            return Response::unavailable(Reason::StoreUnavailable);
-        }
+        Err(e) => return store_unavailable(&e),
     };
     if wants_html(req) {
         return page(StatusCode::OK, &tokens_page(user, &held, None));
@@ -268,15 +250,25 @@ fn asked(req: &Request) -> Result<TokenRequest, String> {
     })
 }
 
+/// What a request asks to make, judged, and the `authgate login` it is for (if any); or the
+/// 400 that says why not. The confirmation and the POST read a request alike.
+fn judged_request(
+    tokens: &PersonalTokens,
+    req: &Request,
+) -> Result<(Judged, Option<Loopback>), Response> {
+    let refused =
+        |why: String| refused_page_or_json(req, StatusCode::BAD_REQUEST, "bad_request", &why);
+    let judged = asked(req)
+        .and_then(|asked| tokens.judge(&asked).map_err(|e| e.to_string()))
+        .map_err(refused)?;
+    let loopback = loopback(req).map_err(refused)?;
+    Ok((judged, loopback))
+}
+
 async fn create(tokens: &PersonalTokens, req: &Request, found: &Found) -> Response {
-    let judged = match asked(req).and_then(|asked| tokens.judge(&asked).map_err(|e| e.to_string()))
-    {
+    let (judged, loopback) = match judged_request(tokens, req) {
         Ok(judged) => judged,
-        Err(why) => return refused_page_or_json(req, StatusCode::BAD_REQUEST, "bad_request", &why),
-    };
-    let loopback = match loopback(req) {
-        Ok(loopback) => loopback,
-        Err(why) => return refused_page_or_json(req, StatusCode::BAD_REQUEST, "bad_request", &why),
+        Err(refused) => return refused,
     };
     match tokens.mint(found, judged).await {
         Ok(minted) => match loopback {
@@ -290,13 +282,7 @@ async fn create(tokens: &PersonalTokens, req: &Request, found: &Found) -> Respon
                         .append_pair("state", &loopback.state);
                     Response::redirect(target.as_str(), Reason::Tokens)
                 }
-                Err(e) => {
-                    tracing::warn!(
-                        error = &e as &dyn std::error::Error,
-                        "session store unavailable"
-                    );
-                    Response::unavailable(Reason::StoreUnavailable)
-                }
+                Err(e) => store_unavailable(&e),
             },
             None => created(tokens, req, &found.session.user, minted).await,
         },
@@ -307,13 +293,7 @@ async fn create(tokens: &PersonalTokens, req: &Request, found: &Found) -> Respon
             refused_page_or_json(req, StatusCode::CONFLICT, "conflict", &e.to_string())
         }
         Err(e @ MintError::LoginRequired(_)) => login_required(req, &e.to_string()),
-        Err(MintError::Store(e)) => {
-            tracing::warn!(
-                error = &e as &dyn std::error::Error,
-                "session store unavailable"
-            );
-            Response::unavailable(Reason::StoreUnavailable)
-        }
+        Err(MintError::Store(e)) => store_unavailable(&e),
     }
 }
 
@@ -392,13 +372,7 @@ async fn exchange(tokens: &PersonalTokens, req: &Request) -> Response {
             Reason::Tokens,
         ),
         Err(e @ ExchangeError::Refused) => Response::bad_request(&e.to_string(), Reason::Tokens),
-        Err(ExchangeError::Store(e)) => {
-            tracing::warn!(
-                error = &e as &dyn std::error::Error,
-                "session store unavailable"
-            );
-            Response::unavailable(Reason::StoreUnavailable)
-        }
+        Err(ExchangeError::Store(e)) => store_unavailable(&e),
     }
 }
 
@@ -463,14 +437,9 @@ fn page_posting_to(status: StatusCode, body: &str, loopback: Option<&Loopback>) 
 /// `GET /authgate/tokens/new?name=…&expires_in=…&namespaces=…`: what would be made, and a
 /// button that makes it (a page that changes nothing: the POST does).
 fn confirm(tokens: &PersonalTokens, req: &Request, found: &Found) -> Response {
-    let judged = match asked(req).and_then(|asked| tokens.judge(&asked).map_err(|e| e.to_string()))
-    {
+    let (judged, loopback) = match judged_request(tokens, req) {
         Ok(judged) => judged,
-        Err(why) => return refused_page_or_json(req, StatusCode::BAD_REQUEST, "bad_request", &why),
-    };
-    let loopback = match loopback(req) {
-        Ok(loopback) => loopback,
-        Err(why) => return refused_page_or_json(req, StatusCode::BAD_REQUEST, "bad_request", &why),
+        Err(refused) => return refused,
     };
     if !tokens.login_is_fresh(found) {
         return fresh_login(req);
