@@ -61,21 +61,10 @@ async fn no_token_appears_in_any_log_line() {
 
     // A personal access token: made, used, refused once revoked.
     let login = LoginStack::start(ExtAuthz::Grpc, "personal_tokens: {enabled: true}\n").await;
-    let browser = support::oidc::browser();
-    let fresh = login.url("/authgate/login?fresh=1&rd=/x");
-    assert_eq!(
-        support::oidc::browser_login(&browser, &fresh, support::oidc::ALICE)
-            .await
-            .status,
-        200
-    );
-    let made: serde_json::Value = browser
-        .post(login.url("/authgate/tokens?name=ci&expires_in=1d"))
-        .header("origin", &login.public_url)
-        .header("accept", "application/json")
-        .send()
+    let browser = login.fresh_browser(support::oidc::ALICE, "/x").await;
+    let made: serde_json::Value = login
+        .make_token(&browser, "name=ci&expires_in=1d")
         .await
-        .unwrap()
         .json()
         .await
         .unwrap();

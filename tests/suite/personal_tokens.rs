@@ -60,26 +60,12 @@ fn fixture() -> Fixture {
 /// A browser logged in as `user` at the stack, freshly (the provider asked to authenticate
 /// the person again), as making a token requires.
 async fn logged_in(stack: &LoginStack, user: (&str, &str)) -> reqwest::Client {
-    let browser = oidc::browser();
-    let journey = oidc::browser_login(
-        &browser,
-        &stack.url("/authgate/login?fresh=1&rd=/notebook/team-b/nb/lab"),
-        user,
-    )
-    .await;
-    assert_eq!(journey.status, 200, "{journey:#?}");
-    browser
+    stack.fresh_browser(user, "/notebook/team-b/nb/lab").await
 }
 
 /// `POST /authgate/tokens?{query}` from the gateway's own origin.
 async fn make(stack: &LoginStack, browser: &reqwest::Client, query: &str) -> reqwest::Response {
-    browser
-        .post(stack.url(&format!("/authgate/tokens?{query}")))
-        .header(ORIGIN, &stack.public_url)
-        .header(ACCEPT, "application/json")
-        .send()
-        .await
-        .unwrap()
+    stack.make_token(browser, query).await
 }
 
 async fn with_token(stack: &LoginStack, path: &str, token: &str) -> RawResponse {
@@ -434,16 +420,50 @@ async fn tokens_are_made_only_from_this_origin_with_a_session_and_within_the_lim
     }
     assert_eq!(post(None, Some("same-origin")).await.unwrap().status(), 201);
 
-    // The limits: a lifetime is required and capped, namespaces are names, a name is needed.
+    // The limits: a lifetime is required and capped, namespaces are names, a name is needed
+    // and shows what it says (no control, zero-width or direction-reversing characters).
+    let many = (0..51)
+        .map(|i| format!("ns-{i}"))
+        .collect::<Vec<_>>()
+        .join(",");
+    let long = "n".repeat(65);
+    let too_many = format!("name=x&expires_in=1d&namespaces={many}");
+    let too_long = format!("name={long}&expires_in=1d");
     for query in [
         "name=x",
         "name=x&expires_in=31d",
+        "name=x&expires_in=30s",
         "name=x&expires_in=soon",
         "name=x&expires_in=1d&namespaces=Team-A",
+        "name=x&expires_in=1d&namespaces=team-a,..",
+        too_many.as_str(),
         "expires_in=1d",
+        too_long.as_str(),
+        "name=ci%E2%80%AEtxt.exe&expires_in=1d",
+        "name=c%E2%80%8Bi&expires_in=1d",
+        "name=c%0Ai&expires_in=1d",
     ] {
         let refused = make(&stack, &alice, query).await;
         assert_eq!(refused.status(), 400, "{query}");
+    }
+    // A JSON body, where authgate's own HTTP port receives one, is read as strictly: a field
+    // it does not know is refused, not ignored.
+    let direct = |body: &'static str| {
+        alice
+            .post(format!("{}/authgate/tokens", stack.authgate.http_url()))
+            .header(ORIGIN, &stack.public_url)
+            .header(ACCEPT, "application/json")
+            .header("content-type", "application/json")
+            .body(body)
+            .send()
+    };
+    for body in [
+        r#"{"name": "x", "expires_in": "1d", "admin": true}"#,
+        r#"{"name": "x", "expires_in": "1d", "namespaces": "team-a"}"#,
+        r#"["x"]"#,
+        "not json",
+    ] {
+        assert_eq!(direct(body).await.unwrap().status(), 400, "{body}");
     }
     // At most max_per_user (3) live tokens.
     assert_eq!(
@@ -642,6 +662,20 @@ async fn a_cli_code_goes_only_to_a_loopback_address_and_opens_only_with_its_veri
         let refused = page(cli_start(&stack, bad, &challenge)).await.unwrap();
         assert_eq!(refused.status(), 400, "{bad}");
     }
+    for bad in [cli_start(&stack, "http://127.0.0.1:8123/callback", "short")] {
+        assert_eq!(
+            page(bad).await.unwrap().status(),
+            400,
+            "a challenge is 43 characters"
+        );
+    }
+    let bad_state = cli_start(&stack, "http://127.0.0.1:8123/callback", &challenge)
+        .replace("state=s7a7e", "state=%3Cscript%3E");
+    assert_eq!(
+        page(bad_state).await.unwrap().status(),
+        400,
+        "state is base64url"
+    );
     let without_pkce = page(stack.url(
         "/authgate/tokens/new?name=x&expires_in=1d&redirect_uri=http%3A%2F%2F127.0.0.1%3A8123%2Fcb&state=s",
     ))
@@ -716,6 +750,19 @@ async fn a_cli_code_goes_only_to_a_loopback_address_and_opens_only_with_its_veri
         .await
         .unwrap();
     assert_eq!(in_the_query.status(), 400, "not in the URL");
+    for header in [
+        format!("Bearer {first}.{verifier}"),
+        format!("AuthgateCode {first}"),
+        format!("AuthgateCode {first}..{verifier}"),
+    ] {
+        let refused = reqwest::Client::new()
+            .post(stack.url("/authgate/tokens/exchange"))
+            .header(AUTHORIZATION, header.clone())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(refused.status(), 400, "{header}");
+    }
     let wrong = exchange(first.clone(), "w".repeat(43)).await.unwrap();
     assert_eq!(wrong.status(), 400, "another verifier");
     let spent = exchange(first, verifier.clone()).await.unwrap();

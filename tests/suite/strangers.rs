@@ -189,6 +189,20 @@ async fn method_overrides_and_malformed_object_names_are_refused_without_a_revie
             assert_eq!(response.status, 400, "{mode:?} {name:?}: {response:?}");
         }
         assert!(stack.kube.access_reviews().is_empty(), "{mode:?}");
+        // A method with no Kubernetes verb (WebDAV's, Envoy forwards it) on a rule that takes
+        // its verb from the method: refused without a review.
+        let propfind = stack
+            .raw(
+                "PROPFIND /notebook/team-a/nb/lab HTTP/1.1\r\nHost: kubeflow.example.com\r\n\
+                 Authorization: Bearer runner-token\r\n",
+            )
+            .await;
+        assert_eq!(propfind.status, 403, "{mode:?}: {propfind:?}");
+        assert!(
+            propfind.body.contains("no Kubernetes verb"),
+            "{mode:?}: {propfind:?}"
+        );
+        assert!(stack.kube.access_reviews().is_empty(), "{mode:?}");
         for header in [
             "X-HTTP-Method-Override",
             "X-HTTP-Method",

@@ -323,6 +323,27 @@ impl LoginStack {
     pub fn url(&self, path: &str) -> String {
         format!("{}{path}", self.public_url)
     }
+
+    /// A browser logged in as `user` with a fresh login (the provider asked to authenticate
+    /// again), as making a personal access token requires; it lands on `path`.
+    pub async fn fresh_browser(&self, user: (&str, &str), path: &str) -> reqwest::Client {
+        let browser = oidc::browser();
+        let start = self.url(&format!("/authgate/login?fresh=1&rd={path}"));
+        let journey = oidc::browser_login(&browser, &start, user).await;
+        assert_eq!(journey.status, 200, "{journey:#?}");
+        browser
+    }
+
+    /// `POST /authgate/tokens?{query}` from the gateway's own origin, asking for JSON.
+    pub async fn make_token(&self, browser: &reqwest::Client, query: &str) -> reqwest::Response {
+        browser
+            .post(self.url(&format!("/authgate/tokens?{query}")))
+            .header("origin", &self.public_url)
+            .header("accept", "application/json")
+            .send()
+            .await
+            .unwrap()
+    }
 }
 
 /// The shipped Kubeflow preset (`examples/kubeflow.yaml`), read and judged as `serve` does.
