@@ -412,6 +412,14 @@ pub struct PersonalTokensConfig {
     /// turn a visitor's session into a long-lived token on its own.
     #[serde(with = "humantime_serde")]
     pub fresh_login: Duration,
+    /// How often a token in use is re-checked with the provider, with the grant of the login it
+    /// was made after: a person removed or disabled there loses their tokens within this
+    /// interval, and group changes reach them.
+    #[serde(with = "humantime_serde")]
+    pub recheck_interval: Duration,
+    /// Refuse to make a token the provider gave no refresh token for (so it could never be
+    /// re-checked), instead of making one that keeps its groups to its expiry.
+    pub require_recheck: bool,
 }
 
 impl Default for PersonalTokensConfig {
@@ -421,6 +429,8 @@ impl Default for PersonalTokensConfig {
             max_lifetime: Duration::from_secs(90 * 24 * 3600),
             max_per_user: 20,
             fresh_login: Duration::from_secs(10 * 60),
+            recheck_interval: Duration::from_secs(3600),
+            require_recheck: false,
         }
     }
 }

@@ -123,7 +123,7 @@ impl Gate {
     }
 
     /// The personal access tokens' store, when they are enabled (for the metrics' gauge).
-    pub fn token_store(&self) -> Option<&Arc<dyn crate::store::TokenStore>> {
+    pub fn token_store(&self) -> Option<&dyn crate::store::TokenStore> {
         self.browser.as_ref()?.tokens.as_ref().map(|t| t.store())
     }
 

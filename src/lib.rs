@@ -149,18 +149,8 @@ impl App {
                 };
                 let (sealer, login_sealer, code_sealer) = sealer(config).map_err(StartError::Io)?;
                 let rules = authn::claims::ClaimRules::for_issuers(oidc);
-                let tokens = config.personal_tokens.enabled.then(|| {
-                    Arc::new(authn::personal::PersonalTokens::new(
-                        store.clone(),
-                        config.personal_tokens.clone(),
-                        clock.clone(),
-                        rules[0].fingerprint(),
-                        rules[0].issuer().clone(),
-                        code_sealer,
-                    ))
-                });
                 let sessions = Arc::new(authn::session::Sessions::new(
-                    store,
+                    store.clone(),
                     config.session.clone(),
                     clock.clone(),
                     rules[0].fingerprint(),
@@ -202,6 +192,15 @@ impl App {
                     )
                     .with_callback_path(&oidc.callback_path),
                 );
+                let tokens = config.personal_tokens.enabled.then(|| {
+                    Arc::new(authn::personal::PersonalTokens::new(
+                        store.clone(),
+                        login.clone(),
+                        config.personal_tokens.clone(),
+                        clock.clone(),
+                        code_sealer,
+                    ))
+                });
                 (
                     Some(Browser {
                         sessions,

@@ -56,6 +56,14 @@ pub struct CacheLabels {
     pub result: &'static str,
 }
 
+/// Labels of a personal access token's re-check with the provider.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RecheckLabels {
+    /// `confirmed`, `revoked` (the provider refused, or names someone else), `unreachable`
+    /// (the token went on as it was), `unreadable` (its grant is sealed under a key not held).
+    pub result: &'static str,
+}
+
 /// Every metric.
 pub struct Metrics {
     registry: Registry,
@@ -71,6 +79,8 @@ pub struct Metrics {
     pub cache: Family<CacheLabels, Counter>,
     /// Decisions about an identity, by how it authenticated and outcome.
     pub decisions_by_auth_method: Family<AuthMethodLabels, Counter>,
+    /// Personal access tokens re-checked with the provider, by result.
+    pub token_rechecks: Family<RecheckLabels, Counter>,
     /// Sessions in the store, as of the last scrape.
     pub sessions: Gauge,
     /// Personal access tokens in the store, as of the last scrape.
@@ -130,6 +140,12 @@ pub fn global() -> &'static Metrics {
             "Cache lookups: TokenReview and SubjectAccessReview answers, verified OIDC bearer tokens",
             cache.clone(),
         );
+        let token_rechecks = Family::<RecheckLabels, Counter>::default();
+        registry.register(
+            "personal_token_rechecks",
+            "Personal access tokens re-checked with the OIDC provider, by result",
+            token_rechecks.clone(),
+        );
         let sessions = Gauge::default();
         registry.register(
             "sessions",
@@ -154,6 +170,7 @@ pub fn global() -> &'static Metrics {
             decisions,
             decisions_by_auth_method,
             personal_tokens,
+            token_rechecks,
             check_duration,
             calls,
             call_duration,
@@ -183,6 +200,13 @@ impl Metrics {
                 cache,
                 result: if hit { "hit" } else { "miss" },
             })
+            .inc();
+    }
+
+    /// Records the result of a personal access token's re-check.
+    pub fn token_recheck(&self, result: &'static str) {
+        self.token_rechecks
+            .get_or_create(&RecheckLabels { result })
             .inc();
     }
 

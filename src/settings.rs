@@ -479,6 +479,16 @@ fn judge(config: &Config) -> Vec<Problem> {
             "between 1m and 1h: the login that makes a token must be recent".into(),
         );
     }
+    if tokens.recheck_interval < Duration::from_secs(60)
+        || tokens.recheck_interval > Duration::from_secs(24 * 3600)
+    {
+        bad(
+            "personal_tokens.recheck_interval",
+            "between 1m and 24h: it bounds how long a person removed at the provider keeps \
+             their tokens"
+                .into(),
+        );
+    }
     if !(1..=1000).contains(&tokens.max_per_user) {
         bad("personal_tokens.max_per_user", "between 1 and 1000".into());
     }
@@ -742,6 +752,27 @@ oidc: {issuer: https://a.example, client_id: c";
         );
         let p = problems(&format!("{base}, jwks_max_age: 0s}}"));
         assert_eq!(p[0].key, "oidc.jwks_max_age");
+    }
+
+    #[test]
+    fn personal_tokens_are_rechecked_hourly_by_default_and_the_bounds_hold() {
+        let base = "public_url: https://kf.example.com
+oidc: {issuer: https://a.example, client_id: c}
+personal_tokens: {enabled: true";
+        let c = parse(&format!("{base}}}")).unwrap();
+        assert_eq!(
+            c.personal_tokens.recheck_interval,
+            Duration::from_secs(3600)
+        );
+        assert!(!c.personal_tokens.require_recheck);
+        for bad in ["30s", "25h"] {
+            let p = problems(&format!("{base}, recheck_interval: {bad}}}"));
+            assert_eq!(p[0].key, "personal_tokens.recheck_interval", "{bad}");
+        }
+        let p = problems(&format!("{base}, fresh_login: 2h}}"));
+        assert_eq!(p[0].key, "personal_tokens.fresh_login");
+        let p = problems("public_url: https://kf.example.com\npersonal_tokens: {enabled: true}");
+        assert_eq!(p[0].key, "personal_tokens.enabled", "needs oidc");
     }
 
     #[test]

@@ -20,7 +20,7 @@ use url::Url;
 
 use super::claims::{ClaimError, ClaimRules};
 use super::jwt::{VerifyError, verify_with};
-use super::oidc::{Discovered, Provider, ProviderError};
+use super::oidc::{Discovered, OFFLINE_ACCESS, Provider, ProviderError};
 use super::pending::{Pending, PendingLogins};
 use super::session::{Found, Sessions, cookie_values};
 use crate::clock::SharedClock;
@@ -174,6 +174,11 @@ impl Login {
         self.rules.issuer()
     }
 
+    /// The fingerprint of the claim rules identities are made under now.
+    pub fn rules_fingerprint(&self) -> u64 {
+        self.rules.fingerprint()
+    }
+
     /// Sends the browser to the provider; afterwards it returns to `return_to` (already checked
     /// to be on our origin). A `fresh` login asks the provider to authenticate the person again
     /// (`prompt=login`, `max_age=0`), as making a personal access token requires.
@@ -197,15 +202,27 @@ impl Login {
             move || CsrfToken::new(state),
             move || Nonce::new(nonce),
         );
-        for scope in &self.provider.config().scopes {
+        let scopes = &self.provider.config().scopes;
+        for scope in scopes {
             if scope != "openid" {
                 request = request.add_scope(Scope::new(scope.clone()));
             }
         }
         if fresh {
+            // A fresh login makes a personal access token, which keeps this login's grant to
+            // re-check the person with the provider: it must outlive the person's session
+            // there, so it asks for offline access, which must be consented to (OIDC Core 11).
+            let mut offline = scopes.iter().any(|s| s == OFFLINE_ACCESS);
+            if !offline && discovered.offers_offline_access {
+                request = request.add_scope(Scope::new(OFFLINE_ACCESS.into()));
+                offline = true;
+            }
             request = request
                 .add_prompt(CoreAuthPrompt::Login)
                 .set_max_age(Duration::ZERO);
+            if offline {
+                request = request.add_prompt(CoreAuthPrompt::Consent);
+            }
         }
         let (url, _, _) = request.set_pkce_challenge(challenge).url();
         // Nothing is stored: the login lives in the browser's one login cookie, sealed.
@@ -470,6 +487,23 @@ impl Login {
         if !store.try_lock(&found.key, REFRESH_LOCK).await? {
             return Ok(Some(found));
         }
+        // Refresh with the grant the store holds now, not a cached copy's: another replica may
+        // have rotated it, or given it to a personal access token.
+        let Some(current) = store.get(&found.key).await? else {
+            self.sessions.forget(&found.key);
+            return Ok(None);
+        };
+        if current.refresh_token.is_none() {
+            self.sessions.remember(&found.key, &current);
+            return Ok(Some(Found {
+                key: found.key,
+                session: current,
+            }));
+        }
+        let found = Found {
+            key: found.key,
+            session: current,
+        };
         match self.refresh(&found.session).await {
             Ok(session) => {
                 let remaining = Duration::from_secs(session.expires_at.saturating_sub(now).max(1));
@@ -526,12 +560,26 @@ impl Login {
     }
 
     async fn refresh(&self, old: &Session) -> Result<Session, LoginError> {
+        let sealed = old.refresh_token.as_deref().ok_or(LoginError::Unreadable)?;
+        let refreshed = self.refresh_grant(&old.sub, sealed).await?;
+        Ok(Session {
+            user: refreshed.user,
+            groups: refreshed.groups,
+            rules: self.rules.fingerprint(),
+            id_token_expires_at: refreshed.id_token_expires_at,
+            id_token: refreshed.id_token,
+            refresh_token: refreshed
+                .refresh_token
+                .or_else(|| old.refresh_token.clone()),
+            ..old.clone()
+        })
+    }
+
+    /// Uses the grant whose refresh token is `sealed` (of the person `sub`): who the provider
+    /// says the person is now.
+    async fn refresh_grant(&self, sub: &str, sealed: &str) -> Result<Refreshed, LoginError> {
         let discovered = self.provider.get().await.map_err(LoginError::Provider)?;
-        let refresh_token = old
-            .refresh_token
-            .as_deref()
-            .and_then(|t| self.sealer.open(t))
-            .ok_or(LoginError::Unreadable)?;
+        let refresh_token = self.sealer.open(sealed).ok_or(LoginError::Unreadable)?;
         let turn = self.provider.turn().await.map_err(LoginError::Provider)?;
         let token = discovered
             .client
@@ -558,24 +606,77 @@ impl Login {
         let claims = self
             .claims(&discovered, &id_token_text, token.access_token().secret())
             .await?;
-        if claims.get("sub").and_then(Value::as_str) != Some(old.sub.as_str()) {
+        if claims.get("sub").and_then(Value::as_str) != Some(sub) {
             return Err(LoginError::Rejected(
                 "refreshed ID token names another subject".into(),
             ));
         }
         let who = self.rules.identity(&claims).map_err(LoginError::Refused)?;
-        Ok(Session {
+        Ok(Refreshed {
             user: who.user,
             groups: who.groups,
-            rules: self.rules.fingerprint(),
             id_token_expires_at: claims.get("exp").and_then(Value::as_u64).unwrap_or(0),
             id_token: self.logout_hint(&discovered, &id_token_text),
-            refresh_token: token
-                .refresh_token()
-                .map(|t| self.sealer.seal(t.secret()))
-                .or_else(|| old.refresh_token.clone()),
-            ..old.clone()
+            refresh_token: token.refresh_token().map(|t| self.sealer.seal(t.secret())),
         })
+    }
+
+    /// Asks the provider about the person `sub` of a personal access token, with the grant the
+    /// token keeps (`grant`, sealed).
+    pub async fn recheck(&self, sub: &str, grant: &str) -> Recheck {
+        match self.refresh_grant(sub, grant).await {
+            Ok(refreshed) => Recheck::Confirmed {
+                user: refreshed.user,
+                groups: refreshed.groups,
+                grant: refreshed.refresh_token.unwrap_or_else(|| grant.to_string()),
+            },
+            Err(LoginError::Rejected(why)) => Recheck::Refused(why),
+            Err(LoginError::Refused(why)) => Recheck::Refused(why.to_string()),
+            Err(LoginError::Unreadable) => Recheck::Unreadable,
+            Err(LoginError::Provider(e)) => Recheck::Unavailable(e),
+        }
+    }
+
+    /// Takes the grant of the session's fresh login for a personal access token: the token
+    /// re-checks the person with it from now on, and the session keeps none (two holders of one
+    /// refresh token break when the provider rotates it). The session is then no longer fresh,
+    /// and lasts no longer than its ID token: the provider vouched for that long.
+    pub async fn take_grant(&self, found: &Found) -> Result<TakenGrant, StoreError> {
+        let store = self.sessions.store();
+        let spent = |s: &Session| s.auth_time == 0 || s.auth_time != found.session.auth_time;
+        match store.get(&found.key).await? {
+            None => return Ok(TakenGrant::Spent),
+            Some(s) if spent(&s) => return Ok(TakenGrant::Spent),
+            Some(s) if s.refresh_token.is_none() => return Ok(TakenGrant::NoGrant),
+            Some(_) => {}
+        }
+        // The refresh lock: no replica refreshes the session while its grant changes hands.
+        if !store.try_lock(&found.key, REFRESH_LOCK).await? {
+            return Ok(TakenGrant::Busy);
+        }
+        // Read again under the lock: a refresh that finished meanwhile rotated the grant.
+        let Some(mut session) = store.get(&found.key).await? else {
+            return Ok(TakenGrant::Spent);
+        };
+        if spent(&session) {
+            return Ok(TakenGrant::Spent);
+        }
+        let Some(grant) = session.refresh_token.take() else {
+            return Ok(TakenGrant::NoGrant);
+        };
+        let now = self.clock.unix_now();
+        session.auth_time = 0;
+        if session.id_token_expires_at > 0 {
+            session.expires_at = session
+                .expires_at
+                .min(session.id_token_expires_at.max(now + 60));
+        }
+        let remaining = Duration::from_secs(session.expires_at.saturating_sub(now).max(1));
+        if !store.update(&found.key, &session, remaining).await? {
+            return Ok(TakenGrant::Spent);
+        }
+        self.sessions.remember(&found.key, &session);
+        Ok(TakenGrant::Grant(grant))
     }
 
     /// Ends the session (if any), clears the cookie and sends the browser to the provider's
@@ -798,6 +899,52 @@ fn logout_claims(claims: &Map<String, Value>, now: u64) -> Result<(LogoutTarget,
     }
     // `exp` is required and checked by the signature verification.
     Ok((target, jti.to_string()))
+}
+
+/// Who the provider says a person is when their grant is refreshed.
+struct Refreshed {
+    user: String,
+    groups: Vec<String>,
+    id_token_expires_at: u64,
+    /// The new ID token, sealed, when logout needs it.
+    id_token: Option<String>,
+    /// The new refresh token, sealed, when the provider rotated it.
+    refresh_token: Option<String>,
+}
+
+/// What the provider said when a personal access token's grant was used.
+#[derive(Debug)]
+pub enum Recheck {
+    /// The person as the provider names them now, and the grant to keep (sealed: rotated, or
+    /// the same).
+    Confirmed {
+        /// User name.
+        user: String,
+        /// Groups.
+        groups: Vec<String>,
+        /// The refresh token to use next time.
+        grant: String,
+    },
+    /// The provider refused the grant (the person removed or disabled, the grant withdrawn or
+    /// expired), or now names someone authgate cannot vouch for: why.
+    Refused(String),
+    /// The grant is sealed under a key this replica does not have.
+    Unreadable,
+    /// The provider cannot be reached.
+    Unavailable(ProviderError),
+}
+
+/// What [`Login::take_grant`] found.
+#[derive(Debug, PartialEq, Eq)]
+pub enum TakenGrant {
+    /// The grant's refresh token, sealed; the session holds it no more.
+    Grant(String),
+    /// The provider issued no refresh token for this login.
+    NoGrant,
+    /// The session's fresh login went to another token already (or the session ended).
+    Spent,
+    /// A replica is refreshing the session right now: try again shortly.
+    Busy,
 }
 
 enum LoginError {

@@ -61,7 +61,10 @@ impl ProviderError {
     }
 }
 
-/// What discovery found.
+/// The scope that asks for a refresh token usable while the person is away (OIDC Core 11).
+pub const OFFLINE_ACCESS: &str = "offline_access";
+
+/// What authgate learned from the provider's discovery document.
 pub struct Discovered {
     /// The code-flow client.
     pub client: Client,
@@ -71,6 +74,9 @@ pub struct Discovered {
     pub userinfo_endpoint: Option<url::Url>,
     /// The provider's keys, for logout tokens and bearer JWTs.
     pub jwks: JwkSet,
+    /// Whether the provider lists `offline_access` among its scopes: the grant a personal access
+    /// token is re-checked with asks for it.
+    pub offers_offline_access: bool,
 }
 
 struct State {
@@ -285,6 +291,9 @@ impl Provider {
             .as_ref()
             .map(|u| u.url().clone());
         let userinfo_endpoint = metadata.userinfo_endpoint().map(|u| u.url().clone());
+        let offers_offline_access = metadata
+            .scopes_supported()
+            .is_some_and(|scopes| scopes.iter().any(|s| s.as_str() == OFFLINE_ACCESS));
         let jwks_uri = metadata.jwks_uri().url().clone();
         let jwks: JwkSet = serde_json::from_slice(&self.get_bytes(jwks_uri.as_str(), None).await?)
             .map_err(|e| ProviderError::caused_by("JWKS", e))?;
@@ -302,6 +311,7 @@ impl Provider {
             end_session_endpoint,
             userinfo_endpoint,
             jwks,
+            offers_offline_access,
         })
     }
 }

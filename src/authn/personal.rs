@@ -17,12 +17,13 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use url::{Host, Url};
 
+use super::login::{Login, Recheck, TakenGrant};
 use super::session::{Found, new_secret};
 use crate::authz::rules::is_namespace_name;
 use crate::clock::SharedClock;
 use crate::config::PersonalTokensConfig;
 use crate::identity::{AuthMethod, Identity};
-use crate::store::{Key, PersonalToken, Sealer, StoreError, TokenStore};
+use crate::store::{Key, PersonalToken, Sealer, Store, StoreError, TokenStore};
 
 /// What every personal access token starts with.
 pub const PREFIX: &str = "agt_";
@@ -93,12 +94,24 @@ pub enum MintError {
     /// The person holds `personal_tokens.max_per_user` tokens already (409).
     #[error("you hold {0} personal access tokens, the most allowed: revoke one first")]
     TooMany(u32),
-    /// The session's login is not recent enough (403): log in again first.
+    /// The session's login is not recent enough, or went to another token (403): log in again
+    /// first.
     #[error(
-        "making a personal access token needs a login in the last {0}: log in again at \
+        "making a personal access token needs its own login in the last {0}: log in again at \
          /authgate/login?fresh=1&rd=/authgate/tokens"
     )]
     LoginRequired(String),
+    /// The provider issued no refresh token for the login, and this gateway re-checks every
+    /// token (`personal_tokens.require_recheck`) (403).
+    #[error(
+        "this gateway re-checks every personal access token with the identity provider, which \
+         issued no refresh token for your login (the offline_access scope): ask the gateway's \
+         operators"
+    )]
+    NoGrant,
+    /// The session is being refreshed right now (409): try again shortly.
+    #[error("your session is being refreshed right now: try again in half a minute")]
+    Busy,
     /// The store failed (503).
     #[error("session store unavailable")]
     Store(#[source] StoreError),
@@ -120,7 +133,9 @@ pub enum TokenError {
 
 /// Makes, checks, lists and revokes personal access tokens.
 pub struct PersonalTokens {
-    store: Arc<dyn TokenStore>,
+    store: Arc<dyn Store>,
+    /// The login a token is made after, and re-checked with.
+    login: Arc<Login>,
     config: PersonalTokensConfig,
     clock: SharedClock,
     /// The login issuer's claim-rules fingerprint: a token made under other rules is refused.
@@ -129,6 +144,14 @@ pub struct PersonalTokens {
     /// Seals the codes that carry a new token to `authgate login`.
     codes: Sealer,
 }
+
+/// How long one request holds the right to re-check a token (and, after the provider could
+/// not be reached, how long until the next try).
+const RECHECK_LOCK: Duration = Duration::from_secs(30);
+
+/// How long past a due re-check a token whose grant this replica cannot read goes on (during a
+/// key roll another replica can read it).
+const UNREADABLE_GRACE: Duration = Duration::from_secs(3600);
 
 /// How long a code for `authgate login` may be exchanged for its token.
 pub const CODE_LIFETIME: Duration = Duration::from_secs(120);
@@ -233,17 +256,18 @@ pub enum ExchangeError {
 }
 
 impl PersonalTokens {
-    /// Over `store`, for the login issuer `issuer` whose claim rules have fingerprint `rules`.
+    /// Over `store`, for people who log in with `login`.
     pub fn new(
-        store: Arc<dyn TokenStore>,
+        store: Arc<dyn Store>,
+        login: Arc<Login>,
         config: PersonalTokensConfig,
         clock: SharedClock,
-        rules: u64,
-        issuer: Arc<str>,
         codes: Sealer,
     ) -> Self {
+        let (rules, issuer) = (login.rules_fingerprint(), login.issuer().clone());
         Self {
             store,
+            login,
             config,
             clock,
             rules,
@@ -310,8 +334,8 @@ impl PersonalTokens {
     }
 
     /// The store.
-    pub fn store(&self) -> &Arc<dyn TokenStore> {
-        &self.store
+    pub fn store(&self) -> &dyn TokenStore {
+        self.store.as_ref()
     }
 
     /// The identity a token stands for.
@@ -327,6 +351,13 @@ impl PersonalTokens {
         if token.expires_at <= now || token.rules != self.rules {
             return Err(TokenError::Unknown);
         }
+        let token = if token.grant.is_some()
+            && token.checked_at + self.config.recheck_interval.as_secs() <= now
+        {
+            self.recheck(&key, token, now).await?
+        } else {
+            token
+        };
         if token.last_used.is_none() {
             tracing::info!(
                 target: "authgate::audit",
@@ -356,6 +387,96 @@ impl PersonalTokens {
             issuer: Some(self.issuer.clone()),
             namespaces: token.namespaces,
         }))
+    }
+
+    /// Asks the provider about the person again, with the token's grant: their groups as they
+    /// are now, or the token ends. One request on one replica asks (a store lock); meanwhile the
+    /// others go on with the token as it was. A provider that cannot be reached ends nobody's
+    /// access: it is asked again after the lock.
+    async fn recheck(
+        &self,
+        key: &Key,
+        token: PersonalToken,
+        now: u64,
+    ) -> Result<PersonalToken, TokenError> {
+        let Some(grant) = token.grant.as_deref() else {
+            return Ok(token);
+        };
+        if !self
+            .store
+            .try_lock(key, RECHECK_LOCK)
+            .await
+            .map_err(TokenError::Store)?
+        {
+            return Ok(token);
+        }
+        let why = match self.login.recheck(&token.sub, grant).await {
+            Recheck::Confirmed {
+                user,
+                groups,
+                grant,
+            } if user == token.user => {
+                let rechecked = PersonalToken {
+                    groups,
+                    grant: Some(grant),
+                    checked_at: now,
+                    ..token
+                };
+                if !self
+                    .store
+                    .recheck_token(key, &rechecked)
+                    .await
+                    .map_err(TokenError::Store)?
+                {
+                    // Revoked while the provider was asked: it stays revoked.
+                    return Err(TokenError::Unknown);
+                }
+                crate::metrics::global().token_recheck("confirmed");
+                tracing::debug!(user = %rechecked.user, id = %rechecked.id, groups = ?rechecked.groups, "personal access token re-checked with the provider");
+                return Ok(rechecked);
+            }
+            // The token's index and every record name the person as they were.
+            Recheck::Confirmed { user, .. } => {
+                format!("the provider now names the person {user:?}")
+            }
+            Recheck::Refused(why) => why,
+            Recheck::Unreadable
+                if now
+                    < token.checked_at
+                        + self.config.recheck_interval.as_secs()
+                        + UNREADABLE_GRACE.as_secs() =>
+            {
+                crate::metrics::global().token_recheck("unreadable");
+                tracing::warn!(user = %token.user, id = %token.id, "a personal access token's grant is sealed under an unknown key (add the previous key to session.previous_encryption_key_files during a roll); the token goes on for now");
+                return Ok(token);
+            }
+            Recheck::Unreadable => "its grant cannot be read by any key held".to_string(),
+            Recheck::Unavailable(e) => {
+                crate::metrics::global().token_recheck("unreachable");
+                tracing::warn!(
+                    error = &e as &dyn std::error::Error,
+                    user = %token.user,
+                    id = %token.id,
+                    "the provider cannot re-check a personal access token; it goes on"
+                );
+                return Ok(token);
+            }
+        };
+        self.store
+            .revoke_token_id(&token.id)
+            .await
+            .map_err(TokenError::Store)?;
+        crate::metrics::global().token_recheck("revoked");
+        tracing::info!(
+            target: "authgate::audit",
+            event = "token_revoked",
+            user = %token.user,
+            id = %token.id,
+            by = "provider",
+            reason = %why,
+            "personal access token revoked: the provider no longer confirms the person"
+        );
+        Err(TokenError::Unknown)
     }
 
     /// Judges what a person asks for, without making anything.
@@ -423,6 +544,21 @@ impl PersonalTokens {
         if held.len() >= self.config.max_per_user as usize {
             return Err(MintError::TooMany(self.config.max_per_user));
         }
+        // The token takes the fresh login's grant, to re-check the person with it.
+        let grant = match self.login.take_grant(session).await {
+            Ok(TakenGrant::Grant(grant)) => Some(grant),
+            Ok(TakenGrant::NoGrant) if self.config.require_recheck => {
+                return Err(MintError::NoGrant);
+            }
+            Ok(TakenGrant::NoGrant) => None,
+            Ok(TakenGrant::Spent) => {
+                return Err(MintError::LoginRequired(
+                    humantime::format_duration(self.config.fresh_login).to_string(),
+                ));
+            }
+            Ok(TakenGrant::Busy) => return Err(MintError::Busy),
+            Err(e) => return Err(MintError::Store(e)),
+        };
         let now = self.clock.unix_now();
         let secret = format!("{PREFIX}{}", new_secret());
         let token = PersonalToken {
@@ -436,6 +572,8 @@ impl PersonalTokens {
             expires_at: now + lifetime.as_secs(),
             last_used: None,
             rules: self.rules,
+            checked_at: now,
+            grant,
         };
         let max = self.config.max_per_user;
         if !self

@@ -293,6 +293,16 @@ async fn create(tokens: &PersonalTokens, req: &Request, found: &Found) -> Respon
             refused_page_or_json(req, StatusCode::CONFLICT, "conflict", &e.to_string())
         }
         Err(e @ MintError::LoginRequired(_)) => login_required(req, &e.to_string()),
+        Err(e @ MintError::NoGrant) => refused_page_or_json(
+            req,
+            StatusCode::FORBIDDEN,
+            "no_refresh_token",
+            &e.to_string(),
+        ),
+        Err(e @ MintError::Busy) => {
+            refused_page_or_json(req, StatusCode::CONFLICT, "conflict", &e.to_string())
+                .with_header("retry-after", "30")
+        }
         Err(MintError::Store(e)) => store_unavailable(&e),
     }
 }

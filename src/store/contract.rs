@@ -140,6 +140,8 @@ pub fn personal_token(id: &str, user: &str, created_at: u64) -> super::PersonalT
         expires_at: created_at + 3600,
         last_used: None,
         rules: 7,
+        grant: Some(format!("sealed-grant-{id}")),
+        checked_at: created_at,
     }
 }
 
@@ -188,6 +190,22 @@ pub async fn tokens(store: &dyn super::TokenStore) {
     );
     assert!(!store.token_used(&Key::of("agt_gone"), 1).await.unwrap());
 
+    // A re-check writes new groups, grant and time; it never brings a revoked token back.
+    let mut rechecked = store.token(&key(2)).await.unwrap().unwrap();
+    rechecked.groups = vec!["g2".into()];
+    rechecked.grant = Some("rotated".into());
+    rechecked.checked_at = 2000;
+    assert!(store.recheck_token(&key(2), &rechecked).await.unwrap());
+    assert_eq!(store.token(&key(2)).await.unwrap(), Some(rechecked.clone()));
+    let a2 = rechecked;
+    assert!(
+        !store
+            .recheck_token(&Key::of("agt_gone"), &a2)
+            .await
+            .unwrap()
+    );
+    assert_eq!(store.token(&Key::of("agt_gone")).await.unwrap(), None);
+
     // Another person's id is as good as none.
     assert!(!store.revoke_token(&bob, &a1.id).await.unwrap());
     assert!(store.token(&key(1)).await.unwrap().is_some());
@@ -197,6 +215,10 @@ pub async fn tokens(store: &dyn super::TokenStore) {
     assert!(
         !store.token_used(&key(1), 5000).await.unwrap(),
         "a use never brings it back"
+    );
+    assert!(
+        !store.recheck_token(&key(1), &a1).await.unwrap(),
+        "nor does a re-check"
     );
     assert_eq!(store.token(&key(1)).await.unwrap(), None);
     assert_eq!(

@@ -444,6 +444,16 @@ impl TokenStore for MemoryStore {
         Ok(true)
     }
 
+    async fn recheck_token(&self, key: &Key, token: &PersonalToken) -> Result<bool, StoreError> {
+        let live = self.clock.now();
+        let mut tokens = self.tokens.write().await;
+        let Some((held, _)) = tokens.by_key.get_mut(key).filter(|(_, u)| *u > live) else {
+            return Ok(false);
+        };
+        *held = token.clone();
+        Ok(true)
+    }
+
     async fn tokens_of(&self, user: &str) -> Result<Vec<PersonalToken>, StoreError> {
         let now = self.clock.now();
         let tokens = self.tokens.read().await;

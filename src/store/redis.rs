@@ -397,6 +397,23 @@ impl TokenStore for RedisStore {
         Ok(true)
     }
 
+    async fn recheck_token(&self, key: &Key, token: &PersonalToken) -> Result<bool, StoreError> {
+        let json = serde_json::to_string(token).map_err(err)?;
+        // XX: a token revoked meanwhile stays revoked; KEEPTTL: its expiry stays. The one
+        // re-checking holds the token's lock; a concurrent `token_used` (compare and set) yields.
+        let written: Option<String> = self
+            .query(
+                redis::cmd("SET")
+                    .arg(self.key("t", &key.hex()))
+                    .arg(json)
+                    .arg("XX")
+                    .arg("KEEPTTL")
+                    .clone(),
+            )
+            .await?;
+        Ok(written.is_some())
+    }
+
     async fn tokens_of(&self, user: &str) -> Result<Vec<PersonalToken>, StoreError> {
         let set = self.key("tu", user);
         let ids: Vec<String> = self.query(redis::cmd("SMEMBERS").arg(&set).clone()).await?;

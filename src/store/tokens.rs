@@ -38,6 +38,14 @@ pub struct PersonalToken {
     /// under other rules is no token.
     #[serde(default)]
     pub rules: u64,
+    /// The refresh token of the login the token was made after, sealed: how authgate re-checks
+    /// the person with the provider. `None` when the provider issued none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub grant: Option<String>,
+    /// Unix seconds when the provider last confirmed the person (the token's making, or its last
+    /// re-check).
+    #[serde(default)]
+    pub checked_at: u64,
 }
 
 /// Where personal access tokens live: the session store, so every replica honours them and
@@ -59,6 +67,9 @@ pub trait TokenStore: Send + Sync {
     /// Records a use at `now` when the last one recorded is [`super::TOUCH_INTERVAL`] old or
     /// more; never brings a revoked token back. Whether the token still exists.
     async fn token_used(&self, key: &Key, now: u64) -> Result<bool, StoreError>;
+    /// Replaces a token's record after a re-check with the provider (its groups, grant and
+    /// `checked_at`), keeping its expiry; never brings a revoked token back. Whether it exists.
+    async fn recheck_token(&self, key: &Key, token: &PersonalToken) -> Result<bool, StoreError>;
     /// Every live token of `user`, oldest first.
     async fn tokens_of(&self, user: &str) -> Result<Vec<PersonalToken>, StoreError>;
     /// Revokes the token `id` if `user` owns it (another person's id is as good as none);

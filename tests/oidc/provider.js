@@ -21,6 +21,9 @@
 //                 client_secret_post (oidc-provider allows exactly one method per client).
 //   USERINFO_ONLY_CLAIMS=1  ID tokens carry only sub (+ sid, nonce…); email, name and groups
 //                 come from the userinfo endpoint (oidc-provider's spec-conform default).
+//   NO_REFRESH_TOKENS=1  never issue a refresh token (a provider or client configured so).
+//   ROTATE_REFRESH_TOKENS=1  every refresh returns a new refresh token and consumes the old one,
+//                 as Dex does by default; a consumed one used again revokes the whole grant.
 //   EXTRA_USERS   JSON array of more accounts, for hostile claims: {"sub", "login", "password",
 //                 "claims": {...}}; `claims` replaces the released claims of that name (email,
 //                 email_verified, name, groups), and a claim set to null is not released at all.
@@ -28,7 +31,9 @@
 // Users: see USERS below. Login is a real form (ids login, password, submit); consent is granted
 // automatically. Test control endpoints (loopback clients only): GET /test/health,
 // POST /test/rotate-keys, POST /test/end-session?sub=<sub or email>,
-// POST /test/logout-token?sub=<sub>&sid=<sid> (a signed logout token, returned, not sent).
+// POST /test/logout-token?sub=<sub>&sid=<sid> (a signed logout token, returned, not sent),
+// POST /test/remove-account?sub=<sub or email> (the account is gone: its grants refuse to refresh),
+// POST /test/set-groups?sub=<sub or email>&groups=a,b (what the account's groups claim says).
 // Logs go to stderr; stdout carries only the READY line.
 
 import http from 'node:http';
@@ -91,6 +96,8 @@ const ID_TOKEN_TTL = intEnv('ID_TOKEN_TTL', 3600);
 const SESSION_TTL = intEnv('SESSION_TTL', 86400);
 const REFRESH_TOKEN_TTL = intEnv('REFRESH_TOKEN_TTL', 86400);
 const USERINFO_ONLY_CLAIMS = process.env.USERINFO_ONLY_CLAIMS === '1';
+const NO_REFRESH_TOKENS = process.env.NO_REFRESH_TOKENS === '1';
+const ROTATE_REFRESH_TOKENS = process.env.ROTATE_REFRESH_TOKENS === '1';
 
 function parseClients() {
   let raw;
@@ -178,6 +185,10 @@ function buildProvider() {
     // Dex-like: scope claims go into the ID token too, not only to userinfo.
     conformIdTokenClaims: USERINFO_ONLY_CLAIMS,
     pkce: { required: () => true }, // oidc-provider 9 only knows S256
+    // oidc-provider's default: a refresh token for a grant with offline_access.
+    ...(NO_REFRESH_TOKENS ? { issueRefreshToken: async () => false } : {}),
+    // oidc-provider's default rotates only near the end of a refresh token's life.
+    ...(ROTATE_REFRESH_TOKENS ? { rotateRefreshToken: () => true } : {}),
     ttl: {
       IdToken: ID_TOKEN_TTL,
       AccessToken: ID_TOKEN_TTL,
@@ -387,6 +398,20 @@ async function testEndpoint(req, res, path, query) {
     const model = await provider.Client.find(client.client_id);
     const token = await logoutTokenFor(model, query.get('sub') ?? undefined, query.get('sid') ?? undefined);
     return sendJson(res, 200, { logout_token: token });
+  }
+
+  if (path === '/test/remove-account' || path === '/test/set-groups') {
+    const who = query.get('sub') ?? query.get('email') ?? '';
+    const user = userBySub(who) ?? userByEmail(who);
+    if (!user) return sendJson(res, 404, { error: `unknown user ${who}` });
+    if (path === '/test/remove-account') {
+      USERS.splice(USERS.indexOf(user), 1);
+      log('account removed:', user.sub);
+      return sendJson(res, 200, { removed: user.sub });
+    }
+    user.groups = (query.get('groups') ?? '').split(',').filter(Boolean);
+    log('groups of', user.sub, 'now', user.groups.join(','));
+    return sendJson(res, 200, { sub: user.sub, groups: user.groups });
   }
 
   if (path === '/test/end-session') {

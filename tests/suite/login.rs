@@ -551,11 +551,6 @@ async fn the_app_never_sees_authgates_cookies() {
     }
 }
 
-/// How many tokens the provider has issued (code and refresh grants).
-fn tokens_issued(provider: &oidc::OidcProvider) -> usize {
-    provider.logs().matches("token issued for").count()
-}
-
 #[tokio::test]
 async fn expired_id_tokens_are_refreshed_once_and_a_refused_refresh_ends_the_session() {
     let clock = authgate::clock::ManualClock::new();
@@ -576,14 +571,14 @@ async fn expired_id_tokens_are_refreshed_once_and_a_refused_refresh_ends_the_ses
             .status,
         200
     );
-    assert_eq!(tokens_issued(&stack.provider), 1);
+    assert_eq!(stack.provider.tokens_issued(), 1);
 
     // Due: ten concurrent requests, one refresh.
     clock.advance(Duration::from_secs(120));
     let urls: Vec<String> = (0..10).map(|i| stack.url(&format!("/r{i}"))).collect();
     let statuses = futures::future::join_all(urls.iter().map(|u| navigate(&browser, u))).await;
     assert!(statuses.iter().all(|r| r.status() == 200));
-    assert_eq!(tokens_issued(&stack.provider), 2, "exactly one refresh");
+    assert_eq!(stack.provider.tokens_issued(), 2, "exactly one refresh");
 
     // The provider down: the session goes on.
     stack.provider.stop();

@@ -178,7 +178,8 @@ async fn a_person_makes_a_scoped_token_and_it_acts_as_them_only_there() {
             "{metrics}"
         );
 
-        // An unscoped token goes wherever the person may.
+        // An unscoped token goes wherever the person may. (Each token takes its own login.)
+        stack.log_in_again(&alice, ALICE).await;
         let all: Value = make(&stack, &alice, "name=all&expires_in=1d")
             .await
             .json()
@@ -465,15 +466,18 @@ async fn tokens_are_made_only_from_this_origin_with_a_session_and_within_the_lim
     ] {
         assert_eq!(direct(body).await.unwrap().status(), 400, "{body}");
     }
-    // At most max_per_user (3) live tokens.
+    // At most max_per_user (3) live tokens. Each takes its own fresh login: a second one
+    // from the login that made the first is refused.
     assert_eq!(
         make(&stack, &alice, "name=2&expires_in=1d").await.status(),
-        201
+        403
     );
-    assert_eq!(
-        make(&stack, &alice, "name=3&expires_in=1d").await.status(),
-        201
-    );
+    for name in ["2", "3"] {
+        stack.log_in_again(&alice, ALICE).await;
+        let query = format!("name={name}&expires_in=1d");
+        assert_eq!(make(&stack, &alice, &query).await.status(), 201);
+    }
+    stack.log_in_again(&alice, ALICE).await;
     assert_eq!(
         make(&stack, &alice, "name=4&expires_in=1d").await.status(),
         409
@@ -550,6 +554,7 @@ async fn a_token_works_only_as_a_bearer_token_and_ends_at_its_expiry() {
     assert_eq!(basic.status, 401);
 
     // A token may revoke itself (what `authgate logout` does), and only itself.
+    stack.log_in_again(&alice, ALICE).await;
     let other: Value = make(&stack, &alice, "name=other&expires_in=1d")
         .await
         .json()
@@ -615,6 +620,205 @@ async fn tokens_are_off_unless_enabled_and_never_reach_a_token_review() {
 }
 
 /// What `authgate login` sends a browser to, built as the CLI builds it.
+/// The secret of a token just made (201).
+async fn secret_of(made: reqwest::Response) -> String {
+    assert_eq!(made.status(), 201);
+    let made: Value = made.json().await.unwrap();
+    made["token"].as_str().unwrap().to_string()
+}
+
+/// The groups the app received, and those the signed identity names.
+fn groups_seen(response: &RawResponse) -> (String, Value) {
+    let jwt = response
+        .upstream_header("x-authgate-identity")
+        .expect("an identity JWT");
+    (
+        response
+            .upstream_header("kubeflow-groups")
+            .unwrap_or_default(),
+        oidc::jwt_claims(&jwt)["groups"].clone(),
+    )
+}
+
+const HOUR_AND_A_MINUTE: Duration = Duration::from_secs(61 * 60);
+
+#[tokio::test]
+async fn a_token_is_rechecked_with_the_provider_and_ends_when_the_person_is_removed_there() {
+    let clock = authgate::clock::ManualClock::new();
+    // The provider rotates refresh tokens, as Dex does: one used twice revokes its grant, so
+    // every re-check must keep the rotated one (and no session may hold the token's grant).
+    let mut stack = LoginStack::start_full(
+        ExtAuthz::Grpc,
+        RULES,
+        &[("ROTATE_REFRESH_TOKENS", "1")],
+        fixture(),
+        Arc::new(clock.clone()),
+    )
+    .await;
+    let path = "/notebook/team-b/nb/lab";
+    let alice = logged_in(&stack, ALICE).await;
+    let one = secret_of(make(&stack, &alice, "name=one&expires_in=7d").await).await;
+    // The token took the login's grant: that login makes no second one.
+    let second = make(&stack, &alice, "name=two&expires_in=7d").await;
+    assert_eq!(second.status(), 403);
+    let second: Value = second.json().await.unwrap();
+    assert_eq!(second["error"], "login_required", "{second}");
+    stack.log_in_again(&alice, ALICE).await;
+    let two = secret_of(make(&stack, &alice, "name=two&expires_in=7d").await).await;
+    let bob = logged_in(&stack, BOB).await;
+    let three = secret_of(make(&stack, &bob, "name=three&expires_in=7d").await).await;
+
+    let used = with_token(&stack, path, &one).await;
+    assert_eq!(used.status, 200, "{used:?}");
+    assert_eq!(groups_seen(&used).0, "kubeflow-users,team-a");
+
+    // The provider changes Alice's groups. Before the interval, the token acts as it was made.
+    stack
+        .provider
+        .set_groups(ALICE.0, &["kubeflow-users", "ml-admins"])
+        .await;
+    let issued = stack.provider.tokens_issued();
+    assert_eq!(
+        groups_seen(&with_token(&stack, path, &one).await).0,
+        "kubeflow-users,team-a"
+    );
+    assert_eq!(stack.provider.tokens_issued(), issued, "not due yet");
+
+    // Due: five requests at once, one re-check; from then on, the groups the provider says.
+    clock.advance(HOUR_AND_A_MINUTE);
+    let at_once = (0..5).map(|_| with_token(&stack, path, &one));
+    for response in futures::future::join_all(at_once).await {
+        assert_eq!(response.status, 200, "{response:?}");
+    }
+    assert_eq!(
+        stack.provider.tokens_issued(),
+        issued + 1,
+        "exactly one re-check"
+    );
+    for token in [&one, &two] {
+        let used = with_token(&stack, path, token).await;
+        assert_eq!(used.status, 200, "{used:?}");
+        assert_eq!(
+            groups_seen(&used),
+            (
+                "kubeflow-users,ml-admins".to_string(),
+                serde_json::json!(["kubeflow-users", "ml-admins"])
+            )
+        );
+    }
+    assert_eq!(
+        stack.provider.tokens_issued(),
+        issued + 2,
+        "each token's own"
+    );
+    // Again: the grant rotated at the last check is the one used now.
+    clock.advance(HOUR_AND_A_MINUTE);
+    stack
+        .provider
+        .set_groups(ALICE.0, &["kubeflow-users", "ml-admins", "team-a"])
+        .await;
+    let used = with_token(&stack, path, &one).await;
+    assert_eq!(used.status, 200, "{used:?}");
+    assert_eq!(groups_seen(&used).0, "kubeflow-users,ml-admins,team-a");
+
+    // The browser sessions that gave their grants away ended with their ID tokens (1h): the
+    // provider vouched for that long, and no refresh can ask it again.
+    let navigated = alice
+        .get(stack.url(path))
+        .header(ACCEPT, oidc::NAVIGATION_ACCEPT)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(navigated.status(), 302, "sent to log in again");
+
+    // Alice leaves: the provider removes her account. Each of her tokens ends at its next use,
+    // within the interval; Bob's goes on.
+    stack.provider.remove_account(ALICE.0).await;
+    clock.advance(HOUR_AND_A_MINUTE);
+    for token in [&one, &two] {
+        let refused = with_token(&stack, path, token).await;
+        assert_eq!(refused.status, 401, "{refused:?}");
+        assert!(
+            refused.body.contains("personal access token"),
+            "{refused:?}"
+        );
+    }
+    assert_eq!(with_token(&stack, path, &three).await.status, 200);
+    assert_eq!(
+        with_token(&stack, path, &one).await.status,
+        401,
+        "revoked, not only refused once"
+    );
+
+    // The provider down: nobody loses access for it; the token goes on as it was.
+    stack.provider.stop();
+    clock.advance(HOUR_AND_A_MINUTE);
+    let used = with_token(&stack, path, &three).await;
+    assert_eq!(used.status, 200, "{used:?}");
+    assert_eq!(groups_seen(&used).0, "kubeflow-users");
+
+    let metrics = stack.authgate.metrics().await;
+    for (result, at_least) in [("confirmed", 3.0), ("revoked", 2.0), ("unreachable", 1.0)] {
+        let series = format!("authgate_personal_token_rechecks_total{{result=\"{result}\"}}");
+        assert!(
+            metric_value(&metrics, &series).is_some_and(|n| n >= at_least),
+            "{series}: {metrics}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn without_refresh_tokens_a_token_keeps_its_groups_unless_rechecks_are_required() {
+    for required in [false, true] {
+        let clock = authgate::clock::ManualClock::new();
+        let rules = RULES.replace(
+            "max_per_user: 3}",
+            &format!("max_per_user: 3, require_recheck: {required}}}"),
+        );
+        let stack = LoginStack::start_full(
+            ExtAuthz::Grpc,
+            &rules,
+            &[("NO_REFRESH_TOKENS", "1")],
+            fixture(),
+            Arc::new(clock.clone()),
+        )
+        .await;
+        let alice = logged_in(&stack, ALICE).await;
+        let made = make(&stack, &alice, "name=ci&expires_in=7d").await;
+        if required {
+            assert_eq!(made.status(), 403);
+            let refused: Value = made.json().await.unwrap();
+            assert_eq!(refused["error"], "no_refresh_token", "{refused}");
+            assert!(
+                refused["message"]
+                    .as_str()
+                    .unwrap()
+                    .contains("offline_access"),
+                "{refused}"
+            );
+            continue;
+        }
+        let token = secret_of(made).await;
+        // No grant to take: the login stays fresh, and may make another.
+        let another = make(&stack, &alice, "name=another&expires_in=7d").await;
+        assert_eq!(another.status(), 201);
+        stack
+            .provider
+            .set_groups(ALICE.0, &["kubeflow-users", "ml-admins"])
+            .await;
+        let issued = stack.provider.tokens_issued();
+        clock.advance(HOUR_AND_A_MINUTE);
+        let used = with_token(&stack, "/notebook/team-a/nb/lab", &token).await;
+        assert_eq!(used.status, 200, "{used:?}");
+        assert_eq!(
+            groups_seen(&used).0,
+            "kubeflow-users,team-a",
+            "as made: nothing to ask the provider with"
+        );
+        assert_eq!(stack.provider.tokens_issued(), issued);
+    }
+}
+
 fn cli_start(stack: &LoginStack, redirect_uri: &str, challenge: &str) -> String {
     let mut url = url::Url::parse(&stack.url("/authgate/tokens/new")).unwrap();
     url.query_pairs_mut()
@@ -683,8 +887,10 @@ async fn a_cli_code_goes_only_to_a_loopback_address_and_opens_only_with_its_veri
     .unwrap();
     assert_eq!(without_pkce.status(), 400);
 
-    // A code for each of three tokens, made through the confirmation page as a browser does.
+    // A code for each of three tokens, made through the confirmation page as a browser does
+    // (each after its own login).
     let code = || async {
+        stack.log_in_again(&alice, ALICE).await;
         let confirm = page(cli_start(
             &stack,
             "http://127.0.0.1:8123/callback",

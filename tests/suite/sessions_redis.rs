@@ -381,18 +381,18 @@ async fn personal_tokens_are_shared_by_replicas_and_end_with_sessions_revoke() {
     let (_a, envoy_a) = shared.replica_with(shared.public_port, tokens_on).await;
     let (_b, envoy_b) = shared.replica_with(free_port(), tokens_on).await;
     let alice = oidc::browser();
-    // Making a token needs a fresh login.
+    // Making a token needs a fresh login of its own.
     let fresh = format!("{}/authgate/login?fresh=1&rd=/x", envoy_a.url());
-    assert_eq!(oidc::browser_login(&alice, &fresh, ALICE).await.status, 200);
-    let make = |name: &str| {
+    let (base, public) = (envoy_a.url(), shared.public_url());
+    let (alice, fresh, base, public) = (&alice, &fresh, &base, &public);
+    let make = move |name: &'static str| async move {
+        assert_eq!(oidc::browser_login(alice, fresh, ALICE).await.status, 200);
         alice
-            .post(format!(
-                "{}/authgate/tokens?name={name}&expires_in=1d",
-                envoy_a.url()
-            ))
-            .header(reqwest::header::ORIGIN, shared.public_url())
+            .post(format!("{base}/authgate/tokens?name={name}&expires_in=1d"))
+            .header(reqwest::header::ORIGIN, public)
             .header(ACCEPT, "application/json")
             .send()
+            .await
     };
     let bearer = |envoy: &Envoy, token: &str| {
         reqwest::Client::new()
@@ -477,8 +477,8 @@ async fn personal_tokens_are_shared_by_replicas_and_end_with_sessions_revoke() {
     assert_eq!(bearer(&envoy_b, token).await.unwrap().status(), 200);
     let said = run(&["sessions", "revoke", "--user", "alice@example.com"]);
     assert_eq!(
-        said.1,
-        "revoked 1 session(s) and 1 personal access token(s) of alice@example.com"
+        said.1, "revoked 5 session(s) and 1 personal access token(s) of alice@example.com",
+        "a session from each of the five logins"
     );
     assert_eq!(
         bearer(&envoy_a, token).await.unwrap().status(),

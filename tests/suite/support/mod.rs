@@ -334,6 +334,15 @@ impl LoginStack {
         browser
     }
 
+    /// Logs `browser` in again as `user`, freshly: each token takes the grant of its own fresh
+    /// login.
+    pub async fn log_in_again(&self, browser: &reqwest::Client, user: (&str, &str)) {
+        let start = self.url("/authgate/login?fresh=1&rd=/authgate/tokens");
+        let journey = oidc::browser_login(browser, &start, user).await;
+        // 203 in HTTP mode: Envoy marks what authgate answered itself.
+        assert!([200, 203].contains(&journey.status), "{journey:#?}");
+    }
+
     /// `POST /authgate/tokens?{query}` from the gateway's own origin, asking for JSON.
     pub async fn make_token(&self, browser: &reqwest::Client, query: &str) -> reqwest::Response {
         browser

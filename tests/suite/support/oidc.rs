@@ -5,7 +5,8 @@
 //! The provider has four users (`ALICE`, `BOB`, `NOGROUPS`, `MALLORY`), a real login form
 //! (`login`/`password`/`submit`), automatic consent, PKCE (S256) required, RP-initiated logout
 //! without a confirmation click, back-channel logout, revocation, userinfo, and test control
-//! endpoints (`/test/rotate-keys`, `/test/end-session`, `/test/health`). node_modules come from
+//! endpoints (`/test/rotate-keys`, `/test/end-session`, `/test/remove-account`, `/test/set-groups`,
+//! `/test/health`). node_modules come from
 //! `scripts/setup-test-peers.sh`; if they are missing every entry point fails loudly, never skips.
 //!
 //! Seen with oidc-provider 9.13 (what the provider script works around, and what an RP sees):
@@ -265,6 +266,11 @@ impl OidcProvider {
         std::fs::read_to_string(&self.log_path).unwrap_or_default()
     }
 
+    /// How many tokens the provider has issued (code and refresh grants).
+    pub fn tokens_issued(&self) -> usize {
+        self.logs().matches("token issued for").count()
+    }
+
     /// `/.well-known/openid-configuration`.
     pub async fn discovery(&self) -> Value {
         self.get_json("/.well-known/openid-configuration").await
@@ -321,6 +327,24 @@ impl OidcProvider {
             .append_pair("sub", sub_or_email)
             .finish();
         self.post_test(&format!("/test/end-session?{q}")).await
+    }
+
+    /// Removes the account (by `sub` or e-mail): from now on its grants refuse to refresh
+    /// (oidc-provider looks the account up on every refresh).
+    pub async fn remove_account(&self, sub_or_email: &str) {
+        let q: String = url::form_urlencoded::Serializer::new(String::new())
+            .append_pair("sub", sub_or_email)
+            .finish();
+        self.post_test(&format!("/test/remove-account?{q}")).await;
+    }
+
+    /// Sets the account's groups claim (by `sub` or e-mail), for the next token issued.
+    pub async fn set_groups(&self, sub_or_email: &str, groups: &[&str]) {
+        let q: String = url::form_urlencoded::Serializer::new(String::new())
+            .append_pair("sub", sub_or_email)
+            .append_pair("groups", &groups.join(","))
+            .finish();
+        self.post_test(&format!("/test/set-groups?{q}")).await;
     }
 
     /// A logout token signed by the provider for the first client with a back-channel URI,
