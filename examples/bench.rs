@@ -1241,7 +1241,9 @@ async fn stage_costs(
                 Some(checker) => {
                     let core = authgate::transport::grpc::to_request(decoded);
                     let t2 = Instant::now();
-                    let decision = checker.check(&core, "grpc").await;
+                    let decision = checker
+                        .check(&core, "grpc", &authgate::telemetry::TraceHeaders::default())
+                        .await;
                     let t3 = Instant::now();
                     let answer = authgate::transport::grpc::to_response(decision);
                     let t4 = Instant::now();

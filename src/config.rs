@@ -417,6 +417,11 @@ pub struct PersonalTokensConfig {
     /// interval, and group changes reach them.
     #[serde(with = "humantime_serde")]
     pub recheck_interval: Duration,
+    /// How long a token goes on while the provider cannot confirm its owner (down, or
+    /// answering what authgate cannot read): past it, the token is refused (not revoked) until a
+    /// re-check confirms them again.
+    #[serde(with = "humantime_serde")]
+    pub max_unconfirmed: Duration,
     /// Refuse to make a token the provider gave no refresh token for (so it could never be
     /// re-checked), instead of making one that keeps its groups to its expiry.
     pub require_recheck: bool,
@@ -430,6 +435,7 @@ impl Default for PersonalTokensConfig {
             max_per_user: 20,
             fresh_login: Duration::from_secs(10 * 60),
             recheck_interval: Duration::from_secs(3600),
+            max_unconfirmed: Duration::from_secs(24 * 3600),
             require_recheck: false,
         }
     }

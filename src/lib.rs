@@ -23,6 +23,7 @@ pub mod redirect;
 pub mod request;
 pub mod settings;
 pub mod signing;
+pub mod spans;
 pub mod store;
 pub mod telemetry;
 pub mod transport;

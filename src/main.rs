@@ -145,15 +145,31 @@ enum Command {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    authgate::telemetry::init_logging();
+    // The server also exports traces when the OTEL_* variables ask, from inside its runtime
+    // (the gRPC exporter's channel lives there); every other command only logs.
+    let runtime = matches!(cli.command, Command::Serve { .. })
+        .then(|| tokio::runtime::Runtime::new().expect("tokio runtime"));
+    let telemetry = match &runtime {
+        Some(runtime) => runtime.block_on(async { authgate::telemetry::init(true) }),
+        None => authgate::telemetry::init(false),
+    };
+    let telemetry = match telemetry {
+        Ok(telemetry) => telemetry,
+        Err(e) => {
+            eprintln!("authgate: {e}");
+            return ExitCode::from(2);
+        }
+    };
     match cli.command {
         Command::Serve { config } => {
             let config = match load(config.as_deref()) {
                 Ok(c) => c,
                 Err(code) => return code,
             };
-            let runtime = tokio::runtime::Runtime::new().expect("tokio runtime");
-            match runtime.block_on(serve(config)) {
+            let runtime = runtime.expect("made for serve");
+            let stopped = runtime.block_on(serve(config));
+            telemetry.shutdown();
+            match stopped {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     tracing::error!(error = format!("{e:#}"), "authgate stopped");

@@ -60,7 +60,8 @@ pub struct CacheLabels {
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RecheckLabels {
     /// `confirmed`, `revoked` (the provider refused, or names someone else), `unreachable`
-    /// (the token went on as it was), `unreadable` (its grant is sealed under a key not held).
+    /// (the token went on as it was), `unacceptable` (refused this time, not revoked),
+    /// `unreadable` (its grant is sealed under a key not held).
     pub result: &'static str,
 }
 
@@ -219,13 +220,18 @@ impl Metrics {
     }
 }
 
-/// Times a future and records it as a call to `dependency`.
+/// Times a future and records it as a call to `dependency`; with tracing on, it is also a
+/// client span, a child of the check that made it ([`crate::spans`]).
 pub async fn timed<T, E>(
     dependency: &'static str,
     call: impl Future<Output = Result<T, E>>,
 ) -> Result<T, E> {
+    let span = crate::spans::call_span(dependency);
     let started = std::time::Instant::now();
-    let result = call.await;
+    let result = tracing::Instrument::instrument(call, span.clone()).await;
     global().call(dependency, result.is_ok(), started.elapsed());
+    if result.is_err() {
+        span.record("otel.status_code", "ERROR");
+    }
     result
 }

@@ -489,6 +489,16 @@ fn judge(config: &Config) -> Vec<Problem> {
                 .into(),
         );
     }
+    if tokens.max_unconfirmed < tokens.recheck_interval
+        || tokens.max_unconfirmed > Duration::from_secs(7 * 24 * 3600)
+    {
+        bad(
+            "personal_tokens.max_unconfirmed",
+            "between recheck_interval and 7d: it bounds how long a token lives on while the \
+             provider cannot confirm its owner"
+                .into(),
+        );
+    }
     if !(1..=1000).contains(&tokens.max_per_user) {
         bad("personal_tokens.max_per_user", "between 1 and 1000".into());
     }
@@ -768,6 +778,14 @@ personal_tokens: {enabled: true";
         for bad in ["30s", "25h"] {
             let p = problems(&format!("{base}, recheck_interval: {bad}}}"));
             assert_eq!(p[0].key, "personal_tokens.recheck_interval", "{bad}");
+        }
+        assert_eq!(
+            c.personal_tokens.max_unconfirmed,
+            Duration::from_secs(24 * 3600)
+        );
+        for bad in ["30m", "8d"] {
+            let p = problems(&format!("{base}, max_unconfirmed: {bad}}}"));
+            assert_eq!(p[0].key, "personal_tokens.max_unconfirmed", "{bad}");
         }
         let p = problems(&format!("{base}, fresh_login: 2h}}"));
         assert_eq!(p[0].key, "personal_tokens.fresh_login");

@@ -10,7 +10,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use openidconnect::core::{CoreAuthPrompt, CoreAuthenticationFlow};
+use openidconnect::core::{CoreAuthPrompt, CoreAuthenticationFlow, CoreErrorResponseType};
 use openidconnect::{
     AuthorizationCode, CsrfToken, Nonce, OAuth2TokenResponse, PkceCodeChallenge, PkceCodeVerifier,
     RefreshToken, RequestTokenError, Scope, TokenResponse,
@@ -54,8 +54,10 @@ fn auth_time(
     fresh_since: Option<u64>,
     now: u64,
 ) -> Result<u64, &'static str> {
+    // Only a login that asked the provider to authenticate the person again counts: some
+    // providers send `auth_time` on every login, whose grant a token must not take.
     let Some(started) = fresh_since else {
-        return Ok(claimed.unwrap_or(0));
+        return Ok(0);
     };
     match claimed {
         Some(at) if at + FRESH_LOGIN_LEEWAY.as_secs() < started => Err(
@@ -324,7 +326,7 @@ impl Login {
                     Reason::LoginRejected,
                 ));
             }
-            Err(LoginError::Rejected(why)) => {
+            Err(LoginError::Rejected(why) | LoginError::Unverified(why)) => {
                 tracing::warn!(reason = %why, "login rejected");
                 return with_cookie(page(
                     StatusCode::UNAUTHORIZED,
@@ -371,22 +373,17 @@ impl Login {
             .id_token()
             .ok_or_else(|| LoginError::Rejected("no ID token in the token response".into()))?;
         let nonce = Nonce::new(pending.nonce());
-        let verified = match id_token.claims(&discovered.client.id_token_verifier(), &nonce) {
-            Ok(_) => discovered.clone(),
-            Err(openidconnect::ClaimsVerificationError::SignatureVerification(_)) => {
-                // Maybe the provider rotated its keys: look again (rate limited) and retry once.
-                let fresh = self
-                    .provider
-                    .rediscover()
-                    .await
-                    .map_err(LoginError::Provider)?;
-                id_token
-                    .claims(&fresh.client.id_token_verifier(), &nonce)
-                    .map_err(|e| LoginError::Rejected(format!("ID token: {e}")))?;
-                fresh
-            }
-            Err(e) => return Err(LoginError::Rejected(format!("ID token: {e}"))),
-        };
+        let verified = self
+            .verify_id_token(
+                discovered,
+                |d| {
+                    id_token
+                        .claims(&d.client.id_token_verifier(), &nonce)
+                        .map(|_| ())
+                },
+                |e| LoginError::Rejected(format!("ID token: {e}")),
+            )
+            .await?;
         let id_token_text = id_token.to_string();
         let claims = self
             .claims(&verified, &id_token_text, token.access_token().secret())
@@ -407,6 +404,31 @@ impl Login {
             refresh_token: token.refresh_token().map(|t| self.sealer.seal(t.secret())),
             rules: self.rules.fingerprint(),
         })
+    }
+
+    /// Verifies an ID token (`verify`) with the provider's keys, fetched again once when the
+    /// signature does not verify (the provider may have rotated them): the discovery that
+    /// verified it, or why not (`refused`).
+    async fn verify_id_token(
+        &self,
+        discovered: Arc<Discovered>,
+        verify: impl Fn(&Discovered) -> Result<(), openidconnect::ClaimsVerificationError>,
+        refused: impl Fn(openidconnect::ClaimsVerificationError) -> LoginError,
+    ) -> Result<Arc<Discovered>, LoginError> {
+        match verify(&discovered) {
+            Ok(()) => Ok(discovered),
+            Err(openidconnect::ClaimsVerificationError::SignatureVerification(_)) => {
+                // Rate limited: a flood of bad signatures cannot make authgate fetch keys often.
+                let fresh = self
+                    .provider
+                    .rediscover()
+                    .await
+                    .map_err(LoginError::Provider)?;
+                verify(&fresh).map_err(&refused)?;
+                Ok(fresh)
+            }
+            Err(e) => Err(refused(e)),
+        }
     }
 
     /// When the person last authenticated at the provider ([`auth_time`]).
@@ -493,7 +515,10 @@ impl Login {
             self.sessions.forget(&found.key);
             return Ok(None);
         };
-        if current.refresh_token.is_none() {
+        if current.refresh_token.is_none()
+            || now + REFRESH_AHEAD.as_secs() < current.id_token_expires_at
+        {
+            // Given away, or refreshed by another replica meanwhile.
             self.sessions.remember(&found.key, &current);
             return Ok(Some(Found {
                 key: found.key,
@@ -504,7 +529,19 @@ impl Login {
             key: found.key,
             session: current,
         };
-        match self.refresh(&found.session).await {
+        // Done well inside the lock: past it, another replica could refresh with the same token.
+        let refreshed = tokio::time::timeout(
+            REFRESH_LOCK - Duration::from_secs(5),
+            self.refresh(&found.session),
+        )
+        .await
+        .unwrap_or_else(|_| {
+            Err(LoginError::Provider(ProviderError::caused_by(
+                "refresh",
+                "took longer than a refresh may",
+            )))
+        });
+        match refreshed {
             Ok(session) => {
                 let remaining = Duration::from_secs(session.expires_at.saturating_sub(now).max(1));
                 if !store.update(&found.key, &session, remaining).await? {
@@ -519,7 +556,7 @@ impl Login {
                     session,
                 }))
             }
-            Err(LoginError::Rejected(why)) => {
+            Err(LoginError::Rejected(why) | LoginError::Unverified(why)) => {
                 store.delete(&found.key).await?;
                 self.sessions.forget(&found.key);
                 tracing::info!(target: "authgate::audit", event = "refresh_refused", user = %found.session.user, reason = %why, "session ended: the provider refused the refresh");
@@ -588,6 +625,22 @@ impl Login {
             .request_async(self.provider.http())
             .await
             .map_err(|e| match e {
+                // The provider refuses authgate itself (its client secret rotated?): that says
+                // nothing about the person.
+                RequestTokenError::ServerResponse(r)
+                    if matches!(
+                        r.error(),
+                        CoreErrorResponseType::InvalidClient
+                            | CoreErrorResponseType::UnauthorizedClient
+                    ) =>
+                {
+                    LoginError::Provider(ProviderError::caused_by(
+                        "refresh",
+                        format!("the provider refuses authgate's client: {}", r.error()),
+                    ))
+                }
+                // A 4xx with an OAuth error (5xx and 429 never get here: `ProviderHttp` makes
+                // them unavailability): the grant is refused.
                 RequestTokenError::ServerResponse(r) => {
                     LoginError::Rejected(format!("refresh refused: {}", r.error()))
                 }
@@ -596,12 +649,20 @@ impl Login {
         drop(turn);
         let id_token = token
             .id_token()
-            .ok_or_else(|| LoginError::Rejected("no ID token in the refresh response".into()))?;
+            .ok_or_else(|| LoginError::Unverified("no ID token in the refresh response".into()))?;
         // A refreshed ID token carries no nonce (OIDC Core 12.2).
         let accept_missing_nonce = |_: Option<&Nonce>| Ok(());
-        id_token
-            .claims(&discovered.client.id_token_verifier(), accept_missing_nonce)
-            .map_err(|e| LoginError::Rejected(format!("refreshed ID token: {e}")))?;
+        let discovered = self
+            .verify_id_token(
+                discovered,
+                |d| {
+                    id_token
+                        .claims(&d.client.id_token_verifier(), accept_missing_nonce)
+                        .map(|_| ())
+                },
+                |e| LoginError::Unverified(format!("refreshed ID token: {e}")),
+            )
+            .await?;
         let id_token_text = id_token.to_string();
         let claims = self
             .claims(&discovered, &id_token_text, token.access_token().secret())
@@ -631,7 +692,8 @@ impl Login {
                 grant: refreshed.refresh_token.unwrap_or_else(|| grant.to_string()),
             },
             Err(LoginError::Rejected(why)) => Recheck::Refused(why),
-            Err(LoginError::Refused(why)) => Recheck::Refused(why.to_string()),
+            Err(LoginError::Refused(why)) => Recheck::Unacceptable(why.to_string()),
+            Err(LoginError::Unverified(why)) => Recheck::Unacceptable(why),
             Err(LoginError::Unreadable) => Recheck::Unreadable,
             Err(LoginError::Provider(e)) => Recheck::Unavailable(e),
         }
@@ -926,12 +988,18 @@ pub enum Recheck {
         grant: String,
     },
     /// The provider refused the grant (the person removed or disabled, the grant withdrawn or
-    /// expired), or now names someone authgate cannot vouch for: why.
+    /// expired): why.
     Refused(String),
+    /// The provider answered with an identity authgate cannot vouch for, or an ID token that
+    /// does not verify: why. Not a refusal of the person; not a confirmation either.
+    Unacceptable(String),
     /// The grant is sealed under a key this replica does not have.
     Unreadable,
-    /// The provider cannot be reached.
+    /// The provider cannot be reached, is in trouble (5xx, 429), or refuses authgate itself
+    /// (`invalid_client`).
     Unavailable(ProviderError),
+    /// It took longer than a re-check may.
+    TimedOut,
 }
 
 /// What [`Login::take_grant`] found.
@@ -957,6 +1025,8 @@ enum LoginError {
     Refused(ClaimError),
     /// The refresh token is sealed under a key this replica does not have.
     Unreadable,
+    /// The refreshed ID token does not verify (after the provider's keys were fetched again).
+    Unverified(String),
 }
 
 /// The JSON payload of a (verified) JWT.
@@ -986,7 +1056,11 @@ mod tests {
         // No auth_time from the provider: the login's completion counts.
         assert_eq!(auth_time(None, Some(started), started + 5), Ok(started + 5));
         // Not a fresh login: what the provider says, or unknown.
-        assert_eq!(auth_time(Some(5), None, started), Ok(5));
+        assert_eq!(
+            auth_time(Some(5), None, started),
+            Ok(0),
+            "not a fresh login"
+        );
         assert_eq!(auth_time(None, None, started), Ok(0));
     }
 

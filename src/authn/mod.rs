@@ -123,7 +123,9 @@ impl AuthnError {
             AuthnError::Rejected(Rejection::ApiServer(_)) | AuthnError::InvalidJwt(_) => {
                 Reason::InvalidToken
             }
-            AuthnError::PersonalToken(TokenError::Unknown) => Reason::PersonalTokenRefused,
+            AuthnError::PersonalToken(TokenError::Unknown | TokenError::Unconfirmed(_)) => {
+                Reason::PersonalTokenRefused
+            }
             AuthnError::PersonalToken(TokenError::Disabled) => Reason::BearerNotAccepted,
             AuthnError::PersonalToken(TokenError::Store(_)) => Reason::StoreUnavailable,
             AuthnError::Refused(why) => why.reason(),

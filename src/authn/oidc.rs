@@ -103,6 +103,11 @@ pub enum ProviderHttpError {
     /// The answer could not be put into an `http::Response`.
     #[error(transparent)]
     Http(#[from] http::Error),
+    /// The provider answered 5xx or 429: it is in trouble, whatever its body says (Dex answers
+    /// a failed storage or connector call with 500 and an OAuth error), so nobody's grant is
+    /// refused for it.
+    #[error("the provider answered {0}")]
+    Unavailable(http::StatusCode),
 }
 
 impl ProviderHttp {
@@ -124,8 +129,14 @@ impl<'c> openidconnect::AsyncHttpClient<'c> for ProviderHttp {
     >;
 
     fn call(&'c self, request: openidconnect::HttpRequest) -> Self::Future {
-        Box::pin(async move {
+        // Every call openidconnect makes (discovery, code exchange, refresh) is measured and
+        // traced as a provider call.
+        Box::pin(crate::metrics::timed("provider", async move {
             let response = self.0.execute(request.try_into()?).await?;
+            let status = response.status();
+            if status.is_server_error() || status == http::StatusCode::TOO_MANY_REQUESTS {
+                return Err(ProviderHttpError::Unavailable(status));
+            }
             let mut builder = http::Response::builder()
                 .status(response.status())
                 .version(response.version());
@@ -133,7 +144,7 @@ impl<'c> openidconnect::AsyncHttpClient<'c> for ProviderHttp {
                 builder = builder.header(name, value);
             }
             Ok(builder.body(response.bytes().await?.to_vec())?)
-        })
+        }))
     }
 }
 
@@ -278,12 +289,9 @@ impl Provider {
         let issuer = IssuerUrl::new(self.config.issuer.clone())
             .map_err(|e| ProviderError::caused_by("issuer URL", e))?;
         let turn = self.turn().await?;
-        let metadata = crate::metrics::timed(
-            "provider",
-            ProviderMetadataWithLogout::discover_async(issuer, &self.http),
-        )
-        .await
-        .map_err(|e| ProviderError::caused_by("discovery", e))?;
+        let metadata = ProviderMetadataWithLogout::discover_async(issuer, &self.http)
+            .await
+            .map_err(|e| ProviderError::caused_by("discovery", e))?;
         drop(turn);
         let end_session_endpoint = metadata
             .additional_metadata()

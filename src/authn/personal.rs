@@ -126,6 +126,10 @@ pub enum TokenError {
     /// Personal access tokens are not enabled on this gateway.
     #[error("personal access tokens are not enabled on this gateway")]
     Disabled,
+    /// The provider has not confirmed the owner lately enough (not revoked: a later re-check
+    /// may confirm them again).
+    #[error("personal access token not confirmed by the identity provider: {0}")]
+    Unconfirmed(String),
     /// The store failed.
     #[error("session store unavailable")]
     Store(#[source] StoreError),
@@ -358,6 +362,23 @@ impl PersonalTokens {
         } else {
             token
         };
+        if token.grant.is_none() && self.config.require_recheck {
+            return Err(TokenError::Unconfirmed(
+                "this gateway re-checks every token with the provider, and this one has no \
+                 grant to do it with (made before, or by a login without a refresh token)"
+                    .into(),
+            ));
+        }
+        // A provider that has not confirmed the person for this long (down, or answering
+        // what authgate cannot read) no longer vouches for them.
+        if token.grant.is_some() && token.checked_at + self.config.max_unconfirmed.as_secs() <= now
+        {
+            return Err(TokenError::Unconfirmed(format!(
+                "the identity provider has not confirmed the token's owner for {} \
+                 (personal_tokens.max_unconfirmed)",
+                humantime::format_duration(self.config.max_unconfirmed)
+            )));
+        }
         if token.last_used.is_none() {
             tracing::info!(
                 target: "authgate::audit",
@@ -391,92 +412,41 @@ impl PersonalTokens {
 
     /// Asks the provider about the person again, with the token's grant: their groups as they
     /// are now, or the token ends. One request on one replica asks (a store lock); meanwhile the
-    /// others go on with the token as it was. A provider that cannot be reached ends nobody's
-    /// access: it is asked again after the lock.
+    /// others go on with the token as it was. The asking runs in a task of its own, so a
+    /// request Envoy gives up on never loses a refresh token the provider has just rotated; the
+    /// request waits for it at most [`RECHECK_WAIT`], then goes on with the token as it was.
     async fn recheck(
         &self,
         key: &Key,
         token: PersonalToken,
         now: u64,
     ) -> Result<PersonalToken, TokenError> {
-        let Some(grant) = token.grant.as_deref() else {
-            return Ok(token);
-        };
-        if !self
-            .store
-            .try_lock(key, RECHECK_LOCK)
-            .await
-            .map_err(TokenError::Store)?
+        if token.grant.is_none()
+            || !self
+                .store
+                .try_lock(key, RECHECK_LOCK)
+                .await
+                .map_err(TokenError::Store)?
         {
             return Ok(token);
         }
-        let why = match self.login.recheck(&token.sub, grant).await {
-            Recheck::Confirmed {
-                user,
-                groups,
-                grant,
-            } if user == token.user => {
-                let rechecked = PersonalToken {
-                    groups,
-                    grant: Some(grant),
-                    checked_at: now,
-                    ..token
-                };
-                if !self
-                    .store
-                    .recheck_token(key, &rechecked)
-                    .await
-                    .map_err(TokenError::Store)?
-                {
-                    // Revoked while the provider was asked: it stays revoked.
-                    return Err(TokenError::Unknown);
-                }
-                crate::metrics::global().token_recheck("confirmed");
-                tracing::debug!(user = %rechecked.user, id = %rechecked.id, groups = ?rechecked.groups, "personal access token re-checked with the provider");
-                return Ok(rechecked);
+        let task = tokio::spawn(recheck_with_provider(
+            self.store.clone(),
+            self.login.clone(),
+            *key,
+            token.clone(),
+            now,
+            self.config.recheck_interval,
+        ));
+        match tokio::time::timeout(RECHECK_WAIT, task).await {
+            Ok(Ok(answer)) => answer,
+            Ok(Err(panicked)) => {
+                tracing::error!(error = %panicked, "re-checking a personal access token failed");
+                Ok(token)
             }
-            // The token's index and every record name the person as they were.
-            Recheck::Confirmed { user, .. } => {
-                format!("the provider now names the person {user:?}")
-            }
-            Recheck::Refused(why) => why,
-            Recheck::Unreadable
-                if now
-                    < token.checked_at
-                        + self.config.recheck_interval.as_secs()
-                        + UNREADABLE_GRACE.as_secs() =>
-            {
-                crate::metrics::global().token_recheck("unreadable");
-                tracing::warn!(user = %token.user, id = %token.id, "a personal access token's grant is sealed under an unknown key (add the previous key to session.previous_encryption_key_files during a roll); the token goes on for now");
-                return Ok(token);
-            }
-            Recheck::Unreadable => "its grant cannot be read by any key held".to_string(),
-            Recheck::Unavailable(e) => {
-                crate::metrics::global().token_recheck("unreachable");
-                tracing::warn!(
-                    error = &e as &dyn std::error::Error,
-                    user = %token.user,
-                    id = %token.id,
-                    "the provider cannot re-check a personal access token; it goes on"
-                );
-                return Ok(token);
-            }
-        };
-        self.store
-            .revoke_token_id(&token.id)
-            .await
-            .map_err(TokenError::Store)?;
-        crate::metrics::global().token_recheck("revoked");
-        tracing::info!(
-            target: "authgate::audit",
-            event = "token_revoked",
-            user = %token.user,
-            id = %token.id,
-            by = "provider",
-            reason = %why,
-            "personal access token revoked: the provider no longer confirms the person"
-        );
-        Err(TokenError::Unknown)
+            // Still asking: it finishes on its own, and writes what the provider said.
+            Err(_) => Ok(token),
+        }
     }
 
     /// Judges what a person asks for, without making anything.
@@ -640,6 +610,114 @@ impl PersonalTokens {
         }
         Ok(revoked)
     }
+}
+
+/// How long a request waits for its token's re-check (Envoy's ext_authz timeout is ~2 s).
+const RECHECK_WAIT: Duration = Duration::from_millis(1500);
+
+/// The longest one re-check may take, below [`RECHECK_LOCK`]: past the lock another replica
+/// could ask with the same refresh token.
+const RECHECK_LIMIT: Duration = Duration::from_secs(25);
+
+/// One re-check of `token` (the caller holds its lock): the token as the provider confirms
+/// it, or as it was when the provider cannot say; an error when it ends.
+async fn recheck_with_provider(
+    store: Arc<dyn Store>,
+    login: Arc<Login>,
+    key: Key,
+    token: PersonalToken,
+    now: u64,
+    interval: Duration,
+) -> Result<PersonalToken, TokenError> {
+    // Read again under the lock: another replica may have re-checked it (and rotated its
+    // grant) since this request read it.
+    let token = match store.token(&key).await.map_err(TokenError::Store)? {
+        Some(current) if current.id == token.id => current,
+        _ => return Err(TokenError::Unknown),
+    };
+    let Some(grant) = token.grant.as_deref() else {
+        return Ok(token);
+    };
+    if token.checked_at + interval.as_secs() > now {
+        return Ok(token);
+    }
+    let answer = tokio::time::timeout(RECHECK_LIMIT, login.recheck(&token.sub, grant))
+        .await
+        .unwrap_or(Recheck::TimedOut);
+    let metrics = crate::metrics::global();
+    let why = match answer {
+        Recheck::Confirmed {
+            user,
+            groups,
+            grant,
+        } if user == token.user => {
+            let rechecked = PersonalToken {
+                groups,
+                grant: Some(grant),
+                checked_at: now,
+                ..token
+            };
+            if !store
+                .recheck_token(&key, &rechecked)
+                .await
+                .map_err(TokenError::Store)?
+            {
+                // Revoked while the provider was asked: it stays revoked.
+                return Err(TokenError::Unknown);
+            }
+            metrics.token_recheck("confirmed");
+            tracing::debug!(user = %rechecked.user, id = %rechecked.id, groups = ?rechecked.groups, "personal access token re-checked with the provider");
+            return Ok(rechecked);
+        }
+        // The token's index and every record name the person as they were.
+        Recheck::Confirmed { user, .. } => format!("the provider now names the person {user:?}"),
+        Recheck::Refused(why) => why,
+        Recheck::Unacceptable(why) => {
+            // Not revoked: the answer may change (a group someone else added), and the next
+            // check, after the lock, may confirm the person again. Until then: refused.
+            metrics.token_recheck("unacceptable");
+            tracing::warn!(target: "authgate::audit", event = "token_refused", user = %token.user, id = %token.id, reason = %why, "personal access token refused: the provider's answer about its owner cannot be accepted");
+            return Err(TokenError::Unconfirmed(why));
+        }
+        Recheck::Unreadable
+            if now < token.checked_at + interval.as_secs() + UNREADABLE_GRACE.as_secs() =>
+        {
+            metrics.token_recheck("unreadable");
+            tracing::warn!(user = %token.user, id = %token.id, "a personal access token's grant is sealed under an unknown key (add the previous key to session.previous_encryption_key_files during a roll); the token goes on for now");
+            return Ok(token);
+        }
+        Recheck::Unreadable => "its grant cannot be read by any key held".to_string(),
+        Recheck::Unavailable(e) => {
+            metrics.token_recheck("unreachable");
+            tracing::warn!(
+                error = &e as &dyn std::error::Error,
+                user = %token.user,
+                id = %token.id,
+                "the provider cannot re-check a personal access token; it goes on as last confirmed"
+            );
+            return Ok(token);
+        }
+        Recheck::TimedOut => {
+            metrics.token_recheck("unreachable");
+            tracing::warn!(user = %token.user, id = %token.id, "re-checking a personal access token took too long; it goes on as last confirmed");
+            return Ok(token);
+        }
+    };
+    store
+        .revoke_token_id(&token.id)
+        .await
+        .map_err(TokenError::Store)?;
+    metrics.token_recheck("revoked");
+    tracing::info!(
+        target: "authgate::audit",
+        event = "token_revoked",
+        user = %token.user,
+        id = %token.id,
+        by = "provider",
+        reason = %why,
+        "personal access token revoked: the provider no longer confirms the person"
+    );
+    Err(TokenError::Unknown)
 }
 
 #[cfg(test)]

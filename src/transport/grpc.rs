@@ -13,7 +13,7 @@ use envoy_types::pb::google::rpc;
 
 use crate::decision::{Decision, StatusCode};
 use crate::request::{Headers, Request};
-use crate::telemetry::Checker;
+use crate::telemetry::{Checker, TraceHeaders};
 
 /// The tonic service.
 #[derive(Clone)]
@@ -34,8 +34,10 @@ impl Authorization for AuthorizationService {
         &self,
         request: tonic::Request<CheckRequest>,
     ) -> Result<tonic::Response<CheckResponse>, tonic::Status> {
+        // Envoy's ext_authz span comes in the call's metadata.
+        let caller = TraceHeaders::from_headers(request.metadata().as_ref());
         let req = to_request(request.into_inner());
-        let decision = self.checker.check(&req, "grpc").await;
+        let decision = self.checker.check(&req, "grpc", &caller).await;
         Ok(tonic::Response::new(to_response(decision)))
     }
 }

@@ -19,7 +19,7 @@ use axum::routing::{any, get};
 
 use crate::decision::Decision;
 use crate::request::{Headers, Request};
-use crate::telemetry::Checker;
+use crate::telemetry::{Checker, TraceHeaders};
 
 /// Header in which Envoy's HTTP ext_authz takes the names of headers to remove upstream.
 pub const HEADERS_TO_REMOVE: &str = "x-envoy-auth-headers-to-remove";
@@ -115,8 +115,10 @@ async fn check(State(state): State<HttpState>, request: AxumRequest) -> Response
         .extensions()
         .get::<ConnectInfo<SocketAddr>>()
         .map(|c| c.0.ip());
+    // Envoy's ext_authz span comes in the check request's own headers.
+    let caller = TraceHeaders::from_headers(request.headers());
     let req = to_request(&request, &state.check_prefix, peer);
-    let decision = state.checker.check(&req, "http").await;
+    let decision = state.checker.check(&req, "http", &caller).await;
     to_response(decision)
 }
 
@@ -133,8 +135,9 @@ async fn own(State(state): State<HttpState>, request: AxumRequest) -> Response {
         return (StatusCode::PAYLOAD_TOO_LARGE, "body too large").into_response();
     };
     let request = AxumRequest::from_parts(parts, Body::empty());
+    let caller = TraceHeaders::from_headers(request.headers());
     let req = to_request(&request, "", peer).with_body(body.to_vec());
-    match state.checker.check(&req, "http-direct").await {
+    match state.checker.check(&req, "http-direct", &caller).await {
         Decision::Respond(answer) => to_http(answer),
         // Not an authgate endpoint answer (cannot happen for /authgate/ paths): refuse.
         Decision::Allow(_) => (StatusCode::NOT_FOUND, "not found").into_response(),

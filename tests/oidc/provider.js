@@ -33,7 +33,9 @@
 // POST /test/rotate-keys, POST /test/end-session?sub=<sub or email>,
 // POST /test/logout-token?sub=<sub>&sid=<sid> (a signed logout token, returned, not sent),
 // POST /test/remove-account?sub=<sub or email> (the account is gone: its grants refuse to refresh),
-// POST /test/set-groups?sub=<sub or email>&groups=a,b (what the account's groups claim says).
+// POST /test/set-groups?sub=<sub or email>&groups=a,b (what the account's groups claim says),
+// POST /test/token-errors?status=500&error=invalid_request (the token endpoint answers that,
+// as Dex does when its storage or a connector fails; status=0 ends it).
 // Logs go to stderr; stdout carries only the READY line.
 
 import http from 'node:http';
@@ -414,6 +416,13 @@ async function testEndpoint(req, res, path, query) {
     return sendJson(res, 200, { sub: user.sub, groups: user.groups });
   }
 
+  if (path === '/test/token-errors') {
+    const status = Number(query.get('status') ?? '0');
+    tokenErrors = status ? { status, error: query.get('error') ?? 'server_error' } : null;
+    log('token endpoint errors:', JSON.stringify(tokenErrors));
+    return sendJson(res, 200, { token_errors: tokenErrors });
+  }
+
   if (path === '/test/end-session') {
     const who = query.get('sub') ?? query.get('email') ?? '';
     const user = userBySub(who) ?? userByEmail(who);
@@ -437,6 +446,9 @@ async function testEndpoint(req, res, path, query) {
 
 // ---- HTTP server ------------------------------------------------------------------------------
 
+// What the token endpoint answers instead of its work (POST /test/token-errors), or null.
+let tokenErrors = null;
+
 const isLoopback = (addr) => addr === '127.0.0.1' || addr === '::1' || addr === '::ffff:127.0.0.1';
 
 async function handle(req, res) {
@@ -454,6 +466,10 @@ async function handle(req, res) {
   if (path.startsWith('/test/')) {
     if (!isLoopback(req.socket.remoteAddress)) return sendJson(res, 403, { error: 'loopback only' });
     return testEndpoint(req, res, path, url.searchParams);
+  }
+
+  if (tokenErrors && path === '/token') {
+    return sendJson(res, tokenErrors.status, { error: tokenErrors.error, error_description: 'test: the token endpoint fails' });
   }
 
   const m = path.match(/^\/interaction\/([\w-]+)(?:\/(login))?$/);

@@ -36,3 +36,4 @@ mod python_client;
 mod sessions_redis;
 mod sessions_redis_topologies;
 mod strangers;
+mod traces;

@@ -767,6 +767,46 @@ async fn a_token_is_rechecked_with_the_provider_and_ends_when_the_person_is_remo
     }
 }
 
+/// A provider in trouble is not a provider refusing the person: a 5xx (Dex answers a failed
+/// storage or connector call with 500 `invalid_request`), a 429, or a refusal of authgate's own
+/// client never revokes a token. But a token its provider has not confirmed for
+/// `max_unconfirmed` is refused, until a re-check confirms the person again.
+#[tokio::test]
+async fn a_provider_in_trouble_never_revokes_a_token_but_a_day_unconfirmed_is_refused() {
+    let clock = authgate::clock::ManualClock::new();
+    let stack = clocked_stack(&clock).await;
+    let path = "/notebook/team-a/nb/lab";
+    let alice = logged_in(&stack, ALICE).await;
+    let token = secret_of(make(&stack, &alice, "name=ci&expires_in=7d").await).await;
+    let mut hours = 0;
+    for (status, error) in [
+        (500, "invalid_request"),
+        (503, "temporarily_unavailable"),
+        (429, "slow_down"),
+        (401, "invalid_client"),
+    ] {
+        stack.provider.fail_token_endpoint(status, error).await;
+        clock.advance(HOUR_AND_A_MINUTE);
+        hours += 1;
+        let used = with_token(&stack, path, &token).await;
+        assert_eq!(used.status, 200, "{status} {error}: {used:?}");
+    }
+    // A day with no confirmation: refused, not revoked.
+    stack
+        .provider
+        .fail_token_endpoint(500, "server_error")
+        .await;
+    clock.advance(Duration::from_secs((24 - hours) * 3600));
+    let refused = with_token(&stack, path, &token).await;
+    assert_eq!(refused.status, 401, "{refused:?}");
+    assert!(refused.body.contains("not confirmed"), "{refused:?}");
+    // The provider is back: the next re-check (after the lock) confirms the person.
+    stack.provider.fail_token_endpoint(0, "").await;
+    clock.advance(Duration::from_secs(31));
+    let back = with_token(&stack, path, &token).await;
+    assert_eq!(back.status, 200, "{back:?}");
+}
+
 #[tokio::test]
 async fn without_refresh_tokens_a_token_keeps_its_groups_unless_rechecks_are_required() {
     for required in [false, true] {

@@ -82,6 +82,10 @@ pub struct Options {
     /// One access-log line per request on stderr (read by `log()`). Off in the benchmark, as
     /// in Istio's default profile.
     pub access_log: bool,
+    /// Trace every request with Envoy's OpenTelemetry tracer, exporting over OTLP/gRPC to
+    /// this receiver (as Istio's `meshConfig.extensionProviders[].opentelemetry` with 100 %
+    /// sampling does).
+    pub otlp_tracing: Option<SocketAddr>,
 }
 
 impl Default for Options {
@@ -94,6 +98,7 @@ impl Default for Options {
             listen_port: None,
             more_authz: Vec::new(),
             access_log: true,
+            otlp_tracing: None,
         }
     }
 }
@@ -355,7 +360,18 @@ pub fn bootstrap(filter: &Filter, upstream: SocketAddr, opts: &Options) -> Strin
         ),
         Filter::None => (String::new(), String::new()),
     };
+    let (tracing, otel_cluster) = match opts.otlp_tracing {
+        Some(receiver) => (
+            TRACING.to_string(),
+            OTEL_CLUSTER
+                .replace("{OTEL_IP}", &receiver.ip().to_string())
+                .replace("{OTEL_PORT}", &receiver.port().to_string()),
+        ),
+        None => (String::new(), String::new()),
+    };
     BOOTSTRAP
+        .replace("{TRACING}", &tracing)
+        .replace("{OTEL_CLUSTER}", &otel_cluster)
         .replace(
             "{NORMALIZE_PATH}",
             if opts.normalize_path { "true" } else { "false" },
@@ -396,7 +412,7 @@ static_resources:
           merge_slashes: false
           path_with_escaped_slashes_action: KEEP_UNCHANGED
           upgrade_configs: [{upgrade_type: websocket}]
-{ACCESS_LOG}
+{TRACING}{ACCESS_LOG}
           route_config:
             name: all
             virtual_hosts:
@@ -420,6 +436,39 @@ static_resources:
       - lb_endpoints:
         - endpoint: {address: {socket_address: {address: {UPSTREAM_IP}, port_value: {UPSTREAM_PORT}}}}
 {AUTHZ_CLUSTER}
+{OTEL_CLUSTER}"#;
+
+/// Envoy's OpenTelemetry tracer on every request; the ext_authz call is a child span whose
+/// context Envoy sends to the authorization server (`traceparent`).
+const TRACING: &str = r#"          tracing:
+            random_sampling: {value: 100}
+            provider:
+              name: envoy.tracers.opentelemetry
+              typed_config:
+                "@type": type.googleapis.com/envoy.config.trace.v3.OpenTelemetryConfig
+                grpc_service:
+                  envoy_grpc: {cluster_name: otel}
+                  timeout: 2s
+                service_name: ingress-gateway
+"#;
+
+/// The OTLP receiver Envoy's tracer exports to, and a short flush interval (default 5 s).
+const OTEL_CLUSTER: &str = r#"  - name: otel
+    type: STATIC
+    connect_timeout: 2s
+    typed_extension_protocol_options:
+      envoy.extensions.upstreams.http.v3.HttpProtocolOptions:
+        "@type": type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions
+        explicit_http_config: {http2_protocol_options: {}}
+    load_assignment:
+      cluster_name: otel
+      endpoints:
+      - lb_endpoints:
+        - endpoint: {address: {socket_address: {address: {OTEL_IP}, port_value: {OTEL_PORT}}}}
+layered_runtime:
+  layers:
+  - name: static
+    static_layer: {tracing.opentelemetry.flush_interval_ms: 200}
 "#;
 
 // stderr, not stdout: stdout into a file is block-buffered, so `log()` would lag.

@@ -5,6 +5,7 @@ pub mod echo;
 pub mod envoy;
 pub mod kube_api;
 pub mod oidc;
+pub mod otlp;
 pub mod process;
 pub mod redis;
 

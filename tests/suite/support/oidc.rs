@@ -338,6 +338,15 @@ impl OidcProvider {
         self.post_test(&format!("/test/remove-account?{q}")).await;
     }
 
+    /// Makes the token endpoint answer `status` with the OAuth `error` until called with 0.
+    pub async fn fail_token_endpoint(&self, status: u16, error: &str) {
+        let q: String = url::form_urlencoded::Serializer::new(String::new())
+            .append_pair("status", &status.to_string())
+            .append_pair("error", error)
+            .finish();
+        self.post_test(&format!("/test/token-errors?{q}")).await;
+    }
+
     /// Sets the account's groups claim (by `sub` or e-mail), for the next token issued.
     pub async fn set_groups(&self, sub_or_email: &str, groups: &[&str]) {
         let q: String = url::form_urlencoded::Serializer::new(String::new())

@@ -19,6 +19,15 @@ impl AuthgateProcess {
     /// Starts `binary serve --config <yaml with listen ports added>`; panics with its log if it
     /// does not become ready.
     pub async fn start(binary: &Path, yaml: &str) -> AuthgateProcess {
+        Self::start_with_config_and_env(binary, yaml, &[]).await
+    }
+
+    /// As [`Self::start`], with these environment variables too.
+    pub async fn start_with_config_and_env(
+        binary: &Path,
+        yaml: &str,
+        env: &[(&str, &str)],
+    ) -> AuthgateProcess {
         let dir = tempfile::tempdir().unwrap();
         let (grpc_port, http_port) = (free_port(), free_port());
         let yaml = merge_yaml(
@@ -32,6 +41,7 @@ impl AuthgateProcess {
             .args(["serve", "--config"])
             .arg(&config)
             .env_remove("AUTHGATE_CONFIG")
+            .envs(env.iter().copied())
             .stdout(log.try_clone().unwrap())
             .stderr(log)
             .spawn()
