@@ -154,7 +154,7 @@ fn now_unix() -> u64 {
 type LogHandle =
     tracing_subscriber::reload::Handle<tracing_subscriber::EnvFilter, tracing_subscriber::Registry>;
 
-fn init_logging() -> LogHandle {
+fn init_logging(traces: &opentelemetry_sdk::trace::SdkTracerProvider) -> LogHandle {
     use tracing_subscriber::prelude::*;
     let (filter, handle) =
         tracing_subscriber::reload::Layer::new(tracing_subscriber::EnvFilter::new("info"));
@@ -166,8 +166,28 @@ fn init_logging() -> LogHandle {
                 .event_format(authgate::logline::JsonLine)
                 .with_writer(sink),
         )
+        // Spans are made only while the traced row runs (`authgate::spans::enable`).
+        .with(authgate::telemetry::span_layer(traces))
         .init();
     handle
+}
+
+/// The traced row: each Check a span (and its calls' spans), exported over OTLP/gRPC to a
+/// receiver in this process.
+const TRACED_ROW: &str = "authgate: cached token, traced (a span per Check, exported over OTLP/gRPC; the exporter's own thread not counted)";
+
+/// The OTLP receiver and the tracer provider exporting to it over gRPC.
+async fn otlp_export() -> (
+    support::otlp::OtlpReceiver,
+    opentelemetry_sdk::trace::SdkTracerProvider,
+) {
+    let receiver = support::otlp::OtlpReceiver::start().await;
+    let provider = authgate::telemetry::tracer_provider(
+        authgate::telemetry::TraceExport::Grpc,
+        Some(&format!("http://{}", receiver.grpc)),
+    )
+    .expect("the OTLP exporter");
+    (receiver, provider)
 }
 
 fn set_log(handle: &LogHandle, directive: &str) {
@@ -1440,7 +1460,8 @@ async fn run(timing: Timing, command: &str, only: Option<&str>) -> String {
     let started = Instant::now();
     let load_before = load_avg();
     let busy = load_before.parse::<f64>().unwrap_or(0.0) > 1.0;
-    let log = init_logging();
+    let (_otlp, traces) = otlp_export().await;
+    let log = init_logging(&traces);
     let server = Server::new();
     let client = Client::new();
     let tmp = tempfile::Builder::new()
@@ -1801,6 +1822,7 @@ async fn run(timing: Timing, command: &str, only: Option<&str>) -> String {
             Expect::Allow,
             true,
         ),
+        (TRACED_ROW, main.grpc_addr, &req_token, Expect::Allow, false),
     ];
     let mut grpc_scenarios = grpc_scenarios;
     if let Some(only) = only {
@@ -1817,9 +1839,11 @@ async fn run(timing: Timing, command: &str, only: Option<&str>) -> String {
             if *log_off {
                 set_log(&log, "off");
             }
+            authgate::spans::enable(*name == TRACED_ROW);
             let s = client
                 .load(*addr, vec![(*req).clone()], Some(*want), timing, None)
                 .await;
+            authgate::spans::enable(false);
             if *log_off {
                 set_log(&log, "info");
             }

@@ -212,26 +212,16 @@ pub fn init(traces: bool) -> Result<Telemetry, String> {
     use tracing_subscriber::util::SubscriberInitExt;
     use tracing_subscriber::{EnvFilter, Layer};
 
-    let export = if traces {
-        trace_export(|name| std::env::var(name).ok())?
+    let provider = if traces {
+        tracer_provider_from_env()?
     } else {
-        TraceExport::Off
-    };
-    let provider = match export {
-        TraceExport::Off => None,
-        TraceExport::Grpc | TraceExport::HttpProtobuf => Some(tracer_provider(export)?),
+        None
     };
     let filter = EnvFilter::try_from_env("AUTHGATE_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
     let text = std::env::var("AUTHGATE_LOG_FORMAT").is_ok_and(|f| f == "text");
     // Only authgate's own spans are exported (never those of the libraries, nor of the
     // exporter's own calls); the log filter does not decide what is traced.
-    let spans = provider.as_ref().map(|provider| {
-        tracing_opentelemetry::layer()
-            .with_tracer(provider.tracer("authgate"))
-            .with_filter(tracing_subscriber::filter::filter_fn(|meta| {
-                meta.target() == SPAN_TARGET
-            }))
-    });
+    let spans = provider.as_ref().map(span_layer);
     // Without spans the filter is global, as before traces: a log line not wanted costs nothing.
     let registry = tracing_subscriber::registry();
     let _ = match spans {
@@ -243,6 +233,30 @@ pub fn init(traces: bool) -> Result<Telemetry, String> {
     };
     spans::enable(provider.is_some());
     Ok(Telemetry { traces: provider })
+}
+
+/// The tracer provider the `OTEL_*` variables ask for ([`trace_export`]), if any; inside a
+/// tokio runtime (the gRPC exporter's channel lives there).
+pub fn tracer_provider_from_env() -> Result<Option<SdkTracerProvider>, String> {
+    match trace_export(|name| std::env::var(name).ok())? {
+        TraceExport::Off => Ok(None),
+        export => tracer_provider(export, None).map(Some),
+    }
+}
+
+/// The layer that turns authgate's spans (only those: never the libraries', nor the
+/// exporter's own calls) into OpenTelemetry spans of `provider`. Spans are made only once
+/// [`crate::spans::enable`] says so ([`init`] does).
+pub fn span_layer<S>(provider: &SdkTracerProvider) -> impl tracing_subscriber::Layer<S>
+where
+    S: tracing::Subscriber + for<'a> tracing_subscriber::registry::LookupSpan<'a>,
+{
+    use tracing_subscriber::Layer;
+    tracing_opentelemetry::layer()
+        .with_tracer(provider.tracer("authgate"))
+        .with_filter(tracing_subscriber::filter::filter_fn(|meta| {
+            meta.target() == SPAN_TARGET
+        }))
 }
 
 /// The log lines, on stderr: JSON ([`crate::logline`]), or text.
@@ -259,15 +273,29 @@ where
     }
 }
 
-/// The tracer provider: batches exported by the OTLP exporter, sampled and named as the
-/// `OTEL_TRACES_SAMPLER[_ARG]` and `OTEL_SERVICE_NAME` variables say (the SDK reads them).
-fn tracer_provider(export: TraceExport) -> Result<SdkTracerProvider, String> {
+/// The tracer provider: batches exported by the OTLP exporter to `endpoint` (else where the
+/// variables say), sampled and named as the `OTEL_TRACES_SAMPLER[_ARG]` and
+/// `OTEL_SERVICE_NAME` variables say (the SDK reads them). `Off` exports nothing.
+pub fn tracer_provider(
+    export: TraceExport,
+    endpoint: Option<&str>,
+) -> Result<SdkTracerProvider, String> {
     use opentelemetry_otlp::{Protocol, SpanExporter, WithExportConfig};
-    let exporter = match export {
-        TraceExport::Grpc => SpanExporter::builder().with_tonic().build(),
-        _ => SpanExporter::builder()
+    let exporter = match (export, endpoint) {
+        (TraceExport::Off, _) => return Ok(SdkTracerProvider::builder().build()),
+        (TraceExport::Grpc, None) => SpanExporter::builder().with_tonic().build(),
+        (TraceExport::Grpc, Some(at)) => SpanExporter::builder()
+            .with_tonic()
+            .with_endpoint(at)
+            .build(),
+        (TraceExport::HttpProtobuf, None) => SpanExporter::builder()
             .with_http()
             .with_protocol(Protocol::HttpBinary)
+            .build(),
+        (TraceExport::HttpProtobuf, Some(at)) => SpanExporter::builder()
+            .with_http()
+            .with_protocol(Protocol::HttpBinary)
+            .with_endpoint(at)
             .build(),
     }
     .map_err(|e| format!("the OTLP exporter: {e}"))?;

@@ -149,6 +149,31 @@ async fn each_check_is_a_span_under_envoys_ext_authz_span_exported_over_otlp() {
         )
         .await;
         assert_eq!(odd.status, 200, "{odd:?}");
+
+        // Behind an Envoy that does not trace, the client's own traceparent is no parent: only
+        // the caller of the check is trusted with the trace.
+        let plain = Envoy::start(mode, authz, echo::start_echo().await.0).await;
+        let forged = "0af7651916cd43dd8448eb211c80319c";
+        let used = raw_http(
+            plain.addr(),
+            &format!(
+                "GET /api/z HTTP/1.1\r\nHost: kubeflow.example.com\r\n\
+                 Authorization: Bearer sa-token\r\n\
+                 traceparent: 00-{forged}-{client_span}-01\r\n"
+            ),
+        )
+        .await;
+        assert_eq!(used.status, 200, "{used:?}");
+        receiver
+            .wait_for("a root authgate Check span", |spans| {
+                spans
+                    .iter()
+                    .any(|s| s.name == "authgate Check" && s.parent_span_id.is_empty())
+            })
+            .await;
+        for span in receiver.spans() {
+            assert_ne!(span.trace_id, forged, "{mode:?}: {span:?}");
+        }
     }
 }
 
