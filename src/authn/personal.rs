@@ -430,13 +430,17 @@ impl PersonalTokens {
         {
             return Ok(token);
         }
-        let task = tokio::spawn(recheck_with_provider(
-            self.store.clone(),
-            self.login.clone(),
-            *key,
-            token.clone(),
-            now,
-            self.config.recheck_interval,
+        // In the check's span: the provider call is traced as the check's child.
+        let task = tokio::spawn(tracing::Instrument::instrument(
+            recheck_with_provider(
+                self.store.clone(),
+                self.login.clone(),
+                *key,
+                token.clone(),
+                now,
+                self.config.recheck_interval,
+            ),
+            tracing::Span::current(),
         ));
         match tokio::time::timeout(RECHECK_WAIT, task).await {
             Ok(Ok(answer)) => answer,
