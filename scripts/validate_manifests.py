@@ -576,6 +576,10 @@ def check_security_policy(where: str, obj: dict) -> None:
     refs = (ext.get("grpc") or {}).get("backendRefs") or []
     if refs != [{"name": "authgate", "namespace": "auth", "port": 9000}]:
         fail(where, f"extAuth.grpc must call authgate.auth:9000 only, calls {refs}")
+    # Over gRPC authgate reads a header the check does not carry as absent from the request:
+    # it strips its own cookies and the identity look-alikes only where it sees them.
+    if "headersToExtAuth" in ext:
+        fail(where, "extAuth.headersToExtAuth must stay unset: over gRPC authgate must see every header")
 
 
 def check_mesh_config(where: str, obj: dict) -> None:
@@ -992,6 +996,8 @@ def self_test(kustomize: list[str], scan_sets: dict[str, list[dict]]) -> list:
         "SecurityPolicy failOpen true": lambda o: first(o, "SecurityPolicy", "authgate")["spec"]["extAuth"]
             .__setitem__("failOpen", True),
         "SecurityPolicy no timeout": lambda o: first(o, "SecurityPolicy", "authgate")["spec"]["extAuth"].pop("timeout"),
+        "SecurityPolicy sends fewer headers": lambda o: first(o, "SecurityPolicy", "authgate")["spec"]["extAuth"]
+            .__setitem__("headersToExtAuth", ["authorization", "cookie"]),
         "SecurityPolicy typo": lambda o: first(o, "SecurityPolicy", "authgate")["spec"]["extAuth"]
             .__setitem__("failopen", False),
         "SecurityPolicy other backend": lambda o: first(o, "SecurityPolicy", "authgate")["spec"]["extAuth"]["grpc"]

@@ -127,7 +127,20 @@ pub struct JwtConfig {
     /// one token per made-up host would cost memory per request.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub audiences: Vec<String>,
+    /// The keys of the identity's `extra` signed into the token's `extra` claim (`*`: all).
+    /// Default: a service account's pod binding and a personal access token's id. The rest of
+    /// a TokenReview's `extra` (node name and uid, credential id) makes every token larger and
+    /// is for apps that need it to ask for.
+    pub extra: Vec<String>,
 }
+
+/// The `extra` keys the identity JWT carries by default.
+pub const DEFAULT_JWT_EXTRA: [&str; 3] = [
+    "authentication.kubernetes.io/pod-name",
+    "authentication.kubernetes.io/pod-uid",
+    // authn::personal::TOKEN_ID_EXTRA (a test there keeps the two equal).
+    "authgate.io/token-id",
+];
 
 impl Default for JwtConfig {
     fn default() -> Self {
@@ -137,6 +150,7 @@ impl Default for JwtConfig {
             extra_public_key_files: Vec::new(),
             ttl: Duration::from_secs(300),
             audiences: Vec::new(),
+            extra: DEFAULT_JWT_EXTRA.iter().map(|k| k.to_string()).collect(),
         }
     }
 }

@@ -93,13 +93,16 @@ impl App {
         let config = settings.config();
         let identity = &config.identity;
         let public_origin = settings.public_origin().clone();
-        let signer = Arc::new(Signer::load(
-            identity.jwt.key_file.as_deref(),
-            &identity.jwt.extra_public_key_files,
-            public_origin.as_str(),
-            identity.jwt.ttl,
-            clock.clone(),
-        )?);
+        let signer = Arc::new(
+            Signer::load(
+                identity.jwt.key_file.as_deref(),
+                &identity.jwt.extra_public_key_files,
+                public_origin.as_str(),
+                identity.jwt.ttl,
+                clock.clone(),
+            )?
+            .with_extra_claims(&identity.jwt.extra),
+        );
         let token_review = &config.kubernetes.token_review;
         let kube_client = if token_review.enabled {
             Some(k8s::client(&config.kubernetes).await?)

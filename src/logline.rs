@@ -30,20 +30,34 @@ where
         mut writer: Writer<'_>,
         event: &Event<'_>,
     ) -> fmt::Result {
-        let mut line = String::with_capacity(384);
-        let meta = event.metadata();
-        let _ = write!(
-            line,
-            "{{\"timestamp\":\"{}\",\"level\":\"{}\"",
-            humantime::format_rfc3339_micros(SystemTime::now()),
-            meta.level()
-        );
-        event.record(&mut Fields(&mut line));
-        line.push_str(",\"target\":");
-        push_json_string(&mut line, meta.target());
-        line.push_str("}\n");
-        writer.write_str(&line)
+        let mut format = |line: &mut String| {
+            let meta = event.metadata();
+            let _ = write!(
+                line,
+                "{{\"timestamp\":\"{}\",\"level\":\"{}\"",
+                humantime::format_rfc3339_micros(SystemTime::now()),
+                meta.level()
+            );
+            event.record(&mut Fields(line));
+            line.push_str(",\"target\":");
+            push_json_string(line, meta.target());
+            line.push_str("}\n");
+            writer.write_str(line)
+        };
+        // One buffer per thread, reused: a line per decision costs no allocation. A value whose
+        // formatting logs (re-entering here) gets a buffer of its own.
+        LINE.with(|buffer| match buffer.try_borrow_mut() {
+            Ok(mut line) => {
+                line.clear();
+                format(&mut line)
+            }
+            Err(_) => format(&mut String::new()),
+        })
     }
+}
+
+thread_local! {
+    static LINE: std::cell::RefCell<String> = std::cell::RefCell::new(String::with_capacity(1024));
 }
 
 /// Writes each field as `,"name":value`.

@@ -1,6 +1,9 @@
 //! Prometheus metrics (prometheus-client), served at `/metrics` on the HTTP listener. One
 //! process-wide set: every part of authgate records into it without being handed a handle.
 
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::hash::Hash;
 use std::sync::OnceLock;
 use std::time::Duration;
 
@@ -181,27 +184,132 @@ pub fn global() -> &'static Metrics {
     })
 }
 
+// Every label value is a `&'static str`, so each thread remembers the metric behind a family
+// and label values by their addresses: a request pays a thread-local lookup with a fast hash
+// instead of `Family::get_or_create`'s shared lock and a SipHash of the label strings (four
+// times per Check). The same text at another address is only one more entry; there are a few
+// hundred combinations at most.
+type HandleKey = [usize; 7];
+
+thread_local! {
+    static COUNTERS: RefCell<HashMap<HandleKey, Counter, foldhash::fast::FixedState>> =
+        RefCell::default();
+    static HISTOGRAMS: RefCell<HashMap<HandleKey, Histogram, foldhash::fast::FixedState>> =
+        RefCell::default();
+}
+
+fn handle_key<F, const N: usize>(family: &F, values: [&'static str; N]) -> HandleKey {
+    let mut key = [0; 7];
+    key[0] = std::ptr::from_ref(family) as usize;
+    for (i, v) in values.iter().enumerate() {
+        key[1 + 2 * i] = v.as_ptr() as usize;
+        key[2 + 2 * i] = v.len();
+    }
+    key
+}
+
+/// Runs `with` on the counter of `family` for these label values (`labels` builds the label
+/// set the first time a thread asks).
+fn with_counter<L, const N: usize>(
+    family: &Family<L, Counter>,
+    values: [&'static str; N],
+    labels: impl FnOnce() -> L,
+    with: impl FnOnce(&Counter),
+) where
+    L: Clone + Hash + Eq,
+{
+    let key = handle_key(family, values);
+    COUNTERS.with_borrow_mut(|counters| {
+        let counter = counters
+            .entry(key)
+            .or_insert_with(|| family.get_or_create(&labels()).clone());
+        with(counter);
+    });
+}
+
+/// Like [`with_counter`], for a histogram.
+fn with_histogram<L, const N: usize>(
+    family: &Family<L, Histogram>,
+    values: [&'static str; N],
+    labels: impl FnOnce() -> L,
+    with: impl FnOnce(&Histogram),
+) where
+    L: Clone + Hash + Eq,
+{
+    let key = handle_key(family, values);
+    HISTOGRAMS.with_borrow_mut(|histograms| {
+        let histogram = histograms
+            .entry(key)
+            .or_insert_with(|| family.get_or_create(&labels()).clone());
+        with(histogram);
+    });
+}
+
 impl Metrics {
+    /// Records one decision.
+    pub fn decision(&self, transport: &'static str, outcome: &'static str, reason: &'static str) {
+        with_counter(
+            &self.decisions,
+            [transport, outcome, reason],
+            || DecisionLabels {
+                transport,
+                outcome,
+                reason,
+            },
+            |c| {
+                c.inc();
+            },
+        );
+    }
+
+    /// Records one decision about an identity.
+    pub fn decision_by_auth_method(&self, auth_method: &'static str, outcome: &'static str) {
+        with_counter(
+            &self.decisions_by_auth_method,
+            [auth_method, outcome],
+            || AuthMethodLabels {
+                auth_method,
+                outcome,
+            },
+            |c| {
+                c.inc();
+            },
+        );
+    }
+
+    /// Records how long one check took.
+    pub fn check_took(&self, transport: &'static str, took: Duration) {
+        with_histogram(
+            &self.check_duration,
+            [transport],
+            || TransportLabels { transport },
+            |h| h.observe(took.as_secs_f64()),
+        );
+    }
+
     /// Records one outgoing call.
     pub fn call(&self, dependency: &'static str, ok: bool, took: Duration) {
-        let labels = CallLabels {
-            dependency,
-            result: if ok { "ok" } else { "error" },
-        };
-        self.calls.get_or_create(&labels).inc();
-        self.call_duration
-            .get_or_create(&labels)
-            .observe(took.as_secs_f64());
+        let result = if ok { "ok" } else { "error" };
+        let labels = || CallLabels { dependency, result };
+        with_counter(&self.calls, [dependency, result], labels, |c| {
+            c.inc();
+        });
+        with_histogram(&self.call_duration, [dependency, result], labels, |h| {
+            h.observe(took.as_secs_f64())
+        });
     }
 
     /// Records a cache lookup.
     pub fn cache_lookup(&self, cache: &'static str, hit: bool) {
-        self.cache
-            .get_or_create(&CacheLabels {
-                cache,
-                result: if hit { "hit" } else { "miss" },
-            })
-            .inc();
+        let result = if hit { "hit" } else { "miss" };
+        with_counter(
+            &self.cache,
+            [cache, result],
+            || CacheLabels { cache, result },
+            |c| {
+                c.inc();
+            },
+        );
     }
 
     /// Records the result of a personal access token's re-check.

@@ -3,15 +3,18 @@
 
 use std::net::IpAddr;
 
+use bytestring::ByteString;
 pub use http::Method;
 
 use crate::path::{PathError, checked_path, split_target};
 
 /// Request headers as a list of (lower-cased name, value), repeated names kept as separate
 /// entries. Envoy's gRPC `headers` map arrives merged (`a,b`); its `header_map` and the HTTP
-/// transport keep repeats apart. Both shapes are handled by reading every entry.
+/// transport keep repeats apart. Both shapes are handled by reading every entry. Names and
+/// values are UTF-8 views of the bytes they arrived in: the gRPC adapter takes them out of the
+/// received message without a copy per header.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Headers(Vec<(String, String)>);
+pub struct Headers(Vec<(ByteString, ByteString)>);
 
 impl Headers {
     /// Builds from (name, value) pairs; names are lower-cased.
@@ -28,12 +31,25 @@ impl Headers {
     /// Builds from owned (name, value) pairs, lower-casing names in place: the gRPC adapter
     /// moves the strings it decoded instead of copying them.
     pub fn from_owned(pairs: impl IntoIterator<Item = (String, String)>) -> Headers {
+        Headers::from_text(
+            pairs
+                .into_iter()
+                .map(|(n, v)| (ByteString::from(n), ByteString::from(v))),
+        )
+    }
+
+    /// Builds from UTF-8 names and values; a name with an upper-case letter is lower-cased
+    /// into a copy (Envoy sends them lower-cased).
+    pub fn from_text(pairs: impl IntoIterator<Item = (ByteString, ByteString)>) -> Headers {
         Headers(
             pairs
                 .into_iter()
-                .map(|(mut n, v)| {
-                    n.make_ascii_lowercase();
-                    (n, v)
+                .map(|(n, v)| {
+                    if n.bytes().any(|b| b.is_ascii_uppercase()) {
+                        (ByteString::from(n.to_ascii_lowercase()), v)
+                    } else {
+                        (n, v)
+                    }
                 })
                 .collect(),
         )
@@ -43,8 +59,8 @@ impl Headers {
     pub fn get_all<'a>(&'a self, name: &'a str) -> impl Iterator<Item = &'a str> + 'a {
         self.0
             .iter()
-            .filter(move |(n, _)| n == name)
-            .map(|(_, v)| v.as_str())
+            .filter(move |(n, _)| &**n == name)
+            .map(|(_, v)| &**v)
     }
 
     /// The value of a header that must appear once; `None` when absent.
@@ -66,7 +82,7 @@ impl Headers {
 
     /// All (name, value) pairs.
     pub fn iter(&self) -> impl Iterator<Item = (&str, &str)> {
-        self.0.iter().map(|(n, v)| (n.as_str(), v.as_str()))
+        self.0.iter().map(|(n, v)| (&**n, &**v))
     }
 }
 
@@ -103,6 +119,10 @@ pub struct Request {
     pub client_ip: Option<IpAddr>,
     /// The request body, when the transport has it (only authgate's own endpoints read it).
     pub body: Vec<u8>,
+    /// Whether `headers` are all the request's headers (gRPC ext_authz: Envoy sends every
+    /// header), so that a header absent here is absent from the request. HTTP ext_authz sends
+    /// only the listed ones.
+    pub all_headers: bool,
 }
 
 impl Request {
@@ -151,12 +171,19 @@ impl Request {
             headers,
             client_ip,
             body: Vec::new(),
+            all_headers: false,
         }
     }
 
     /// With a body.
     pub fn with_body(mut self, body: Vec<u8>) -> Request {
         self.body = body;
+        self
+    }
+
+    /// Says that `headers` are all the request's headers ([`Request::all_headers`]).
+    pub fn with_all_headers(mut self) -> Request {
+        self.all_headers = true;
         self
     }
 

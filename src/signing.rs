@@ -141,8 +141,9 @@ struct Claims<'a> {
     /// The OIDC issuer that vouched for the identity (sessions, OIDC bearer tokens).
     #[serde(skip_serializing_if = "Option::is_none")]
     idp: Option<&'a str>,
+    /// The identity's `extra` values under the keys `identity.jwt.extra` names.
     #[serde(skip_serializing_if = "std::collections::BTreeMap::is_empty")]
-    extra: &'a std::collections::BTreeMap<String, Vec<String>>,
+    extra: std::collections::BTreeMap<&'a str, &'a [String]>,
     /// A scoped personal access token: the only namespaces it acts in. An app that takes the
     /// JWT as a credential must hold it to them too.
     #[serde(skip_serializing_if = "<[String]>::is_empty")]
@@ -192,6 +193,8 @@ pub struct Signer {
     /// place instead of cloning them into a key tuple.
     cache: moka::sync::Cache<u64, Arc<CachedToken>>,
     hasher: foldhash::fast::RandomState,
+    /// The `extra` keys signed; `None`: all of them.
+    extra_keys: Option<Vec<String>>,
 }
 
 impl std::fmt::Debug for Signer {
@@ -256,7 +259,16 @@ impl Signer {
                 .time_to_live(ttl)
                 .build(),
             hasher: foldhash::fast::RandomState::default(),
+            extra_keys: None,
         })
+    }
+
+    /// Signs only these keys of an identity's `extra` (`identity.jwt.extra`; `*` among them:
+    /// all). Every token is smaller by what no app reads: of a service account's TokenReview
+    /// `extra`, the pod binding is what an app can check; node and credential ids are not.
+    pub fn with_extra_claims(mut self, keys: &[String]) -> Signer {
+        self.extra_keys = (!keys.iter().any(|k| k == "*")).then(|| keys.to_vec());
+        self
     }
 
     /// The JWKS document (`application/json`).
@@ -299,7 +311,16 @@ impl Signer {
             auth_method: identity.method.as_str(),
             uid: identity.uid.as_deref(),
             idp: identity.issuer.as_deref(),
-            extra: &identity.extra,
+            extra: identity
+                .extra
+                .iter()
+                .filter(|(key, _)| {
+                    self.extra_keys
+                        .as_ref()
+                        .is_none_or(|keys| keys.iter().any(|k| k == *key))
+                })
+                .map(|(key, values)| (key.as_str(), values.as_slice()))
+                .collect(),
             namespaces: &identity.namespaces,
         };
         let mut header = Header::new(Algorithm::EdDSA);
@@ -401,6 +422,39 @@ mod tests {
             data.claims["exp"].as_u64().unwrap() - data.claims["iat"].as_u64().unwrap(),
             300
         );
+    }
+
+    #[test]
+    fn only_the_configured_extra_keys_are_signed() {
+        let claims = |keys: &[&str]| {
+            let keys: Vec<String> = keys.iter().map(|k| k.to_string()).collect();
+            let signer = Signer::load(
+                None,
+                &[],
+                "https://kf.example.com",
+                Duration::from_secs(60),
+                Arc::new(ManualClock::new()),
+            )
+            .unwrap()
+            .with_extra_claims(&keys);
+            let mut id = identity();
+            for key in [
+                "authentication.kubernetes.io/pod-name",
+                "authentication.kubernetes.io/credential-id",
+            ] {
+                id.extra.insert(key.into(), vec![format!("{key}-value")]);
+            }
+            let jwt = signer.token(&id, &id.user, "kf.example.com").unwrap();
+            let payload = jwt.split('.').nth(1).unwrap();
+            let json: serde_json::Value =
+                serde_json::from_slice(&URL_SAFE_NO_PAD.decode(payload).unwrap()).unwrap();
+            json["extra"].clone()
+        };
+        let pod_only = claims(&crate::config::DEFAULT_JWT_EXTRA);
+        assert_eq!(pod_only.as_object().unwrap().len(), 1, "{pod_only}");
+        assert!(pod_only["authentication.kubernetes.io/pod-name"].is_array());
+        assert_eq!(claims(&["*"]).as_object().unwrap().len(), 2);
+        assert!(claims(&[]).is_null(), "no extra claim at all");
     }
 
     #[test]

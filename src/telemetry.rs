@@ -57,10 +57,7 @@ impl Checker {
             .await
             .deliverable();
         let metrics = crate::metrics::global();
-        metrics
-            .check_duration
-            .get_or_create(&crate::metrics::TransportLabels { transport })
-            .observe(started.elapsed().as_secs_f64());
+        metrics.check_took(transport, started.elapsed());
         let user = decision.identity().map(|i| i.user.as_str()).unwrap_or("-");
         let method = decision
             .identity()
@@ -71,22 +68,9 @@ impl Checker {
             Decision::Respond(_) => "deny",
         };
         if let Some(identity) = decision.identity() {
-            metrics
-                .decisions_by_auth_method
-                .get_or_create(&crate::metrics::AuthMethodLabels {
-                    auth_method: identity.method.as_str(),
-                    outcome,
-                })
-                .inc();
+            metrics.decision_by_auth_method(identity.method.as_str(), outcome);
         }
-        metrics
-            .decisions
-            .get_or_create(&crate::metrics::DecisionLabels {
-                transport,
-                outcome,
-                reason: decision.reason().as_str(),
-            })
-            .inc();
+        metrics.decision(transport, outcome, decision.reason().as_str());
         let trace_id = (!span.is_none()).then(|| {
             span.record("authgate.outcome", outcome);
             span.record("authgate.reason", decision.reason().as_str());

@@ -1,6 +1,8 @@
-//! The gRPC adapter: `to_request` on an arbitrary-ish `CheckRequest` (every string field Envoy
-//! fills, raw and merged header shapes, any source address), then `to_response` on decisions
-//! built from the fuzzed values.
+//! The gRPC adapter: an arbitrary-ish `CheckRequest` (every string field Envoy fills, raw and
+//! merged header shapes, any source address) encoded as Envoy's full message, decoded by
+//! authgate's lean view (`transport::check_request`) and turned into a core request; then
+//! `to_response` on decisions built from the fuzzed values. And arbitrary bytes: whatever the
+//! full message decodes, the lean view decodes to what the full message's own encoding gives.
 //!
 //! Invariants: no HTTP attributes → a refused path (fails closed); method a token, upper-cased, host and
 //! scheme lower-case, header names lower-case, one header per `header_map` entry (raw bytes win
@@ -12,7 +14,10 @@ use std::collections::HashMap;
 
 use arbitrary::Arbitrary;
 use authgate::decision::{Allow, Decision, Reason, Response, StatusCode};
+use authgate::request::Request as CoreRequest;
+use authgate::transport::check_request;
 use authgate::transport::grpc::{to_request, to_response};
+use prost::Message as _;
 use envoy_types::pb::envoy::config::core::v3::{
     Address, HeaderMap, HeaderValue, SocketAddress, address,
 };
@@ -23,6 +28,7 @@ use libfuzzer_sys::fuzz_target;
 
 #[derive(Debug, Arbitrary)]
 struct Input {
+    raw: Vec<u8>,
     has_attributes: bool,
     has_request: bool,
     http: Option<Http>,
@@ -85,9 +91,40 @@ fn check_request(input: &Input) -> CheckRequest {
     }
 }
 
+/// What the decision reads of a core request, comparable.
+fn reading(req: &CoreRequest) -> impl PartialEq + std::fmt::Debug {
+    let mut headers: Vec<(String, String)> = req
+        .headers
+        .iter()
+        .map(|(n, v)| (n.to_string(), v.to_string()))
+        .collect();
+    headers.sort();
+    (
+        req.method_for_log().to_string(),
+        req.scheme.clone(),
+        req.host.clone(),
+        req.raw_path.clone(),
+        req.path.clone(),
+        req.query.clone(),
+        req.client_ip,
+        headers,
+        req.all_headers,
+    )
+}
+
 fuzz_target!(|input: Input| {
+    // Arbitrary bytes: the lean view reads whatever the full message reads, as the full message.
+    if let Ok(full) = CheckRequest::decode(input.raw.as_slice()) {
+        let lean = check_request::decode(&input.raw).expect("the full message decoded these bytes");
+        let canonical = check_request::decode(&full.encode_to_vec()).expect("re-encoded");
+        // The full message checked every string it decoded for UTF-8: so are the headers here.
+        let lean = to_request(lean).expect("UTF-8, as the full message found");
+        assert_eq!(reading(&lean), reading(&to_request(canonical).expect("UTF-8")));
+    }
+
     let check = check_request(&input);
-    let req = to_request(check.clone());
+    let req = to_request(check_request::decode(&check.encode_to_vec()).expect("decodes"))
+        .expect("strings are UTF-8");
     let http = check
         .attributes
         .as_ref()

@@ -729,6 +729,11 @@ mod tests {
     use super::*;
 
     #[test]
+    fn the_identity_jwt_carries_a_tokens_id_by_default() {
+        assert!(crate::config::DEFAULT_JWT_EXTRA.contains(&TOKEN_ID_EXTRA));
+    }
+
+    #[test]
     fn only_a_loopback_address_with_a_port_takes_a_code() {
         for good in ["http://127.0.0.1:8123/callback", "http://127.0.0.1:1/"] {
             assert!(loopback_redirect(good).is_ok(), "{good}");

@@ -1,21 +1,32 @@
 //! gRPC ext_authz: `envoy.service.auth.v3.Authorization/Check`, translated to and from the core
 //! [`Request`] and [`Decision`].
 
+use std::convert::Infallible;
 use std::net::IpAddr;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 
+use bytestring::ByteString;
 use envoy_types::ext_authz::v3::pb::{
-    Address, Authorization, CheckRequest, CheckResponse, DeniedHttpResponse, HeaderAppendAction,
-    HeaderValue, HeaderValueOption, HttpResponse, HttpStatus, OkHttpResponse,
+    CheckResponse, DeniedHttpResponse, HeaderAppendAction, HeaderValue, HeaderValueOption,
+    HttpResponse, HttpStatus, OkHttpResponse,
 };
 use envoy_types::pb::google::protobuf::BoolValue;
 use envoy_types::pb::google::rpc;
+use tonic::codegen::{Body, BoxFuture, StdError, http};
 
+use super::check_request::{AddressKind, CheckRequest, HttpRequest};
 use crate::decision::{Decision, StatusCode};
 use crate::request::{Headers, Request};
 use crate::telemetry::{Checker, TraceHeaders};
 
-/// The tonic service.
+/// The service's one method, as Envoy calls it.
+const CHECK_PATH: &str = "/envoy.service.auth.v3.Authorization/Check";
+
+/// The gRPC service `envoy.service.auth.v3.Authorization`. It is written out here rather than
+/// taken from envoy-types' generated server, which decodes the whole `CheckRequest`: this one
+/// decodes the lean view of [`super::check_request`] (same codec, limits and status handling:
+/// tonic's `Grpc::unary`).
 #[derive(Clone)]
 pub struct AuthorizationService {
     checker: Arc<Checker>,
@@ -28,24 +39,69 @@ impl AuthorizationService {
     }
 }
 
-#[tonic::async_trait]
-impl Authorization for AuthorizationService {
-    async fn check(
-        &self,
-        request: tonic::Request<CheckRequest>,
-    ) -> Result<tonic::Response<CheckResponse>, tonic::Status> {
-        // Envoy's ext_authz span comes in the call's metadata.
-        let caller = TraceHeaders::from_headers(request.metadata().as_ref());
-        let req = to_request(request.into_inner());
-        let decision = self.checker.check(&req, "grpc", &caller).await;
-        Ok(tonic::Response::new(to_response(decision)))
+impl tonic::server::NamedService for AuthorizationService {
+    const NAME: &'static str = "envoy.service.auth.v3.Authorization";
+}
+
+impl<B> tonic::codegen::Service<http::Request<B>> for AuthorizationService
+where
+    B: Body + Send + 'static,
+    B::Error: Into<StdError> + Send + 'static,
+{
+    type Response = http::Response<tonic::body::Body>;
+    type Error = Infallible;
+    type Future = BoxFuture<Self::Response, Self::Error>;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: http::Request<B>) -> Self::Future {
+        if req.uri().path() != CHECK_PATH {
+            return Box::pin(async { Ok(tonic::Status::unimplemented("").into_http()) });
+        }
+        let check = Check(self.checker.clone());
+        Box::pin(async move {
+            let codec = tonic_prost::ProstCodec::<CheckResponse, CheckRequest>::default();
+            Ok(tonic::server::Grpc::new(codec).unary(check, req).await)
+        })
     }
 }
+
+/// One Check call.
+struct Check(Arc<Checker>);
+
+impl tonic::server::UnaryService<CheckRequest> for Check {
+    type Response = CheckResponse;
+    type Future = BoxFuture<tonic::Response<CheckResponse>, tonic::Status>;
+
+    fn call(&mut self, request: tonic::Request<CheckRequest>) -> Self::Future {
+        let checker = self.0.clone();
+        Box::pin(async move {
+            // Envoy's ext_authz span comes in the call's metadata.
+            let caller = TraceHeaders::from_headers(request.metadata().as_ref());
+            // As envoy-types' full message would have failed to decode: an error to Envoy,
+            // which fails closed.
+            let req = to_request(request.into_inner()).map_err(|e| {
+                tracing::warn!(error = %e, "refused a CheckRequest");
+                tonic::Status::invalid_argument(e.to_string())
+            })?;
+            let decision = checker.check(&req, "grpc", &caller).await;
+            Ok(tonic::Response::new(to_response(decision)))
+        })
+    }
+}
+
+/// A `headers` map entry that is not UTF-8: protobuf `string`s must be, and the full message
+/// refuses to decode one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("a header in the CheckRequest's headers map is not UTF-8")]
+pub struct NotUtf8;
 
 /// `CheckRequest` → core request. `path` carries the query (Envoy leaves `query` empty); headers
 /// come from `header_map` when Envoy sends raw headers, else from the merged `headers` map.
 /// Takes the request by value: its strings move into the core request instead of being copied.
-pub fn to_request(check: CheckRequest) -> Request {
+pub fn to_request(check: CheckRequest) -> Result<Request, NotUtf8> {
     let client_ip = check
         .attributes
         .as_ref()
@@ -53,7 +109,7 @@ pub fn to_request(check: CheckRequest) -> Request {
         .and_then(|s| s.address.as_ref())
         .and_then(|a| a.address.as_ref())
         .and_then(|a| match a {
-            Address::SocketAddress(sa) => sa.address.parse::<IpAddr>().ok(),
+            AddressKind::SocketAddress(sa) => sa.address.parse::<IpAddr>().ok(),
             _ => None,
         });
     let http = check
@@ -62,7 +118,7 @@ pub fn to_request(check: CheckRequest) -> Request {
         .and_then(|r| r.http);
     let Some(http) = http else {
         // No HTTP attributes: an empty path is refused by normalization, so this fails closed.
-        return Request::new("", "", "", "", Headers::default(), None);
+        return Ok(Request::new("", "", "", "", Headers::default(), None));
     };
     let headers = match http.header_map {
         Some(map) if !map.headers.is_empty() => {
@@ -76,14 +132,24 @@ pub fn to_request(check: CheckRequest) -> Request {
                 (h.key, value)
             }))
         }
-        _ => Headers::from_owned(http.headers),
+        _ => {
+            let text = |b: bytes::Bytes| ByteString::try_from(b).map_err(|_| NotUtf8);
+            let mut pairs = Vec::with_capacity(http.headers.len());
+            for (name, value) in HttpRequest::merged_headers(http.headers) {
+                pairs.push((text(name)?, text(value)?));
+            }
+            Headers::from_text(pairs)
+        }
     };
     let target = if http.query.is_empty() || http.path.contains('?') {
         http.path
     } else {
         format!("{}?{}", http.path, http.query)
     };
-    Request::from_owned(
+    // Envoy's gRPC ext_authz sends every request header (Istio's envoyExtAuthzGrpc has no
+    // setting to send fewer; Envoy Gateway's `headersToExtAuth` must stay unset, which
+    // validate-manifests checks).
+    Ok(Request::from_owned(
         http.method,
         http.scheme,
         http.host,
@@ -91,6 +157,7 @@ pub fn to_request(check: CheckRequest) -> Request {
         headers,
         client_ip,
     )
+    .with_all_headers())
 }
 
 fn overwrite((key, value): (String, String)) -> HeaderValueOption {
@@ -181,6 +248,27 @@ mod tests {
             identity: None,
             reason: Reason::Authenticated,
         })
+    }
+
+    #[test]
+    fn a_header_that_is_not_utf_8_is_refused_as_the_full_message_refuses_it() {
+        use crate::transport::check_request::{self, MapEntry};
+        use prost::Message as _;
+        let entry = MapEntry {
+            key: bytes::Bytes::from_static(b"x-a"),
+            value: bytes::Bytes::from_static(&[0xff, b'a']),
+        };
+        let mut http = Vec::new();
+        prost::encoding::message::encode(3, &entry, &mut http); // HttpRequest.headers
+        let mut request = Vec::new();
+        prost::encoding::bytes::encode(2, &http, &mut request); // Request.http
+        let mut attributes = Vec::new();
+        prost::encoding::bytes::encode(4, &request, &mut attributes); // AttributeContext.request
+        let mut check = Vec::new();
+        prost::encoding::bytes::encode(1, &attributes, &mut check); // CheckRequest.attributes
+        assert!(envoy_types::ext_authz::v3::pb::CheckRequest::decode(check.as_slice()).is_err());
+        let lean = check_request::decode(&check).expect("bytes, not yet text");
+        assert_eq!(to_request(lean).err(), Some(NotUtf8));
     }
 
     #[test]

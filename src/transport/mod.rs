@@ -1,6 +1,7 @@
 //! The two ways Envoy asks: gRPC and HTTP ext_authz. Each adapter turns its wire format into the
 //! core `Request` and the core `Decision` back into its wire format; nothing else lives here.
 
+pub mod check_request;
 pub mod grpc;
 pub mod http;
 
@@ -10,7 +11,6 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
-use envoy_types::ext_authz::v3::pb::AuthorizationServer;
 use futures::StreamExt as _;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
@@ -25,7 +25,7 @@ async fn stopped(mut stop: watch::Receiver<bool>) {
 
 /// Serves gRPC ext_authz until `stop` turns true, then drains.
 pub async fn serve_grpc(listener: TcpListener, checker: Arc<Checker>, stop: watch::Receiver<bool>) {
-    let service = AuthorizationServer::new(grpc::AuthorizationService::new(checker));
+    let service = grpc::AuthorizationService::new(checker);
     // TCP_NODELAY must be set on the incoming stream: the builder's `tcp_nodelay` is ignored for
     // `serve_with_incoming*`, and without it every answer waits ~40 ms for a delayed ACK.
     let incoming = TcpIncoming::from(listener)
