@@ -92,7 +92,7 @@ fn check_request(input: &Input) -> CheckRequest {
 }
 
 /// What the decision reads of a core request, comparable.
-fn reading(req: &CoreRequest) -> impl PartialEq + std::fmt::Debug {
+fn reading(req: &CoreRequest) -> impl PartialEq + std::fmt::Debug + use<> {
     let mut headers: Vec<(String, String)> = req
         .headers
         .iter()
