@@ -825,6 +825,16 @@ async fn start_envoy(filter: Filter, upstream: SocketAddr, port: u16) -> Envoy {
     Envoy::start_filtered(filter, upstream, opts).await
 }
 
+/// Who answers an end-to-end row's checks, for its CPU column.
+enum Authz {
+    /// No ext_authz filter.
+    None,
+    /// authgate or the no-op server: the bench's server threads.
+    Threads,
+    /// Another process (the HTTP floor's Envoy).
+    Process(Option<u32>),
+}
+
 /// `path` on the gateway.
 fn at(envoy: &Envoy, path: &str) -> String {
     format!("{}{path}", envoy.url())
@@ -919,7 +929,15 @@ fn parse_duration(s: &str) -> Duration {
     })
 }
 
-async fn wrk(url: &str, headers: &[String], timing: Timing, envoy_pid: u32) -> WrkResult {
+/// `authz_pid`: the ext_authz server is that process (the HTTP floor, a second Envoy), not the
+/// bench's server threads.
+async fn wrk(
+    url: &str,
+    headers: &[String],
+    timing: Timing,
+    envoy_pid: u32,
+    authz_pid: Option<u32>,
+) -> WrkResult {
     let run = |secs: f64| {
         let mut cmd = tokio::process::Command::new("wrk");
         cmd.args(["-t1", &format!("-c{WRK_CONNECTIONS}")])
@@ -933,10 +951,14 @@ async fn wrk(url: &str, headers: &[String], timing: Timing, envoy_pid: u32) -> W
     };
     let _ = run(timing.warmup.as_secs_f64().max(1.0)).await;
     let e0 = process_cpu(envoy_pid);
-    let a0 = thread_cpu("bench-srv");
+    let authz_cpu = || match authz_pid {
+        Some(pid) => process_cpu(pid),
+        None => thread_cpu("bench-srv"),
+    };
+    let a0 = authz_cpu();
     let out = run(timing.measure.as_secs_f64()).await.expect("wrk runs");
     let envoy_cpu = process_cpu(envoy_pid) - e0;
-    let authgate_cpu = thread_cpu("bench-srv") - a0;
+    let authgate_cpu = authz_cpu() - a0;
     let text = String::from_utf8_lossy(&out.stdout).to_string();
     let mut r = WrkResult {
         envoy_cpu,
@@ -1425,6 +1447,8 @@ struct E2eRow {
     rps: f64,
     vs_alone: f64,
     vs_jwt: f64,
+    /// × the floor of its ext_authz mode (the no-op gRPC server, the 200-answering Envoy).
+    vs_floor: Option<f64>,
     p50: Duration,
     p99: Duration,
     envoy_cpu_us: f64,
@@ -1439,6 +1463,7 @@ impl E2eRow {
         runs: &[WrkResult],
         alone: &[WrkResult],
         jwt: &[WrkResult],
+        floor: Option<&[WrkResult]>,
     ) -> E2eRow {
         let ratio = |base: &[WrkResult]| {
             median(runs.iter().zip(base).map(|(a, b)| a.rps / b.rps).collect())
@@ -1453,6 +1478,7 @@ impl E2eRow {
             rps: mid.rps,
             vs_alone: ratio(alone),
             vs_jwt: ratio(jwt),
+            vs_floor: floor.map(ratio),
             p50: mid.p50,
             p99: mid.p99,
             envoy_cpu_us: runs.iter().map(|w| w.envoy_cpu).sum::<f64>() * 1e6 / requests,
@@ -1988,6 +2014,30 @@ async fn run(timing: Timing, command: &str, only: Option<&str>) -> String {
             support::free_port(),
         )
         .await;
+        // The floor of HTTP ext_authz: the cheapest HTTP authorization server, a second Envoy
+        // answering every check 200 at once (`direct_response`), as the no-op tonic server is
+        // gRPC's.
+        let floor_authz = Envoy::start_filtered(
+            Filter::None,
+            upstream,
+            Options {
+                access_log: false,
+                direct_response: Some(200),
+                ..Options::default()
+            },
+        )
+        .await;
+        let floor_http_envoy = start_envoy(
+            Filter::ExtAuthz(ExtAuthz::Http, floor_authz.addr()),
+            upstream,
+            support::free_port(),
+        )
+        .await;
+        assert_eq!(
+            status_of(&at(&floor_http_envoy, path), &[]).await,
+            200,
+            "envoy + the direct_response HTTP authorization server"
+        );
         assert_eq!(status_of(&at(&http_envoy, path), &[]).await, 401);
         assert_eq!(
             status_of(&at(&http_envoy, path), &[("authorization", &bearer)]).await,
@@ -1998,55 +2048,85 @@ async fn run(timing: Timing, command: &str, only: Option<&str>) -> String {
             format!("Cookie: {session_cookie}"),
             format!("Accept: {}", support::oidc::NAVIGATION_ACCEPT),
         ];
-        // (name, envoy, path, headers, has an ext_authz server)
-        let scenarios: Vec<(&str, &Envoy, &str, Vec<String>, bool)> = vec![
+        // (name, envoy, path, headers, the ext_authz server: none, the bench's server threads
+        // or this process; the row of its mode's floor)
+        const GRPC_FLOOR: Option<usize> = Some(2);
+        const HTTP_FLOOR: Option<usize> = Some(3);
+        let floor_pid = Some(floor_authz.pid());
+        type Scenario<'a> = (
+            &'a str,
+            &'a Envoy,
+            &'a str,
+            Vec<String>,
+            Authz,
+            Option<usize>,
+        );
+        let scenarios: Vec<Scenario> = vec![
             (
                 "Envoy → echo, no auth (baseline)",
                 &plain,
                 path,
                 vec![],
-                false,
+                Authz::None,
+                None,
             ),
             (
                 "Envoy + jwt_authn (RS256, local JWKS)",
                 &jwt_envoy,
                 path,
                 vec![jwt_header],
-                false,
+                Authz::None,
+                None,
             ),
             (
-                "Envoy + no-op ext_authz gRPC server (reference: the extra hop)",
+                "Envoy + no-op ext_authz gRPC server (gRPC's floor: the extra hop)",
                 &noop_envoy,
                 path,
                 vec![auth_header.clone()],
-                true,
+                Authz::Threads,
+                None,
+            ),
+            (
+                "Envoy + HTTP ext_authz to an Envoy answering 200 (HTTP's floor)",
+                &floor_http_envoy,
+                path,
+                vec![auth_header.clone()],
+                Authz::Process(floor_pid),
+                None,
             ),
             (
                 "Envoy + authgate gRPC (cached SA token)",
                 &envoy_grpc,
                 path,
                 vec![auth_header.clone()],
-                true,
+                Authz::Threads,
+                GRPC_FLOOR,
             ),
             (
                 "Envoy + authgate gRPC (session cookie, memory)",
                 &envoy_grpc,
                 "/",
                 cookie_headers,
-                true,
+                Authz::Threads,
+                GRPC_FLOOR,
             ),
             (
                 "Envoy + authgate HTTP ext_authz (cached SA token)",
                 &http_envoy,
                 path,
                 vec![auth_header],
-                true,
+                Authz::Threads,
+                HTTP_FLOOR,
             ),
         ];
         let mut runs: Vec<Vec<WrkResult>> = vec![Vec::new(); scenarios.len()];
         for round in 0..timing.rounds {
-            for (i, (name, envoy, path, headers, _)) in scenarios.iter().enumerate() {
-                let r = wrk(&at(envoy, path), headers, timing, envoy.pid()).await;
+            for (i, (name, envoy, path, headers, authz, _)) in scenarios.iter().enumerate() {
+                let authz_pid = match authz {
+                    Authz::Process(pid) => *pid,
+                    _ => None,
+                };
+                let r = wrk(&at(envoy, path), headers, timing, envoy.pid(), authz_pid).await;
                 eprintln!("[bench]   round {round}: {name}: {:.0} req/s", r.rps);
                 if !r.errors.is_empty() {
                     notes.push(format!("{name}: wrk reported `{}`", r.errors));
@@ -2054,8 +2134,15 @@ async fn run(timing: Timing, command: &str, only: Option<&str>) -> String {
                 runs[i].push(r);
             }
         }
-        for (i, (name, _, _, _, has_authz)) in scenarios.iter().enumerate() {
-            e2e_rows.push(E2eRow::of(name, *has_authz, &runs[i], &runs[0], &runs[1]));
+        for (i, (name, _, _, _, authz, floor)) in scenarios.iter().enumerate() {
+            e2e_rows.push(E2eRow::of(
+                name,
+                !matches!(authz, Authz::None),
+                &runs[i],
+                &runs[0],
+                &runs[1],
+                floor.map(|f| runs[f].as_slice()),
+            ));
         }
     } else {
         notes.push("wrk was not found: the end-to-end rows were skipped.".into());
@@ -2242,14 +2329,15 @@ async fn run(timing: Timing, command: &str, only: Option<&str>) -> String {
         let _ = writeln!(
             r,
             "\n### (b) End to end through Envoy\n\n`wrk -t1 -c{WRK_CONNECTIONS} --latency` (HTTP/1.1) → Envoy (`--concurrency 1`) → echo upstream (axum, in the bench process). \
-             CPU columns: the Envoy process, and the ext_authz server's threads (authgate or the no-op server), per request. \
+             CPU columns: the Envoy process, and the ext_authz server's threads (authgate or the no-op server; for HTTP's floor, the second Envoy's process), per request. \
+             Each ext_authz row is compared with its mode's floor, the cheapest authorization server there is: the no-op tonic server over gRPC, a second Envoy answering 200 at once (`direct_response`) over HTTP. \
              Latencies: the round with the median req/s (wrk prints no p99.9).\n\n\
-             | scenario | req/s (median) | × Envoy alone | × jwt_authn | p50 | p99 | Envoy CPU µs/req | ext_authz server CPU µs/req | non-2xx |\n| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
+             | scenario | req/s (median) | × Envoy alone | × jwt_authn | × its mode's floor | p50 | p99 | Envoy CPU µs/req | ext_authz server CPU µs/req | non-2xx |\n| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
         );
         for (i, row) in e2e_rows.iter().enumerate() {
             let _ = writeln!(
                 r,
-                "| {} | {} | {:.2} | {} | {} | {} | {:.1} | {} | {} |",
+                "| {} | {} | {:.2} | {} | {} | {} | {} | {:.1} | {} | {} |",
                 row.name,
                 fmt_rps(row.rps),
                 row.vs_alone,
@@ -2258,6 +2346,8 @@ async fn run(timing: Timing, command: &str, only: Option<&str>) -> String {
                 } else {
                     format!("{:.2}", row.vs_jwt)
                 },
+                row.vs_floor
+                    .map_or("-".to_string(), |f| format!("**{f:.2}**")),
                 fmt_lat(row.p50),
                 fmt_lat(row.p99),
                 row.envoy_cpu_us,

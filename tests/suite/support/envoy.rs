@@ -86,6 +86,10 @@ pub struct Options {
     /// this receiver (as Istio's `meshConfig.extensionProviders[].opentelemetry` with 100 %
     /// sampling does).
     pub otlp_tracing: Option<SocketAddr>,
+    /// Answer every request with this status at once instead of routing it upstream: with
+    /// [`Filter::None`], the cheapest HTTP authorization server there is (the benchmark's floor
+    /// for HTTP ext_authz).
+    pub direct_response: Option<u16>,
 }
 
 impl Default for Options {
@@ -99,6 +103,7 @@ impl Default for Options {
             more_authz: Vec::new(),
             access_log: true,
             otlp_tracing: None,
+            direct_response: None,
         }
     }
 }
@@ -381,6 +386,13 @@ pub fn bootstrap(filter: &Filter, upstream: SocketAddr, opts: &Options) -> Strin
             if opts.access_log { ACCESS_LOG } else { "" },
         )
         .replace("{FILTER}", &filter)
+        .replace(
+            "{ROUTE}",
+            &match opts.direct_response {
+                Some(status) => format!("direct_response: {{status: {status}}}"),
+                None => "route: {cluster: upstream, timeout: 30s}".to_string(),
+            },
+        )
         .replace("{LISTEN_PORT}", &opts.listen_port.unwrap_or(0).to_string())
         .replace("{AUTHZ_CLUSTER}", &authz_cluster)
         .replace("{UPSTREAM_IP}", &upstream.ip().to_string())
@@ -420,7 +432,7 @@ static_resources:
               domains: ["*"]
               routes:
               - match: {prefix: "/"}
-                route: {cluster: upstream, timeout: 30s}
+                {ROUTE}
           http_filters:
 {FILTER}
           - name: envoy.filters.http.router
