@@ -576,8 +576,8 @@ def check_security_policy(where: str, obj: dict) -> None:
     refs = (ext.get("grpc") or {}).get("backendRefs") or []
     if refs != [{"name": "authgate", "namespace": "auth", "port": 9000}]:
         fail(where, f"extAuth.grpc must call authgate.auth:9000 only, calls {refs}")
-    # Over gRPC authgate reads a header the check does not carry as absent from the request:
-    # it strips its own cookies and the identity look-alikes only where it sees them.
+    # Over gRPC authgate rewrites `cookie` (without its session cookies) only when it sees one,
+    # and rules read headers: it must be sent every header.
     if "headersToExtAuth" in ext:
         fail(where, "extAuth.headersToExtAuth must stay unset: over gRPC authgate must see every header")
 

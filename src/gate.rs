@@ -33,13 +33,6 @@ pub const METHOD_OVERRIDES: [&str; 3] = [
     "x-method-override",
 ];
 
-/// Whether the request may carry header `name`: when the transport sent every header (gRPC),
-/// only if it is there; otherwise (HTTP ext_authz sees the listed headers only) always, so that
-/// what authgate cannot see is removed all the same.
-fn carried(req: &Request, name: &str) -> bool {
-    !req.all_headers || req.headers.get(name).is_some()
-}
-
 /// The prefix of authgate's own endpoints, answered inside the check.
 pub const OWN_PREFIX: &str = "/authgate";
 
@@ -156,7 +149,7 @@ impl Gate {
             return refused.into();
         }
         if self.skip_auth.iter().any(|p| p.matches(path)) {
-            let mut remove = self.headers.remove_except_present(&[], |h| carried(req, h));
+            let mut remove = self.headers.remove_except(&[]);
             // A personal access token goes to no app, not even one that needs no login.
             if req
                 .headers
@@ -431,7 +424,9 @@ impl Gate {
             }
         }
         let set_names: Vec<&str> = set.iter().map(|(n, _)| n.as_str()).collect();
-        let mut remove = plan.remove_except_present(&set_names, |h| carried(req, h));
+        // Every look-alike, whether or not this check shows it: over gRPC too, a gateway may
+        // send fewer headers than the request has (Envoy's `allowed_headers`).
+        let mut remove = plan.remove_except(&set_names);
         if remove_cookie {
             remove.push("cookie".into());
         }
@@ -439,9 +434,8 @@ impl Gate {
         // unless the rule says the app verifies it itself.
         // A personal access token never reaches an app: no app can verify one, and a notebook
         // server (user code) would collect it.
-        if (identity.method == AuthMethod::PersonalToken
-            || (identity.method != AuthMethod::Session && !forward_credentials))
-            && carried(req, "authorization")
+        if identity.method == AuthMethod::PersonalToken
+            || (identity.method != AuthMethod::Session && !forward_credentials)
         {
             remove.push("authorization".into());
         }

@@ -265,20 +265,9 @@ impl HeaderPlan {
     /// Headers to remove when the given headers are set: every variant except those, since
     /// Envoy applies removals after sets and would delete the verified value.
     pub fn remove_except(&self, set: &[&str]) -> Vec<String> {
-        self.remove_except_present(set, |_| true)
-    }
-
-    /// As [`HeaderPlan::remove_except`], only the variants `present` says the request carries
-    /// (for a transport that sees every header: a look-alike the request does not carry needs
-    /// no removing, and every answer is smaller by the names).
-    pub fn remove_except_present(
-        &self,
-        set: &[&str],
-        present: impl Fn(&str) -> bool,
-    ) -> Vec<String> {
         self.all_variants
             .iter()
-            .filter(|v| !set.contains(&v.as_str()) && present(v))
+            .filter(|v| !set.contains(&v.as_str()))
             .cloned()
             .collect()
     }

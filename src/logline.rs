@@ -30,7 +30,7 @@ where
         mut writer: Writer<'_>,
         event: &Event<'_>,
     ) -> fmt::Result {
-        let mut format = |line: &mut String| {
+        let format = |line: &mut String| {
             let meta = event.metadata();
             let _ = write!(
                 line,
@@ -46,13 +46,25 @@ where
         };
         // One buffer per thread, reused: a line per decision costs no allocation. A value whose
         // formatting logs (re-entering here) gets a buffer of its own.
-        LINE.with(|buffer| match buffer.try_borrow_mut() {
+        // A thread whose locals are gone (an event at its exit) formats into a fresh buffer too.
+        let mut format = Some(format);
+        let reused = LINE.try_with(|buffer| match buffer.try_borrow_mut() {
             Ok(mut line) => {
                 line.clear();
-                format(&mut line)
+                let result = format.take().map(|mut f| f(&mut line));
+                // A huge line (a long error chain) does not stay with the thread.
+                if line.capacity() > 64 * 1024 {
+                    *line = String::with_capacity(1024);
+                }
+                result
             }
-            Err(_) => format(&mut String::new()),
-        })
+            Err(_) => None,
+        });
+        match (reused, format) {
+            (Ok(Some(result)), _) => result,
+            (_, Some(mut f)) => f(&mut String::new()),
+            (_, None) => Ok(()),
+        }
     }
 }
 

@@ -185,7 +185,8 @@ pub fn global() -> &'static Metrics {
 }
 
 // Every label value is a `&'static str`, so each thread remembers the metric behind a family
-// and label values by their addresses: a request pays a thread-local lookup with a fast hash
+// and label values by their addresses (the families live in the process-wide `Metrics`, so a
+// family's address is never reused for another): a request pays a thread-local lookup with a fast hash
 // instead of `Family::get_or_create`'s shared lock and a SipHash of the label strings (four
 // times per Check). The same text at another address is only one more entry; there are a few
 // hundred combinations at most.
@@ -219,12 +220,23 @@ fn with_counter<L, const N: usize>(
     L: Clone + Hash + Eq,
 {
     let key = handle_key(family, values);
-    COUNTERS.with_borrow_mut(|counters| {
-        let counter = counters
-            .entry(key)
-            .or_insert_with(|| family.get_or_create(&labels()).clone());
-        with(counter);
+    let mut labels = Some(labels);
+    let mut with = Some(with);
+    let remembered = COUNTERS.try_with(|counters| {
+        let mut counters = counters.borrow_mut();
+        let counter = counters.entry(key).or_insert_with(|| {
+            family
+                .get_or_create(&labels.take().expect("called once")())
+                .clone()
+        });
+        with.take().expect("called once")(counter);
     });
+    // A thread whose locals are gone records without remembering.
+    if remembered.is_err()
+        && let (Some(labels), Some(with)) = (labels, with)
+    {
+        with(&family.get_or_create(&labels()));
+    }
 }
 
 /// Like [`with_counter`], for a histogram.
@@ -237,12 +249,22 @@ fn with_histogram<L, const N: usize>(
     L: Clone + Hash + Eq,
 {
     let key = handle_key(family, values);
-    HISTOGRAMS.with_borrow_mut(|histograms| {
-        let histogram = histograms
-            .entry(key)
-            .or_insert_with(|| family.get_or_create(&labels()).clone());
-        with(histogram);
+    let mut labels = Some(labels);
+    let mut with = Some(with);
+    let remembered = HISTOGRAMS.try_with(|histograms| {
+        let mut histograms = histograms.borrow_mut();
+        let histogram = histograms.entry(key).or_insert_with(|| {
+            family
+                .get_or_create(&labels.take().expect("called once")())
+                .clone()
+        });
+        with.take().expect("called once")(histogram);
     });
+    if remembered.is_err()
+        && let (Some(labels), Some(with)) = (labels, with)
+    {
+        with(&family.get_or_create(&labels()));
+    }
 }
 
 impl Metrics {

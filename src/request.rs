@@ -119,10 +119,6 @@ pub struct Request {
     pub client_ip: Option<IpAddr>,
     /// The request body, when the transport has it (only authgate's own endpoints read it).
     pub body: Vec<u8>,
-    /// Whether `headers` are all the request's headers (gRPC ext_authz: Envoy sends every
-    /// header), so that a header absent here is absent from the request. HTTP ext_authz sends
-    /// only the listed ones.
-    pub all_headers: bool,
 }
 
 impl Request {
@@ -171,19 +167,12 @@ impl Request {
             headers,
             client_ip,
             body: Vec::new(),
-            all_headers: false,
         }
     }
 
     /// With a body.
     pub fn with_body(mut self, body: Vec<u8>) -> Request {
         self.body = body;
-        self
-    }
-
-    /// Says that `headers` are all the request's headers ([`Request::all_headers`]).
-    pub fn with_all_headers(mut self) -> Request {
-        self.all_headers = true;
         self
     }
 

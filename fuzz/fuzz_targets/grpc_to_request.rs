@@ -108,7 +108,6 @@ fn reading(req: &CoreRequest) -> impl PartialEq + std::fmt::Debug + use<> {
         req.query.clone(),
         req.client_ip,
         headers,
-        req.all_headers,
     )
 }
 

@@ -108,8 +108,9 @@ pub struct HttpRequest {
 }
 
 /// One entry of a `map<string, string>` on the wire, its key and value as views of the received
-/// bytes (no copy): UTF-8 is checked where they become text ([`super::grpc::to_request`]), as
-/// the full message's strings are when decoded.
+/// bytes (no copy): UTF-8 is checked where those read become text ([`super::grpc::to_request`]),
+/// which refuses one that is not, as the full message would. An entry a later one replaces,
+/// and every field authgate never reads, is not checked: the full message refuses more.
 #[derive(Clone, PartialEq, Message)]
 pub struct MapEntry {
     /// The key.

@@ -92,16 +92,27 @@ impl tonic::server::UnaryService<CheckRequest> for Check {
     }
 }
 
-/// A `headers` map entry that is not UTF-8: protobuf `string`s must be, and the full message
-/// refuses to decode one.
+/// Most headers a `CheckRequest` may carry. Envoy sends at most what it accepts from a client
+/// (`max_headers_count`, 100 by default) and never repeats a map key; a message of tiny
+/// repeated entries must not cost memory per entry.
+pub const MAX_HEADERS: usize = 1024;
+
+/// A `CheckRequest` authgate refuses to judge (an error to Envoy, which fails closed).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
-#[error("a header in the CheckRequest's headers map is not UTF-8")]
-pub struct NotUtf8;
+pub enum Refused {
+    /// A header the decision reads is not UTF-8: protobuf `string`s must be, and the full
+    /// message would not decode. (Fields authgate never reads are not checked.)
+    #[error("a header in the CheckRequest's headers map is not UTF-8")]
+    NotUtf8,
+    /// More than [`MAX_HEADERS`] headers.
+    #[error("the CheckRequest carries more than {MAX_HEADERS} headers")]
+    TooManyHeaders,
+}
 
 /// `CheckRequest` → core request. `path` carries the query (Envoy leaves `query` empty); headers
 /// come from `header_map` when Envoy sends raw headers, else from the merged `headers` map.
 /// Takes the request by value: its strings move into the core request instead of being copied.
-pub fn to_request(check: CheckRequest) -> Result<Request, NotUtf8> {
+pub fn to_request(check: CheckRequest) -> Result<Request, Refused> {
     let client_ip = check
         .attributes
         .as_ref()
@@ -120,6 +131,14 @@ pub fn to_request(check: CheckRequest) -> Result<Request, NotUtf8> {
         // No HTTP attributes: an empty path is refused by normalization, so this fails closed.
         return Ok(Request::new("", "", "", "", Headers::default(), None));
     };
+    if http.headers.len() > MAX_HEADERS
+        || http
+            .header_map
+            .as_ref()
+            .is_some_and(|m| m.headers.len() > MAX_HEADERS)
+    {
+        return Err(Refused::TooManyHeaders);
+    }
     let headers = match http.header_map {
         Some(map) if !map.headers.is_empty() => {
             Headers::from_owned(map.headers.into_iter().map(|h| {
@@ -133,7 +152,7 @@ pub fn to_request(check: CheckRequest) -> Result<Request, NotUtf8> {
             }))
         }
         _ => {
-            let text = |b: bytes::Bytes| ByteString::try_from(b).map_err(|_| NotUtf8);
+            let text = |b: bytes::Bytes| ByteString::try_from(b).map_err(|_| Refused::NotUtf8);
             let mut pairs = Vec::with_capacity(http.headers.len());
             for (name, value) in HttpRequest::merged_headers(http.headers) {
                 pairs.push((text(name)?, text(value)?));
@@ -146,9 +165,6 @@ pub fn to_request(check: CheckRequest) -> Result<Request, NotUtf8> {
     } else {
         format!("{}?{}", http.path, http.query)
     };
-    // Envoy's gRPC ext_authz sends every request header (Istio's envoyExtAuthzGrpc has no
-    // setting to send fewer; Envoy Gateway's `headersToExtAuth` must stay unset, which
-    // validate-manifests checks).
     Ok(Request::from_owned(
         http.method,
         http.scheme,
@@ -156,8 +172,7 @@ pub fn to_request(check: CheckRequest) -> Result<Request, NotUtf8> {
         &target,
         headers,
         client_ip,
-    )
-    .with_all_headers())
+    ))
 }
 
 fn overwrite((key, value): (String, String)) -> HeaderValueOption {
@@ -268,7 +283,25 @@ mod tests {
         prost::encoding::bytes::encode(1, &attributes, &mut check); // CheckRequest.attributes
         assert!(envoy_types::ext_authz::v3::pb::CheckRequest::decode(check.as_slice()).is_err());
         let lean = check_request::decode(&check).expect("bytes, not yet text");
-        assert_eq!(to_request(lean).err(), Some(NotUtf8));
+        assert_eq!(to_request(lean).err(), Some(Refused::NotUtf8));
+    }
+
+    #[test]
+    fn a_check_with_more_headers_than_envoy_sends_is_refused() {
+        use crate::transport::check_request::{self, MapEntry};
+        let mut http = Vec::new();
+        for _ in 0..=MAX_HEADERS {
+            // Empty entries, two bytes each: the cheapest flood.
+            prost::encoding::message::encode(3, &MapEntry::default(), &mut http);
+        }
+        let mut request = Vec::new();
+        prost::encoding::bytes::encode(2, &http, &mut request);
+        let mut attributes = Vec::new();
+        prost::encoding::bytes::encode(4, &request, &mut attributes);
+        let mut check = Vec::new();
+        prost::encoding::bytes::encode(1, &attributes, &mut check);
+        let lean = check_request::decode(&check).unwrap();
+        assert_eq!(to_request(lean).err(), Some(Refused::TooManyHeaders));
     }
 
     #[test]
