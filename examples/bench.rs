@@ -832,7 +832,7 @@ enum Authz {
     /// authgate or the no-op server: the bench's server threads.
     Threads,
     /// Another process (the HTTP floor's Envoy).
-    Process(Option<u32>),
+    Process(u32),
 }
 
 /// `path` on the gateway.
@@ -2052,7 +2052,6 @@ async fn run(timing: Timing, command: &str, only: Option<&str>) -> String {
         // or this process; the row of its mode's floor)
         const GRPC_FLOOR: Option<usize> = Some(2);
         const HTTP_FLOOR: Option<usize> = Some(3);
-        let floor_pid = Some(floor_authz.pid());
         type Scenario<'a> = (
             &'a str,
             &'a Envoy,
@@ -2091,7 +2090,7 @@ async fn run(timing: Timing, command: &str, only: Option<&str>) -> String {
                 &floor_http_envoy,
                 path,
                 vec![auth_header.clone()],
-                Authz::Process(floor_pid),
+                Authz::Process(floor_authz.pid()),
                 None,
             ),
             (
@@ -2123,7 +2122,7 @@ async fn run(timing: Timing, command: &str, only: Option<&str>) -> String {
         for round in 0..timing.rounds {
             for (i, (name, envoy, path, headers, authz, _)) in scenarios.iter().enumerate() {
                 let authz_pid = match authz {
-                    Authz::Process(pid) => *pid,
+                    Authz::Process(pid) => Some(*pid),
                     _ => None,
                 };
                 let r = wrk(&at(envoy, path), headers, timing, envoy.pid(), authz_pid).await;

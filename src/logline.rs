@@ -30,7 +30,7 @@ where
         mut writer: Writer<'_>,
         event: &Event<'_>,
     ) -> fmt::Result {
-        let format = |line: &mut String| {
+        let fill = |line: &mut String| {
             let meta = event.metadata();
             let _ = write!(
                 line,
@@ -42,28 +42,28 @@ where
             line.push_str(",\"target\":");
             push_json_string(line, meta.target());
             line.push_str("}\n");
-            writer.write_str(line)
         };
         // One buffer per thread, reused: a line per decision costs no allocation. A value whose
-        // formatting logs (re-entering here) gets a buffer of its own.
-        // A thread whose locals are gone (an event at its exit) formats into a fresh buffer too.
-        let mut format = Some(format);
-        let reused = LINE.try_with(|buffer| match buffer.try_borrow_mut() {
-            Ok(mut line) => {
-                line.clear();
-                let result = format.take().map(|mut f| f(&mut line));
-                // A huge line (a long error chain) does not stay with the thread.
-                if line.capacity() > 64 * 1024 {
-                    *line = String::with_capacity(1024);
-                }
-                result
+        // formatting logs (re-entering here), or an event at a thread's exit (its locals gone),
+        // gets a buffer of its own.
+        let written = LINE.try_with(|buffer| {
+            let mut line = buffer.try_borrow_mut().ok()?;
+            line.clear();
+            fill(&mut line);
+            let result = writer.write_str(&line);
+            // A huge line (a long error chain) does not stay with the thread.
+            if line.capacity() > 64 * 1024 {
+                *line = String::with_capacity(1024);
             }
-            Err(_) => None,
+            Some(result)
         });
-        match (reused, format) {
-            (Ok(Some(result)), _) => result,
-            (_, Some(mut f)) => f(&mut String::new()),
-            (_, None) => Ok(()),
+        match written {
+            Ok(Some(result)) => result,
+            _ => {
+                let mut line = String::new();
+                fill(&mut line);
+                writer.write_str(&line)
+            }
         }
     }
 }

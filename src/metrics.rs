@@ -5,6 +5,7 @@ use std::cell::RefCell;
 use std::collections::HashMap;
 use std::hash::Hash;
 use std::sync::OnceLock;
+use std::thread::LocalKey;
 use std::time::Duration;
 
 use prometheus_client::encoding::EncodeLabelSet;
@@ -209,60 +210,29 @@ fn handle_key<F, const N: usize>(family: &F, values: [&'static str; N]) -> Handl
     key
 }
 
-/// Runs `with` on the counter of `family` for these label values (`labels` builds the label
-/// set the first time a thread asks).
-fn with_counter<L, const N: usize>(
-    family: &Family<L, Counter>,
+/// Runs `with` on `family`'s metric for these label values, remembered in this thread's
+/// `handles` (`labels` builds the label set the first time a thread asks). A thread whose locals
+/// are gone records without remembering.
+fn with_metric<L, M, const N: usize>(
+    handles: &'static LocalKey<RefCell<HashMap<HandleKey, M, foldhash::fast::FixedState>>>,
+    family: &Family<L, M>,
     values: [&'static str; N],
-    labels: impl FnOnce() -> L,
-    with: impl FnOnce(&Counter),
+    labels: impl Fn() -> L,
+    with: impl Fn(&M),
 ) where
     L: Clone + Hash + Eq,
+    M: Clone,
 {
     let key = handle_key(family, values);
-    let mut labels = Some(labels);
-    let mut with = Some(with);
-    let remembered = COUNTERS.try_with(|counters| {
-        let mut counters = counters.borrow_mut();
-        let counter = counters.entry(key).or_insert_with(|| {
-            family
-                .get_or_create(&labels.take().expect("called once")())
-                .clone()
-        });
-        with.take().expect("called once")(counter);
+    let remembered = handles.try_with(|handles| {
+        let mut handles = handles.borrow_mut();
+        with(
+            handles
+                .entry(key)
+                .or_insert_with(|| family.get_or_create(&labels()).clone()),
+        );
     });
-    // A thread whose locals are gone records without remembering.
-    if remembered.is_err()
-        && let (Some(labels), Some(with)) = (labels, with)
-    {
-        with(&family.get_or_create(&labels()));
-    }
-}
-
-/// Like [`with_counter`], for a histogram.
-fn with_histogram<L, const N: usize>(
-    family: &Family<L, Histogram>,
-    values: [&'static str; N],
-    labels: impl FnOnce() -> L,
-    with: impl FnOnce(&Histogram),
-) where
-    L: Clone + Hash + Eq,
-{
-    let key = handle_key(family, values);
-    let mut labels = Some(labels);
-    let mut with = Some(with);
-    let remembered = HISTOGRAMS.try_with(|histograms| {
-        let mut histograms = histograms.borrow_mut();
-        let histogram = histograms.entry(key).or_insert_with(|| {
-            family
-                .get_or_create(&labels.take().expect("called once")())
-                .clone()
-        });
-        with.take().expect("called once")(histogram);
-    });
-    if remembered.is_err()
-        && let (Some(labels), Some(with)) = (labels, with)
-    {
+    if remembered.is_err() {
         with(&family.get_or_create(&labels()));
     }
 }
@@ -270,7 +240,8 @@ fn with_histogram<L, const N: usize>(
 impl Metrics {
     /// Records one decision.
     pub fn decision(&self, transport: &'static str, outcome: &'static str, reason: &'static str) {
-        with_counter(
+        with_metric(
+            &COUNTERS,
             &self.decisions,
             [transport, outcome, reason],
             || DecisionLabels {
@@ -286,7 +257,8 @@ impl Metrics {
 
     /// Records one decision about an identity.
     pub fn decision_by_auth_method(&self, auth_method: &'static str, outcome: &'static str) {
-        with_counter(
+        with_metric(
+            &COUNTERS,
             &self.decisions_by_auth_method,
             [auth_method, outcome],
             || AuthMethodLabels {
@@ -301,7 +273,8 @@ impl Metrics {
 
     /// Records how long one check took.
     pub fn check_took(&self, transport: &'static str, took: Duration) {
-        with_histogram(
+        with_metric(
+            &HISTOGRAMS,
             &self.check_duration,
             [transport],
             || TransportLabels { transport },
@@ -313,18 +286,23 @@ impl Metrics {
     pub fn call(&self, dependency: &'static str, ok: bool, took: Duration) {
         let result = if ok { "ok" } else { "error" };
         let labels = || CallLabels { dependency, result };
-        with_counter(&self.calls, [dependency, result], labels, |c| {
+        with_metric(&COUNTERS, &self.calls, [dependency, result], labels, |c| {
             c.inc();
         });
-        with_histogram(&self.call_duration, [dependency, result], labels, |h| {
-            h.observe(took.as_secs_f64())
-        });
+        with_metric(
+            &HISTOGRAMS,
+            &self.call_duration,
+            [dependency, result],
+            labels,
+            |h| h.observe(took.as_secs_f64()),
+        );
     }
 
     /// Records a cache lookup.
     pub fn cache_lookup(&self, cache: &'static str, hit: bool) {
         let result = if hit { "hit" } else { "miss" };
-        with_counter(
+        with_metric(
+            &COUNTERS,
             &self.cache,
             [cache, result],
             || CacheLabels { cache, result },

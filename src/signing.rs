@@ -424,19 +424,23 @@ mod tests {
         );
     }
 
+    /// A signer with a generated key, tokens of 60 s, on a manual clock.
+    fn signer() -> Signer {
+        Signer::load(
+            None,
+            &[],
+            "https://kf.example.com",
+            Duration::from_secs(60),
+            Arc::new(ManualClock::new()),
+        )
+        .unwrap()
+    }
+
     #[test]
     fn only_the_configured_extra_keys_are_signed() {
         let claims = |keys: &[&str]| {
             let keys: Vec<String> = keys.iter().map(|k| k.to_string()).collect();
-            let signer = Signer::load(
-                None,
-                &[],
-                "https://kf.example.com",
-                Duration::from_secs(60),
-                Arc::new(ManualClock::new()),
-            )
-            .unwrap()
-            .with_extra_claims(&keys);
+            let signer = signer().with_extra_claims(&keys);
             let mut id = identity();
             for key in [
                 "authentication.kubernetes.io/pod-name",
@@ -459,14 +463,7 @@ mod tests {
 
     #[test]
     fn different_audiences_get_different_tokens() {
-        let signer = Signer::load(
-            None,
-            &[],
-            "https://kf.example.com",
-            Duration::from_secs(60),
-            Arc::new(ManualClock::new()),
-        )
-        .unwrap();
+        let signer = signer();
         let id = identity();
         assert_ne!(
             signer.token(&id, &id.user, "a.example.com").unwrap(),

@@ -265,22 +265,29 @@ mod tests {
         })
     }
 
-    #[test]
-    fn a_header_that_is_not_utf_8_is_refused_as_the_full_message_refuses_it() {
-        use crate::transport::check_request::{self, MapEntry};
-        use prost::Message as _;
-        let entry = MapEntry {
-            key: bytes::Bytes::from_static(b"x-a"),
-            value: bytes::Bytes::from_static(&[0xff, b'a']),
-        };
+    /// A `CheckRequest`'s bytes whose `headers` map holds these entries, as written on the wire.
+    fn check_with_headers(entries: &[crate::transport::check_request::MapEntry]) -> Vec<u8> {
         let mut http = Vec::new();
-        prost::encoding::message::encode(3, &entry, &mut http); // HttpRequest.headers
+        for entry in entries {
+            prost::encoding::message::encode(3, entry, &mut http); // HttpRequest.headers
+        }
         let mut request = Vec::new();
         prost::encoding::bytes::encode(2, &http, &mut request); // Request.http
         let mut attributes = Vec::new();
         prost::encoding::bytes::encode(4, &request, &mut attributes); // AttributeContext.request
         let mut check = Vec::new();
         prost::encoding::bytes::encode(1, &attributes, &mut check); // CheckRequest.attributes
+        check
+    }
+
+    #[test]
+    fn a_header_that_is_not_utf_8_is_refused_as_the_full_message_refuses_it() {
+        use crate::transport::check_request::{self, MapEntry};
+        use prost::Message as _;
+        let check = check_with_headers(&[MapEntry {
+            key: bytes::Bytes::from_static(b"x-a"),
+            value: bytes::Bytes::from_static(&[0xff, b'a']),
+        }]);
         assert!(envoy_types::ext_authz::v3::pb::CheckRequest::decode(check.as_slice()).is_err());
         let lean = check_request::decode(&check).expect("bytes, not yet text");
         assert_eq!(to_request(lean).err(), Some(Refused::NotUtf8));
@@ -289,17 +296,8 @@ mod tests {
     #[test]
     fn a_check_with_more_headers_than_envoy_sends_is_refused() {
         use crate::transport::check_request::{self, MapEntry};
-        let mut http = Vec::new();
-        for _ in 0..=MAX_HEADERS {
-            // Empty entries, two bytes each: the cheapest flood.
-            prost::encoding::message::encode(3, &MapEntry::default(), &mut http);
-        }
-        let mut request = Vec::new();
-        prost::encoding::bytes::encode(2, &http, &mut request);
-        let mut attributes = Vec::new();
-        prost::encoding::bytes::encode(4, &request, &mut attributes);
-        let mut check = Vec::new();
-        prost::encoding::bytes::encode(1, &attributes, &mut check);
+        // Empty entries, two bytes each: the cheapest flood.
+        let check = check_with_headers(&vec![MapEntry::default(); MAX_HEADERS + 1]);
         let lean = check_request::decode(&check).unwrap();
         assert_eq!(to_request(lean).err(), Some(Refused::TooManyHeaders));
     }
