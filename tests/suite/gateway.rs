@@ -134,6 +134,32 @@ async fn bad_or_missing_tokens_are_401() {
     }
 }
 
+/// A gateway whose gRPC ext_authz sends only some headers (Envoy's `allowed_headers`): the
+/// check never shows the look-alikes, and they are removed all the same.
+#[tokio::test]
+async fn look_alikes_the_check_does_not_show_are_removed_all_the_same() {
+    let options = envoy::Options {
+        grpc_allowed_headers: vec!["authorization".into()],
+        ..Default::default()
+    };
+    let stack = Stack::start_with_options(
+        ExtAuthz::Grpc,
+        fixture(),
+        "",
+        options,
+        support::echo::start_echo().await.0,
+    )
+    .await;
+    let auth = bearer(TOKEN);
+    let mut lines: Vec<&str> = SPOOFS.to_vec();
+    lines.push(&auth);
+    let response = stack.get("/pipeline/apis/v2beta1/runs", &lines).await;
+    assert_eq!(response.status, 200, "{response:?}");
+    assert_no_spoof_reached(&response);
+    let response = stack.get("/dex/auth", SPOOFS).await;
+    assert_no_spoof_reached(&response);
+}
+
 #[tokio::test]
 async fn spoofed_identity_headers_never_reach_the_app() {
     for mode in MODES {

@@ -90,6 +90,9 @@ pub struct Options {
     /// [`Filter::None`], the cheapest HTTP authorization server there is (the benchmark's floor
     /// for HTTP ext_authz).
     pub direct_response: Option<u16>,
+    /// gRPC mode: Envoy's `allowed_headers`, so the check carries only these request headers
+    /// (a gateway configured to send fewer than all). Empty: every header, as Istio sends.
+    pub grpc_allowed_headers: Vec<String>,
 }
 
 impl Default for Options {
@@ -104,6 +107,7 @@ impl Default for Options {
             access_log: true,
             otlp_tracing: None,
             direct_response: None,
+            grpc_allowed_headers: Vec::new(),
         }
     }
 }
@@ -332,7 +336,8 @@ pub fn bootstrap(filter: &Filter, upstream: SocketAddr, opts: &Options) -> Strin
                 ExtAuthz::Grpc => (
                     GRPC_AUTHZ
                         .replace("{TIMEOUT}", &timeout)
-                        .replace("{STATUS_ON_ERROR}", &on_error),
+                        .replace("{STATUS_ON_ERROR}", &on_error)
+                        .replace("{ALLOWED_HEADERS}", &grpc_allowed_headers(opts)),
                     // gRPC needs HTTP/2 to the authz cluster; the HTTP service is HTTP/1.1.
                     AUTHZ_H2,
                 ),
@@ -543,10 +548,26 @@ const GRPC_AUTHZ: &str = r#"          - name: envoy.filters.http.ext_authz
             typed_config:
               "@type": type.googleapis.com/envoy.extensions.filters.http.ext_authz.v3.ExtAuthz
               transport_api_version: V3
-              failure_mode_allow: false{STATUS_ON_ERROR}
+              failure_mode_allow: false{STATUS_ON_ERROR}{ALLOWED_HEADERS}
               grpc_service:
                 envoy_grpc: {cluster_name: authz}
                 timeout: {TIMEOUT}"#;
+
+/// `allowed_headers` for the gRPC filter, when [`Options::grpc_allowed_headers`] names any.
+fn grpc_allowed_headers(opts: &Options) -> String {
+    if opts.grpc_allowed_headers.is_empty() {
+        return String::new();
+    }
+    let patterns: Vec<String> = opts
+        .grpc_allowed_headers
+        .iter()
+        .map(|h| format!("{{exact: {h}}}"))
+        .collect();
+    format!(
+        "\n              allowed_headers: {{patterns: [{}]}}",
+        patterns.join(", ")
+    )
+}
 
 // Istio envoyExtAuthzHttp with includeRequestHeadersInCheck (the shipped list),
 // headersToUpstreamOnAllow, headersToDownstreamOnDeny and headersToDownstreamOnAllow.
