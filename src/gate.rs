@@ -408,10 +408,10 @@ impl Gate {
                 return Response::internal(Reason::SigningFailed).into();
             }
         };
-        let mut set = vec![
-            (plan.user.clone(), user_value),
-            (plan.jwt.clone(), token.to_string()),
-        ];
+        // Sized for what can be added: every push below is then without a reallocation.
+        let mut set = Vec::with_capacity(4);
+        set.push((plan.user.clone(), user_value));
+        set.push((plan.jwt.clone(), token.to_string()));
         if !identity.groups.is_empty() {
             set.push((plan.groups.clone(), identity.groups.join(",")));
         }
@@ -423,10 +423,14 @@ impl Gate {
                 set.push(("cookie".into(), cookie));
             }
         }
-        let set_names: Vec<&str> = set.iter().map(|(n, _)| n.as_str()).collect();
+        let mut set_names = [""; 4];
+        for (slot, (name, _)) in set_names.iter_mut().zip(&set) {
+            *slot = name.as_str();
+        }
+        let mut remove = Vec::with_capacity(plan.removal_count() + 2 + rule_removes.len());
         // Every look-alike, whether or not this check shows it: over gRPC too, a gateway may
         // send fewer headers than the request has (Envoy's `allowed_headers`).
-        let mut remove = plan.remove_except(&set_names);
+        plan.push_removals(&set_names[..set.len()], &mut remove);
         if remove_cookie {
             remove.push("cookie".into());
         }

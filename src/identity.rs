@@ -259,17 +259,34 @@ impl HeaderPlan {
 
     /// The user header value for an identity.
     pub fn user_value(&self, identity: &Identity) -> String {
-        format!("{}{}", self.user_prefix, identity.user)
+        let mut value = String::with_capacity(self.user_prefix.len() + identity.user.len());
+        value.push_str(&self.user_prefix);
+        value.push_str(&identity.user);
+        value
     }
 
     /// Headers to remove when the given headers are set: every variant except those, since
     /// Envoy applies removals after sets and would delete the verified value.
     pub fn remove_except(&self, set: &[&str]) -> Vec<String> {
-        self.all_variants
-            .iter()
-            .filter(|v| !set.contains(&v.as_str()))
-            .cloned()
-            .collect()
+        let mut remove = Vec::new();
+        self.push_removals(set, &mut remove);
+        remove
+    }
+
+    /// [`HeaderPlan::remove_except`] into `remove`, which the caller sized for what it adds.
+    pub fn push_removals(&self, set: &[&str], remove: &mut Vec<String>) {
+        remove.reserve(self.all_variants.len());
+        remove.extend(
+            self.all_variants
+                .iter()
+                .filter(|v| !set.contains(&v.as_str()))
+                .cloned(),
+        );
+    }
+
+    /// How many names [`HeaderPlan::push_removals`] adds at most.
+    pub fn removal_count(&self) -> usize {
+        self.all_variants.len()
     }
 
     /// Whether a lower-cased header name is one authgate owns (for tests and audits).

@@ -56,8 +56,9 @@ impl Checker {
             .instrument(span.clone())
             .await
             .deliverable();
+        let took = started.elapsed();
         let metrics = crate::metrics::global();
-        metrics.check_took(transport, started.elapsed());
+        metrics.check_took(transport, took);
         let user = decision.identity().map(|i| i.user.as_str()).unwrap_or("-");
         let method = decision
             .identity()
@@ -88,11 +89,11 @@ impl Checker {
             reason = decision.reason().as_str(),
             user,
             auth_method = method,
-            http_method = %req.method_for_log(),
-            host = %req.host,
-            path = %req.path_for_log(),
-            client_ip = ?req.client_ip,
-            micros = started.elapsed().as_micros() as u64,
+            http_method = req.method_for_log(),
+            host = req.host.as_str(),
+            path = req.path_for_log(),
+            client_ip = req.client_ip.map(tracing::field::display),
+            micros = took.as_micros() as u64,
             trace_id = trace_id.as_deref(),
             "decision"
         );

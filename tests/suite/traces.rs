@@ -210,4 +210,6 @@ async fn without_otel_variables_nothing_is_traced_and_a_bad_protocol_stops_the_s
     let log = authgate.log();
     assert!(log.contains("\"decision\""), "{log}");
     assert!(!log.contains("trace_id"), "{log}");
+    // The client address as Envoy saw it, bare (not Rust's `Some(…)`).
+    assert!(log.contains("\"client_ip\":\"127.0.0.1\""), "{log}");
 }
