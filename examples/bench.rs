@@ -352,8 +352,12 @@ fn check_request(host: &str, path: &str, extra: &[(&str, &str)]) -> CheckRequest
 // The no-op baseline: a tonic Authorization server that always allows, served like authgate's
 // (TCP_NODELAY, HTTP/2 keep-alive), on the same runtime shape.
 
-#[derive(Clone, Copy)]
-struct Noop;
+/// Answers every Check with `answer`: [`noop_answer`], or (for the end-to-end row that shows
+/// what authgate's answer costs Envoy) a copy of one of authgate's allow answers.
+#[derive(Clone)]
+struct Noop {
+    answer: Arc<CheckResponse>,
+}
 
 #[tonic::async_trait]
 impl Authorization for Noop {
@@ -361,7 +365,7 @@ impl Authorization for Noop {
         &self,
         _request: tonic::Request<CheckRequest>,
     ) -> Result<tonic::Response<CheckResponse>, tonic::Status> {
-        Ok(tonic::Response::new(noop_answer()))
+        Ok(tonic::Response::new((*self.answer).clone()))
     }
 }
 
@@ -380,14 +384,17 @@ fn noop_answer() -> CheckResponse {
 /// `nodelay`: whether accepted sockets get TCP_NODELAY. tonic applies `Server::tcp_nodelay` only
 /// to listeners it binds itself; with `serve_with_incoming(TcpListenerStream)` (how authgate
 /// serves) the setting is ignored, so `false` reproduces authgate's socket set-up.
-async fn start_noop(nodelay: bool) -> SocketAddr {
+async fn start_noop(nodelay: bool, answer: CheckResponse) -> SocketAddr {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
-    let builder = || {
+    let noop = Noop {
+        answer: Arc::new(answer),
+    };
+    let builder = move || {
         tonic::transport::Server::builder()
             .tcp_nodelay(true)
             .http2_keepalive_interval(Some(Duration::from_secs(30)))
-            .add_service(AuthorizationServer::new(Noop))
+            .add_service(AuthorizationServer::new(noop.clone()))
     };
     tokio::spawn(async move {
         if nodelay {
@@ -728,7 +735,11 @@ impl Server {
     }
 
     async fn noop(&self, nodelay: bool) -> SocketAddr {
-        self.rt.spawn(start_noop(nodelay)).await.unwrap()
+        self.noop_answering(nodelay, noop_answer()).await
+    }
+
+    async fn noop_answering(&self, nodelay: bool, answer: CheckResponse) -> SocketAddr {
+        self.rt.spawn(start_noop(nodelay, answer)).await.unwrap()
     }
 }
 
@@ -2044,6 +2055,78 @@ async fn run(timing: Timing, command: &str, only: Option<&str>) -> String {
             200
         );
 
+        // Each floor again, answering what authgate answers this token (its headers to set
+        // and remove, the same JWT every time): the cost to Envoy of the answer's content alone.
+        let authgate_answer = connect(main.grpc_addr)
+            .await
+            .check(req_token.clone())
+            .await
+            .expect("authgate answers the token's check")
+            .into_inner();
+        assert!(
+            matches!(
+                authgate_answer.http_response,
+                Some(HttpResponse::OkResponse(_))
+            ),
+            "authgate allows the token"
+        );
+        let noop_answering = server.noop_answering(true, authgate_answer).await;
+        let noop_answering_envoy = start_envoy(
+            Filter::ExtAuthz(ExtAuthz::Grpc, noop_answering),
+            upstream,
+            support::free_port(),
+        )
+        .await;
+        let http_answer = reqwest::Client::new()
+            .get(format!("http://{}/authgate/check{path}", main.http_addr))
+            .header("host", &host)
+            .header("authorization", &bearer)
+            .send()
+            .await
+            .expect("authgate's HTTP check");
+        assert_eq!(
+            http_answer.status(),
+            200,
+            "authgate allows the token over HTTP"
+        );
+        let answer_headers: Vec<(String, String)> = http_answer
+            .headers()
+            .iter()
+            .filter(|(name, _)| !matches!(name.as_str(), "date" | "content-length"))
+            .map(|(name, value)| {
+                (
+                    name.to_string(),
+                    value
+                        .to_str()
+                        .expect("authgate's headers are text")
+                        .to_string(),
+                )
+            })
+            .collect();
+        let floor_answering_authz = Envoy::start_filtered(
+            Filter::None,
+            upstream,
+            Options {
+                access_log: false,
+                direct_response: Some(200),
+                direct_response_headers: answer_headers,
+                ..Options::default()
+            },
+        )
+        .await;
+        let floor_answering_envoy = start_envoy(
+            Filter::ExtAuthz(ExtAuthz::Http, floor_answering_authz.addr()),
+            upstream,
+            support::free_port(),
+        )
+        .await;
+        for envoy in [&noop_answering_envoy, &floor_answering_envoy] {
+            assert_eq!(
+                status_of(&at(envoy, path), &[("authorization", &bearer)]).await,
+                200
+            );
+        }
+
         let cookie_headers = vec![
             format!("Cookie: {session_cookie}"),
             format!("Accept: {}", support::oidc::NAVIGATION_ACCEPT),
@@ -2113,8 +2196,24 @@ async fn run(timing: Timing, command: &str, only: Option<&str>) -> String {
                 "Envoy + authgate HTTP ext_authz (cached SA token)",
                 &http_envoy,
                 path,
-                vec![auth_header],
+                vec![auth_header.clone()],
                 Authz::Threads,
+                HTTP_FLOOR,
+            ),
+            (
+                "Envoy + the no-op gRPC server answering a copy of authgate's allow (its content, no decision)",
+                &noop_answering_envoy,
+                path,
+                vec![auth_header.clone()],
+                Authz::Threads,
+                GRPC_FLOOR,
+            ),
+            (
+                "Envoy + HTTP ext_authz to an Envoy answering 200 with authgate's allow headers",
+                &floor_answering_envoy,
+                path,
+                vec![auth_header],
+                Authz::Process(floor_answering_authz.pid()),
                 HTTP_FLOOR,
             ),
         ];

@@ -90,6 +90,9 @@ pub struct Options {
     /// [`Filter::None`], the cheapest HTTP authorization server there is (the benchmark's floor
     /// for HTTP ext_authz).
     pub direct_response: Option<u16>,
+    /// With [`Options::direct_response`]: headers that answer carries (the benchmark's HTTP
+    /// floor answering with authgate's allow headers).
+    pub direct_response_headers: Vec<(String, String)>,
     /// gRPC mode: Envoy's `allowed_headers`, so the check carries only these request headers
     /// (a gateway configured to send fewer than all). Empty: every header, as Istio sends.
     pub grpc_allowed_headers: Vec<String>,
@@ -107,6 +110,7 @@ impl Default for Options {
             access_log: true,
             otlp_tracing: None,
             direct_response: None,
+            direct_response_headers: Vec::new(),
             grpc_allowed_headers: Vec::new(),
         }
     }
@@ -394,7 +398,10 @@ pub fn bootstrap(filter: &Filter, upstream: SocketAddr, opts: &Options) -> Strin
         .replace(
             "{ROUTE}",
             &match opts.direct_response {
-                Some(status) => format!("direct_response: {{status: {status}}}"),
+                Some(status) => format!(
+                    "direct_response: {{status: {status}}}{}",
+                    direct_response_headers(opts)
+                ),
                 None => "route: {cluster: upstream, timeout: 30s}".to_string(),
             },
         )
@@ -552,6 +559,24 @@ const GRPC_AUTHZ: &str = r#"          - name: envoy.filters.http.ext_authz
               grpc_service:
                 envoy_grpc: {cluster_name: authz}
                 timeout: {TIMEOUT}"#;
+
+/// The route's `response_headers_to_add` for [`Options::direct_response_headers`], if any.
+fn direct_response_headers(opts: &Options) -> String {
+    if opts.direct_response_headers.is_empty() {
+        return String::new();
+    }
+    let headers: Vec<String> = opts
+        .direct_response_headers
+        .iter()
+        .map(|(k, v)| {
+            format!("{{header: {{key: '{k}', value: '{v}'}}, append_action: OVERWRITE_IF_EXISTS_OR_ADD}}")
+        })
+        .collect();
+    format!(
+        "\n                response_headers_to_add: [{}]",
+        headers.join(", ")
+    )
+}
 
 /// `allowed_headers` for the gRPC filter, when [`Options::grpc_allowed_headers`] names any.
 fn grpc_allowed_headers(opts: &Options) -> String {
