@@ -92,12 +92,25 @@ impl Checker {
             http_method = req.method_for_log(),
             host = req.host.as_str(),
             path = req.path_for_log(),
-            client_ip = req.client_ip.map(tracing::field::display),
+            client_ip = %OrDash(req.client_ip),
             micros = took.as_micros() as u64,
             trace_id = trace_id.as_deref(),
             "decision"
         );
         decision
+    }
+}
+
+/// The client address for the decision line, bare (`10.0.0.1`), or `-` as for the other
+/// fields a decision may lack.
+struct OrDash(Option<std::net::IpAddr>);
+
+impl std::fmt::Display for OrDash {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.0 {
+            Some(ip) => ip.fmt(f),
+            None => f.write_str("-"),
+        }
     }
 }
 
@@ -308,6 +321,15 @@ mod tests {
                 .find(|(k, _)| *k == name)
                 .map(|(_, v)| v.to_string())
         })
+    }
+
+    #[test]
+    fn the_client_address_is_logged_bare_or_as_a_dash() {
+        let ip: std::net::IpAddr = "10.0.0.1".parse().unwrap();
+        assert_eq!(OrDash(Some(ip)).to_string(), "10.0.0.1");
+        let ip: std::net::IpAddr = "fd00::1".parse().unwrap();
+        assert_eq!(OrDash(Some(ip)).to_string(), "fd00::1");
+        assert_eq!(OrDash(None).to_string(), "-");
     }
 
     #[test]
