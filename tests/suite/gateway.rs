@@ -134,6 +134,37 @@ async fn bad_or_missing_tokens_are_401() {
     }
 }
 
+/// A bearer token with a character outside RFC 7235's token68 is refused before any
+/// TokenReview: a comma or a semicolon is where a server that splits the header would read two
+/// values, a quote, a backslash, `%` or a non-ASCII byte what no API server issues.
+#[tokio::test]
+async fn bearer_tokens_outside_token68_are_refused_without_a_review() {
+    for mode in MODES {
+        let stack = Stack::start(mode, fixture(), "").await;
+        for bad in [",", ";", "\"", "\\", "%2C", "é", "=x", "@", "{", "*"] {
+            let token = format!("sa-token{bad}notebook");
+            let response = stack
+                .get("/pipeline/apis/v2beta1/runs", &[&bearer(&token)])
+                .await;
+            assert_eq!(response.status, 401, "{mode:?} {token:?}: {response:?}");
+            assert_eq!(
+                response.json()["error"],
+                "unauthenticated",
+                "{mode:?} {token:?}"
+            );
+        }
+        assert!(
+            stack.kube.token_reviews().is_empty(),
+            "{mode:?}: a malformed token went to a TokenReview"
+        );
+        // The same request with the token as issued is allowed (the path and the gateway work).
+        let response = stack
+            .get("/pipeline/apis/v2beta1/runs", &[&bearer(TOKEN)])
+            .await;
+        assert_eq!(response.status, 200, "{mode:?}: {response:?}");
+    }
+}
+
 /// A gateway whose gRPC ext_authz sends only some headers (Envoy's `allowed_headers`): the
 /// check never shows the look-alikes, and they are removed all the same.
 #[tokio::test]
