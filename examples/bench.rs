@@ -836,6 +836,18 @@ async fn start_envoy(filter: Filter, upstream: SocketAddr, port: u16) -> Envoy {
     Envoy::start_filtered(filter, upstream, opts).await
 }
 
+/// An Envoy answering every request 200 at once (`direct_response`) with `headers`: the
+/// cheapest HTTP authorization server there is, as the no-op tonic server is gRPC's.
+async fn answering_200(upstream: SocketAddr, headers: Vec<(String, String)>) -> Envoy {
+    let opts = Options {
+        access_log: false,
+        direct_response: Some(200),
+        direct_response_headers: headers,
+        ..Options::default()
+    };
+    Envoy::start_filtered(Filter::None, upstream, opts).await
+}
+
 /// Who answers an end-to-end row's checks, for its CPU column.
 enum Authz {
     /// No ext_authz filter.
@@ -2025,19 +2037,8 @@ async fn run(timing: Timing, command: &str, only: Option<&str>) -> String {
             support::free_port(),
         )
         .await;
-        // The floor of HTTP ext_authz: the cheapest HTTP authorization server, a second Envoy
-        // answering every check 200 at once (`direct_response`), as the no-op tonic server is
-        // gRPC's.
-        let floor_authz = Envoy::start_filtered(
-            Filter::None,
-            upstream,
-            Options {
-                access_log: false,
-                direct_response: Some(200),
-                ..Options::default()
-            },
-        )
-        .await;
+        // The floor of HTTP ext_authz.
+        let floor_authz = answering_200(upstream, Vec::new()).await;
         let floor_http_envoy = start_envoy(
             Filter::ExtAuthz(ExtAuthz::Http, floor_authz.addr()),
             upstream,
@@ -2103,17 +2104,7 @@ async fn run(timing: Timing, command: &str, only: Option<&str>) -> String {
                 )
             })
             .collect();
-        let floor_answering_authz = Envoy::start_filtered(
-            Filter::None,
-            upstream,
-            Options {
-                access_log: false,
-                direct_response: Some(200),
-                direct_response_headers: answer_headers,
-                ..Options::default()
-            },
-        )
-        .await;
+        let floor_answering_authz = answering_200(upstream, answer_headers).await;
         let floor_answering_envoy = start_envoy(
             Filter::ExtAuthz(ExtAuthz::Http, floor_answering_authz.addr()),
             upstream,

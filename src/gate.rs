@@ -423,14 +423,10 @@ impl Gate {
                 set.push(("cookie".into(), cookie));
             }
         }
-        let mut set_names = [""; 4];
-        for (slot, (name, _)) in set_names.iter_mut().zip(&set) {
-            *slot = name.as_str();
-        }
         let mut remove = Vec::with_capacity(plan.removal_count() + 2 + rule_removes.len());
         // Every look-alike, whether or not this check shows it: over gRPC too, a gateway may
         // send fewer headers than the request has (Envoy's `allowed_headers`).
-        plan.push_removals(&set_names[..set.len()], &mut remove);
+        plan.push_removals(|name| set.iter().any(|(n, _)| n == name), &mut remove);
         if remove_cookie {
             remove.push("cookie".into());
         }

@@ -268,20 +268,15 @@ impl HeaderPlan {
     /// Headers to remove when the given headers are set: every variant except those, since
     /// Envoy applies removals after sets and would delete the verified value.
     pub fn remove_except(&self, set: &[&str]) -> Vec<String> {
-        let mut remove = Vec::new();
-        self.push_removals(set, &mut remove);
+        let mut remove = Vec::with_capacity(self.removal_count());
+        self.push_removals(|name| set.contains(&name), &mut remove);
         remove
     }
 
-    /// [`HeaderPlan::remove_except`] into `remove`, which the caller sized for what it adds.
-    pub fn push_removals(&self, set: &[&str], remove: &mut Vec<String>) {
-        remove.reserve(self.all_variants.len());
-        remove.extend(
-            self.all_variants
-                .iter()
-                .filter(|v| !set.contains(&v.as_str()))
-                .cloned(),
-        );
+    /// [`HeaderPlan::remove_except`] into `remove` (sized by the caller, with
+    /// [`HeaderPlan::removal_count`]), `is_set` naming the headers set.
+    pub fn push_removals(&self, is_set: impl Fn(&str) -> bool, remove: &mut Vec<String>) {
+        remove.extend(self.all_variants.iter().filter(|v| !is_set(v)).cloned());
     }
 
     /// How many names [`HeaderPlan::push_removals`] adds at most.
